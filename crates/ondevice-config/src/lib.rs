@@ -1,0 +1,317 @@
+//! Configuration of ondevice as a typed pipeline: the TOML file, then `ONDEVICE_*` environment
+//! variables, then command-line flags, merged and validated into [`Settings`].
+//!
+//! Parsing is strict (unknown keys are errors) and every error names the file, line and column.
+//! The JSON schema and the reference page are generated from these types ([`schema`]).
+
+#![warn(missing_docs)]
+
+mod error;
+mod locate;
+mod redact;
+pub mod schema;
+mod settings;
+mod units;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use error::ConfigError;
+pub use settings::{AuthSettings, LogFormat, LogSettings, ServerSettings, Settings, TlsSettings};
+pub use units::{ByteSize, ByteSizeError, ListenAddr, ListenAddrError};
+
+/// Environment variable naming the data directory.
+pub const ENV_HOME: &str = "ONDEVICE_HOME";
+/// Environment variable naming the config file.
+pub const ENV_CONFIG: &str = "ONDEVICE_CONFIG";
+/// Environment variable overriding `server.listen`.
+pub const ENV_LISTEN: &str = "ONDEVICE_LISTEN";
+/// Environment variable overriding `log.format`.
+pub const ENV_LOG_FORMAT: &str = "ONDEVICE_LOG_FORMAT";
+/// Environment variable overriding `log.level`.
+pub const ENV_LOG_LEVEL: &str = "ONDEVICE_LOG";
+/// Environment variable holding the API key CLI client commands send.
+pub const ENV_API_KEY: &str = "ONDEVICE_API_KEY";
+
+/// The `ONDEVICE_*` variables of a process, captured once so loading is deterministic and testable.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+}
+
+impl Environment {
+    /// Captures the `ONDEVICE_*` variables of this process.
+    pub fn from_process() -> Self {
+        Environment {
+            vars: std::env::vars().filter(|(k, _)| k.starts_with("ONDEVICE_")).collect(),
+        }
+    }
+
+    /// An environment with exactly these variables (tests, embedding).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Environment {
+            vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    /// A non-empty variable's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Values given as command-line flags; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<ListenAddr>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+    /// `--config`: the config file, instead of `ONDEVICE_CONFIG` or the platform default.
+    pub config_file: Option<PathBuf>,
+}
+
+/// Where ondevice keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// `ONDEVICE_HOME`: registry DB, blobs, keys, logs, jobs.
+    pub home: PathBuf,
+}
+
+impl Paths {
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.home.join("ondevice.db")
+    }
+    /// The admin credential written on first start (mode 0600).
+    pub fn bootstrap_token(&self) -> PathBuf {
+        self.home.join("bootstrap.token")
+    }
+    /// The pid file of the running daemon (locked while it runs).
+    pub fn pid_file(&self) -> PathBuf {
+        self.home.join("ondevice.pid")
+    }
+    /// The local control socket (mode 0600) used by `ondevice daemon`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.home.join("ondevice.sock")
+    }
+    /// The directory of rotating log files.
+    pub fn logs(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+    /// Where the daemon records its actual listen address once bound (for clients).
+    pub fn listen_file(&self) -> PathBuf {
+        self.home.join("listen.addr")
+    }
+}
+
+/// The result of loading: validated settings plus where they came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The merged, validated settings.
+    pub settings: Settings,
+    /// State directories.
+    pub paths: Paths,
+    /// The config file that was read, if one existed.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The default config file: `<platform config dir>/ondevice/config.toml`.
+pub fn default_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "ondevice").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The default data dir: the platform data dir (`~/.local/share/ondevice` on Linux).
+pub fn default_home() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "ondevice").map(|d| d.data_dir().to_path_buf())
+}
+
+/// Loads the config file (a missing default file means defaults), applies the environment and
+/// the flags, and validates the result.
+pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, ConfigError> {
+    let explicit = overrides
+        .config_file
+        .clone()
+        .or_else(|| env.get(ENV_CONFIG).map(PathBuf::from));
+    let (mut settings, text, config_file) = match explicit {
+        Some(path) => {
+            let text = read(&path)?;
+            (parse(&text, Some(&path))?, Some(text), Some(path))
+        }
+        None => match default_config_file() {
+            Some(path) if path.exists() => {
+                let text = read(&path)?;
+                (parse(&text, Some(&path))?, Some(text), Some(path))
+            }
+            _ => (Settings::default(), None, None),
+        },
+    };
+
+    let mut listen_from = None;
+    if let Some(v) = env.get(ENV_LISTEN) {
+        settings.server.listen = v.parse().map_err(|e: ListenAddrError| ConfigError::Env {
+            var: ENV_LISTEN.to_owned(),
+            message: e.to_string(),
+        })?;
+        listen_from = Some(ENV_LISTEN);
+    }
+    if let Some(v) = env.get(ENV_LOG_FORMAT) {
+        settings.log.format = v.parse().map_err(|message| ConfigError::Env {
+            var: ENV_LOG_FORMAT.to_owned(),
+            message,
+        })?;
+    }
+    if let Some(v) = env.get(ENV_LOG_LEVEL) {
+        v.clone_into(&mut settings.log.level);
+    }
+    if let Some(listen) = overrides.listen {
+        settings.server.listen = listen;
+        listen_from = Some("--listen");
+    }
+    if let Some(f) = overrides.log_format {
+        settings.log.format = f;
+    }
+    if let Some(l) = &overrides.log_level {
+        settings.log.level.clone_from(l);
+    }
+
+    validate(&settings, text.as_deref(), config_file.as_deref(), listen_from)?;
+
+    let home = match env.get(ENV_HOME) {
+        Some(h) => PathBuf::from(h),
+        None => default_home().ok_or(ConfigError::NoHome)?,
+    };
+    Ok(Resolved {
+        settings,
+        paths: Paths { home },
+        config_file,
+    })
+}
+
+/// Parses and validates one config file on its own (`ondevice config check FILE`).
+pub fn check_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = read(path)?;
+    let settings = parse(&text, Some(path))?;
+    validate(&settings, Some(&text), Some(path), None)?;
+    Ok(settings)
+}
+
+/// Parses config text strictly. Errors carry the line and column of the offending key or value.
+pub fn parse(text: &str, path: Option<&Path>) -> Result<Settings, ConfigError> {
+    toml::from_str::<Settings>(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|s| locate::line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Parse {
+            path: path.map(Path::to_path_buf),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
+    })
+}
+
+/// The resolved settings as TOML with secrets replaced by `"<redacted>"` (`ondevice config show`).
+pub fn to_redacted_toml(settings: &Settings) -> String {
+    let mut value = toml::Value::try_from(settings).unwrap_or_else(|_| toml::Value::Table(Default::default()));
+    redact::redact(&mut value);
+    toml::to_string_pretty(&value).unwrap_or_default()
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Cross-field checks that single values cannot express.
+fn validate(
+    s: &Settings,
+    text: Option<&str>,
+    path: Option<&Path>,
+    listen_from: Option<&'static str>,
+) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: path.map(Path::to_path_buf),
+        line: text.and_then(|t| locate::key_line(t, key)),
+        key: key.to_owned(),
+        message,
+    };
+    if !s.auth.enabled && !s.server.listen.is_loopback() {
+        let from = listen_from.map(|f| format!(" (set by {f})")).unwrap_or_default();
+        return Err(invalid(
+            "auth.enabled",
+            format!(
+                "auth cannot be disabled while listening on the non-loopback address {}{from}: enable auth or listen on 127.0.0.1",
+                s.server.listen
+            ),
+        ));
+    }
+    for (i, host) in s.server.allowed_hosts.iter().enumerate() {
+        let ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+        if !ok {
+            return Err(invalid(
+                "server.allowed_hosts",
+                format!("entry {i} {host:?} is not a host name: write names like \"ondevice.lan\", without scheme or path"),
+            ));
+        }
+    }
+    for origin in &s.server.cors_origins {
+        if !valid_origin(origin) {
+            return Err(invalid(
+                "server.cors_origins",
+                format!("{origin:?} is not an origin: write scheme://host[:port] such as \"http://localhost:3000\", without a path"),
+            ));
+        }
+    }
+    if s.server.body_limit.bytes() < 1024 {
+        return Err(invalid(
+            "server.body_limit",
+            "must be at least 1KiB".to_owned(),
+        ));
+    }
+    if s.server.max_concurrent_requests == 0 {
+        return Err(invalid(
+            "server.max_concurrent_requests",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if s.log.max_files == 0 {
+        return Err(invalid("log.max_files", "must be at least 1".to_owned()));
+    }
+    if let Some(tls) = &s.server.tls {
+        for (key, p) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+            if !p.is_file() {
+                return Err(invalid(key, format!("{} is not a readable file", p.display())));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn valid_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains('/')
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Tests of the loading pipeline: strict parsing with positions, precedence, validation, and the
+//! freshness of the committed schema and reference page.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Environment {
+    Environment::from_pairs(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// One helper for every "this text must fail at this line with this message" case.
+fn assert_error(text: &str, line: usize, needle: &str) {
+    let (_dir, path) = write_config(text);
+    let err = check_file(&path).expect_err(text);
+    let shown = err.to_string();
+    assert_eq!(err.line(), Some(line), "wrong line for {text:?}: {shown}");
+    assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
+    assert!(shown.contains(&format!("config.toml:{line}")), "{shown:?} lacks the file and line");
+}
+
+#[test]
+fn errors_name_the_line() {
+    assert_error("[server]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", 3, "unknown field `bogus`");
+    assert_error("[nope]\n", 1, "unknown field `nope`");
+    assert_error("[server]\n\nlisten = \"nowhere\"\n", 3, "invalid listen address");
+    assert_error("[server]\nbody_limit = \"12 parsecs\"\n", 2, "invalid size");
+    assert_error("[log]\nformat = \"xml\"\n", 2, "unknown variant `xml`");
+    assert_error("[auth]\nenabled = \"yes\"\n", 2, "invalid type");
+    assert_error("[server\n", 1, "");
+    assert_error(
+        "[server]\nlisten = \"0.0.0.0:7733\"\n[auth]\nenabled = false\n",
+        4,
+        "auth.enabled: auth cannot be disabled",
+    );
+    assert_error("[server]\ncors_origins = [\"http://a/b\"]\n", 2, "is not an origin");
+    assert_error("[server]\nallowed_hosts = [\"http://x\"]\n", 2, "is not a host name");
+    assert_error("[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n", 2, "not a readable file");
+    assert_error("[log]\nmax_files = 0\n", 2, "at least 1");
+}
+
+#[test]
+fn valid_file_parses_and_defaults_fill_the_rest() {
+    let (_dir, path) = write_config(
+        "[server]\nlisten = \"127.0.0.1:9000\"\nbody_limit = \"1MiB\"\ncors_origins = [\"http://localhost:3000\"]\n[log]\nformat = \"json\"\n",
+    );
+    let s = check_file(&path).unwrap();
+    assert_eq!(s.server.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(s.server.body_limit, ByteSize::mib(1));
+    assert_eq!(s.log.format, LogFormat::Json);
+    assert!(s.auth.enabled, "auth defaults to on");
+    assert_eq!(s.server.max_concurrent_requests, 512);
+}
+
+#[test]
+fn precedence_is_file_then_env_then_flags() {
+    let (dir, path) = write_config("[server]\nlisten = \"127.0.0.1:9000\"\n[log]\nlevel = \"warn\"\n");
+    let home = dir.path().join("home");
+    let cfg = path.to_str().unwrap();
+    let home_s = home.to_str().unwrap();
+
+    let r = load(&env(&[(ENV_CONFIG, cfg), (ENV_HOME, home_s)]), &Overrides::default()).unwrap();
+    assert_eq!(r.settings.server.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(r.settings.log.level, "warn");
+    assert_eq!(r.paths.home, home);
+    assert_eq!(r.config_file.as_deref(), Some(path.as_path()));
+
+    let e = env(&[(ENV_CONFIG, cfg), (ENV_HOME, home_s), (ENV_LISTEN, "127.0.0.1:9001"), (ENV_LOG_LEVEL, "debug")]);
+    let r = load(&e, &Overrides::default()).unwrap();
+    assert_eq!(r.settings.server.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(r.settings.log.level, "debug");
+
+    let flags = Overrides {
+        listen: Some("127.0.0.1:9002".parse().unwrap()),
+        log_level: Some("trace".into()),
+        ..Default::default()
+    };
+    let r = load(&e, &flags).unwrap();
+    assert_eq!(r.settings.server.listen.to_string(), "127.0.0.1:9002");
+    assert_eq!(r.settings.log.level, "trace");
+}
+
+#[test]
+fn env_values_are_validated() {
+    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, "/nonexistent/c.toml")]), &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("cannot read config file /nonexistent/c.toml"), "{err}");
+    let (_d, path) = write_config("");
+    let cfg = path.to_str().unwrap();
+    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "bad")]), &Overrides::default()).unwrap_err();
+    assert!(err.to_string().starts_with("environment variable ONDEVICE_LISTEN: invalid listen address"), "{err}");
+    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LOG_FORMAT, "xml")]), &Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("ONDEVICE_LOG_FORMAT"), "{err}");
+}
+
+#[test]
+fn non_loopback_without_auth_is_refused_whatever_sets_the_address() {
+    let (_d, path) = write_config("[auth]\nenabled = false\n");
+    let cfg = path.to_str().unwrap();
+    let ok = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg)]), &Overrides::default()).unwrap();
+    assert!(!ok.settings.auth.enabled, "loopback without auth is allowed");
+    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "0.0.0.0:7733")]), &Overrides::default()).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("set by ONDEVICE_LISTEN"), "{shown}");
+    assert_eq!(err.line(), Some(2));
+}
+
+#[test]
+fn show_redacts_and_round_trips() {
+    let s = Settings::default();
+    let shown = to_redacted_toml(&s);
+    let back: Settings = toml::from_str(&shown).unwrap();
+    assert_eq!(back, s);
+}
+
+/// The committed `docs/config.schema.json` and `docs/config.md` match the types.
+/// Regenerate with `ONDEVICE_BLESS=1 cargo test -p ondevice-config`.
+#[test]
+fn committed_schema_and_reference_are_fresh() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for (name, want) in [
+        ("config.schema.json", schema::json_schema_text()),
+        ("config.md", schema::reference_markdown()),
+    ] {
+        let path = docs.join(name);
+        if std::env::var_os("ONDEVICE_BLESS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "docs/{name} is stale: run `ONDEVICE_BLESS=1 cargo test -p ondevice-config` and commit it"
+        );
+    }
+}
