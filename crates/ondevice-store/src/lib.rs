@@ -1,0 +1,278 @@
+//! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
+//! schema migrations, and the persistence traits other crates define (API keys now; the model
+//! registry will add its tables here as further migrations).
+
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ondevice_auth::{KeyId, KeyRecord, KeyStore, Scopes, SecretHash, StoreFailure};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: API keys. The secret is stored only as a SHA-256 hash.
+    "CREATE TABLE api_keys (
+        id           TEXT PRIMARY KEY NOT NULL,
+        name         TEXT NOT NULL,
+        scopes       TEXT NOT NULL,
+        secret_hash  BLOB NOT NULL CHECK (length(secret_hash) = 32),
+        created_at   INTEGER NOT NULL,
+        last_used_at INTEGER,
+        revoked_at   INTEGER
+    ) STRICT;",
+];
+
+/// A database failure, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer ondevice.
+    #[error("database {path} has schema version {found}, newer than this ondevice supports ({supported}): upgrade ondevice")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A stored row cannot be decoded.
+    #[error("database {path}: corrupt row in {table}: {detail}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// Table name.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The SQLite database (WAL mode), shared by the daemon's services.
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported,
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(sql)?;
+            tx.execute_batch(m).map_err(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
+            tx.commit().map_err(sql)?;
+        }
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version in effect.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0)))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn corrupt(&self, detail: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            table: "api_keys",
+            detail,
+        }
+    }
+}
+
+fn failure(e: StoreError) -> StoreFailure {
+    StoreFailure(Box::new(e))
+}
+
+impl KeyStore for Store {
+    fn load_keys(&self) -> Result<Vec<KeyRecord>, StoreFailure> {
+        type Row = (String, String, String, Vec<u8>, i64, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = self
+            .with(|c| {
+                let mut st = c.prepare(
+                    "SELECT id, name, scopes, secret_hash, created_at, last_used_at, revoked_at FROM api_keys",
+                )?;
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+                    .collect()
+            })
+            .map_err(failure)?;
+        rows.into_iter()
+            .map(|(id, name, scopes, hash, created_at, last_used_at, revoked_at)| {
+                let id: KeyId = id.parse().map_err(|_| failure(self.corrupt(format!("bad key id {id:?}"))))?;
+                let scopes = Scopes::from_list(&scopes).map_err(|e| failure(self.corrupt(e.to_string())))?;
+                let hash: [u8; 32] = hash
+                    .try_into()
+                    .map_err(|_| failure(self.corrupt(format!("bad hash length for key {id}"))))?;
+                Ok(KeyRecord {
+                    id,
+                    name,
+                    scopes,
+                    hash: SecretHash(hash),
+                    created_at,
+                    last_used_at,
+                    revoked_at,
+                })
+            })
+            .collect()
+    }
+
+    fn insert_key(&self, k: &KeyRecord) -> Result<(), StoreFailure> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, last_used_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![k.id.to_string(), k.name, k.scopes.to_list(), &k.hash.0[..], k.created_at, k.last_used_at, k.revoked_at],
+            )
+        })
+        .map(drop)
+        .map_err(failure)
+    }
+
+    fn revoke_key(&self, id: KeyId, at: i64) -> Result<(), StoreFailure> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id.to_string(), at],
+            )
+        })
+        .map(drop)
+        .map_err(failure)
+    }
+
+    fn touch_keys(&self, used: &[(KeyId, i64)]) -> Result<(), StoreFailure> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut st = tx.prepare("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
+                for (id, at) in used {
+                    st.execute(params![id.to_string(), at])?;
+                }
+            }
+            tx.commit()
+        })
+        .map_err(failure)
+    }
+}
+
+impl Store {
+    /// Reads one key's last-used time straight from the database (diagnostics, tests).
+    pub fn key_last_used(&self, id: KeyId) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT last_used_at FROM api_keys WHERE id = ?1", [id.to_string()], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ondevice_auth::{Presented, Scope, Verifier};
+
+    use super::*;
+
+    #[test]
+    fn keys_persist_across_reopen_with_hash_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ondevice.db");
+        let store = Arc::new(Store::open(&db).unwrap());
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let v = Verifier::new(store.clone(), true).unwrap();
+        let (info, key) = v.create_key("ci", Scopes::from_list("read,infer").unwrap()).unwrap();
+        let header = format!("Bearer {key}");
+        let presented = Presented {
+            authorization: Some(header.as_bytes()),
+            ..Default::default()
+        };
+        v.authorize(&presented, Scope::Infer).unwrap();
+        v.flush_last_used().unwrap();
+        assert!(store.key_last_used(info.id).unwrap().is_some());
+        drop(v);
+        drop(store);
+
+        // The secret never reaches the file.
+        let bytes = std::fs::read(&db).unwrap();
+        let secret = key.rsplit('_').next().unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+        let store = Arc::new(Store::open(&db).unwrap());
+        let v = Verifier::new(store.clone(), true).unwrap();
+        assert_eq!(v.authorize(&presented, Scope::Read).unwrap().name, "ci");
+        v.revoke(&info.id.to_string()).unwrap();
+        let v = Verifier::new(store, true).unwrap();
+        assert!(v.authorize(&presented, Scope::Read).is_err());
+        assert!(v.list_keys()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ondevice.db");
+        Connection::open(&db).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        let err = Store::open(&db).unwrap_err();
+        assert!(err.to_string().contains("newer than this ondevice supports"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_rows_are_reported_not_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ondevice.db");
+        let store = Store::open(&db).unwrap();
+        store
+            .with(|c| c.execute("INSERT INTO api_keys VALUES ('zz', 'n', 'read', zeroblob(32), 0, NULL, NULL)", []))
+            .unwrap();
+        let err = store.load_keys().unwrap_err();
+        assert!(err.to_string().contains("bad key id"), "{err}");
+    }
+}
