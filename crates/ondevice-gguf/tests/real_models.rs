@@ -1,0 +1,83 @@
+//! Reads the real demo models fetched by `scripts/fetch-demo-models.sh`.
+//!
+//! Runs only when `ONDEVICE_TEST_MODELS_DIR` names the models directory (CI
+//! sets it); otherwise each test says how to enable it and returns.
+
+use std::path::PathBuf;
+
+use ondevice_gguf::{Dtype, GgufFile, HfModelDir};
+
+fn models_dir(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("ONDEVICE_TEST_MODELS_DIR") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            println!(
+                "skipped {test}: set ONDEVICE_TEST_MODELS_DIR to the directory printed by \
+                 scripts/fetch-demo-models.sh to run it"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn smollm2_gguf_header() {
+    let Some(dir) = models_dir("smollm2_gguf_header") else {
+        return;
+    };
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+
+    let params = file.parameter_count();
+    println!(
+        "{}: version {}, architecture {:?}, name {:?}, quantization {:?} (file_type {:?}), \
+         context length {:?}, {} tensors, {} parameters, data at byte {}, license {:?}",
+        path.display(),
+        file.version(),
+        file.architecture(),
+        file.name(),
+        file.quantization(),
+        file.file_type(),
+        file.context_length(),
+        file.tensors().len(),
+        params,
+        file.data_offset(),
+        file.license(),
+    );
+
+    assert_eq!(file.architecture(), Some("llama"));
+    assert!(file.chat_template().is_some_and(|t| t.contains("im_start")));
+    assert!(file.context_length().is_some_and(|n| n > 0));
+    assert!(!file.tensors().is_empty());
+    assert!((134_000_000..=136_000_000).contains(&params), "{params}");
+    assert_eq!(file.quantization(), Some("Q4_1"));
+    // The tensor data is the rest of the file: the computed sizes add up.
+    let end = file.tensors().iter().map(|t| t.file_range().end).max();
+    assert!(end.is_some_and(|e| file.file_len() - e < file.alignment()));
+    assert!(file.tensor_data_len() < file.file_len());
+}
+
+#[test]
+fn minilm_safetensors_directory() {
+    let Some(dir) = models_dir("minilm_safetensors_directory") else {
+        return;
+    };
+    let model = HfModelDir::open(dir.join("all-MiniLM-L6-v2")).unwrap_or_else(|e| panic!("{e}"));
+    let params = model.parameter_count();
+    println!(
+        "{}: architecture {:?}, model type {:?}, context length {:?}, {} tensors, {} parameters, \
+         dtypes {:?}",
+        model.dir().display(),
+        model.architecture(),
+        model.model_type(),
+        model.context_length(),
+        model.tensor_count(),
+        params,
+        model.dtypes(),
+    );
+    assert_eq!(model.architecture(), Some("BertModel"));
+    assert_eq!(model.model_type(), Some("bert"));
+    assert_eq!(model.context_length(), Some(512));
+    assert!((22_600_000..=22_800_000).contains(&params), "{params}");
+    assert!(model.dtypes().contains(&Dtype::F32));
+}
