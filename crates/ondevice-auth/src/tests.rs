@@ -49,7 +49,7 @@ fn auth(v: &Verifier, key: Option<&str>, scope: Scope) -> Result<Principal, Auth
 fn keys_verify_by_scope_and_revocation_is_immediate() {
     let store = Arc::new(MemStore::default());
     let v = Verifier::new(store.clone(), true).unwrap();
-    let (info, key) = v.create_key("ci", Scopes::from_list("read").unwrap()).unwrap();
+    let (info, key) = v.create_key(Some("ci"), Scopes::from_list("read").unwrap()).unwrap();
     assert_eq!(info.name, "ci");
 
     assert!(matches!(auth(&v, None, Scope::Read), Err(AuthError::Missing)));
@@ -78,7 +78,7 @@ fn keys_verify_by_scope_and_revocation_is_immediate() {
 fn last_used_is_recorded_and_flushed() {
     let store = Arc::new(MemStore::default());
     let v = Verifier::new(store.clone(), true).unwrap();
-    let (info, key) = v.create_key("k", Scopes::admin()).unwrap();
+    let (info, key) = v.create_key(Some("k"), Scopes::admin()).unwrap();
     assert_eq!(v.list_keys()[0].last_used_at, None);
     auth(&v, Some(&key), Scope::Admin).unwrap();
     assert!(v.list_keys()[0].last_used_at.is_some());
@@ -91,9 +91,11 @@ fn last_used_is_recorded_and_flushed() {
 fn bad_names_and_empty_scopes_are_refused() {
     let v = Verifier::new(Arc::new(MemStore::default()), true).unwrap();
     for bad in ["", "has space", "x/y", &"a".repeat(65)] {
-        assert!(matches!(v.create_key(bad, Scopes::admin()), Err(AuthError::BadName(_))), "{bad:?}");
+        assert!(matches!(v.create_key(Some(bad), Scopes::admin()), Err(AuthError::BadName(_))), "{bad:?}");
     }
-    assert!(matches!(v.create_key("ok", Scopes::NONE), Err(AuthError::NoScope)));
+    assert!(matches!(v.create_key(Some("ok"), Scopes::NONE), Err(AuthError::NoScope)));
+    let (info, _) = v.create_key(None, Scopes::admin()).unwrap();
+    assert_eq!(info.name, format!("key-{}", info.id));
 }
 
 #[test]

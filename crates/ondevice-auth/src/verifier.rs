@@ -247,8 +247,12 @@ impl Verifier {
         Ok(stale)
     }
 
-    /// Creates a key; returns its record and the key string (shown once).
-    pub fn create_key(&self, name: &str, scopes: Scopes) -> Result<(KeyInfo, String), AuthError> {
+    /// Creates a key; returns its record and the key string (shown once). Without a name the
+    /// key is named `key-<id>`.
+    pub fn create_key(&self, name: Option<&str>, scopes: Scopes) -> Result<(KeyInfo, String), AuthError> {
+        let token = Token::generate()?;
+        let name = name.map_or_else(|| format!("key-{}", token.id()), str::to_owned);
+        let name = name.as_str();
         let valid_name = !name.is_empty()
             && name.len() <= 64
             && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -258,7 +262,6 @@ impl Verifier {
         if scopes.is_empty() {
             return Err(AuthError::NoScope);
         }
-        let token = Token::generate()?;
         let record = KeyRecord {
             id: token.id(),
             name: name.to_owned(),
@@ -344,7 +347,7 @@ impl Verifier {
         for id in old {
             self.revoke(&id)?;
         }
-        let (_, secret) = self.create_key(BOOTSTRAP_KEY_NAME, Scopes::admin())?;
+        let (_, secret) = self.create_key(Some(BOOTSTRAP_KEY_NAME), Scopes::admin())?;
         write_private(path, format!("{secret}\n").as_bytes()).map_err(file_err)?;
         Ok(Bootstrap::Created)
     }

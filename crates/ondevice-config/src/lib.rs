@@ -12,6 +12,7 @@ mod redact;
 pub mod schema;
 mod settings;
 mod units;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Logging to stderr and to rotating files under `$ONDEVICE_HOME/logs`.
     pub log: LogSettings,
+    /// Supervised worker processes, by name (`[workers.NAME]`).
+    pub workers: std::collections::BTreeMap<String, crate::workers::WorkerConfig>,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.
@@ -33,7 +35,6 @@ pub struct ServerSettings {
     /// Browser origins allowed by CORS, such as `"http://localhost:3000"`. None by default.
     pub cors_origins: Vec<String>,
     /// Largest accepted request body; larger bodies get 413.
-    #[schemars(with = "String")]
     pub body_limit: ByteSize,
     /// Requests handled at once; beyond it the daemon answers 503 with `Retry-After`.
     pub max_concurrent_requests: u32,

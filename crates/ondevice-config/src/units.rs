@@ -6,9 +6,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A number of bytes, written in config as `"64MiB"`, `"1GiB"`, `"512M"`, `"4096"` or a bare integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A number of bytes, written `"64MiB"`, `"1GiB"`, `"512M"`, `"100KB"` or a plain integer.
+/// Single-letter and `iB` suffixes are binary (K = KiB = 1024); `KB`/`MB`/`GB`/`TB` are decimal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[schemars(with = "SizeSchema")]
 pub struct ByteSize(pub u64);
+
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum SizeSchema {
+    /// Bytes.
+    Bytes(u64),
+    /// A size with a unit, e.g. "64MiB".
+    Text(#[schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]+)?\s*([KMGTk]i?B?|B)?\s*$"))] String),
+}
 
 impl ByteSize {
     /// The size in bytes.
@@ -24,7 +36,7 @@ impl ByteSize {
 
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid size {input:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB), such as \"64MiB\"")]
+#[error("invalid size {input:?}: expected a number with an optional unit such as \"64MiB\", \"1GiB\", \"512M\"")]
 pub struct ByteSizeError {
     input: String,
 }
@@ -44,16 +56,16 @@ impl FromStr for ByteSize {
         if num.is_empty() {
             return Err(err());
         }
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            "t" | "tb" => 1_000_000_000_000,
-            "tib" => 1 << 40,
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "k" | "KiB" => 1 << 10,
+            "M" | "MiB" => 1 << 20,
+            "G" | "GiB" => 1 << 30,
+            "T" | "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
             _ => return Err(err()),
         };
         if let Ok(n) = num.parse::<u64>() {
@@ -165,15 +177,16 @@ mod tests {
         let cases = [
             ("64MiB", 64 << 20),
             ("1GiB", 1 << 30),
-            ("512M", 512_000_000),
+            ("512M", 512 << 20),
+            ("512MB", 512_000_000),
             ("4096", 4096),
             ("1.5KiB", 1536),
-            (" 2 kib ", 2048),
+            (" 2 KiB ", 2048),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<ByteSize>().unwrap().bytes(), want, "{input}");
         }
-        for bad in ["", "MiB", "-1", "12XB", "99999999999999999999TiB", "1e999"] {
+        for bad in ["", "MiB", "-1", "12XB", "2 kib", "99999999999999999999TiB", "1e999"] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should be refused");
         }
     }

@@ -229,7 +229,7 @@ mod tests {
         let store = Arc::new(Store::open(&db).unwrap());
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let v = Verifier::new(store.clone(), true).unwrap();
-        let (info, key) = v.create_key("ci", Scopes::from_list("read,infer").unwrap()).unwrap();
+        let (info, key) = v.create_key(Some("ci"), Scopes::from_list("read,infer").unwrap()).unwrap();
         let header = format!("Bearer {key}");
         let presented = Presented {
             authorization: Some(header.as_bytes()),

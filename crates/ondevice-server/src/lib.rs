@@ -1,0 +1,108 @@
+//! The daemon's edge: one listener that serves authenticated HTTP (OpenAI/Ollama/native APIs),
+//! WebSocket and gRPC, plus the local control socket used by `ondevice daemon`.
+//!
+//! The router is a function of [`AppState`] ([`router`]) so tests can drive it without a socket;
+//! [`listener::serve`] runs it on a TCP listener with optional TLS and graceful shutdown.
+
+#![warn(missing_docs)]
+
+pub mod control;
+mod error;
+pub mod grpc;
+pub mod listener;
+mod metrics;
+mod middleware;
+pub mod openapi;
+pub mod routes;
+mod state;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use ondevice_auth::Scope;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use metrics::Metrics;
+pub use middleware::host_allowed;
+pub use state::{AppState, DaemonEvent, EdgeOptions, ExitView, NoWorkers, StatusSource, WorkerView};
+
+use crate::middleware::{Guard, authenticate, reject, require_scope};
+
+/// The routes of each scope, with their OpenAPI descriptions.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let guarded = |scope| {
+        axum::middleware::from_fn_with_state(
+            Guard {
+                state: state.clone(),
+                scope,
+            },
+            require_scope,
+        )
+    };
+    let public = OpenApiRouter::new()
+        .routes(routes!(routes::health::healthz))
+        .routes(routes!(routes::health::readyz))
+        .routes(routes!(routes::health::openapi));
+    let read = OpenApiRouter::new()
+        .routes(routes!(routes::health::metrics))
+        .routes(routes!(routes::status::status))
+        .routes(routes!(routes::ws::ws))
+        .route_layer(guarded(Scope::Read));
+    let admin = OpenApiRouter::new()
+        .routes(routes!(routes::keys::list, routes::keys::create))
+        .routes(routes!(routes::keys::revoke))
+        .route_layer(guarded(Scope::Admin));
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(public)
+        .merge(read)
+        .merge(admin)
+}
+
+/// The OpenAPI document generated from the handlers.
+pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
+    api(state).split_for_parts().1
+}
+
+/// The whole HTTP + WebSocket + gRPC router, with every layer, and the gRPC health reporter.
+pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
+    let (http, doc) = api(&state).split_for_parts();
+    let _ = state.inner.openapi_json.set(openapi::to_json(&doc));
+    let (grpc, health) = grpc::routes(&state).await;
+    let opts = &state.inner.options;
+    let mut app = http
+        .merge(grpc)
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
+        .layer(axum::extract::DefaultBodyLimit::max(usize::try_from(opts.body_limit).unwrap_or(usize::MAX)));
+    if !opts.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = opts.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods(tower_http::cors::Any)
+                .allow_headers(tower_http::cors::Any),
+        );
+    }
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_concurrency))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::check_host))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track_metrics))
+        .with_state(state);
+    (app, health)
+}
+
+/// Unknown paths: default-deny (401 without a key), then 404; gRPC gets UNIMPLEMENTED.
+async fn fallback(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(e) = authenticate(&state, req.headers(), Scope::Read, "http") {
+        return reject(&req, e);
+    }
+    if middleware::is_grpc(req.headers()) {
+        let status = tonic::Status::unimplemented(format!("unknown gRPC method {}", req.uri().path()));
+        return status.into_http();
+    }
+    reject(&req, ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path())))
+}

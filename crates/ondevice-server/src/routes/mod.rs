@@ -1,0 +1,7 @@
+//! HTTP handlers, one module per resource. Each handler carries its OpenAPI description; the
+//! router in `lib.rs` groups them by the scope they require.
+
+pub mod health;
+pub mod keys;
+pub mod status;
+pub mod ws;

@@ -1,0 +1,197 @@
+//! Shared state of the edge and the seam through which services report status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ondevice_auth::Verifier;
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::metrics::Metrics;
+
+/// One supervised worker as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkerView {
+    /// Worker name.
+    pub name: String,
+    /// `starting`, `running`, `ready`, `backoff`, `stopped`, `failed`, ...
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// The last exit: exit code or signal, and whether the sandbox killed it for memory.
+    pub last_exit: Option<ExitView>,
+    /// Unix seconds of the next restart, when one is scheduled.
+    pub next_restart_at: Option<i64>,
+    /// What the sandbox enforces for this worker on this host.
+    pub protection: serde_json::Value,
+    /// Whether the worker counts for `/readyz`.
+    pub required: bool,
+    /// Whether the worker passes its readiness probe.
+    pub ready: bool,
+}
+
+/// How a worker last exited.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExitView {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if it was killed.
+    pub signal: Option<i32>,
+    /// Killed by the memory limit.
+    pub oom: bool,
+}
+
+/// Where the daemon's status comes from beyond the edge itself (the supervisor, later the
+/// orchestrator). The daemon wires the real source; [`NoWorkers`] says honestly there are none.
+pub trait StatusSource: Send + Sync {
+    /// Every worker.
+    fn workers(&self) -> Vec<WorkerView>;
+    /// Whether every required worker is ready.
+    fn ready(&self) -> bool {
+        self.workers().iter().filter(|w| w.required).all(|w| w.ready)
+    }
+}
+
+/// A status source for a daemon that supervises no workers.
+#[derive(Debug, Default)]
+pub struct NoWorkers;
+
+impl StatusSource for NoWorkers {
+    fn workers(&self) -> Vec<WorkerView> {
+        Vec::new()
+    }
+}
+
+/// An event pushed to WebSocket and gRPC watchers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DaemonEvent {
+    /// Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Kind such as `daemon.stopping` or `worker.state`.
+    pub kind: String,
+    /// Payload.
+    pub data: serde_json::Value,
+}
+
+impl DaemonEvent {
+    /// An event stamped now.
+    pub fn now(kind: &str, data: serde_json::Value) -> DaemonEvent {
+        let timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        DaemonEvent {
+            timestamp_ms,
+            kind: kind.to_owned(),
+            data,
+        }
+    }
+}
+
+/// Settings of the edge that handlers need, resolved at start.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// The address actually bound (port 0 resolved).
+    pub listen: SocketAddr,
+    /// Host names accepted besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// CORS origins.
+    pub cors_origins: Vec<String>,
+    /// Largest body in bytes.
+    pub body_limit: u64,
+    /// Requests at once.
+    pub max_concurrent_requests: u32,
+    /// Whether TLS is on.
+    pub tls: bool,
+}
+
+/// State shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub verifier: Arc<Verifier>,
+    pub metrics: Metrics,
+    pub options: EdgeOptions,
+    pub started: Instant,
+    pub shutdown: CancellationToken,
+    pub status: Arc<dyn StatusSource>,
+    pub events: broadcast::Sender<DaemonEvent>,
+    pub permits: Arc<Semaphore>,
+    pub openapi_json: std::sync::OnceLock<String>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("listen", &self.inner.options.listen).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Wires the edge's state.
+    pub fn new(
+        verifier: Arc<Verifier>,
+        options: EdgeOptions,
+        status: Arc<dyn StatusSource>,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        let (events, _) = broadcast::channel(256);
+        AppState {
+            inner: Arc::new(Inner {
+                verifier,
+                metrics: Metrics::new(),
+                permits: Arc::new(Semaphore::new(options.max_concurrent_requests as usize)),
+                options,
+                started: Instant::now(),
+                shutdown,
+                status,
+                events,
+                openapi_json: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.inner.verifier
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Publishes an event to watchers (dropped when nobody listens).
+    pub fn publish(&self, event: DaemonEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// The token cancelled when the daemon stops.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// The daemon's status as the API and the control socket report it.
+    pub fn status(&self) -> crate::routes::status::StatusResponse {
+        let s = &self.inner;
+        crate::routes::status::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_seconds: s.started.elapsed().as_secs(),
+            listen_address: s.options.listen.to_string(),
+            tls: s.options.tls,
+            auth_enabled: s.verifier.enabled(),
+            ready: s.status.ready() && !s.shutdown.is_cancelled(),
+            workers: s.status.workers(),
+        }
+    }
+}

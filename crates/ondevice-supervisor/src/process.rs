@@ -1,0 +1,185 @@
+//! Every process spawn of ondevice happens in this file: workers (in their own process group,
+//! sandboxed), exec probes and hooks, and the detached daemon.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use ondevice_sandbox::Prepared;
+
+use crate::SupervisorError;
+
+/// A resolved user to run a worker as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunAs {
+    #[cfg(unix)]
+    uid: libc::uid_t,
+    #[cfg(unix)]
+    gid: libc::gid_t,
+}
+
+/// Resolve a user name or numeric uid.
+#[cfg(unix)]
+pub(crate) fn resolve_user(user: &str) -> Result<RunAs, SupervisorError> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Ok(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }),
+        _ => Err(SupervisorError::UnknownUser(user.to_string())),
+    }
+}
+
+/// Running a worker as another user is not supported on this platform.
+#[cfg(not(unix))]
+pub(crate) fn resolve_user(user: &str) -> Result<RunAs, SupervisorError> {
+    Err(SupervisorError::UnknownUser(format!(
+        "{user} (running as another user is only supported on unix)"
+    )))
+}
+
+/// Spawn a worker: its own process group, stdin from /dev/null, stdout/stderr piped, the sandbox
+/// hook applied between fork and exec.
+pub(crate) fn spawn_worker(
+    argv: &[OsString],
+    env: &BTreeMap<OsString, OsString>,
+    cwd: Option<&Path>,
+    user: Option<RunAs>,
+    prepared: &Prepared,
+) -> std::io::Result<tokio::process::Child> {
+    let argv = prepared.wrap_argv(argv);
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty command"))?;
+    #[allow(clippy::disallowed_methods)]
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let hook = prepared.child_hook();
+        // SAFETY: the closure only makes async-signal-safe system calls on data prepared before
+        // fork (see ondevice_sandbox::ChildHook) and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                hook.enter()?;
+                let switch = |u: RunAs| {
+                    libc::setgroups(0, std::ptr::null()) == 0
+                        && libc::setgid(u.gid) == 0
+                        && libc::setuid(u.uid) == 0
+                };
+                if !user.is_none_or(switch) {
+                    return Err(std::io::Error::last_os_error());
+                }
+                hook.restrict()
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = user;
+    let mut cmd = tokio::process::Command::from(cmd);
+    // Last resort if the supervising task is dropped without a stop (runtime shut down): the
+    // leader is killed, and dropping the Prepared kills what is left in its cgroup.
+    cmd.kill_on_drop(true);
+    cmd.spawn()
+}
+
+/// Spawn a short-lived helper (exec probe or hook) with extra environment; killed if dropped.
+pub(crate) fn spawn_helper(
+    argv: &[OsString],
+    env: &[(&str, String)],
+) -> std::io::Result<tokio::process::Child> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty command"))?;
+    #[allow(clippy::disallowed_methods)]
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    #[cfg(unix)]
+    cmd.process_group(0);
+    cmd.spawn()
+}
+
+/// Send `sig` to the process group `pgid` (unix). Errors (group gone) are ignored.
+#[cfg(unix)]
+pub(crate) fn signal_group(pgid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), sig);
+}
+
+/// Start `program` in the background, detached: a new session (setsid), stdin from /dev/null,
+/// stdout and stderr appended to `log_path`. The child is not waited on; when the caller (e.g.
+/// `ondevice daemon start`) exits, init adopts it. Returns its pid.
+pub fn spawn_detached(
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    log_path: &Path,
+) -> Result<u32, SupervisorError> {
+    let io_err = |path: &Path, e| SupervisorError::Io {
+        action: "open log file",
+        path: PathBuf::from(path),
+        source: e,
+    };
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| io_err(log_path, e))?;
+    let log2 = log.try_clone().map_err(|e| io_err(log_path, e))?;
+    #[allow(clippy::disallowed_methods)]
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt;
+        const DETACHED_PROCESS: u32 = 0x0000_0008;
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        cmd.creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP);
+    }
+    let child = cmd.spawn().map_err(|e| SupervisorError::Spawn {
+        worker: "daemon".into(),
+        program: program.into(),
+        source: e,
+    })?;
+    Ok(child.id())
+}

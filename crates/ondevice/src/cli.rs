@@ -1,0 +1,130 @@
+//! The command-line definition (clap). Man pages and shell completions are generated from it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ondevice_config::{ListenAddr, LogFormat};
+
+/// Run AI models privately on your own machine.
+#[derive(Debug, Parser)]
+#[command(name = "ondevice", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: $ONDEVICE_CONFIG, else <platform config dir>/ondevice/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json (default: config log.format, or $ONDEVICE_LOG_FORMAT).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter such as info or debug (default: config log.level, or $ONDEVICE_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (logs to stderr; SIGTERM/SIGINT stop it gracefully).
+    Serve(ServeArgs),
+    /// Control the background daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Manage API keys (needs an admin key: $ONDEVICE_API_KEY or the bootstrap token).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Inspect and validate configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `ondevice serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, IP:PORT (default: config server.listen, or $ONDEVICE_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<ListenAddr>,
+}
+
+/// `ondevice daemon ...`.
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background and wait until it is ready.
+    Start(DaemonStartArgs),
+    /// Stop the background daemon gracefully.
+    Stop(DaemonStopArgs),
+    /// Show version, uptime, listen address and workers.
+    Status(JsonFlag),
+}
+
+/// `ondevice daemon start`.
+#[derive(Debug, Args)]
+pub struct DaemonStartArgs {
+    /// Address to listen on, IP:PORT.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<ListenAddr>,
+    /// Seconds to wait for the daemon to become ready.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub wait: u64,
+}
+
+/// `ondevice daemon stop`.
+#[derive(Debug, Args)]
+pub struct DaemonStopArgs {
+    /// Seconds to wait for the daemon to exit.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub wait: u64,
+}
+
+/// A `--json` flag for read commands.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ondevice keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once.
+    Create(KeysCreateArgs),
+    /// List keys (never their secrets).
+    List(JsonFlag),
+    /// Revoke a key by id; effective immediately.
+    Revoke {
+        /// The key id (the 12 hex digits after `odk_`).
+        id: String,
+    },
+}
+
+/// `ondevice keys create`.
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// A name for people (default: key-<id>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Scope to grant: admin, models, infer or read. Repeat for several.
+    #[arg(long = "scope", required = true, value_name = "SCOPE")]
+    pub scopes: Vec<ondevice_auth::Scope>,
+    /// Print JSON (with the key) instead of the bare key.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ondevice config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the resolved configuration (file + environment + flags), secrets redacted.
+    Show(JsonFlag),
+    /// Validate a config file; errors name the line.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Print the JSON schema of the config file.
+    Schema,
+    /// Print the Markdown reference of every config key.
+    Reference,
+}

@@ -1,0 +1,60 @@
+//! One module per subcommand; `run` resolves the config once and dispatches.
+
+mod client;
+mod config;
+mod daemon;
+mod keys;
+mod serve;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ondevice_config::{Environment, Overrides, Resolved};
+
+use crate::cli::{Cli, Command, ConfigCommand};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let listen = match &cli.command {
+        Command::Serve(a) => a.listen,
+        Command::Daemon(crate::cli::DaemonCommand::Start(a)) => a.listen,
+        _ => None,
+    };
+    let overrides = Overrides {
+        listen,
+        log_format: cli.log_format,
+        log_level: cli.log_level.clone(),
+        config_file: cli.config.clone(),
+    };
+    // `config check` validates a file on its own, without the environment.
+    if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
+        return config::check(file);
+    }
+    let resolved = ondevice_config::load(&Environment::from_process(), &overrides)?;
+    match cli.command {
+        Command::Serve(_) => serve::run(resolved),
+        Command::Daemon(cmd) => with_runtime(daemon::run(resolved, cmd, overrides)),
+        Command::Keys(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(keys::run(resolved, cmd))
+        }
+        Command::Config(cmd) => config::run(resolved, cmd),
+    }
+}
+
+/// Client commands log only warnings unless asked otherwise.
+fn quiet(resolved: &Resolved) -> ondevice_config::LogSettings {
+    let mut s = resolved.settings.log.clone();
+    if s.level == "info" {
+        s.level = "warn".to_owned();
+    }
+    s
+}
+
+fn with_runtime<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
