@@ -63,6 +63,13 @@ async fn status(State(state): State<AppState>) -> Json<crate::routes::status::St
     Json(state.status())
 }
 
+async fn restart_worker(State(state): State<AppState>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    match crate::routes::workers::restart_named(&state, &name).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn shutdown(State(state): State<AppState>) -> impl IntoResponse {
     tracing::info!("stop requested on the control socket");
     state.shutdown_token().cancel();
@@ -92,6 +99,7 @@ pub async fn serve(listener: UnixListener, state: AppState) {
     let app = Router::new()
         .route("/status", get(status))
         .route("/shutdown", post(shutdown))
+        .route("/workers/{name}/restart", post(restart_worker))
         .layer(axum::middleware::from_fn(same_user))
         .with_state(state);
     let service = app.into_make_service_with_connect_info::<PeerUid>();

@@ -28,7 +28,7 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use metrics::Metrics;
 pub use middleware::host_allowed;
-pub use state::{AppState, DaemonEvent, EdgeOptions, ExitView, NoWorkers, StatusSource, WorkerView};
+pub use state::{AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, StatusSource, WorkerView};
 
 use crate::middleware::{Guard, authenticate, reject, require_scope};
 
@@ -55,6 +55,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
     let admin = OpenApiRouter::new()
         .routes(routes!(routes::keys::list, routes::keys::create))
         .routes(routes!(routes::keys::revoke))
+        .routes(routes!(routes::workers::restart))
         .route_layer(guarded(Scope::Admin));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(public)

@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// One supervised worker as the API shows it.
@@ -53,7 +54,18 @@ pub trait StatusSource: Send + Sync {
     fn ready(&self) -> bool {
         self.workers().iter().filter(|w| w.required).all(|w| w.ready)
     }
+    /// What the host's sandbox can enforce (detection report), `null` if unknown.
+    fn sandbox(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restarts a worker now, closing its circuit if it was given up.
+    fn restart_worker<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move { Err(ApiError::NotFound(format!("no worker named {name:?}"))) })
+    }
 }
+
+/// A boxed future, for the object-safe async methods of [`StatusSource`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// A status source for a daemon that supervises no workers.
 #[derive(Debug, Default)]
@@ -155,6 +167,11 @@ impl AppState {
         }
     }
 
+    /// The status source (workers).
+    pub fn status_source(&self) -> &Arc<dyn StatusSource> {
+        &self.inner.status
+    }
+
     /// The verifier.
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.inner.verifier
@@ -192,6 +209,7 @@ impl AppState {
             auth_enabled: s.verifier.enabled(),
             ready: s.status.ready() && !s.shutdown.is_cancelled(),
             workers: s.status.workers(),
+            sandbox: s.status.sandbox(),
         }
     }
 }

@@ -54,8 +54,13 @@ pub enum DaemonCommand {
     Start(DaemonStartArgs),
     /// Stop the background daemon gracefully.
     Stop(DaemonStopArgs),
-    /// Show version, uptime, listen address and workers.
+    /// Show version, uptime, listen address, workers and sandbox protection.
     Status(JsonFlag),
+    /// Restart a supervised worker now, also after it was given up (circuit open).
+    RestartWorker {
+        /// The worker's name (`[workers.NAME]`).
+        name: String,
+    },
 }
 
 /// `ondevice daemon start`.

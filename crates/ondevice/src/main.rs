@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod logging;
+mod supervision;
 
 use std::process::ExitCode;
 

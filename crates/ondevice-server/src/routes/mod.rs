@@ -4,4 +4,5 @@
 pub mod health;
 pub mod keys;
 pub mod status;
+pub mod workers;
 pub mod ws;

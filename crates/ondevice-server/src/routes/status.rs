@@ -26,6 +26,8 @@ pub struct StatusResponse {
     pub ready: bool,
     /// Supervised workers with state, restarts, last exit and sandbox protection.
     pub workers: Vec<WorkerView>,
+    /// What the host's sandbox can enforce (cgroups, landlock, seccomp, namespaces, ...).
+    pub sandbox: serde_json::Value,
 }
 
 /// Status of the daemon and its workers.

@@ -20,6 +20,7 @@ pub async fn run(resolved: Resolved, cmd: DaemonCommand, overrides: Overrides) -
         DaemonCommand::Start(args) => start(&resolved, &args, &overrides).await,
         DaemonCommand::Stop(args) => stop(&resolved, &args).await,
         DaemonCommand::Status(flag) => status(&resolved, &flag).await,
+        DaemonCommand::RestartWorker { name } => restart_worker(&resolved, &name).await,
     }
 }
 
@@ -137,9 +138,50 @@ async fn status(resolved: &Resolved, flag: &JsonFlag) -> anyhow::Result<ExitCode
                 w["state"].as_str().unwrap_or("?"),
                 w["restarts"],
                 exit,
-                w["protection"]
+                protection_summary(&w["protection"])
             );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn restart_worker(resolved: &Resolved, name: &str) -> anyhow::Result<ExitCode> {
+    if name.is_empty() || name.contains(['/', '?', '#', '%']) || name.chars().any(char::is_whitespace) {
+        bail!("invalid worker name {name:?}");
+    }
+    let socket = resolved.paths.control_socket();
+    let (code, body) = control::request(&socket, Method::POST, &format!("/workers/{name}/restart"))
+        .await
+        .context("cannot reach the daemon's control socket: is it running?")?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if !code.is_success() {
+        bail!("{}", v["error"]["message"].as_str().unwrap_or("restart failed"));
+    }
+    println!("restarting worker {name} (state {})", v["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `memory_max=cgroup-v1, network=net-namespace, ... (missing: cpu_max)` from a protection report.
+fn protection_summary(p: &serde_json::Value) -> String {
+    let list = |key: &str, with_mechanism: bool| -> Vec<String> {
+        p[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let limit = e["limit"].as_str().unwrap_or("?");
+                match e["mechanism"].as_str() {
+                    Some(m) if with_mechanism => format!("{limit}={m}"),
+                    _ => limit.to_owned(),
+                }
+            })
+            .collect()
+    };
+    let enforced = list("enforced", true);
+    let missing = list("missing", false);
+    let mut s = if enforced.is_empty() { "none".to_owned() } else { enforced.join(", ") };
+    if !missing.is_empty() {
+        s.push_str(&format!(" (missing: {})", missing.join(", ")));
+    }
+    s
 }

@@ -12,10 +12,12 @@ use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use ondevice_auth::{Bootstrap, Verifier};
 use ondevice_config::Resolved;
-use ondevice_server::{AppState, DaemonEvent, EdgeOptions, NoWorkers, control, listener};
+use ondevice_server::{AppState, DaemonEvent, EdgeOptions, control, listener};
 use ondevice_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::supervision::SupervisedWorkers;
 
 pub fn run(resolved: Resolved) -> anyhow::Result<ExitCode> {
     let paths = resolved.paths.clone();
@@ -61,7 +63,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         max_concurrent_requests: settings.server.max_concurrent_requests,
         tls: tls.is_some(),
     };
-    let state = AppState::new(verifier.clone(), options, Arc::new(NoWorkers), shutdown.clone());
+    let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
+    let state = AppState::new(verifier.clone(), options, workers.clone(), shutdown.clone());
+    workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 
     let control_listener = control::bind(&paths.control_socket())?;
@@ -83,10 +87,12 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let stopping = {
         let shutdown = shutdown.clone();
         let state = state.clone();
+        let workers = workers.clone();
         async move {
             shutdown.cancelled().await;
             state.publish(DaemonEvent::now("daemon.stopping", serde_json::json!({})));
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            workers.shutdown(grace).await;
         }
     };
     tokio::join!(listener::serve(tcp, tls, app, shutdown.clone(), grace), stopping);
