@@ -12,12 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let len = data.len() as u64;
     assert!(file.data_offset() % file.alignment() == 0);
-    let mut ranges: Vec<_> = file
-        .tensors()
-        .iter()
-        .filter(|t| t.n_bytes() > 0)
-        .map(|t| t.file_range())
-        .collect();
+    let mut ranges: Vec<_> = file.tensors().iter().filter(|t| t.n_bytes() > 0).map(|t| t.file_range()).collect();
     for r in &ranges {
         assert!(r.start >= file.data_offset() && r.end <= len);
     }
@@ -25,10 +20,5 @@ fuzz_target!(|data: &[u8]| {
     for pair in ranges.windows(2) {
         assert!(pair[0].end <= pair[1].start, "accepted overlapping tensors");
     }
-    let _ = (
-        file.parameter_count(),
-        file.quantization(),
-        file.context_length(),
-        file.chat_template(),
-    );
+    let _ = (file.parameter_count(), file.quantization(), file.context_length(), file.chat_template());
 });

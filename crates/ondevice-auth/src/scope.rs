@@ -55,10 +55,7 @@ impl FromStr for Scope {
     type Err = UnknownScope;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scope::ALL
-            .into_iter()
-            .find(|sc| sc.as_str() == s.trim())
-            .ok_or_else(|| UnknownScope(s.to_owned()))
+        Scope::ALL.into_iter().find(|sc| sc.as_str() == s.trim()).ok_or_else(|| UnknownScope(s.to_owned()))
     }
 }
 

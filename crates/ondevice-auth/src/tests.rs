@@ -36,13 +36,7 @@ fn bearer(key: &str) -> Vec<u8> {
 
 fn auth(v: &Verifier, key: Option<&str>, scope: Scope) -> Result<Principal, AuthError> {
     let header = key.map(bearer);
-    v.authorize(
-        &Presented {
-            authorization: header.as_deref(),
-            ..Default::default()
-        },
-        scope,
-    )
+    v.authorize(&Presented { authorization: header.as_deref(), ..Default::default() }, scope)
 }
 
 #[test]

@@ -87,10 +87,7 @@ impl Token {
         let mut secret = [0u8; SECRET_BYTES];
         getrandom::fill(&mut id).map_err(|_| CredentialError::Random)?;
         getrandom::fill(&mut secret).map_err(|_| CredentialError::Random)?;
-        Ok(Token {
-            id: KeyId(id),
-            secret,
-        })
+        Ok(Token { id: KeyId(id), secret })
     }
 
     /// Parses `odk_<id>_<secret>`; surrounding whitespace is ignored (token files end in a newline).
@@ -245,35 +242,17 @@ mod tests {
 
     #[test]
     fn presented_credentials() {
-        let p = Presented {
-            authorization: Some(b"Bearer odk_x"),
-            ..Default::default()
-        };
+        let p = Presented { authorization: Some(b"Bearer odk_x"), ..Default::default() };
         assert_eq!(p.credential().unwrap(), Some("odk_x"));
-        let p = Presented {
-            authorization: Some(b"bearer   odk_y "),
-            ..Default::default()
-        };
+        let p = Presented { authorization: Some(b"bearer   odk_y "), ..Default::default() };
         assert_eq!(p.credential().unwrap(), Some("odk_y"));
-        let p = Presented {
-            authorization: Some(b"Basic dXNlcjpwYXNz"),
-            ..Default::default()
-        };
+        let p = Presented { authorization: Some(b"Basic dXNlcjpwYXNz"), ..Default::default() };
         assert_eq!(p.credential().unwrap_err(), CredentialError::Scheme);
-        let p = Presented {
-            x_api_key: Some(b"odk_z"),
-            ..Default::default()
-        };
+        let p = Presented { x_api_key: Some(b"odk_z"), ..Default::default() };
         assert_eq!(p.credential().unwrap(), Some("odk_z"));
-        let p = Presented {
-            websocket_protocol: Some(b"ondevice.v1, ondevice.bearer.odk_w"),
-            ..Default::default()
-        };
+        let p = Presented { websocket_protocol: Some(b"ondevice.v1, ondevice.bearer.odk_w"), ..Default::default() };
         assert_eq!(p.credential().unwrap(), Some("odk_w"));
-        let p = Presented {
-            websocket_protocol: Some(b"ondevice.v1"),
-            ..Default::default()
-        };
+        let p = Presented { websocket_protocol: Some(b"ondevice.v1"), ..Default::default() };
         assert_eq!(p.credential().unwrap(), None);
         assert_eq!(Presented::default().credential().unwrap(), None);
     }

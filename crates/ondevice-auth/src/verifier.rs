@@ -179,16 +179,8 @@ pub fn now_unix() -> i64 {
 impl Verifier {
     /// Loads every key from the store. With `enabled = false` every request is allowed as admin.
     pub fn new(store: Arc<dyn KeyStore>, enabled: bool) -> Result<Verifier, AuthError> {
-        let keys = store
-            .load_keys()?
-            .into_iter()
-            .map(|record| (record.id, Entry { record, touched: false }))
-            .collect();
-        Ok(Verifier {
-            store,
-            keys: RwLock::new(keys),
-            enabled,
-        })
+        let keys = store.load_keys()?.into_iter().map(|record| (record.id, Entry { record, touched: false })).collect();
+        Ok(Verifier { store, keys: RwLock::new(keys), enabled })
     }
 
     /// Whether keys are required.
@@ -199,19 +191,11 @@ impl Verifier {
     /// Authenticates whatever credential the request presented and checks `required`.
     pub fn authorize(&self, presented: &Presented<'_>, required: Scope) -> Result<Principal, AuthError> {
         if !self.enabled {
-            return Ok(Principal {
-                key_id: None,
-                name: "anonymous".to_owned(),
-                scopes: Scopes::admin(),
-            });
+            return Ok(Principal { key_id: None, name: "anonymous".to_owned(), scopes: Scopes::admin() });
         }
         let credential = presented.credential()?.ok_or(AuthError::Missing)?;
         let principal = self.verify(credential)?;
-        if principal.scopes.satisfies(required) {
-            Ok(principal)
-        } else {
-            Err(AuthError::Forbidden { required })
-        }
+        if principal.scopes.satisfies(required) { Ok(principal) } else { Err(AuthError::Forbidden { required }) }
     }
 
     /// Authenticates a key string (no scope check).
@@ -229,11 +213,7 @@ impl Verifier {
             if r.revoked_at.is_some() {
                 return Err(AuthError::Revoked(r.id));
             }
-            let principal = Principal {
-                key_id: Some(r.id),
-                name: r.name.clone(),
-                scopes: r.scopes,
-            };
+            let principal = Principal { key_id: Some(r.id), name: r.name.clone(), scopes: r.scopes };
             if r.last_used_at.is_some_and(|t| now - t < TOUCH_EVERY_S) {
                 return Ok(principal);
             }
@@ -273,10 +253,7 @@ impl Verifier {
         };
         self.store.insert_key(&record)?;
         let info = info(&record);
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(record.id, Entry { record, touched: false });
+        self.keys.write().unwrap_or_else(|e| e.into_inner()).insert(record.id, Entry { record, touched: false });
         Ok((info, token.expose()))
     }
 
@@ -322,15 +299,15 @@ impl Verifier {
     /// Makes sure `path` holds a valid admin key (mode 0600). Deleting the file and restarting
     /// rotates the bootstrap key: the old one is revoked.
     pub fn ensure_bootstrap(&self, path: &Path) -> Result<Bootstrap, AuthError> {
-        let file_err = |source| AuthError::TokenFile {
-            path: path.display().to_string(),
-            source,
-        };
+        let file_err = |source| AuthError::TokenFile { path: path.display().to_string(), source };
         if let Ok(text) = std::fs::read_to_string(path) {
             if let Ok(token) = Token::parse(&text) {
-                let valid = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(&token.id()).is_some_and(|e| {
-                    e.record.revoked_at.is_none() && e.record.hash.matches(&token.secret_hash())
-                });
+                let valid = self
+                    .keys
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&token.id())
+                    .is_some_and(|e| e.record.revoked_at.is_none() && e.record.hash.matches(&token.secret_hash()));
                 if valid {
                     restrict_permissions(path).map_err(file_err)?;
                     return Ok(Bootstrap::Reused);

@@ -43,9 +43,7 @@ pub struct Environment {
 impl Environment {
     /// Captures the `ONDEVICE_*` variables of this process.
     pub fn from_process() -> Self {
-        Environment {
-            vars: std::env::vars().filter(|(k, _)| k.starts_with("ONDEVICE_")).collect(),
-        }
+        Environment { vars: std::env::vars().filter(|(k, _)| k.starts_with("ONDEVICE_")).collect() }
     }
 
     /// An environment with exactly these variables (tests, embedding).
@@ -55,9 +53,7 @@ impl Environment {
         K: Into<String>,
         V: Into<String>,
     {
-        Environment {
-            vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-        }
+        Environment { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
     /// A non-empty variable's value.
@@ -137,10 +133,7 @@ pub fn default_home() -> Option<PathBuf> {
 /// Loads the config file (a missing default file means defaults), applies the environment and
 /// the flags, and validates the result.
 pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, ConfigError> {
-    let explicit = overrides
-        .config_file
-        .clone()
-        .or_else(|| env.get(ENV_CONFIG).map(PathBuf::from));
+    let explicit = overrides.config_file.clone().or_else(|| env.get(ENV_CONFIG).map(PathBuf::from));
     let (mut settings, text, config_file) = match explicit {
         Some(path) => {
             let text = read(&path)?;
@@ -157,17 +150,14 @@ pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, Config
 
     let mut listen_from = None;
     if let Some(v) = env.get(ENV_LISTEN) {
-        settings.server.listen = v.parse().map_err(|e: ListenAddrError| ConfigError::Env {
-            var: ENV_LISTEN.to_owned(),
-            message: e.to_string(),
-        })?;
+        settings.server.listen = v
+            .parse()
+            .map_err(|e: ListenAddrError| ConfigError::Env { var: ENV_LISTEN.to_owned(), message: e.to_string() })?;
         listen_from = Some(ENV_LISTEN);
     }
     if let Some(v) = env.get(ENV_LOG_FORMAT) {
-        settings.log.format = v.parse().map_err(|message| ConfigError::Env {
-            var: ENV_LOG_FORMAT.to_owned(),
-            message,
-        })?;
+        settings.log.format =
+            v.parse().map_err(|message| ConfigError::Env { var: ENV_LOG_FORMAT.to_owned(), message })?;
     }
     if let Some(v) = env.get(ENV_LOG_LEVEL) {
         v.clone_into(&mut settings.log.level);
@@ -189,11 +179,7 @@ pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, Config
         Some(h) => PathBuf::from(h),
         None => default_home().ok_or(ConfigError::NoHome)?,
     };
-    Ok(Resolved {
-        settings,
-        paths: Paths { home },
-        config_file,
-    })
+    Ok(Resolved { settings, paths: Paths { home }, config_file })
 }
 
 /// Parses and validates one config file on its own (`ondevice config check FILE`).
@@ -207,16 +193,8 @@ pub fn check_file(path: &Path) -> Result<Settings, ConfigError> {
 /// Parses config text strictly. Errors carry the line and column of the offending key or value.
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Settings, ConfigError> {
     toml::from_str::<Settings>(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| locate::line_col(text, s.start))
-            .unwrap_or((1, 1));
-        ConfigError::Parse {
-            path: path.map(Path::to_path_buf),
-            line,
-            column,
-            message: e.message().trim().to_owned(),
-        }
+        let (line, column) = e.span().map(|s| locate::line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError::Parse { path: path.map(Path::to_path_buf), line, column, message: e.message().trim().to_owned() }
     })
 }
 
@@ -228,10 +206,7 @@ pub fn to_redacted_toml(settings: &Settings) -> String {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
 
 /// Cross-field checks that single values cannot express.
@@ -259,13 +234,13 @@ fn validate(
     }
     for (i, host) in s.server.allowed_hosts.iter().enumerate() {
         let ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
         if !ok {
             return Err(invalid(
                 "server.allowed_hosts",
-                format!("entry {i} {host:?} is not a host name: write names like \"ondevice.lan\", without scheme or path"),
+                format!(
+                    "entry {i} {host:?} is not a host name: write names like \"ondevice.lan\", without scheme or path"
+                ),
             ));
         }
     }
@@ -273,21 +248,17 @@ fn validate(
         if !valid_origin(origin) {
             return Err(invalid(
                 "server.cors_origins",
-                format!("{origin:?} is not an origin: write scheme://host[:port] such as \"http://localhost:3000\", without a path"),
+                format!(
+                    "{origin:?} is not an origin: write scheme://host[:port] such as \"http://localhost:3000\", without a path"
+                ),
             ));
         }
     }
     if s.server.body_limit.bytes() < 1024 {
-        return Err(invalid(
-            "server.body_limit",
-            "must be at least 1KiB".to_owned(),
-        ));
+        return Err(invalid("server.body_limit", "must be at least 1KiB".to_owned()));
     }
     if s.server.max_concurrent_requests == 0 {
-        return Err(invalid(
-            "server.max_concurrent_requests",
-            "must be at least 1".to_owned(),
-        ));
+        return Err(invalid("server.max_concurrent_requests", "must be at least 1".to_owned()));
     }
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
@@ -309,9 +280,7 @@ fn valid_origin(origin: &str) -> bool {
     matches!(scheme, "http" | "https")
         && !rest.is_empty()
         && !rest.contains('/')
-        && rest
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 #[cfg(test)]

@@ -5,9 +5,7 @@ pub(crate) const REDACTED: &str = "<redacted>";
 
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["password", "secret", "token", "api_key", "apikey", "credential", "authorization"]
-        .iter()
-        .any(|s| k.contains(s))
+    ["password", "secret", "token", "api_key", "apikey", "credential", "authorization"].iter().any(|s| k.contains(s))
 }
 
 /// Redacts values under secret-looking keys and the password part of URLs with credentials.

@@ -62,7 +62,9 @@ fn type_name(root: &Value, node: &Value) -> String {
     }
     match n.get("type") {
         Some(Value::String(t)) => t.clone(),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" or "),
+        Some(Value::Array(ts)) => {
+            ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" or ")
+        }
         _ => "table".to_owned(),
     }
 }
@@ -96,7 +98,9 @@ fn section(root: &Value, node: &Value, defaults: &Value, prefix: &str, out: &mut
     if !rows.is_empty() {
         let title = if prefix.is_empty() { "(top level)".to_owned() } else { format!("[{prefix}]") };
         let desc = node.get("description").and_then(Value::as_str).unwrap_or("");
-        out.push_str(&format!("\n## `{title}`\n\n{desc}\n\n| key | type | default | description |\n|---|---|---|---|\n"));
+        out.push_str(&format!(
+            "\n## `{title}`\n\n{desc}\n\n| key | type | default | description |\n|---|---|---|---|\n"
+        ));
         for r in rows {
             out.push_str(&r);
             out.push('\n');

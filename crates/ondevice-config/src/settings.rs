@@ -122,11 +122,6 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".to_owned(),
-            file: true,
-            max_files: 7,
-        }
+        LogSettings { format: LogFormat::Text, level: "info".to_owned(), file: true, max_files: 7 }
     }
 }

@@ -40,7 +40,11 @@ fn errors_name_the_line() {
     );
     assert_error("[server]\ncors_origins = [\"http://a/b\"]\n", 2, "is not an origin");
     assert_error("[server]\nallowed_hosts = [\"http://x\"]\n", 2, "is not a host name");
-    assert_error("[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n", 2, "not a readable file");
+    assert_error(
+        "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+        2,
+        "not a readable file",
+    );
     assert_error("[log]\nmax_files = 0\n", 2, "at least 1");
 }
 
@@ -87,13 +91,16 @@ fn precedence_is_file_then_env_then_flags() {
 
 #[test]
 fn env_values_are_validated() {
-    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, "/nonexistent/c.toml")]), &Overrides::default()).unwrap_err();
+    let err =
+        load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, "/nonexistent/c.toml")]), &Overrides::default()).unwrap_err();
     assert!(err.to_string().contains("cannot read config file /nonexistent/c.toml"), "{err}");
     let (_d, path) = write_config("");
     let cfg = path.to_str().unwrap();
-    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "bad")]), &Overrides::default()).unwrap_err();
+    let err =
+        load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "bad")]), &Overrides::default()).unwrap_err();
     assert!(err.to_string().starts_with("environment variable ONDEVICE_LISTEN: invalid listen address"), "{err}");
-    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LOG_FORMAT, "xml")]), &Overrides::default()).unwrap_err();
+    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LOG_FORMAT, "xml")]), &Overrides::default())
+        .unwrap_err();
     assert!(err.to_string().contains("ONDEVICE_LOG_FORMAT"), "{err}");
 }
 
@@ -103,7 +110,9 @@ fn non_loopback_without_auth_is_refused_whatever_sets_the_address() {
     let cfg = path.to_str().unwrap();
     let ok = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg)]), &Overrides::default()).unwrap();
     assert!(!ok.settings.auth.enabled, "loopback without auth is allowed");
-    let err = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "0.0.0.0:7733")]), &Overrides::default()).unwrap_err();
+    let err =
+        load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (ENV_LISTEN, "0.0.0.0:7733")]), &Overrides::default())
+            .unwrap_err();
     let shown = err.to_string();
     assert!(shown.contains("set by ONDEVICE_LISTEN"), "{shown}");
     assert_eq!(err.line(), Some(2));
@@ -122,10 +131,9 @@ fn show_redacts_and_round_trips() {
 #[test]
 fn committed_schema_and_reference_are_fresh() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    for (name, want) in [
-        ("config.schema.json", schema::json_schema_text()),
-        ("config.md", schema::reference_markdown()),
-    ] {
+    for (name, want) in
+        [("config.schema.json", schema::json_schema_text()), ("config.md", schema::reference_markdown())]
+    {
         let path = docs.join(name);
         if std::env::var_os("ONDEVICE_BLESS").is_some() {
             std::fs::write(&path, &want).unwrap();

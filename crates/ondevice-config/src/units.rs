@@ -45,13 +45,9 @@ impl FromStr for ByteSize {
     type Err = ByteSizeError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ByteSizeError {
-            input: s.to_owned(),
-        };
+        let err = || ByteSizeError { input: s.to_owned() };
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
             return Err(err());
@@ -143,9 +139,7 @@ impl FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
         let t = t.strip_prefix("localhost:").map_or_else(|| t.to_owned(), |p| format!("127.0.0.1:{p}"));
-        t.parse::<SocketAddr>().map(ListenAddr).map_err(|_| ListenAddrError {
-            input: s.to_owned(),
-        })
+        t.parse::<SocketAddr>().map(ListenAddr).map_err(|_| ListenAddrError { input: s.to_owned() })
     }
 }
 

@@ -87,17 +87,13 @@ fn default_stop_grace_s() -> u64 {
 fn non_empty_command<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     if v.is_empty() || v[0].is_empty() {
-        return Err(serde::de::Error::custom(
-            "command must name a program: command = [\"program\", \"arg\", ...]",
-        ));
+        return Err(serde::de::Error::custom("command must name a program: command = [\"program\", \"arg\", ...]"));
     }
     Ok(v)
 }
 
 /// When a worker is restarted.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never restart.
@@ -125,11 +121,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            initial_ms: 200,
-            max_ms: 30_000,
-            factor: 2.0,
-        }
+        Backoff { initial_ms: 200, max_ms: 30_000, factor: 2.0 }
     }
 }
 
@@ -156,10 +148,7 @@ impl<'de> Deserialize<'de> for Backoff {
         }
         let r = Raw::deserialize(d)?;
         if r.factor.is_nan() || r.factor < 1.0 {
-            return Err(serde::de::Error::custom(format!(
-                "backoff factor must be >= 1.0, got {}",
-                r.factor
-            )));
+            return Err(serde::de::Error::custom(format!("backoff factor must be >= 1.0, got {}", r.factor)));
         }
         if r.initial_ms > r.max_ms {
             return Err(serde::de::Error::custom(format!(
@@ -167,11 +156,7 @@ impl<'de> Deserialize<'de> for Backoff {
                 r.initial_ms, r.max_ms
             )));
         }
-        Ok(Backoff {
-            initial_ms: r.initial_ms,
-            max_ms: r.max_ms,
-            factor: r.factor,
-        })
+        Ok(Backoff { initial_ms: r.initial_ms, max_ms: r.max_ms, factor: r.factor })
     }
 }
 
@@ -187,10 +172,7 @@ pub struct MaxRestarts {
 
 impl Default for MaxRestarts {
     fn default() -> Self {
-        MaxRestarts {
-            count: 5,
-            within_s: 60,
-        }
+        MaxRestarts { count: 5, within_s: 60 }
     }
 }
 
@@ -305,34 +287,22 @@ impl<'de> Deserialize<'de> for Probe {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let r = ProbeRaw::deserialize(d)?;
-        let set = [
-            r.http.is_some(),
-            r.tcp.is_some(),
-            r.unix.is_some(),
-            r.exec.is_some(),
-            r.grpc.is_some(),
-        ];
+        let set = [r.http.is_some(), r.tcp.is_some(), r.unix.is_some(), r.exec.is_some(), r.grpc.is_some()];
         if set.iter().filter(|s| **s).count() != 1 {
-            return Err(D::Error::custom(
-                "a probe needs exactly one of http, tcp, unix, exec, grpc",
-            ));
+            return Err(D::Error::custom("a probe needs exactly one of http, tcp, unix, exec, grpc"));
         }
         if r.exec.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(D::Error::custom("probe exec must name a program"));
         }
         match &r.http {
             Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                return Err(D::Error::custom(format!(
-                    "probe http must be an http:// or https:// URL, got {u:?}"
-                )));
+                return Err(D::Error::custom(format!("probe http must be an http:// or https:// URL, got {u:?}")));
             }
             _ => {}
         }
         for (name, v) in [("period_s", r.period_s), ("timeout_s", r.timeout_s)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(D::Error::custom(format!(
-                    "probe {name} must be a positive number of seconds"
-                )));
+                return Err(D::Error::custom(format!("probe {name} must be a positive number of seconds")));
             }
         }
         if !(r.initial_delay_s.is_finite() && r.initial_delay_s >= 0.0) {
@@ -375,9 +345,7 @@ impl Serialize for Probe {
 }
 
 /// How strictly the sandbox is applied.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxMode {
     /// Enforce what this host can; warn about the rest (reported in the worker's protection).
@@ -390,9 +358,7 @@ pub enum SandboxMode {
 }
 
 /// Network access of a worker.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// The host's network.
@@ -403,9 +369,7 @@ pub enum NetworkMode {
 }
 
 /// External sandbox wrapper program.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WrapperKind {
     /// Built-in mechanisms only.
@@ -522,13 +486,9 @@ enum CpuSchema {
 impl CpuLimit {
     fn from_cores<E: serde::de::Error>(cores: f64) -> Result<CpuLimit, E> {
         if !(cores.is_finite() && cores > 0.0 && cores <= 4096.0) {
-            return Err(E::custom(format!(
-                "cpu_max must be between 0 and 4096 cores, got {cores}"
-            )));
+            return Err(E::custom(format!("cpu_max must be between 0 and 4096 cores, got {cores}")));
         }
-        Ok(CpuLimit {
-            millicores: ((cores * 1000.0).round() as u32).max(1),
-        })
+        Ok(CpuLimit { millicores: ((cores * 1000.0).round() as u32).max(1) })
     }
 }
 
@@ -551,15 +511,10 @@ impl<'de> Deserialize<'de> for CpuLimit {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CpuLimit, E> {
                 let t = v.trim();
-                let bad = || {
-                    E::custom(format!(
-                        "invalid cpu_max {v:?}: expected \"50%\" or a number of cores like 1.5"
-                    ))
-                };
+                let bad =
+                    || E::custom(format!("invalid cpu_max {v:?}: expected \"50%\" or a number of cores like 1.5"));
                 match t.strip_suffix('%') {
-                    Some(p) => {
-                        CpuLimit::from_cores(p.trim().parse::<f64>().map_err(|_| bad())? / 100.0)
-                    }
+                    Some(p) => CpuLimit::from_cores(p.trim().parse::<f64>().map_err(|_| bad())? / 100.0),
                     None => CpuLimit::from_cores(t.parse::<f64>().map_err(|_| bad())?),
                 }
             }
@@ -633,22 +588,10 @@ sandbox = { mode = "auto", memory_max = "64MiB", pids_max = 32, network = "none"
         let w = &doc.workers["NAME"];
         assert_eq!(w.command, ["program", "arg"]);
         assert_eq!(w.restart, RestartPolicy::OnFailure);
-        assert_eq!(
-            w.max_restarts,
-            MaxRestarts {
-                count: 5,
-                within_s: 60
-            }
-        );
+        assert_eq!(w.max_restarts, MaxRestarts { count: 5, within_s: 60 });
         let l = w.liveness.as_ref().unwrap();
-        assert_eq!(
-            l.check(),
-            ProbeCheck::Http("http://127.0.0.1:8080/health".into())
-        );
-        assert_eq!(
-            (l.period_s, l.failure_threshold, l.timeout_s),
-            (5.0, 3, 1.0)
-        );
+        assert_eq!(l.check(), ProbeCheck::Http("http://127.0.0.1:8080/health".into()));
+        assert_eq!((l.period_s, l.failure_threshold, l.timeout_s), (5.0, 3, 1.0));
         assert_eq!(w.sandbox.memory_max, Some(ByteSize(64 << 20)));
         assert_eq!(w.sandbox.network, NetworkMode::None);
         assert!(w.sandbox.seccomp);
@@ -686,14 +629,8 @@ on_give_up = [{ webhook = "http://127.0.0.1:9/giveup" }]
         let w = &doc.workers["full"];
         assert_eq!(w.sandbox.cpu_max, Some(CpuLimit { millicores: 500 }));
         assert_eq!(w.sandbox.memory_high, Some(ByteSize(512 << 20)));
-        assert_eq!(
-            w.hooks.on_exit[1],
-            HookAction::Webhook("http://127.0.0.1:9/hook".into())
-        );
-        assert_eq!(
-            w.readiness.as_ref().unwrap().check(),
-            ProbeCheck::Grpc("127.0.0.1:9000".into())
-        );
+        assert_eq!(w.hooks.on_exit[1], HookAction::Webhook("http://127.0.0.1:9/hook".into()));
+        assert_eq!(w.readiness.as_ref().unwrap().check(), ProbeCheck::Grpc("127.0.0.1:9000".into()));
         let back: WorkerConfig = toml::from_str(&toml::to_string(w).unwrap()).unwrap();
         assert_eq!(&back, w);
     }
@@ -719,11 +656,7 @@ on_give_up = [{ webhook = "http://127.0.0.1:9/giveup" }]
         struct C {
             c: CpuLimit,
         }
-        let cpu = |t: &str| {
-            toml::from_str::<C>(t)
-                .map(|c| c.c.millicores)
-                .map_err(|e| e.to_string())
-        };
+        let cpu = |t: &str| toml::from_str::<C>(t).map(|c| c.c.millicores).map_err(|e| e.to_string());
         assert_eq!(cpu("c = 1.5"), Ok(1500));
         assert_eq!(cpu("c = 2"), Ok(2000));
         assert_eq!(cpu("c = \"250%\""), Ok(2500));
@@ -733,46 +666,23 @@ on_give_up = [{ webhook = "http://127.0.0.1:9/giveup" }]
 
     #[test]
     fn errors_carry_the_position() {
-        let e =
-            parse("[workers.w]\ncommand = [\"x\"]\nsandbox = { memory_max = \"64 parsecs\" }\n")
-                .unwrap_err();
+        let e = parse("[workers.w]\ncommand = [\"x\"]\nsandbox = { memory_max = \"64 parsecs\" }\n").unwrap_err();
         assert!(e.contains("line 3") && e.contains("invalid size"), "{e}");
-        let e = parse("[workers.w]\ncommand = [\"x\"]\nbackoff = { initial_ms = 10, max_ms = 100, factor = 0.5 }\n").unwrap_err();
-        assert!(
-            e.contains("line 3") && e.contains("factor must be >= 1.0"),
-            "{e}"
-        );
-        let e = parse(
-            "[workers.w]\ncommand = [\"x\"]\n\nbackoff = { initial_ms = 1000, max_ms = 100 }\n",
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("line 4") && e.contains("must not exceed max_ms"),
-            "{e}"
-        );
-        let e = parse("[workers.w]\ncommand = []\n").unwrap_err();
-        assert!(
-            e.contains("line 2") && e.contains("command must name a program"),
-            "{e}"
-        );
-        let e = parse(
-            "[workers.w]\ncommand = [\"x\"]\nliveness = { http = \"http://a\", tcp = \"b:1\" }\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("line 3") && e.contains("exactly one"), "{e}");
-        let e = parse("[workers.w]\ncommand = [\"x\"]\nsandbox = { memroy_max = \"1G\" }\n")
+        let e = parse("[workers.w]\ncommand = [\"x\"]\nbackoff = { initial_ms = 10, max_ms = 100, factor = 0.5 }\n")
             .unwrap_err();
-        assert!(
-            e.contains("unknown field") && e.contains("memroy_max"),
-            "{e}"
-        );
+        assert!(e.contains("line 3") && e.contains("factor must be >= 1.0"), "{e}");
+        let e = parse("[workers.w]\ncommand = [\"x\"]\n\nbackoff = { initial_ms = 1000, max_ms = 100 }\n").unwrap_err();
+        assert!(e.contains("line 4") && e.contains("must not exceed max_ms"), "{e}");
+        let e = parse("[workers.w]\ncommand = []\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("command must name a program"), "{e}");
+        let e =
+            parse("[workers.w]\ncommand = [\"x\"]\nliveness = { http = \"http://a\", tcp = \"b:1\" }\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("exactly one"), "{e}");
+        let e = parse("[workers.w]\ncommand = [\"x\"]\nsandbox = { memroy_max = \"1G\" }\n").unwrap_err();
+        assert!(e.contains("unknown field") && e.contains("memroy_max"), "{e}");
         let e = parse("[workers.w]\nrestart = \"sometimes\"\ncommand = [\"x\"]\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
-        assert!(
-            parse("[workers.w]\nrestart = \"never\"\n")
-                .unwrap_err()
-                .contains("missing field `command`")
-        );
+        assert!(parse("[workers.w]\nrestart = \"never\"\n").unwrap_err().contains("missing field `command`"));
     }
 
     #[test]
@@ -780,30 +690,14 @@ on_give_up = [{ webhook = "http://127.0.0.1:9/giveup" }]
         let schema = schemars::schema_for!(WorkerConfig);
         let json = serde_json::to_value(&schema).unwrap();
         let props = json["properties"].as_object().unwrap();
-        for key in [
-            "command",
-            "restart",
-            "backoff",
-            "max_restarts",
-            "liveness",
-            "sandbox",
-            "hooks",
-            "env",
-            "required",
-        ] {
+        for key in ["command", "restart", "backoff", "max_restarts", "liveness", "sandbox", "hooks", "env", "required"]
+        {
             assert!(props.contains_key(key), "{key} missing from the schema");
-            assert!(
-                props[key].get("description").is_some(),
-                "{key} has no description"
-            );
+            assert!(props[key].get("description").is_some(), "{key} has no description");
         }
         let defs = json["$defs"].as_object().unwrap();
         let probe = defs["Probe"]["properties"].as_object().unwrap();
-        assert!(
-            probe.contains_key("http")
-                && probe.contains_key("grpc")
-                && probe.contains_key("period_s")
-        );
+        assert!(probe.contains_key("http") && probe.contains_key("grpc") && probe.contains_key("period_s"));
         let sandbox = defs["SandboxConfig"]["properties"].as_object().unwrap();
         assert!(sandbox.contains_key("memory_max") && sandbox.contains_key("wrapper"));
     }

@@ -74,9 +74,7 @@ pub enum GgufError {
         source: std::io::Error,
     },
     /// The file ends, or would end, before a declared item does.
-    #[error(
-        "file is truncated or corrupt: {needed} bytes needed at byte {offset} but only {available} remain"
-    )]
+    #[error("file is truncated or corrupt: {needed} bytes needed at byte {offset} but only {available} remain")]
     Truncated {
         /// Where the item starts.
         offset: u64,
@@ -210,9 +208,7 @@ pub enum GgufError {
         alignment: u64,
     },
     /// A tensor's data does not lie within the file.
-    #[error(
-        "tensor {tensor:?} data at bytes {start}..{end} lies outside the file of {file_len} bytes"
-    )]
+    #[error("tensor {tensor:?} data at bytes {start}..{end} lies outside the file of {file_len} bytes")]
     TensorOutOfBounds {
         /// The tensor.
         tensor: String,

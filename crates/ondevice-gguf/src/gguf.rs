@@ -11,8 +11,8 @@ use std::path::Path;
 use crate::error::{GgufError, Limit};
 use crate::ggml::{GgmlType, file_type_name};
 use crate::limits::{
-    MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS, MAX_KEY_LEN, MAX_METADATA_ENTRIES, MAX_STRING_LEN,
-    MAX_TENSOR_NAME_LEN, MAX_TENSORS,
+    MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS, MAX_KEY_LEN, MAX_METADATA_ENTRIES, MAX_STRING_LEN, MAX_TENSOR_NAME_LEN,
+    MAX_TENSORS,
 };
 use crate::reader::{Cursor, capacity};
 use crate::value::{Array, Value, ValueType};
@@ -94,18 +94,11 @@ impl GgufFile {
     /// Reads the header of the GGUF file at `path`, leaving tensor data on disk.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let open_error = |source| GgufError::Open {
-            path: path.to_owned(),
-            source,
-        };
+        let open_error = |source| GgufError::Open { path: path.to_owned(), source };
         let file = File::open(path).map_err(open_error)?;
         let file_len = file.metadata().map_err(open_error)?.len();
-        Self::read_from(BufReader::with_capacity(1 << 16, file), file_len).map_err(|e| {
-            GgufError::WithPath {
-                path: path.to_owned(),
-                source: Box::new(e),
-            }
-        })
+        Self::read_from(BufReader::with_capacity(1 << 16, file), file_len)
+            .map_err(|e| GgufError::WithPath { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// Parses a GGUF file held in memory.
@@ -116,10 +109,7 @@ impl GgufFile {
     /// Reads a GGUF header from `reader`, positioned at the start of a file of
     /// `file_len` bytes. Reads only as far as the end of the tensor infos.
     pub fn read_from<R: Read>(reader: R, file_len: u64) -> Result<Self, GgufError> {
-        Parser {
-            cur: Cursor::new(reader, file_len),
-        }
-        .parse()
+        Parser { cur: Cursor::new(reader, file_len) }.parse()
     }
 
     /// The format version (2 or 3).
@@ -200,8 +190,7 @@ impl GgufFile {
 
     /// `general.file_type`, the overall quantization (`enum llama_ftype`).
     pub fn file_type(&self) -> Option<u32> {
-        self.get_u64("general.file_type")
-            .and_then(|v| u32::try_from(v).ok())
+        self.get_u64("general.file_type").and_then(|v| u32::try_from(v).ok())
     }
 
     /// The quantization's name: from `general.file_type` when known, else the
@@ -214,24 +203,17 @@ impl GgufFile {
         for t in &self.tensors {
             *bytes.entry(t.ggml_type).or_default() += t.n_bytes;
         }
-        bytes
-            .into_iter()
-            .max_by_key(|&(ty, n)| (n, std::cmp::Reverse(ty)))
-            .map(|(ty, _)| ty.name())
+        bytes.into_iter().max_by_key(|&(ty, n)| (n, std::cmp::Reverse(ty))).map(|(ty, _)| ty.name())
     }
 
     /// Total number of parameters: the sum of all tensors' element counts.
     pub fn parameter_count(&self) -> u64 {
-        self.tensors
-            .iter()
-            .fold(0u64, |acc, t| acc.saturating_add(t.n_elements))
+        self.tensors.iter().fold(0u64, |acc, t| acc.saturating_add(t.n_elements))
     }
 
     /// Total bytes of tensor data.
     pub fn tensor_data_len(&self) -> u64 {
-        self.tensors
-            .iter()
-            .fold(0u64, |acc, t| acc.saturating_add(t.n_bytes))
+        self.tensors.iter().fold(0u64, |acc, t| acc.saturating_add(t.n_bytes))
     }
 }
 
@@ -262,12 +244,7 @@ impl<R: Read> Parser<R> {
         check_limit(Limit::Tensors, tensor_count, MAX_TENSORS, tensor_count_at)?;
         let kv_count_at = self.cur.pos();
         let kv_count = self.cur.u64()?;
-        check_limit(
-            Limit::MetadataEntries,
-            kv_count,
-            MAX_METADATA_ENTRIES,
-            kv_count_at,
-        )?;
+        check_limit(Limit::MetadataEntries, kv_count, MAX_METADATA_ENTRIES, kv_count_at)?;
 
         let (metadata, index) = self.metadata(kv_count)?;
         let alignment = alignment(&metadata, &index)?;
@@ -277,15 +254,7 @@ impl<R: Read> Parser<R> {
         let data_offset = align_up(self.cur.pos(), alignment).unwrap_or(u64::MAX);
         let tensors = place_tensors(infos, data_offset, alignment, file_len)?;
 
-        Ok(GgufFile {
-            version,
-            metadata,
-            index,
-            tensors,
-            alignment,
-            data_offset,
-            file_len,
-        })
+        Ok(GgufFile { version, metadata, index, tensors, alignment, data_offset, file_len })
     }
 
     fn metadata(&mut self, count: u64) -> Result<(Metadata, HashMap<String, usize>), GgufError> {
@@ -298,10 +267,7 @@ impl<R: Read> Parser<R> {
             let value = self.value()?;
             match index.entry(key) {
                 Entry::Occupied(e) => {
-                    return Err(GgufError::DuplicateKey {
-                        offset,
-                        key: e.key().clone(),
-                    });
+                    return Err(GgufError::DuplicateKey { offset, key: e.key().clone() });
                 }
                 Entry::Vacant(e) => {
                     entries.push((e.key().clone(), value));
@@ -315,10 +281,7 @@ impl<R: Read> Parser<R> {
     fn value_type(&mut self) -> Result<ValueType, GgufError> {
         let offset = self.cur.pos();
         let tag = self.cur.u32()?;
-        ValueType::from_u32(tag).ok_or(GgufError::UnknownValueType {
-            offset,
-            value_type: tag,
-        })
+        ValueType::from_u32(tag).ok_or(GgufError::UnknownValueType { offset, value_type: tag })
     }
 
     fn value(&mut self) -> Result<Value, GgufError> {
@@ -335,9 +298,7 @@ impl<R: Read> Parser<R> {
                 let offset = self.cur.pos();
                 Value::Bool(to_bool(self.cur.u8()?, offset)?)
             }
-            ValueType::String => {
-                Value::String(self.cur.string(MAX_STRING_LEN, Limit::StringLength)?)
-            }
+            ValueType::String => Value::String(self.cur.string(MAX_STRING_LEN, Limit::StringLength)?),
             ValueType::Array => Value::Array(self.array(1)?),
             ValueType::U64 => Value::U64(self.cur.u64()?),
             ValueType::I64 => Value::I64(i64::from_le_bytes(self.cur.array()?)),
@@ -379,12 +340,7 @@ impl<R: Read> Parser<R> {
             ValueType::Bool => {
                 let at = cur.pos();
                 let raw = cur.bytes(count)?;
-                Array::Bool(
-                    raw.iter()
-                        .zip(at..)
-                        .map(|(&b, offset)| to_bool(b, offset))
-                        .collect::<Result<_, _>>()?,
-                )
+                Array::Bool(raw.iter().zip(at..).map(|(&b, offset)| to_bool(b, offset)).collect::<Result<_, _>>()?)
             }
             ValueType::String => {
                 let mut v = Vec::with_capacity(n);
@@ -410,9 +366,7 @@ impl<R: Read> Parser<R> {
         let mut names: HashMap<String, ()> = HashMap::with_capacity(capacity(count));
         for _ in 0..count {
             let at = self.cur.pos();
-            let name = self
-                .cur
-                .string(MAX_TENSOR_NAME_LEN, Limit::TensorNameLength)?;
+            let name = self.cur.string(MAX_TENSOR_NAME_LEN, Limit::TensorNameLength)?;
             let n_dims_at = self.cur.pos();
             let n_dims = u64::from(self.cur.u32()?);
             check_limit(Limit::Dimensions, n_dims, MAX_DIMS, n_dims_at)?;
@@ -427,18 +381,9 @@ impl<R: Read> Parser<R> {
                 return Err(GgufError::DuplicateTensor { offset: at, name });
             }
             let Some(ggml_type) = GgmlType::from_u32(type_id) else {
-                return Err(GgufError::UnknownGgmlType {
-                    offset: type_at,
-                    tensor: name,
-                    ggml_type: type_id,
-                });
+                return Err(GgufError::UnknownGgmlType { offset: type_at, tensor: name, ggml_type: type_id });
             };
-            infos.push(RawTensor {
-                name,
-                dims,
-                ggml_type,
-                offset,
-            });
+            infos.push(RawTensor { name, dims, ggml_type, offset });
         }
         Ok(infos)
     }
@@ -453,12 +398,7 @@ struct RawTensor {
 
 fn check_limit(what: Limit, count: u64, max: u64, offset: u64) -> Result<(), GgufError> {
     if count > max {
-        return Err(GgufError::LimitExceeded {
-            what,
-            count,
-            max,
-            offset,
-        });
+        return Err(GgufError::LimitExceeded { what, count, max, offset });
     }
     Ok(())
 }
@@ -484,10 +424,7 @@ fn decode<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 
 /// `general.alignment` if present (an unsigned integer: a non-zero power of two
 /// no larger than `u32::MAX`), else [`DEFAULT_ALIGNMENT`].
-fn alignment(
-    metadata: &[(String, Value)],
-    index: &HashMap<String, usize>,
-) -> Result<u64, GgufError> {
+fn alignment(metadata: &[(String, Value)], index: &HashMap<String, usize>) -> Result<u64, GgufError> {
     const KEY: &str = "general.alignment";
     let Some(&i) = index.get(KEY) else {
         return Ok(DEFAULT_ALIGNMENT);
@@ -524,9 +461,7 @@ fn place_tensors(
 ) -> Result<Vec<TensorInfo>, GgufError> {
     let mut tensors = Vec::with_capacity(infos.len());
     for raw in infos {
-        let overflow = || GgufError::TensorSizeOverflow {
-            tensor: raw.name.clone(),
-        };
+        let overflow = || GgufError::TensorSizeOverflow { tensor: raw.name.clone() };
         let n_elements = raw
             .dims
             .iter()
@@ -548,11 +483,7 @@ fn place_tensors(
             .filter(|&n| n <= i64::MAX as u64)
             .ok_or_else(overflow)?;
         if raw.offset % alignment != 0 {
-            return Err(GgufError::MisalignedTensor {
-                tensor: raw.name,
-                offset: raw.offset,
-                alignment,
-            });
+            return Err(GgufError::MisalignedTensor { tensor: raw.name, offset: raw.offset, alignment });
         }
         let start = data_offset.checked_add(raw.offset);
         let end = start.and_then(|s| s.checked_add(n_bytes));
@@ -565,12 +496,7 @@ fn place_tensors(
             });
         };
         if end > file_len {
-            return Err(GgufError::TensorOutOfBounds {
-                tensor: raw.name,
-                start,
-                end,
-                file_len,
-            });
+            return Err(GgufError::TensorOutOfBounds { tensor: raw.name, start, end, file_len });
         }
         tensors.push(TensorInfo {
             name: raw.name,
@@ -587,10 +513,7 @@ fn place_tensors(
     order.sort_by_key(|t| (t.file_range.start, t.file_range.end));
     for pair in order.windows(2) {
         if pair[1].file_range.start < pair[0].file_range.end {
-            return Err(GgufError::OverlappingTensors {
-                first: pair[0].name.clone(),
-                second: pair[1].name.clone(),
-            });
+            return Err(GgufError::OverlappingTensors { first: pair[0].name.clone(), second: pair[1].name.clone() });
         }
     }
     Ok(tensors)

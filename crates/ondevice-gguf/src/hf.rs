@@ -139,22 +139,12 @@ impl HfModelDir {
         if let Some(index) = index {
             for (tensor, shard) in index {
                 if owner.get(&tensor) != Some(&dir.join(&shard)) {
-                    return Err(HfDirError::IndexMismatch {
-                        path: index_path,
-                        tensor,
-                        shard,
-                    });
+                    return Err(HfDirError::IndexMismatch { path: index_path, tensor, shard });
                 }
             }
         }
 
-        Ok(HfModelDir {
-            dir,
-            config,
-            tensor_count: owner.len(),
-            weight_files,
-            parameters_by_dtype,
-        })
+        Ok(HfModelDir { dir, config, tensor_count: owner.len(), weight_files, parameters_by_dtype })
     }
 
     /// The directory.
@@ -181,12 +171,7 @@ impl HfModelDir {
     /// `max_sequence_length`, `seq_length`), at the top level or in
     /// `text_config`.
     pub fn context_length(&self) -> Option<u64> {
-        const KEYS: [&str; 4] = [
-            "max_position_embeddings",
-            "n_positions",
-            "max_sequence_length",
-            "seq_length",
-        ];
+        const KEYS: [&str; 4] = ["max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"];
         let from = |v: &serde_json::Value| KEYS.iter().find_map(|k| v.get(k)?.as_u64());
         from(&self.config).or_else(|| from(self.config.get("text_config")?))
     }
@@ -203,9 +188,7 @@ impl HfModelDir {
 
     /// Total number of parameters (elements) across all weight files.
     pub fn parameter_count(&self) -> u64 {
-        self.parameters_by_dtype
-            .values()
-            .fold(0u64, |acc, &n| acc.saturating_add(n))
+        self.parameters_by_dtype.values().fold(0u64, |acc, &n| acc.saturating_add(n))
     }
 
     /// Parameters per dtype.
@@ -220,30 +203,18 @@ impl HfModelDir {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> HfDirError + '_ {
-    move |source| HfDirError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| HfDirError::Io { path: path.to_owned(), source }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, HfDirError> {
     let file = File::open(path).map_err(io_error(path))?;
     let len = file.metadata().map_err(io_error(path))?.len();
     if len > MAX_JSON_FILE_LEN {
-        return Err(HfDirError::JsonTooLarge {
-            path: path.to_owned(),
-            len,
-            max: MAX_JSON_FILE_LEN,
-        });
+        return Err(HfDirError::JsonTooLarge { path: path.to_owned(), len, max: MAX_JSON_FILE_LEN });
     }
     let mut bytes = Vec::new();
-    file.take(MAX_JSON_FILE_LEN)
-        .read_to_end(&mut bytes)
-        .map_err(io_error(path))?;
-    serde_json::from_slice(&bytes).map_err(|source| HfDirError::Json {
-        path: path.to_owned(),
-        source,
-    })
+    file.take(MAX_JSON_FILE_LEN).read_to_end(&mut bytes).map_err(io_error(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| HfDirError::Json { path: path.to_owned(), source })
 }
 
 /// The index's `weight_map`, tensor name to shard file name.
@@ -253,10 +224,8 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>, HfDirError> {
         weight_map: BTreeMap<String, String>,
     }
     let json = read_json(path)?;
-    let index: Index = serde_json::from_value(json).map_err(|source| HfDirError::Json {
-        path: path.to_owned(),
-        source,
-    })?;
+    let index: Index =
+        serde_json::from_value(json).map_err(|source| HfDirError::Json { path: path.to_owned(), source })?;
     for shard in index.weight_map.values() {
         let plain = !shard.is_empty()
             && shard != "."
@@ -264,10 +233,7 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>, HfDirError> {
             && !shard.contains(['/', '\\', '\0'])
             && !shard.contains(':');
         if !plain {
-            return Err(HfDirError::InvalidShardName {
-                path: path.to_owned(),
-                shard: shard.clone(),
-            });
+            return Err(HfDirError::InvalidShardName { path: path.to_owned(), shard: shard.clone() });
         }
     }
     Ok(index.weight_map)
@@ -277,10 +243,7 @@ fn list_safetensors(dir: &Path) -> Result<Vec<PathBuf>, HfDirError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
         let path = entry.map_err(io_error(dir))?.path();
-        let is_weights = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(".safetensors"));
+        let is_weights = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".safetensors"));
         if is_weights && path.is_file() {
             files.push(path);
         }

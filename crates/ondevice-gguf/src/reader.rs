@@ -38,30 +38,21 @@ impl<R: Read> Cursor<R> {
     }
 
     fn truncated(&self, needed: u64) -> GgufError {
-        GgufError::Truncated {
-            offset: self.pos,
-            needed,
-            available: self.remaining(),
-        }
+        GgufError::Truncated { offset: self.pos, needed, available: self.remaining() }
     }
 
     fn io_error(&self, needed: u64, source: io::Error) -> GgufError {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             self.truncated(needed)
         } else {
-            GgufError::Io {
-                offset: self.pos,
-                source,
-            }
+            GgufError::Io { offset: self.pos, source }
         }
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], GgufError> {
         let mut buf = [0u8; N];
         self.ensure(N as u64)?;
-        self.inner
-            .read_exact(&mut buf)
-            .map_err(|e| self.io_error(N as u64, e))?;
+        self.inner.read_exact(&mut buf).map_err(|e| self.io_error(N as u64, e))?;
         self.pos += N as u64;
         Ok(buf)
     }
@@ -83,10 +74,7 @@ impl<R: Read> Cursor<R> {
     pub(crate) fn bytes(&mut self, n: u64) -> Result<Vec<u8>, GgufError> {
         self.ensure(n)?;
         let mut buf = Vec::with_capacity(usize::try_from(n.min(1 << 20)).unwrap_or(0));
-        let read = (&mut self.inner)
-            .take(n)
-            .read_to_end(&mut buf)
-            .map_err(|e| self.io_error(n, e))?;
+        let read = (&mut self.inner).take(n).read_to_end(&mut buf).map_err(|e| self.io_error(n, e))?;
         if (read as u64) < n {
             return Err(self.truncated(n));
         }
@@ -99,12 +87,7 @@ impl<R: Read> Cursor<R> {
         let offset = self.pos;
         let len = self.u64()?;
         if len > max {
-            return Err(GgufError::LimitExceeded {
-                what: limit,
-                count: len,
-                max,
-                offset,
-            });
+            return Err(GgufError::LimitExceeded { what: limit, count: len, max, offset });
         }
         let start = self.pos;
         let bytes = self.bytes(len)?;

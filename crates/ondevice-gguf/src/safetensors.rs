@@ -92,17 +92,11 @@ const DTYPES: &[(Dtype, &str, u64)] = &[
 impl Dtype {
     /// The dtype with this name (as written in headers, e.g. `BF16`).
     pub fn from_name(name: &str) -> Option<Self> {
-        DTYPES
-            .iter()
-            .find(|(_, n, _)| *n == name)
-            .map(|(d, _, _)| *d)
+        DTYPES.iter().find(|(_, n, _)| *n == name).map(|(d, _, _)| *d)
     }
 
     fn entry(self) -> &'static (Dtype, &'static str, u64) {
-        DTYPES
-            .iter()
-            .find(|(d, _, _)| *d == self)
-            .unwrap_or(&DTYPES[0])
+        DTYPES.iter().find(|(d, _, _)| *d == self).unwrap_or(&DTYPES[0])
     }
 
     /// The name as written in headers.
@@ -316,16 +310,11 @@ impl SafetensorsHeader {
     /// Reads and validates the header of the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SafetensorsError> {
         let path = path.as_ref();
-        let open_error = |source| SafetensorsError::Open {
-            path: path.to_owned(),
-            source,
-        };
+        let open_error = |source| SafetensorsError::Open { path: path.to_owned(), source };
         let file = File::open(path).map_err(open_error)?;
         let file_len = file.metadata().map_err(open_error)?.len();
-        Self::read_from(BufReader::new(file), file_len).map_err(|e| SafetensorsError::WithPath {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })
+        Self::read_from(BufReader::new(file), file_len)
+            .map_err(|e| SafetensorsError::WithPath { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// Parses a whole safetensors file held in memory.
@@ -337,47 +326,27 @@ impl SafetensorsHeader {
     /// `file_len` bytes; reads only the header.
     pub fn read_from<R: Read>(mut reader: R, file_len: u64) -> Result<Self, SafetensorsError> {
         if file_len < 8 {
-            return Err(SafetensorsError::Truncated {
-                needed: 8,
-                file_len,
-            });
+            return Err(SafetensorsError::Truncated { needed: 8, file_len });
         }
         let mut len_bytes = [0u8; 8];
         read_exact(&mut reader, &mut len_bytes, 8, file_len)?;
         let header_len = u64::from_le_bytes(len_bytes);
         if header_len > MAX_SAFETENSORS_HEADER_LEN {
-            return Err(SafetensorsError::HeaderTooLarge {
-                len: header_len,
-                max: MAX_SAFETENSORS_HEADER_LEN,
-            });
+            return Err(SafetensorsError::HeaderTooLarge { len: header_len, max: MAX_SAFETENSORS_HEADER_LEN });
         }
         if header_len > file_len - 8 {
-            return Err(SafetensorsError::HeaderExceedsFile {
-                len: header_len,
-                file_len,
-            });
+            return Err(SafetensorsError::HeaderExceedsFile { len: header_len, file_len });
         }
         let mut json = Vec::new();
-        let read = reader
-            .take(header_len)
-            .read_to_end(&mut json)
-            .map_err(|source| SafetensorsError::Io { source })?;
+        let read = reader.take(header_len).read_to_end(&mut json).map_err(|source| SafetensorsError::Io { source })?;
         if (read as u64) < header_len {
-            return Err(SafetensorsError::Truncated {
-                needed: 8 + header_len,
-                file_len,
-            });
+            return Err(SafetensorsError::Truncated { needed: 8 + header_len, file_len });
         }
-        let raw: RawHeader = serde_json::from_slice(&json)
-            .map_err(|source| SafetensorsError::InvalidJson { source })?;
+        let raw: RawHeader =
+            serde_json::from_slice(&json).map_err(|source| SafetensorsError::InvalidJson { source })?;
         let data_len = file_len - 8 - header_len;
         let tensors = validate(raw.tensors, raw.duplicate, 8 + header_len, data_len)?;
-        Ok(SafetensorsHeader {
-            metadata: raw.metadata.unwrap_or_default(),
-            tensors,
-            header_len,
-            file_len,
-        })
+        Ok(SafetensorsHeader { metadata: raw.metadata.unwrap_or_default(), tensors, header_len, file_len })
     }
 
     /// The `__metadata__` map.
@@ -407,18 +376,11 @@ impl SafetensorsHeader {
 
     /// Sum of all tensors' element counts.
     pub fn parameter_count(&self) -> u64 {
-        self.tensors
-            .iter()
-            .fold(0u64, |acc, t| acc.saturating_add(t.n_elements))
+        self.tensors.iter().fold(0u64, |acc, t| acc.saturating_add(t.n_elements))
     }
 }
 
-fn read_exact<R: Read>(
-    reader: &mut R,
-    buf: &mut [u8],
-    needed: u64,
-    file_len: u64,
-) -> Result<(), SafetensorsError> {
+fn read_exact<R: Read>(reader: &mut R, buf: &mut [u8], needed: u64, file_len: u64) -> Result<(), SafetensorsError> {
     reader.read_exact(buf).map_err(|source| {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             SafetensorsError::Truncated { needed, file_len }
@@ -458,11 +420,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
-        let mut header = RawHeader {
-            metadata: None,
-            tensors: Vec::new(),
-            duplicate: None,
-        };
+        let mut header = RawHeader { metadata: None, tensors: Vec::new(), duplicate: None };
         let mut seen = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             if !seen.insert(key.clone()) {
@@ -491,47 +449,25 @@ fn validate(
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, t) in raw {
         let Some(dtype) = Dtype::from_name(&t.dtype) else {
-            return Err(SafetensorsError::UnknownDtype {
-                tensor: name,
-                dtype: t.dtype,
-            });
+            return Err(SafetensorsError::UnknownDtype { tensor: name, dtype: t.dtype });
         };
         let n_elements = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let bits = n_elements.and_then(|n| n.checked_mul(dtype.bits()));
         let (Some(n_elements), Some(bits)) = (n_elements, bits) else {
-            return Err(SafetensorsError::ShapeOverflow {
-                tensor: name,
-                shape: t.shape,
-            });
+            return Err(SafetensorsError::ShapeOverflow { tensor: name, shape: t.shape });
         };
         if bits % 8 != 0 {
-            return Err(SafetensorsError::PartialByte {
-                tensor: name,
-                dtype,
-                n_elements,
-            });
+            return Err(SafetensorsError::PartialByte { tensor: name, dtype, n_elements });
         }
         let [begin, end] = t.data_offsets;
         if end < begin {
-            return Err(SafetensorsError::InvalidOffsets {
-                tensor: name,
-                begin,
-                end,
-            });
+            return Err(SafetensorsError::InvalidOffsets { tensor: name, begin, end });
         }
         if end - begin != bits / 8 {
-            return Err(SafetensorsError::SizeMismatch {
-                tensor: name,
-                expected: bits / 8,
-                actual: end - begin,
-            });
+            return Err(SafetensorsError::SizeMismatch { tensor: name, expected: bits / 8, actual: end - begin });
         }
         if end > data_len {
-            return Err(SafetensorsError::OutOfBounds {
-                tensor: name,
-                end,
-                data_len,
-            });
+            return Err(SafetensorsError::OutOfBounds { tensor: name, end, data_len });
         }
         tensors.push(SafetensorsTensor {
             name,
@@ -544,11 +480,7 @@ fn validate(
     }
 
     tensors.sort_by(|a, b| {
-        (a.data_offsets.start, a.data_offsets.end, &a.name).cmp(&(
-            b.data_offsets.start,
-            b.data_offsets.end,
-            &b.name,
-        ))
+        (a.data_offsets.start, a.data_offsets.end, &a.name).cmp(&(b.data_offsets.start, b.data_offsets.end, &b.name))
     });
     let mut covered = 0u64;
     let mut previous: Option<&str> = None;
@@ -561,19 +493,13 @@ fn validate(
             });
         }
         if start > covered {
-            return Err(SafetensorsError::Hole {
-                start: covered,
-                end: start,
-            });
+            return Err(SafetensorsError::Hole { start: covered, end: start });
         }
         covered = end;
         previous = Some(&t.name);
     }
     if covered != data_len {
-        return Err(SafetensorsError::Hole {
-            start: covered,
-            end: data_len,
-        });
+        return Err(SafetensorsError::Hole { start: covered, end: data_len });
     }
     Ok(tensors)
 }

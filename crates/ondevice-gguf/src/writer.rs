@@ -56,12 +56,7 @@ impl Default for GgufWriter {
 impl GgufWriter {
     /// An empty version-3 file.
     pub fn new() -> Self {
-        GgufWriter {
-            version: 3,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-            trailing: Vec::new(),
-        }
+        GgufWriter { version: 3, metadata: Vec::new(), tensors: Vec::new(), trailing: Vec::new() }
     }
 
     /// Sets the version field.
@@ -78,13 +73,7 @@ impl GgufWriter {
 
     /// Appends a tensor whose data the writer places, aligned, after the
     /// previous placed tensor.
-    pub fn tensor(
-        mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        ggml_type: GgmlType,
-        data: Vec<u8>,
-    ) -> Self {
+    pub fn tensor(mut self, name: impl Into<String>, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> Self {
         self.tensors.push(PendingTensor {
             name: name.into(),
             dims: dims.to_vec(),
@@ -95,13 +84,7 @@ impl GgufWriter {
     }
 
     /// Appends a tensor info written verbatim, with no data.
-    pub fn raw_tensor(
-        mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        type_id: u32,
-        offset: u64,
-    ) -> Self {
+    pub fn raw_tensor(mut self, name: impl Into<String>, dims: &[u64], type_id: u32, offset: u64) -> Self {
         self.tensors.push(PendingTensor {
             name: name.into(),
             dims: dims.to_vec(),

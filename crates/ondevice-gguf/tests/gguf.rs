@@ -69,22 +69,14 @@ fn valid_file_round_trips() {
         let range = info.file_range();
         assert_eq!(range.start, file.data_offset() + info.offset());
         let data = &bytes[range.start as usize..range.end as usize];
-        assert_eq!(
-            data,
-            pattern(info.n_bytes() as usize, seed),
-            "{}",
-            info.name()
-        );
+        assert_eq!(data, pattern(info.n_bytes() as usize, seed), "{}", info.name());
     }
     assert_eq!(file.tensor("output_norm.weight"), Some(t[2]));
 }
 
 #[test]
 fn version_2_and_custom_alignment_are_read() {
-    let bytes = valid_gguf()
-        .version(2)
-        .metadata("general.alignment", Value::U32(64))
-        .to_bytes();
+    let bytes = valid_gguf().version(2).metadata("general.alignment", Value::U32(64)).to_bytes();
     let file = GgufFile::parse(&bytes).unwrap();
     assert_eq!(file.version(), 2);
     assert_eq!(file.alignment(), 64);
@@ -97,9 +89,7 @@ fn every_ggml_type_has_the_right_size() {
     for &ty in GgmlType::ALL {
         let block = ty.block_size();
         let size = 2 * 3 * ty.type_size();
-        let bytes = GgufWriter::new()
-            .tensor("t", &[2 * block, 3], ty, vec![0; size as usize])
-            .to_bytes();
+        let bytes = GgufWriter::new().tensor("t", &[2 * block, 3], ty, vec![0; size as usize]).to_bytes();
         let file = GgufFile::parse(&bytes).unwrap_or_else(|e| panic!("{ty}: {e}"));
         let t = &file.tensors()[0];
         assert_eq!(t.ggml_type(), ty);
@@ -111,9 +101,7 @@ fn every_ggml_type_has_the_right_size() {
 
 #[test]
 fn zero_tensor_file_with_no_padding_is_valid() {
-    let bytes = GgufWriter::new()
-        .metadata("general.architecture", Value::String("x".into()))
-        .to_bytes();
+    let bytes = GgufWriter::new().metadata("general.architecture", Value::String("x".into())).to_bytes();
     let file = GgufFile::parse(&bytes).unwrap();
     assert_eq!(file.parameter_count(), 0);
     assert_eq!(file.quantization(), None);
@@ -127,10 +115,7 @@ fn truncation_at_every_byte_is_an_error() {
     for len in 0..bytes.len() {
         let result = GgufFile::parse(&bytes[..len]);
         assert!(
-            matches!(
-                result,
-                Err(GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. })
-            ),
+            matches!(result, Err(GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. })),
             "truncated to {len} bytes: {result:?}"
         );
     }
@@ -189,10 +174,7 @@ fn nested(depth: usize) -> Value {
 /// One tensor info (name, dims, type id, offset) after an empty metadata
 /// section, followed by `data_len` bytes of data.
 fn one_tensor(dims: &[u64], type_id: u32, offset: u64, data_len: usize) -> Vec<u8> {
-    GgufWriter::new()
-        .raw_tensor("t", dims, type_id, offset)
-        .trailing_data(vec![0; data_len])
-        .to_bytes()
+    GgufWriter::new().raw_tensor("t", dims, type_id, offset).trailing_data(vec![0; data_len]).to_bytes()
 }
 
 fn limit(what: Limit) -> impl Fn(&GgufError) -> bool {
@@ -216,9 +198,7 @@ fn hostile_files_give_typed_errors() {
         case(
             "unsupported version",
             GgufWriter::new().version(version).to_bytes(),
-            Box::new(
-                move |e| matches!(e, GgufError::UnsupportedVersion { version: v } if *v == version),
-            ),
+            Box::new(move |e| matches!(e, GgufError::UnsupportedVersion { version: v } if *v == version)),
         );
     }
     case(
@@ -226,26 +206,10 @@ fn hostile_files_give_typed_errors() {
         GgufWriter::new().version(3u32.swap_bytes()).to_bytes(),
         Box::new(|e| matches!(e, GgufError::BigEndian { version: 3 })),
     );
-    case(
-        "absurd tensor count",
-        header(u64::MAX, 0),
-        Box::new(limit(Limit::Tensors)),
-    );
-    case(
-        "absurd metadata count",
-        header(0, u64::MAX),
-        Box::new(limit(Limit::MetadataEntries)),
-    );
-    case(
-        "metadata count beyond file",
-        header(0, 1000),
-        Box::new(truncated),
-    );
-    case(
-        "tensor count beyond file",
-        header(1000, 0),
-        Box::new(truncated),
-    );
+    case("absurd tensor count", header(u64::MAX, 0), Box::new(limit(Limit::Tensors)));
+    case("absurd metadata count", header(0, u64::MAX), Box::new(limit(Limit::MetadataEntries)));
+    case("metadata count beyond file", header(0, 1000), Box::new(truncated));
+    case("tensor count beyond file", header(1000, 0), Box::new(truncated));
 
     let mut b = header(0, 1);
     put_u64(&mut b, u64::MAX);
@@ -259,41 +223,25 @@ fn hostile_files_give_typed_errors() {
     let mut v = Vec::new();
     put_u32(&mut v, 8);
     put_u64(&mut v, u64::MAX);
-    case(
-        "absurd string length",
-        with_kv(b"k", &v),
-        Box::new(limit(Limit::StringLength)),
-    );
+    case("absurd string length", with_kv(b"k", &v), Box::new(limit(Limit::StringLength)));
     let mut v = Vec::new();
     put_u32(&mut v, 8);
     put_u64(&mut v, 1 << 20);
     v.extend_from_slice(b"short");
-    case(
-        "string length beyond file",
-        with_kv(b"k", &v),
-        Box::new(truncated),
-    );
+    case("string length beyond file", with_kv(b"k", &v), Box::new(truncated));
 
     for elem in [0u32, 8, 9, 10] {
         let mut v = Vec::new();
         put_u32(&mut v, 9);
         put_u32(&mut v, elem);
         put_u64(&mut v, u64::MAX);
-        case(
-            "absurd array count",
-            with_kv(b"k", &v),
-            Box::new(limit(Limit::ArrayLength)),
-        );
+        case("absurd array count", with_kv(b"k", &v), Box::new(limit(Limit::ArrayLength)));
         let mut v = Vec::new();
         put_u32(&mut v, 9);
         put_u32(&mut v, elem);
         put_u64(&mut v, limits::MAX_ARRAY_LEN);
         v.extend_from_slice(&[0; 64]);
-        case(
-            "array count beyond file",
-            with_kv(b"k", &v),
-            Box::new(truncated),
-        );
+        case("array count beyond file", with_kv(b"k", &v), Box::new(truncated));
     }
 
     let depth = limits::MAX_ARRAY_DEPTH as usize + 1;
@@ -308,11 +256,7 @@ fn hostile_files_give_typed_errors() {
         put_u32(&mut v, 9);
         put_u64(&mut v, 1);
     }
-    case(
-        "arrays nested 100000 deep",
-        with_kv(b"k", &v),
-        Box::new(limit(Limit::ArrayDepth)),
-    );
+    case("arrays nested 100000 deep", with_kv(b"k", &v), Box::new(limit(Limit::ArrayDepth)));
 
     let mut v = Vec::new();
     put_u32(&mut v, 13);
@@ -329,15 +273,7 @@ fn hostile_files_give_typed_errors() {
     case(
         "unknown array element type",
         with_kv(b"k", &v),
-        Box::new(|e| {
-            matches!(
-                e,
-                GgufError::UnknownValueType {
-                    value_type: 0xdead,
-                    ..
-                }
-            )
-        }),
+        Box::new(|e| matches!(e, GgufError::UnknownValueType { value_type: 0xdead, .. })),
     );
     let mut v = Vec::new();
     put_u32(&mut v, 7);
@@ -365,61 +301,37 @@ fn hostile_files_give_typed_errors() {
     let mut v = Vec::new();
     put_u32(&mut v, 8);
     put_str(&mut v, b"\xc3\x28");
-    case(
-        "invalid utf-8 string value",
-        with_kv(b"k", &v),
-        Box::new(|e| matches!(e, GgufError::InvalidUtf8 { .. })),
-    );
+    case("invalid utf-8 string value", with_kv(b"k", &v), Box::new(|e| matches!(e, GgufError::InvalidUtf8 { .. })));
     case(
         "duplicate key",
-        GgufWriter::new()
-            .metadata("a", Value::U8(1))
-            .metadata("a", Value::U8(2))
-            .to_bytes(),
+        GgufWriter::new().metadata("a", Value::U8(1)).metadata("a", Value::U8(2)).to_bytes(),
         Box::new(|e| matches!(e, GgufError::DuplicateKey { key, .. } if key == "a")),
     );
 
     for bad in [0u64, 3, 48, 1 << 40] {
         case(
             "invalid alignment",
-            GgufWriter::new()
-                .metadata("general.alignment", Value::U64(bad))
-                .to_bytes(),
-            Box::new(
-                move |e| matches!(e, GgufError::InvalidAlignment { alignment } if *alignment == bad),
-            ),
+            GgufWriter::new().metadata("general.alignment", Value::U64(bad)).to_bytes(),
+            Box::new(move |e| matches!(e, GgufError::InvalidAlignment { alignment } if *alignment == bad)),
         );
     }
     case(
         "alignment of the wrong type",
-        GgufWriter::new()
-            .metadata("general.alignment", Value::String("32".into()))
-            .to_bytes(),
+        GgufWriter::new().metadata("general.alignment", Value::String("32".into())).to_bytes(),
         Box::new(|e| matches!(e, GgufError::WrongMetadataType { .. })),
     );
 
     case(
         "tensor name too long",
-        GgufWriter::new()
-            .raw_tensor("n".repeat(65), &[1], 0, 0)
-            .trailing_data(vec![0; 4])
-            .to_bytes(),
+        GgufWriter::new().raw_tensor("n".repeat(65), &[1], 0, 0).trailing_data(vec![0; 4]).to_bytes(),
         Box::new(limit(Limit::TensorNameLength)),
     );
-    case(
-        "too many dimensions",
-        one_tensor(&[1, 1, 1, 1, 1], 0, 0, 4),
-        Box::new(limit(Limit::Dimensions)),
-    );
+    case("too many dimensions", one_tensor(&[1, 1, 1, 1, 1], 0, 0, 4), Box::new(limit(Limit::Dimensions)));
     let mut b = header(1, 0);
     put_str(&mut b, b"t");
     put_u32(&mut b, u32::MAX);
     b.extend_from_slice(&[0; 32]);
-    case(
-        "absurd dimension count",
-        b,
-        Box::new(limit(Limit::Dimensions)),
-    );
+    case("absurd dimension count", b, Box::new(limit(Limit::Dimensions)));
     case(
         "element count overflow",
         one_tensor(&[u64::MAX, 2], 0, 0, 64),
@@ -439,38 +351,18 @@ fn hostile_files_give_typed_errors() {
         case(
             "unknown ggml type",
             one_tensor(&[32], id, 0, 256),
-            Box::new(
-                move |e| matches!(e, GgufError::UnknownGgmlType { ggml_type, .. } if *ggml_type == id),
-            ),
+            Box::new(move |e| matches!(e, GgufError::UnknownGgmlType { ggml_type, .. } if *ggml_type == id)),
         );
     }
     case(
         "row not a multiple of the block size",
         one_tensor(&[33], GgmlType::Q4_0.id(), 0, 64),
-        Box::new(|e| {
-            matches!(
-                e,
-                GgufError::RowNotBlockAligned {
-                    row: 33,
-                    block_size: 32,
-                    ..
-                }
-            )
-        }),
+        Box::new(|e| matches!(e, GgufError::RowNotBlockAligned { row: 33, block_size: 32, .. })),
     );
     case(
         "misaligned tensor offset",
         one_tensor(&[1], 0, 4, 64),
-        Box::new(|e| {
-            matches!(
-                e,
-                GgufError::MisalignedTensor {
-                    offset: 4,
-                    alignment: 32,
-                    ..
-                }
-            )
-        }),
+        Box::new(|e| matches!(e, GgufError::MisalignedTensor { offset: 4, alignment: 32, .. })),
     );
     case(
         "tensor offset far outside the file",
@@ -494,17 +386,11 @@ fn hostile_files_give_typed_errors() {
             .raw_tensor("b", &[8], 0, 32)
             .trailing_data(vec![0; 64])
             .to_bytes(),
-        Box::new(
-            |e| matches!(e, GgufError::OverlappingTensors { first, second } if first == "a" && second == "b"),
-        ),
+        Box::new(|e| matches!(e, GgufError::OverlappingTensors { first, second } if first == "a" && second == "b")),
     );
     case(
         "identical tensor ranges",
-        GgufWriter::new()
-            .raw_tensor("a", &[8], 0, 0)
-            .raw_tensor("b", &[8], 0, 0)
-            .trailing_data(vec![0; 32])
-            .to_bytes(),
+        GgufWriter::new().raw_tensor("a", &[8], 0, 0).raw_tensor("b", &[8], 0, 0).trailing_data(vec![0; 32]).to_bytes(),
         Box::new(|e| matches!(e, GgufError::OverlappingTensors { .. })),
     );
     case(
@@ -550,10 +436,7 @@ fn a_reader_shorter_than_its_declared_length_is_truncated() {
     put_u64(&mut v, limits::MAX_ARRAY_LEN);
     let bytes = with_kv(b"k", &v);
     let result = GgufFile::read_from(&bytes[..], u64::MAX / 2);
-    assert!(
-        matches!(result, Err(GgufError::Truncated { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(GgufError::Truncated { .. })), "{result:?}");
 }
 
 #[test]

@@ -11,4 +11,3 @@ pub mod v1 {
 
 /// The encoded `FileDescriptorSet` of every ondevice proto (served by gRPC reflection).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ondevice_descriptor.bin"));
-

@@ -33,9 +33,7 @@ pub mod windows;
 
 pub use null::NullSandbox;
 pub use policy::{CpuMax, DEFAULT_SYSTEM_READ, Network, SandboxMode, SandboxPolicy, Wrapper};
-pub use report::{
-    Capabilities, CgroupV1Info, CgroupV2Info, Enforced, Limit, Mechanism, Missing, Protection,
-};
+pub use report::{Capabilities, CgroupV1Info, CgroupV2Info, Enforced, Limit, Mechanism, Missing, Protection};
 #[cfg(unix)]
 pub use unix::ChildHook;
 
@@ -84,16 +82,8 @@ pub enum SandboxError {
 
 impl SandboxError {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        SandboxError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        SandboxError::Io { action, path: path.into(), source }
     }
 }
 
@@ -253,10 +243,9 @@ pub(crate) fn finish(worker: &str, protection: &Protection) -> Result<(), Sandbo
         return Ok(());
     }
     match protection.mode {
-        SandboxMode::On => Err(SandboxError::Unenforceable {
-            worker: worker.to_string(),
-            missing: protection.missing.clone(),
-        }),
+        SandboxMode::On => {
+            Err(SandboxError::Unenforceable { worker: worker.to_string(), missing: protection.missing.clone() })
+        }
         SandboxMode::Auto => {
             for m in &protection.missing {
                 tracing::warn!(worker, limit = %m.limit, reason = %m.reason, "sandbox protection not enforced");

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use crate::null::requested;
 use crate::unix::HookData;
 use crate::{
-    Capabilities, ChildHook, DEFAULT_SYSTEM_READ, Limit, Mechanism, Network, Prepared, Protection,
-    Sandbox, SandboxError, SandboxMode, SandboxPolicy, finish,
+    Capabilities, ChildHook, DEFAULT_SYSTEM_READ, Limit, Mechanism, Network, Prepared, Protection, Sandbox,
+    SandboxError, SandboxMode, SandboxPolicy, finish,
 };
 
 /// Detect what this macOS host can enforce.
 pub fn detect() -> Capabilities {
-    let mut caps =
-        Capabilities::none("macOS: no cgroups; memory and CPU bandwidth limits are not available");
+    let mut caps = Capabilities::none("macOS: no cgroups; memory and CPU bandwidth limits are not available");
     caps.os = "macos";
     caps.rlimits = true;
     let se = PathBuf::from("/usr/bin/sandbox-exec");
@@ -44,10 +43,7 @@ impl Default for MacSandbox {
 }
 
 fn quote(p: &std::path::Path) -> String {
-    p.display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// A sandbox-exec (SBPL) profile for `policy`.
@@ -67,12 +63,7 @@ pub fn profile(policy: &SandboxPolicy) -> String {
             s.push_str(&format!(" (subpath \"{}\")", quote(&p)));
         }
         s.push_str(")\n(allow file-read* file-write*");
-        for p in policy
-            .fs_write
-            .iter()
-            .map(PathBuf::as_path)
-            .chain([std::path::Path::new("/dev")])
-        {
+        for p in policy.fs_write.iter().map(PathBuf::as_path).chain([std::path::Path::new("/dev")]) {
             s.push_str(&format!(" (subpath \"{}\")", quote(p)));
         }
         s.push_str(")\n");
@@ -99,24 +90,12 @@ impl Sandbox for MacSandbox {
         let root = unsafe { libc::geteuid() } == 0;
         for limit in requested(policy) {
             let rl = match limit {
-                Limit::OpenFiles => policy
-                    .nofile
-                    .map(|v| (libc::RLIMIT_NOFILE, v, "RLIMIT_NOFILE")),
-                Limit::AddressSpace => policy
-                    .address_space
-                    .map(|v| (libc::RLIMIT_AS, v, "RLIMIT_AS")),
-                Limit::CpuTime => policy
-                    .cpu_time_s
-                    .map(|v| (libc::RLIMIT_CPU, v, "RLIMIT_CPU")),
-                Limit::CoreSize => policy
-                    .core_size
-                    .map(|v| (libc::RLIMIT_CORE, v, "RLIMIT_CORE")),
-                Limit::FileSize => policy
-                    .file_size
-                    .map(|v| (libc::RLIMIT_FSIZE, v, "RLIMIT_FSIZE")),
-                Limit::PidsMax if !root => policy
-                    .pids_max
-                    .map(|v| (libc::RLIMIT_NPROC, v, "RLIMIT_NPROC (per user)")),
+                Limit::OpenFiles => policy.nofile.map(|v| (libc::RLIMIT_NOFILE, v, "RLIMIT_NOFILE")),
+                Limit::AddressSpace => policy.address_space.map(|v| (libc::RLIMIT_AS, v, "RLIMIT_AS")),
+                Limit::CpuTime => policy.cpu_time_s.map(|v| (libc::RLIMIT_CPU, v, "RLIMIT_CPU")),
+                Limit::CoreSize => policy.core_size.map(|v| (libc::RLIMIT_CORE, v, "RLIMIT_CORE")),
+                Limit::FileSize => policy.file_size.map(|v| (libc::RLIMIT_FSIZE, v, "RLIMIT_FSIZE")),
+                Limit::PidsMax if !root => policy.pids_max.map(|v| (libc::RLIMIT_NPROC, v, "RLIMIT_NPROC (per user)")),
                 _ => None,
             };
             if let Some((res, v, name)) = rl {
@@ -139,9 +118,7 @@ impl Sandbox for MacSandbox {
                 prepared.wrapper = vec![se.into(), OsString::from("-p"), profile(policy).into()];
             }
         }
-        prepared.hook = ChildHook {
-            data: Arc::new(hook),
-        };
+        prepared.hook = ChildHook { data: Arc::new(hook) };
         Ok(prepared)
     }
 }

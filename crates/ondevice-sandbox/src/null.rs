@@ -1,9 +1,6 @@
 //! The null sandbox: enforces nothing and reports every requested protection as missing.
 
-use crate::{
-    Capabilities, Limit, Prepared, Protection, Sandbox, SandboxError, SandboxMode, SandboxPolicy,
-    finish,
-};
+use crate::{Capabilities, Limit, Prepared, Protection, Sandbox, SandboxError, SandboxMode, SandboxPolicy, finish};
 
 /// A sandbox that enforces nothing. Used on unsupported platforms and in tests; it reports
 /// honestly that every requested protection is missing, so mode `on` refuses to start.
@@ -15,9 +12,7 @@ pub struct NullSandbox {
 impl NullSandbox {
     /// A null sandbox.
     pub fn new() -> NullSandbox {
-        NullSandbox {
-            caps: Capabilities::none("null sandbox: no protection mechanism is used"),
-        }
+        NullSandbox { caps: Capabilities::none("null sandbox: no protection mechanism is used") }
     }
 }
 

@@ -48,9 +48,8 @@ pub struct CpuMax {
 
 /// Read-only paths every filesystem-restricted worker may read (and execute) in addition to
 /// `fs_read`, so that programs and their shared libraries load.
-pub const DEFAULT_SYSTEM_READ: &[&str] = &[
-    "/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev",
-];
+pub const DEFAULT_SYSTEM_READ: &[&str] =
+    &["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys", "/dev"];
 
 /// The protection requested for a worker.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -137,36 +137,22 @@ pub struct Protection {
 impl Protection {
     /// An empty report for `mode`.
     pub fn new(mode: SandboxMode) -> Protection {
-        Protection {
-            mode,
-            enforced: Vec::new(),
-            missing: Vec::new(),
-        }
+        Protection { mode, enforced: Vec::new(), missing: Vec::new() }
     }
 
     /// Record an enforced protection.
     pub fn enforce(&mut self, limit: Limit, mechanism: Mechanism, detail: impl Into<String>) {
-        self.enforced.push(Enforced {
-            limit,
-            mechanism,
-            detail: detail.into(),
-        });
+        self.enforced.push(Enforced { limit, mechanism, detail: detail.into() });
     }
 
     /// Record a missing protection.
     pub fn miss(&mut self, limit: Limit, reason: impl Into<String>) {
-        self.missing.push(Missing {
-            limit,
-            reason: reason.into(),
-        });
+        self.missing.push(Missing { limit, reason: reason.into() });
     }
 
     /// The mechanism enforcing `limit`, if any.
     pub fn mechanism(&self, limit: Limit) -> Option<Mechanism> {
-        self.enforced
-            .iter()
-            .find(|e| e.limit == limit)
-            .map(|e| e.mechanism)
+        self.enforced.iter().find(|e| e.limit == limit).map(|e| e.mechanism)
     }
 }
 
@@ -257,10 +243,7 @@ impl Capabilities {
 
     /// The mechanism chosen for cgroup controller `name` (`memory`, `pids`, `cpu`).
     pub fn cgroup_for(&self, name: &str) -> Option<Mechanism> {
-        self.cgroup_choice
-            .iter()
-            .find(|(c, _)| c == name)
-            .map(|(_, m)| *m)
+        self.cgroup_choice.iter().find(|(c, _)| c == name).map(|(_, m)| *m)
     }
 }
 
@@ -268,7 +251,5 @@ impl Capabilities {
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

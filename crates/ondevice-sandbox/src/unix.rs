@@ -34,21 +34,14 @@ pub(crate) struct HookData {
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 impl ChildHook {
     /// Whether the hook does anything.
     pub fn is_empty(&self) -> bool {
         let d = &self.data;
-        let base = d.cgroup_procs.is_empty()
-            && d.rlimits.is_empty()
-            && d.unshare == 0
-            && d.inherit.is_empty();
+        let base = d.cgroup_procs.is_empty() && d.rlimits.is_empty() && d.unshare == 0 && d.inherit.is_empty();
         #[cfg(target_os = "linux")]
         let base = base && d.landlock.is_none() && d.seccomp.is_empty();
         base
@@ -70,10 +63,7 @@ impl ChildHook {
             }
         }
         for &(res, val) in &d.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: val as libc::rlim_t,
-                rlim_max: val as libc::rlim_t,
-            };
+            let lim = libc::rlimit { rlim_cur: val as libc::rlim_t, rlim_max: val as libc::rlim_t };
             // SAFETY: plain system call with a valid pointer.
             check(unsafe { libc::setrlimit(res as _, &lim) })?;
         }
@@ -105,25 +95,15 @@ impl ChildHook {
             check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
             if let Some(fd) = &d.landlock {
                 // SAFETY: landlock_restrict_self(ruleset_fd, flags).
-                let r =
-                    unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0) };
+                let r = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0) };
                 if r < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
             if !d.seccomp.is_empty() {
-                let prog = libc::sock_fprog {
-                    len: d.seccomp.len() as u16,
-                    filter: d.seccomp.as_ptr() as *mut _,
-                };
+                let prog = libc::sock_fprog { len: d.seccomp.len() as u16, filter: d.seccomp.as_ptr() as *mut _ };
                 // SAFETY: prog points to a valid filter that outlives the call.
-                check(unsafe {
-                    libc::prctl(
-                        libc::PR_SET_SECCOMP,
-                        libc::SECCOMP_MODE_FILTER,
-                        &prog as *const _,
-                    )
-                })?;
+                check(unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const _) })?;
             }
         }
         Ok(())

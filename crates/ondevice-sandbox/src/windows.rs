@@ -14,25 +14,21 @@ use std::ffi::c_void;
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_CPU_RATE_CONTROL_ENABLE,
-    JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP, JOB_OBJECT_LIMIT_ACTIVE_PROCESS,
-    JOB_OBJECT_LIMIT_JOB_MEMORY, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
-    JOBOBJECT_CPU_RATE_CONTROL_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-    JobObjectCpuRateControlInformation, JobObjectExtendedLimitInformation, SetInformationJobObject,
-    TerminateJobObject,
+    JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP, JOB_OBJECT_LIMIT_ACTIVE_PROCESS, JOB_OBJECT_LIMIT_JOB_MEMORY,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOBOBJECT_CPU_RATE_CONTROL_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JobObjectCpuRateControlInformation, JobObjectExtendedLimitInformation, SetInformationJobObject, TerminateJobObject,
 };
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_SET_QUOTA, PROCESS_TERMINATE};
 
 use crate::null::requested;
 use crate::{
-    Capabilities, Control, Limit, Mechanism, Prepared, Protection, Sandbox, SandboxError,
-    SandboxMode, SandboxPolicy, finish,
+    Capabilities, Control, Limit, Mechanism, Prepared, Protection, Sandbox, SandboxError, SandboxMode, SandboxPolicy,
+    finish,
 };
 
 /// Detect what this Windows host can enforce.
 pub fn detect() -> Capabilities {
-    let mut caps = Capabilities::none(
-        "windows: Job Objects for memory, process count, CPU rate and tree kill",
-    );
+    let mut caps = Capabilities::none("windows: Job Objects for memory, process count, CPU rate and tree kill");
     caps.os = "windows";
     caps.job_objects = true;
     caps
@@ -65,10 +61,7 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 fn last_error(call: &'static str) -> SandboxError {
-    SandboxError::Sys {
-        call,
-        source: std::io::Error::last_os_error(),
-    }
+    SandboxError::Sys { call, source: std::io::Error::last_os_error() }
 }
 
 impl Control for Job {
@@ -128,11 +121,7 @@ impl Sandbox for WindowsSandbox {
         // SAFETY: zero is a valid bit pattern for this plain C struct.
         let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
         info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
-        p.enforce(
-            Limit::TreeKill,
-            Mechanism::JobObject,
-            "TerminateJobObject, kill on close",
-        );
+        p.enforce(Limit::TreeKill, Mechanism::JobObject, "TerminateJobObject, kill on close");
         for limit in requested(policy) {
             match limit {
                 Limit::MemoryMax => {
@@ -161,10 +150,8 @@ impl Sandbox for WindowsSandbox {
                     // CpuRate is in 1/100 of a percent of all processors: 10000 = the whole machine.
                     let rate = (millicores.saturating_mul(10) / cpus.max(1)).clamp(1, 10_000);
                     // SAFETY: zero is valid for this struct.
-                    let mut cpu: JOBOBJECT_CPU_RATE_CONTROL_INFORMATION =
-                        unsafe { std::mem::zeroed() };
-                    cpu.ControlFlags =
-                        JOB_OBJECT_CPU_RATE_CONTROL_ENABLE | JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP;
+                    let mut cpu: JOBOBJECT_CPU_RATE_CONTROL_INFORMATION = unsafe { std::mem::zeroed() };
+                    cpu.ControlFlags = JOB_OBJECT_CPU_RATE_CONTROL_ENABLE | JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP;
                     cpu.Anonymous.CpuRate = rate;
                     // SAFETY: valid job handle and a struct of the size given.
                     let ok = unsafe {
@@ -178,17 +165,10 @@ impl Sandbox for WindowsSandbox {
                     if ok == 0 {
                         p.miss(
                             limit,
-                            format!(
-                                "SetInformationJobObject(cpu rate): {}",
-                                std::io::Error::last_os_error()
-                            ),
+                            format!("SetInformationJobObject(cpu rate): {}", std::io::Error::last_os_error()),
                         );
                     } else {
-                        p.enforce(
-                            limit,
-                            Mechanism::JobObject,
-                            format!("hard CPU rate cap {rate}/10000"),
-                        );
+                        p.enforce(limit, Mechanism::JobObject, format!("hard CPU rate cap {rate}/10000"));
                     }
                 }
                 other => p.miss(other, "not available on windows"),

@@ -17,20 +17,11 @@ use ondevice_sandbox::linux::{self, LinuxOptions, LinuxSandbox, cgroup::Cgroup2}
 #[test]
 fn cgroup_v2_files_are_written_under_a_fake_root() {
     let root = tempfile::tempdir().unwrap();
-    let cg = Cgroup2::create(
-        root.path(),
-        Path::new("/"),
-        Path::new("ondevice"),
-        "w.1",
-        &["memory", "pids", "cpu"],
-    )
-    .unwrap();
+    let cg =
+        Cgroup2::create(root.path(), Path::new("/"), Path::new("ondevice"), "w.1", &["memory", "pids", "cpu"]).unwrap();
     assert_eq!(cg.dir(), root.path().join("ondevice/w.1"));
     for dir in [root.path().to_path_buf(), root.path().join("ondevice")] {
-        assert_eq!(
-            fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(),
-            "+memory +pids +cpu"
-        );
+        assert_eq!(fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
     }
     cg.set_memory_max(64 << 20).unwrap();
     cg.set_memory_high(48 << 20).unwrap();
@@ -42,30 +33,12 @@ fn cgroup_v2_files_are_written_under_a_fake_root() {
     assert_eq!(read("cpu.max"), "50000 100000");
     assert_eq!(read("pids.max"), "32");
     assert_eq!(cg.oom_kills(), 0);
-    fs::write(
-        cg.dir().join("memory.events"),
-        "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\n",
-    )
-    .unwrap();
+    fs::write(cg.dir().join("memory.events"), "low 0\nhigh 2\nmax 5\noom 1\noom_kill 1\n").unwrap();
     assert_eq!(cg.oom_kills(), 1);
     // Already-enabled controllers are not written again.
-    fs::write(
-        root.path().join("cgroup.subtree_control"),
-        "memory pids cpu",
-    )
-    .unwrap();
-    let cg2 = Cgroup2::create(
-        root.path(),
-        Path::new("/"),
-        Path::new("ondevice"),
-        "w.2",
-        &["memory"],
-    )
-    .unwrap();
-    assert_eq!(
-        fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
-        "memory pids cpu"
-    );
+    fs::write(root.path().join("cgroup.subtree_control"), "memory pids cpu").unwrap();
+    let cg2 = Cgroup2::create(root.path(), Path::new("/"), Path::new("ondevice"), "w.2", &["memory"]).unwrap();
+    assert_eq!(fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(), "memory pids cpu");
     assert!(!cg2.has_kill());
 }
 
@@ -78,9 +51,7 @@ fn fake_v2_caps(mount: &Path) -> Capabilities {
         controllers: vec!["cpu".into(), "memory".into(), "pids".into()],
         kill: true,
     });
-    caps.cgroup_choice = ["memory", "pids", "cpu"]
-        .map(|c| (c.to_string(), Mechanism::CgroupV2))
-        .to_vec();
+    caps.cgroup_choice = ["memory", "pids", "cpu"].map(|c| (c.to_string(), Mechanism::CgroupV2)).to_vec();
     caps.cgroup_writable = true;
     caps.rlimits = true;
     caps
@@ -90,12 +61,7 @@ fn fake_v2_caps(mount: &Path) -> Capabilities {
 #[test]
 fn full_cgroup_v2_host_is_used_first_for_every_limit() {
     let root = tempfile::tempdir().unwrap();
-    let sb = LinuxSandbox::with_capabilities(
-        fake_v2_caps(root.path()),
-        LinuxOptions {
-            cgroup_base: "od".into(),
-        },
-    );
+    let sb = LinuxSandbox::with_capabilities(fake_v2_caps(root.path()), LinuxOptions { cgroup_base: "od".into() });
     let policy = SandboxPolicy {
         mode: SandboxMode::On,
         memory_max: Some(64 << 20),
@@ -108,12 +74,7 @@ fn full_cgroup_v2_host_is_used_first_for_every_limit() {
     };
     let prepared = sb.prepare("fake", &policy).unwrap();
     let p = &prepared.protection;
-    for l in [
-        Limit::MemoryMax,
-        Limit::MemoryHigh,
-        Limit::CpuMax,
-        Limit::PidsMax,
-    ] {
+    for l in [Limit::MemoryMax, Limit::MemoryHigh, Limit::CpuMax, Limit::PidsMax] {
         assert_eq!(p.mechanism(l), Some(Mechanism::CgroupV2), "{l}: {p:#?}");
     }
     assert_eq!(p.mechanism(Limit::OpenFiles), Some(Mechanism::Rlimit));
@@ -124,20 +85,9 @@ fn full_cgroup_v2_host_is_used_first_for_every_limit() {
         .map(|e| e.unwrap().path())
         .find(|p| p.is_dir())
         .expect("the worker's cgroup directory");
-    assert!(
-        leaf.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("fake.")
-    );
-    assert_eq!(
-        fs::read_to_string(leaf.join("memory.max")).unwrap(),
-        "67108864"
-    );
-    assert_eq!(
-        fs::read_to_string(leaf.join("cpu.max")).unwrap(),
-        "150000 100000"
-    );
+    assert!(leaf.file_name().unwrap().to_string_lossy().starts_with("fake."));
+    assert_eq!(fs::read_to_string(leaf.join("memory.max")).unwrap(), "67108864");
+    assert_eq!(fs::read_to_string(leaf.join("cpu.max")).unwrap(), "150000 100000");
     assert_eq!(fs::read_to_string(leaf.join("pids.max")).unwrap(), "16");
     assert!(!prepared.child_hook().is_empty());
     // Clean-up removes the directory; in a fake root the files must go first.
@@ -180,40 +130,22 @@ fn seccomp_program_checks_arch_then_denies_the_list() {
         assert_eq!(ins.k, *nr as u32);
         assert_eq!(first + i + 1 + ins.jt as usize, prog.len() - 1);
     }
-    assert!(
-        list.iter().any(|(n, _)| *n == "ptrace") && list.iter().any(|(n, _)| *n == "kexec_load")
-    );
+    assert!(list.iter().any(|(n, _)| *n == "ptrace") && list.iter().any(|(n, _)| *n == "kexec_load"));
 }
 
 #[test]
 fn null_sandbox_reports_everything_missing_and_refuses_in_mode_on() {
     let sb = NullSandbox::new();
-    let policy = SandboxPolicy {
-        memory_max: Some(1 << 26),
-        pids_max: Some(4),
-        ..Default::default()
-    };
+    let policy = SandboxPolicy { memory_max: Some(1 << 26), pids_max: Some(4), ..Default::default() };
     let p = sb.prepare("w", &policy).unwrap().protection.clone();
     assert!(p.enforced.is_empty());
-    assert_eq!(
-        p.missing.iter().map(|m| m.limit).collect::<Vec<_>>(),
-        [Limit::MemoryMax, Limit::PidsMax]
-    );
-    let on = SandboxPolicy {
-        mode: SandboxMode::On,
-        ..policy
-    };
+    assert_eq!(p.missing.iter().map(|m| m.limit).collect::<Vec<_>>(), [Limit::MemoryMax, Limit::PidsMax]);
+    let on = SandboxPolicy { mode: SandboxMode::On, ..policy };
     let err = sb.prepare("w", &on).unwrap_err();
     assert!(matches!(err, SandboxError::Unenforceable { .. }));
     let msg = err.to_string();
-    assert!(
-        msg.starts_with("worker w: sandbox mode is \"on\"") && msg.contains("memory_max"),
-        "{msg}"
-    );
-    let off = SandboxPolicy {
-        mode: SandboxMode::Off,
-        ..on
-    };
+    assert!(msg.starts_with("worker w: sandbox mode is \"on\"") && msg.contains("memory_max"), "{msg}");
+    let off = SandboxPolicy { mode: SandboxMode::Off, ..on };
     assert!(sb.prepare("w", &off).unwrap().protection.missing.is_empty());
 }
 
@@ -227,9 +159,7 @@ fn detection_matches_the_kernel() {
     println!("{caps:#?}");
     let (v2, v1) = linux::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap());
     assert_eq!(caps.cgroup_v2.as_ref().map(|c| c.mount.clone()), v2);
-    let v2_ctrls = v2
-        .map(|m| fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default())
-        .unwrap_or_default();
+    let v2_ctrls = v2.map(|m| fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default()).unwrap_or_default();
     for c in ["memory", "pids", "cpu"] {
         let expected = if v2_ctrls.split_whitespace().any(|x| x == c) {
             Some(Mechanism::CgroupV2)
@@ -240,13 +170,7 @@ fn detection_matches_the_kernel() {
         };
         assert_eq!(caps.cgroup_for(c), expected, "controller {c}");
         if expected == Some(Mechanism::CgroupV1) {
-            assert!(
-                caps.notes
-                    .iter()
-                    .any(|n| n.contains("has no") && n.contains(c)),
-                "{:?}",
-                caps.notes
-            );
+            assert!(caps.notes.iter().any(|n| n.contains("has no") && n.contains(c)), "{:?}", caps.notes);
         }
     }
     let abi = linux::landlock::abi();

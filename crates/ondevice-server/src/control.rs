@@ -55,7 +55,8 @@ async fn same_user(ConnectInfo(peer): ConnectInfo<PeerUid>, req: Request, next: 
     let me = nix::unistd::geteuid().as_raw();
     match peer.0 {
         Some(uid) if uid == me || uid == 0 => next.run(req).await,
-        _ => ApiError::PermissionDenied("the control socket is only for the daemon's own user".to_owned()).into_response(),
+        _ => ApiError::PermissionDenied("the control socket is only for the daemon's own user".to_owned())
+            .into_response(),
     }
 }
 
@@ -63,7 +64,10 @@ async fn status(State(state): State<AppState>) -> Json<crate::routes::status::St
     Json(state.status())
 }
 
-async fn restart_worker(State(state): State<AppState>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+async fn restart_worker(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
     match crate::routes::workers::restart_named(&state, &name).await {
         Ok(view) => Json(view).into_response(),
         Err(e) => e.into_response(),
@@ -79,10 +83,7 @@ async fn shutdown(State(state): State<AppState>) -> impl IntoResponse {
 /// Binds the control socket (replacing a stale one) with mode 0600 and serves it until the
 /// daemon's shutdown token is cancelled.
 pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    let io = |source| ControlError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     if path.exists() {
         // A live daemon would hold the pid-file lock, checked before; this one is stale.
         std::fs::remove_file(path).map_err(io)?;
@@ -110,17 +111,11 @@ pub async fn serve(listener: UnixListener, state: AppState) {
 
 /// Sends one request over the control socket and returns the status and body.
 pub async fn request(path: &Path, method: Method, uri: &str) -> Result<(StatusCode, Bytes), ControlError> {
-    let proto = |message: String| ControlError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
-    let stream = UnixStream::connect(path).await.map_err(|source| ControlError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| proto(e.to_string()))?;
+    let proto = |message: String| ControlError::Protocol { path: path.to_path_buf(), message };
+    let stream =
+        UnixStream::connect(path).await.map_err(|source| ControlError::Io { path: path.to_path_buf(), source })?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| proto(e.to_string()))?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)

@@ -62,7 +62,11 @@ fn status_message(state: &AppState) -> GetStatusResponse {
             .workers
             .into_iter()
             .map(|w| WorkerStatus {
-                last_exit: w.last_exit.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default()).unwrap_or_default(),
+                last_exit: w
+                    .last_exit
+                    .as_ref()
+                    .map(|e| serde_json::to_string(e).unwrap_or_default())
+                    .unwrap_or_default(),
                 protection: w.protection.to_string(),
                 name: w.name,
                 state: w.state,
@@ -73,11 +77,7 @@ fn status_message(state: &AppState) -> GetStatusResponse {
 }
 
 fn event_message(ev: &DaemonEvent) -> Event {
-    Event {
-        timestamp_ms: ev.timestamp_ms,
-        kind: ev.kind.clone(),
-        json: ev.data.to_string(),
-    }
+    Event { timestamp_ms: ev.timestamp_ms, kind: ev.kind.clone(), json: ev.data.to_string() }
 }
 
 #[tonic::async_trait]
@@ -145,11 +145,9 @@ where
 pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<StatusServiceServer<StatusImpl>>().await;
-    let guard = |scope| AuthInterceptor {
-        state: state.clone(),
-        scope,
-    };
-    let status = InterceptedService::new(StatusServiceServer::new(StatusImpl { state: state.clone() }), guard(Scope::Read));
+    let guard = |scope| AuthInterceptor { state: state.clone(), scope };
+    let status =
+        InterceptedService::new(StatusServiceServer::new(StatusImpl { state: state.clone() }), guard(Scope::Read));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ondevice_proto::FILE_DESCRIPTOR_SET)

@@ -34,15 +34,7 @@ use crate::middleware::{Guard, authenticate, reject, require_scope};
 
 /// The routes of each scope, with their OpenAPI descriptions.
 fn api(state: &AppState) -> OpenApiRouter<AppState> {
-    let guarded = |scope| {
-        axum::middleware::from_fn_with_state(
-            Guard {
-                state: state.clone(),
-                scope,
-            },
-            require_scope,
-        )
-    };
+    let guarded = |scope| axum::middleware::from_fn_with_state(Guard { state: state.clone(), scope }, require_scope);
     let public = OpenApiRouter::new()
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
@@ -57,10 +49,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::keys::revoke))
         .routes(routes!(routes::workers::restart))
         .route_layer(guarded(Scope::Admin));
-    OpenApiRouter::with_openapi(openapi::base())
-        .merge(public)
-        .merge(read)
-        .merge(admin)
+    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(admin)
 }
 
 /// The OpenAPI document generated from the handlers.

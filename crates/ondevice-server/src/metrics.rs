@@ -74,14 +74,7 @@ impl Metrics {
         registry.register("build_info", "Version of the running daemon", build.clone());
         build.get_or_create(&vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]).set(1);
         Metrics {
-            inner: Arc::new(Inner {
-                registry,
-                requests,
-                latency,
-                auth_failures,
-                uptime,
-                started: Instant::now(),
-            }),
+            inner: Arc::new(Inner { registry, requests, latency, auth_failures, uptime, started: Instant::now() }),
         }
     }
 
@@ -89,18 +82,11 @@ impl Metrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.inner
             .requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-                status,
-            })
+            .get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status })
             .inc();
         self.inner
             .latency
-            .get_or_create(&LatencyLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-            })
+            .get_or_create(&LatencyLabels { route: route.to_owned(), method: method.to_owned() })
             .observe(seconds);
     }
 

@@ -24,9 +24,7 @@ pub(crate) async fn track_metrics(State(state): State<AppState>, req: Request, n
         None => "unmatched".to_owned(),
     };
     let resp = next.run(req).await;
-    state
-        .metrics()
-        .observe_request(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics().observe_request(&route, &method, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }
 
@@ -39,10 +37,7 @@ fn grpc_route(path: &str) -> String {
 
 /// Whether a request is gRPC (by content type).
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Refuses requests whose `Host` (or HTTP/2 `:authority`) names a host this daemon does not
@@ -100,11 +95,8 @@ pub(crate) async fn limit_concurrency(State(state): State<AppState>, req: Reques
 /// Answers 413 up front when `Content-Length` exceeds the limit, and tells extractors the limit.
 pub(crate) async fn limit_body(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let limit = state.inner.options.body_limit;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return reject(&req, ApiError::PayloadTooLarge { limit });
     }

@@ -91,14 +91,9 @@ pub struct DaemonEvent {
 impl DaemonEvent {
     /// An event stamped now.
     pub fn now(kind: &str, data: serde_json::Value) -> DaemonEvent {
-        let timestamp_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        DaemonEvent {
-            timestamp_ms,
-            kind: kind.to_owned(),
-            data,
-        }
+        let timestamp_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        DaemonEvent { timestamp_ms, kind: kind.to_owned(), data }
     }
 }
 

@@ -38,12 +38,7 @@ async fn fixture(opts: EdgeOptions) -> Fixture {
     let (_, read) = verifier.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
     let state = AppState::new(verifier, opts, Arc::new(NoWorkers), CancellationToken::new());
     let (app, _health) = ondevice_server::router(state).await;
-    Fixture {
-        _dir: dir,
-        app,
-        admin,
-        read,
-    }
+    Fixture { _dir: dir, app, admin, read }
 }
 
 async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
@@ -213,8 +208,14 @@ async fn metrics_count_routes_and_auth_failures() {
     send(&f.app, get("/api/v1/status", Some(&f.read))).await;
     let resp = f.app.clone().oneshot(get("/metrics", Some(&f.read))).await.unwrap();
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.contains(r#"ondevice_http_requests_total{route="/api/v1/status",method="GET",status="200"} 1"#), "{text}");
-    assert!(text.contains(r#"ondevice_http_requests_total{route="/api/v1/status",method="GET",status="401"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"ondevice_http_requests_total{route="/api/v1/status",method="GET",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ondevice_http_requests_total{route="/api/v1/status",method="GET",status="401"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"ondevice_auth_failures_total{surface="http",reason="missing"} 1"#), "{text}");
     assert!(text.contains("ondevice_http_request_duration_seconds_bucket"), "{text}");
 }

@@ -36,7 +36,9 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// The file was written by a newer ondevice.
-    #[error("database {path} has schema version {found}, newer than this ondevice supports ({supported}): upgrade ondevice")]
+    #[error(
+        "database {path} has schema version {found}, newer than this ondevice supports ({supported}): upgrade ondevice"
+    )]
     TooNew {
         /// The database file.
         path: PathBuf,
@@ -72,10 +74,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let sql = |source| StoreError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
+        let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
@@ -84,11 +83,7 @@ impl Store {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                supported,
-            });
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported });
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction().map_err(sql)?;
@@ -96,10 +91,7 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
-        Ok(Store {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-        })
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn) })
     }
 
     /// The database file.
@@ -114,18 +106,11 @@ impl Store {
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&conn).map_err(|source| StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        })
+        f(&conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
     }
 
     fn corrupt(&self, detail: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            table: "api_keys",
-            detail,
-        }
+        StoreError::Corrupt { path: self.path.clone(), table: "api_keys", detail }
     }
 }
 
@@ -149,18 +134,9 @@ impl KeyStore for Store {
             .map(|(id, name, scopes, hash, created_at, last_used_at, revoked_at)| {
                 let id: KeyId = id.parse().map_err(|_| failure(self.corrupt(format!("bad key id {id:?}"))))?;
                 let scopes = Scopes::from_list(&scopes).map_err(|e| failure(self.corrupt(e.to_string())))?;
-                let hash: [u8; 32] = hash
-                    .try_into()
-                    .map_err(|_| failure(self.corrupt(format!("bad hash length for key {id}"))))?;
-                Ok(KeyRecord {
-                    id,
-                    name,
-                    scopes,
-                    hash: SecretHash(hash),
-                    created_at,
-                    last_used_at,
-                    revoked_at,
-                })
+                let hash: [u8; 32] =
+                    hash.try_into().map_err(|_| failure(self.corrupt(format!("bad hash length for key {id}"))))?;
+                Ok(KeyRecord { id, name, scopes, hash: SecretHash(hash), created_at, last_used_at, revoked_at })
             })
             .collect()
     }
@@ -170,7 +146,15 @@ impl KeyStore for Store {
             c.execute(
                 "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, last_used_at, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![k.id.to_string(), k.name, k.scopes.to_list(), &k.hash.0[..], k.created_at, k.last_used_at, k.revoked_at],
+                params![
+                    k.id.to_string(),
+                    k.name,
+                    k.scopes.to_list(),
+                    &k.hash.0[..],
+                    k.created_at,
+                    k.last_used_at,
+                    k.revoked_at
+                ],
             )
         })
         .map(drop)
@@ -192,7 +176,8 @@ impl KeyStore for Store {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             {
-                let mut st = tx.prepare("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
+                let mut st =
+                    tx.prepare("UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1")?;
                 for (id, at) in used {
                     st.execute(params![id.to_string(), at])?;
                 }
@@ -231,10 +216,7 @@ mod tests {
         let v = Verifier::new(store.clone(), true).unwrap();
         let (info, key) = v.create_key(Some("ci"), Scopes::from_list("read,infer").unwrap()).unwrap();
         let header = format!("Bearer {key}");
-        let presented = Presented {
-            authorization: Some(header.as_bytes()),
-            ..Default::default()
-        };
+        let presented = Presented { authorization: Some(header.as_bytes()), ..Default::default() };
         v.authorize(&presented, Scope::Infer).unwrap();
         v.flush_last_used().unwrap();
         assert!(store.key_last_used(info.id).unwrap().is_some());

@@ -11,9 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ondevice_sandbox::{SandboxMode, SandboxPolicy};
-use ondevice_supervisor::{
-    Backoff, EventKind, MaxRestarts, Supervisor, SupervisorOptions, WorkerSpec,
-};
+use ondevice_supervisor::{Backoff, EventKind, MaxRestarts, Supervisor, SupervisorOptions, WorkerSpec};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -25,25 +23,11 @@ async fn run(mode: SandboxMode, n: usize) {
     let stamps = dir.path().join("stamps");
     let sup = Supervisor::new(dir.path().join("logs"), SupervisorOptions::default()).unwrap();
     let mut rx = sup.subscribe();
-    let script = format!(
-        "date +s%s%N >> {p}; date +e%s%N >> {p}; exit 1",
-        p = stamps.display()
-    );
+    let script = format!("date +s%s%N >> {p}; date +e%s%N >> {p}; exit 1", p = stamps.display());
     let mut spec = WorkerSpec::new("crashy", ["/bin/sh", "-c", &script]);
-    spec.backoff = Backoff {
-        initial: Duration::ZERO,
-        max: Duration::ZERO,
-        factor: 1.0,
-        jitter: 0.0,
-    };
-    spec.max_restarts = MaxRestarts {
-        count: 10_000,
-        within: Duration::from_secs(1),
-    };
-    spec.sandbox = SandboxPolicy {
-        mode,
-        ..Default::default()
-    };
+    spec.backoff = Backoff { initial: Duration::ZERO, max: Duration::ZERO, factor: 1.0, jitter: 0.0 };
+    spec.max_restarts = MaxRestarts { count: 10_000, within: Duration::from_secs(1) };
+    spec.sandbox = SandboxPolicy { mode, ..Default::default() };
     sup.add(spec).await.unwrap();
     let mut sup_ms = Vec::new();
     let mut last_exit: Option<SystemTime> = None;
@@ -89,10 +73,7 @@ async fn run(mode: SandboxMode, n: usize) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
     run(SandboxMode::Off, n).await;
     run(SandboxMode::Auto, n).await;
 }

@@ -6,9 +6,7 @@ use std::time::Duration;
 use ondevice_config::workers as cfg;
 use ondevice_sandbox::{CpuMax, Network, SandboxMode, SandboxPolicy, Wrapper};
 
-use crate::spec::{
-    Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec,
-};
+use crate::spec::{Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec};
 
 /// A `[workers.NAME]` table that cannot be turned into a worker spec.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +59,7 @@ pub fn sandbox_policy(s: &cfg::SandboxConfig) -> SandboxPolicy {
         },
         memory_max: s.memory_max.map(|b| b.0),
         memory_high: s.memory_high.map(|b| b.0),
-        cpu_max: s.cpu_max.map(|c| CpuMax {
-            millicores: c.millicores,
-        }),
+        cpu_max: s.cpu_max.map(|c| CpuMax { millicores: c.millicores }),
         pids_max: s.pids_max,
         nofile: s.nofile,
         address_space: s.address_space.map(|b| b.0),
@@ -89,10 +85,7 @@ impl WorkerSpec {
     /// Build the spec of worker `name` from its `[workers.NAME]` table.
     pub fn from_config(name: &str, c: &cfg::WorkerConfig) -> Result<WorkerSpec, ConfigError> {
         if c.command.is_empty() {
-            return Err(ConfigError {
-                worker: name.to_string(),
-                reason: "command is empty".into(),
-            });
+            return Err(ConfigError { worker: name.to_string(), reason: "command is empty".into() });
         }
         let mut spec = WorkerSpec::new(name, c.command.iter());
         spec.env = c.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
@@ -109,10 +102,8 @@ impl WorkerSpec {
             factor: c.backoff.factor,
             ..Backoff::default()
         };
-        spec.max_restarts = MaxRestarts {
-            count: c.max_restarts.count,
-            within: Duration::from_secs(c.max_restarts.within_s),
-        };
+        spec.max_restarts =
+            MaxRestarts { count: c.max_restarts.count, within: Duration::from_secs(c.max_restarts.within_s) };
         spec.stable_after = Duration::from_secs(c.stable_after_s);
         spec.stop_grace = Duration::from_secs(c.stop_grace_s);
         spec.startup = c.startup.as_ref().map(probe);
@@ -153,19 +144,13 @@ hooks = { on_exit = [{ webhook = "http://127.0.0.1:9/hook" }] }
         assert_eq!(s.backoff.base_delay(2), Duration::from_millis(800));
         assert_eq!(s.max_restarts.within, Duration::from_secs(60));
         let l = s.liveness.unwrap();
-        assert_eq!(
-            l.check,
-            ProbeCheck::Http("http://127.0.0.1:9/health".into())
-        );
+        assert_eq!(l.check, ProbeCheck::Http("http://127.0.0.1:9/health".into()));
         assert_eq!((l.period, l.failure_threshold), (Duration::from_secs(5), 3));
         assert_eq!(s.sandbox.memory_max, Some(64 << 20));
         assert_eq!(s.sandbox.cpu_max, Some(CpuMax { millicores: 500 }));
         assert_eq!(s.sandbox.network, Network::None);
         assert!(s.sandbox.seccomp);
         assert_eq!(s.sandbox.core_size, Some(0));
-        assert_eq!(
-            s.hooks.on_exit,
-            [Hook::Webhook("http://127.0.0.1:9/hook".into())]
-        );
+        assert_eq!(s.hooks.on_exit, [Hook::Webhook("http://127.0.0.1:9/hook".into())]);
     }
 }

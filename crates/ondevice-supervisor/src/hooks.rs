@@ -30,12 +30,7 @@ pub struct HookEvent {
 }
 
 impl HookEvent {
-    pub(crate) fn new(
-        worker: &str,
-        event: &'static str,
-        restarts: u64,
-        exit: Option<&ExitInfo>,
-    ) -> HookEvent {
+    pub(crate) fn new(worker: &str, event: &'static str, restarts: u64, exit: Option<&ExitInfo>) -> HookEvent {
         HookEvent {
             worker: worker.to_string(),
             event,
@@ -54,20 +49,11 @@ impl HookEvent {
             ("ONDEVICE_WORKER", self.worker.clone()),
             ("ONDEVICE_EVENT", self.event.to_string()),
             ("ONDEVICE_PID", opt(self.pid.map(|v| v.to_string()))),
-            (
-                "ONDEVICE_EXIT_CODE",
-                opt(self.exit_code.map(|v| v.to_string())),
-            ),
-            (
-                "ONDEVICE_EXIT_SIGNAL",
-                opt(self.signal.map(|v| v.to_string())),
-            ),
+            ("ONDEVICE_EXIT_CODE", opt(self.exit_code.map(|v| v.to_string()))),
+            ("ONDEVICE_EXIT_SIGNAL", opt(self.signal.map(|v| v.to_string()))),
             ("ONDEVICE_OOM", self.oom.to_string()),
             ("ONDEVICE_RESTARTS", self.restarts.to_string()),
-            (
-                "ONDEVICE_DELAY_MS",
-                opt(self.delay_ms.map(|v| v.to_string())),
-            ),
+            ("ONDEVICE_DELAY_MS", opt(self.delay_ms.map(|v| v.to_string()))),
         ]
     }
 }
@@ -100,25 +86,11 @@ async fn run(http: &reqwest::Client, hook: &Hook, ev: &HookEvent) -> Result<(), 
             let env: Vec<(&str, String)> = env.into_iter().collect();
             let mut child = crate::process::spawn_helper(argv, &env).map_err(|e| e.to_string())?;
             let st = child.wait().await.map_err(|e| e.to_string())?;
-            if st.success() {
-                Ok(())
-            } else {
-                Err(format!("exited with {st}"))
-            }
+            if st.success() { Ok(()) } else { Err(format!("exited with {st}")) }
         }
         Hook::Webhook(url) => {
-            let resp = http
-                .post(url)
-                .json(ev)
-                .timeout(HOOK_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("status {}", resp.status()))
-            }
+            let resp = http.post(url).json(ev).timeout(HOOK_TIMEOUT).send().await.map_err(|e| e.to_string())?;
+            if resp.status().is_success() { Ok(()) } else { Err(format!("status {}", resp.status())) }
         }
     }
 }

@@ -39,9 +39,7 @@ pub use config::{ConfigError, sandbox_policy};
 pub use hooks::HookEvent;
 pub use logs::{LogRotation, RotatingLog};
 pub use process::spawn_detached;
-pub use spec::{
-    Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec,
-};
+pub use spec::{Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec};
 pub use status::{Event, EventKind, ExitInfo, ProbeFailures, WorkerState, WorkerStatus};
 
 /// Errors of the supervisor.
@@ -103,10 +101,7 @@ pub struct SupervisorOptions {
 
 impl Default for SupervisorOptions {
     fn default() -> Self {
-        SupervisorOptions {
-            log_rotation: LogRotation::default(),
-            event_capacity: 1024,
-        }
+        SupervisorOptions { log_rotation: LogRotation::default(), event_capacity: 1024 }
     }
 }
 
@@ -136,10 +131,7 @@ struct Inner {
 impl Supervisor {
     /// A supervisor with the host's sandbox ([`ondevice_sandbox::host_sandbox`]), writing worker
     /// logs to `log_dir`. Must be called inside a tokio runtime.
-    pub fn new(
-        log_dir: impl Into<PathBuf>,
-        opts: SupervisorOptions,
-    ) -> Result<Supervisor, SupervisorError> {
+    pub fn new(log_dir: impl Into<PathBuf>, opts: SupervisorOptions) -> Result<Supervisor, SupervisorError> {
         Self::with_sandbox(log_dir, opts, Arc::from(ondevice_sandbox::host_sandbox()))
     }
 
@@ -189,32 +181,19 @@ impl Supervisor {
 
     /// Start supervising `spec` (the worker starts immediately).
     pub async fn add(&self, spec: WorkerSpec) -> Result<(), SupervisorError> {
-        let invalid = |reason: &str| SupervisorError::InvalidSpec {
-            worker: spec.name.clone(),
-            reason: reason.into(),
-        };
+        let invalid = |reason: &str| SupervisorError::InvalidSpec { worker: spec.name.clone(), reason: reason.into() };
         if spec.command.is_empty() {
             return Err(invalid("command is empty"));
         }
         if spec.name.is_empty() || spec.name.contains(['/', '\\']) || spec.name.starts_with('.') {
-            return Err(invalid(
-                "name must be non-empty, without '/' or '\\', and not start with '.'",
-            ));
+            return Err(invalid("name must be non-empty, without '/' or '\\', and not start with '.'"));
         }
         let mut workers = self.workers();
         if workers.contains_key(&spec.name) {
             return Err(SupervisorError::Duplicate(spec.name));
         }
-        let log = RotatingLog::open(
-            &self.inner.log_dir,
-            &spec.name,
-            self.inner.opts.log_rotation,
-        )
-        .map_err(|e| SupervisorError::Io {
-            action: "open log file",
-            path: self.log_path(&spec.name),
-            source: e,
-        })?;
+        let log = RotatingLog::open(&self.inner.log_dir, &spec.name, self.inner.opts.log_rotation)
+            .map_err(|e| SupervisorError::Io { action: "open log file", path: self.log_path(&spec.name), source: e })?;
         let status = Arc::new(Mutex::new(WorkerStatus::new(&spec.name, spec.required)));
         let (tx, rx) = mpsc::channel(8);
         let ctx = worker::Ctx {
@@ -227,40 +206,25 @@ impl Supervisor {
         };
         let name = spec.name.clone();
         let task = tokio::spawn(worker::supervise(spec, ctx, rx));
-        workers.insert(
-            name,
-            Entry {
-                status,
-                cmds: tx,
-                task,
-            },
-        );
+        workers.insert(name, Entry { status, cmds: tx, task });
         Ok(())
     }
 
     /// Stop worker `name` (SIGTERM, `grace`, SIGKILL of the tree) and forget it.
     pub async fn remove(&self, name: &str, grace: Duration) -> Result<(), SupervisorError> {
-        let entry = self
-            .workers()
-            .remove(name)
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        let entry = self.workers().remove(name).ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
         stop_entry(entry, grace).await;
         Ok(())
     }
 
     /// Status of every worker, by name.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        self.workers()
-            .values()
-            .map(|e| e.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect()
+        self.workers().values().map(|e| e.status.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect()
     }
 
     /// Status of worker `name`.
     pub fn worker_status(&self, name: &str) -> Option<WorkerStatus> {
-        self.workers()
-            .get(name)
-            .map(|e| e.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.workers().get(name).map(|e| e.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Whether worker `name` is ready.
@@ -276,14 +240,9 @@ impl Supervisor {
     /// Restart worker `name` now: closes an open circuit, resets the backoff and intensity
     /// counters, and stops the running process (if any) gracefully first.
     pub async fn restart_worker(&self, name: &str) -> Result<(), SupervisorError> {
-        let tx = self
-            .workers()
-            .get(name)
-            .map(|e| e.cmds.clone())
-            .ok_or_else(|| SupervisorError::NotFound(name.into()))?;
-        tx.send(worker::Command::Restart)
-            .await
-            .map_err(|_| SupervisorError::ShutDown)
+        let tx =
+            self.workers().get(name).map(|e| e.cmds.clone()).ok_or_else(|| SupervisorError::NotFound(name.into()))?;
+        tx.send(worker::Command::Restart).await.map_err(|_| SupervisorError::ShutDown)
     }
 
     /// Subscribe to the event stream (state changes, starts, exits, probe failures, give-ups).
@@ -304,12 +263,7 @@ impl Supervisor {
 
 async fn stop_entry(entry: Entry, grace: Duration) {
     let (done, wait) = oneshot::channel();
-    if entry
-        .cmds
-        .send(worker::Command::Stop { grace, done })
-        .await
-        .is_ok()
-    {
+    if entry.cmds.send(worker::Command::Stop { grace, done }).await.is_ok() {
         let _ = wait.await;
     }
     let _ = entry.task.await;

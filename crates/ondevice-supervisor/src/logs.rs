@@ -19,10 +19,7 @@ pub struct LogRotation {
 
 impl Default for LogRotation {
     fn default() -> Self {
-        LogRotation {
-            max_bytes: 10 << 20,
-            keep: 3,
-        }
+        LogRotation { max_bytes: 10 << 20, keep: 3 }
     }
 }
 
@@ -47,22 +44,12 @@ impl RotatingLog {
         let path = dir.join(format!("{name}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(RotatingLog {
-            inner: Arc::new(Mutex::new(Inner {
-                path,
-                file: Some(file),
-                size,
-                rotation,
-            })),
-        })
+        Ok(RotatingLog { inner: Arc::new(Mutex::new(Inner { path, file: Some(file), size, rotation })) })
     }
 
     /// The current log file's path.
     pub fn path(&self) -> PathBuf {
-        self.inner
-            .lock()
-            .map(|i| i.path.clone())
-            .unwrap_or_default()
+        self.inner.lock().map(|i| i.path.clone()).unwrap_or_default()
     }
 
     /// Append one line (a newline is added if missing), rotating first if needed.
@@ -99,11 +86,7 @@ impl Inner {
             }
             let _ = fs::rename(&self.path, name(1));
         }
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .ok();
+        self.file = OpenOptions::new().create(true).append(true).open(&self.path).ok();
         self.size = 0;
     }
 }

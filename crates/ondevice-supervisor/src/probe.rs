@@ -18,12 +18,7 @@ pub(crate) struct Clients {
 
 impl Clients {
     pub(crate) fn new() -> Clients {
-        let build = |b: reqwest::ClientBuilder| {
-            b.no_proxy()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap_or_default()
-        };
+        let build = |b: reqwest::ClientBuilder| b.no_proxy().pool_max_idle_per_host(0).build().unwrap_or_default();
         Clients {
             http: build(reqwest::Client::builder()),
             grpc: build(reqwest::Client::builder().http2_prior_knowledge()),
@@ -33,42 +28,23 @@ impl Clients {
 
 /// Run one check with the probe's timeout. `Err` carries a short reason.
 pub(crate) async fn check(clients: &Clients, spec: &ProbeSpec) -> Result<(), String> {
-    match tokio::time::timeout(
-        spec.timeout,
-        check_inner(clients, &spec.check, spec.timeout),
-    )
-    .await
-    {
+    match tokio::time::timeout(spec.timeout, check_inner(clients, &spec.check, spec.timeout)).await {
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {} ms", spec.timeout.as_millis())),
     }
 }
 
-async fn check_inner(
-    clients: &Clients,
-    check: &ProbeCheck,
-    timeout: Duration,
-) -> Result<(), String> {
+async fn check_inner(clients: &Clients, check: &ProbeCheck, timeout: Duration) -> Result<(), String> {
     let http = &clients.http;
     match check {
         ProbeCheck::Http(url) => {
-            let resp = http
-                .get(url)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
+            let resp = http.get(url).timeout(timeout).send().await.map_err(|e| format!("GET {url}: {e}"))?;
             let s = resp.status();
-            if s.is_success() || s.is_redirection() {
-                Ok(())
-            } else {
-                Err(format!("GET {url}: status {s}"))
-            }
+            if s.is_success() || s.is_redirection() { Ok(()) } else { Err(format!("GET {url}: status {s}")) }
         }
-        ProbeCheck::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str())
-            .await
-            .map(drop)
-            .map_err(|e| format!("connect {addr}: {e}")),
+        ProbeCheck::Tcp(addr) => {
+            tokio::net::TcpStream::connect(addr.as_str()).await.map(drop).map_err(|e| format!("connect {addr}: {e}"))
+        }
         ProbeCheck::Unix(path) => {
             #[cfg(unix)]
             {
@@ -79,24 +55,13 @@ async fn check_inner(
             }
             #[cfg(not(unix))]
             {
-                Err(format!(
-                    "unix socket probes are not supported on this platform: {}",
-                    path.display()
-                ))
+                Err(format!("unix socket probes are not supported on this platform: {}", path.display()))
             }
         }
         ProbeCheck::Exec(argv) => {
-            let mut child = crate::process::spawn_helper(argv, &[])
-                .map_err(|e| format!("exec {argv:?}: {e}"))?;
-            let st = child
-                .wait()
-                .await
-                .map_err(|e| format!("exec {argv:?}: {e}"))?;
-            if st.success() {
-                Ok(())
-            } else {
-                Err(format!("exec {argv:?}: {st}"))
-            }
+            let mut child = crate::process::spawn_helper(argv, &[]).map_err(|e| format!("exec {argv:?}: {e}"))?;
+            let st = child.wait().await.map_err(|e| format!("exec {argv:?}: {e}"))?;
+            if st.success() { Ok(()) } else { Err(format!("exec {argv:?}: {st}")) }
         }
         ProbeCheck::Grpc(addr) => grpc_health(&clients.grpc, addr, timeout).await,
     }
@@ -118,23 +83,15 @@ async fn grpc_health(http: &reqwest::Client, addr: &str, timeout: Duration) -> R
         .map_err(|e| format!("grpc health {addr}: {e}"))?;
     match resp.headers().get("grpc-status") {
         Some(st) if st != "0" => {
-            return Err(format!(
-                "grpc health {addr}: grpc-status {}",
-                st.to_str().unwrap_or("?")
-            ));
+            return Err(format!("grpc health {addr}: grpc-status {}", st.to_str().unwrap_or("?")));
         }
         _ => {}
     }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| format!("grpc health {addr}: {e}"))?;
+    let body = resp.bytes().await.map_err(|e| format!("grpc health {addr}: {e}"))?;
     match parse_health_status(&body) {
         Some(1) => Ok(()),
         Some(s) => Err(format!("grpc health {addr}: status {s} (not SERVING)")),
-        None => Err(format!(
-            "grpc health {addr}: no HealthCheckResponse in the answer"
-        )),
+        None => Err(format!("grpc health {addr}: no HealthCheckResponse in the answer")),
     }
 }
 
@@ -194,12 +151,7 @@ pub(crate) enum Verdict {
     Kill { probe: &'static str },
 }
 
-async fn run_one(
-    http: Clients,
-    name: &'static str,
-    spec: ProbeSpec,
-    tx: mpsc::Sender<Verdict>,
-) -> bool {
+async fn run_one(http: Clients, name: &'static str, spec: ProbeSpec, tx: mpsc::Sender<Verdict>) -> bool {
     // Returns true when a startup probe succeeded.
     tokio::time::sleep(spec.initial_delay).await;
     let (mut fails, mut oks) = (0u32, 0u32);
@@ -226,14 +178,7 @@ async fn run_one(
             Err(reason) => {
                 oks = 0;
                 fails = fails.saturating_add(1);
-                if tx
-                    .send(Verdict::CheckFailed {
-                        probe: name,
-                        reason,
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(Verdict::CheckFailed { probe: name, reason }).await.is_err() {
                     return false;
                 }
                 if fails >= spec.failure_threshold.max(1) {
@@ -306,10 +251,7 @@ mod tests {
         // Empty message: status absent = UNKNOWN.
         assert_eq!(parse_health_status(&[0, 0, 0, 0, 0]), Some(0));
         // An unknown length-delimited field before the status is skipped.
-        assert_eq!(
-            parse_health_status(&[0, 0, 0, 0, 5, 0x12, 0x01, b'x', 0x08, 0x01]),
-            Some(1)
-        );
+        assert_eq!(parse_health_status(&[0, 0, 0, 0, 5, 0x12, 0x01, b'x', 0x08, 0x01]), Some(1));
         // Compressed flag, truncated frame, truncated varint.
         assert_eq!(parse_health_status(&[1, 0, 0, 0, 2, 0x08, 0x01]), None);
         assert_eq!(parse_health_status(&[0, 0, 0, 0, 9, 0x08]), None);

@@ -27,10 +27,7 @@ pub(crate) fn resolve_user(user: &str) -> Result<RunAs, SupervisorError> {
         Err(_) => nix::unistd::User::from_name(user),
     };
     match found {
-        Ok(Some(u)) => Ok(RunAs {
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-        }),
+        Ok(Some(u)) => Ok(RunAs { uid: u.uid.as_raw(), gid: u.gid.as_raw() }),
         _ => Err(SupervisorError::UnknownUser(user.to_string())),
     }
 }
@@ -38,9 +35,7 @@ pub(crate) fn resolve_user(user: &str) -> Result<RunAs, SupervisorError> {
 /// Running a worker as another user is not supported on this platform.
 #[cfg(not(unix))]
 pub(crate) fn resolve_user(user: &str) -> Result<RunAs, SupervisorError> {
-    Err(SupervisorError::UnknownUser(format!(
-        "{user} (running as another user is only supported on unix)"
-    )))
+    Err(SupervisorError::UnknownUser(format!("{user} (running as another user is only supported on unix)")))
 }
 
 /// Spawn a worker: its own process group, stdin from /dev/null, stdout/stderr piped, the sandbox
@@ -53,16 +48,10 @@ pub(crate) fn spawn_worker(
     prepared: &Prepared,
 ) -> std::io::Result<tokio::process::Child> {
     let argv = prepared.wrap_argv(argv);
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("empty command"))?;
+    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     #[allow(clippy::disallowed_methods)]
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -77,9 +66,7 @@ pub(crate) fn spawn_worker(
             cmd.pre_exec(move || {
                 hook.enter()?;
                 let switch = |u: RunAs| {
-                    libc::setgroups(0, std::ptr::null()) == 0
-                        && libc::setgid(u.gid) == 0
-                        && libc::setuid(u.uid) == 0
+                    libc::setgroups(0, std::ptr::null()) == 0 && libc::setgid(u.gid) == 0 && libc::setuid(u.uid) == 0
                 };
                 if !user.is_none_or(switch) {
                     return Err(std::io::Error::last_os_error());
@@ -98,20 +85,11 @@ pub(crate) fn spawn_worker(
 }
 
 /// Spawn a short-lived helper (exec probe or hook) with extra environment; killed if dropped.
-pub(crate) fn spawn_helper(
-    argv: &[OsString],
-    env: &[(&str, String)],
-) -> std::io::Result<tokio::process::Child> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| std::io::Error::other("empty command"))?;
+pub(crate) fn spawn_helper(argv: &[OsString], env: &[(&str, String)]) -> std::io::Result<tokio::process::Child> {
+    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     #[allow(clippy::disallowed_methods)]
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -135,27 +113,15 @@ pub fn spawn_detached(
     env: &[(OsString, OsString)],
     log_path: &Path,
 ) -> Result<u32, SupervisorError> {
-    let io_err = |path: &Path, e| SupervisorError::Io {
-        action: "open log file",
-        path: PathBuf::from(path),
-        source: e,
-    };
+    let io_err = |path: &Path, e| SupervisorError::Io { action: "open log file", path: PathBuf::from(path), source: e };
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .map_err(|e| io_err(log_path, e))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(|e| io_err(log_path, e))?;
     let log2 = log.try_clone().map_err(|e| io_err(log_path, e))?;
     #[allow(clippy::disallowed_methods)]
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(log).stderr(log2);
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

@@ -35,12 +35,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(30),
-            factor: 2.0,
-            jitter: 0.2,
-        }
+        Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(30), factor: 2.0, jitter: 0.2 }
     }
 }
 
@@ -57,11 +52,8 @@ impl Backoff {
     pub fn delay(&self, attempt: u32) -> Duration {
         let base = self.base_delay(attempt);
         let mut b = [0u8; 4];
-        let r = if getrandom::fill(&mut b).is_ok() {
-            f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
-        } else {
-            0.5
-        };
+        let r =
+            if getrandom::fill(&mut b).is_ok() { f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX) } else { 0.5 };
         base.mul_f64(1.0 - self.jitter.clamp(0.0, 1.0) * r)
     }
 }
@@ -77,10 +69,7 @@ pub struct MaxRestarts {
 
 impl Default for MaxRestarts {
     fn default() -> Self {
-        MaxRestarts {
-            count: 5,
-            within: Duration::from_secs(60),
-        }
+        MaxRestarts { count: 5, within: Duration::from_secs(60) }
     }
 }
 
@@ -193,10 +182,7 @@ pub struct WorkerSpec {
 impl WorkerSpec {
     /// A spec with defaults: restart on failure, default backoff and intensity, no probes, no
     /// hooks, sandbox mode auto with nothing requested, 5 s grace, stable after 60 s.
-    pub fn new(
-        name: impl Into<String>,
-        command: impl IntoIterator<Item = impl Into<OsString>>,
-    ) -> WorkerSpec {
+    pub fn new(name: impl Into<String>, command: impl IntoIterator<Item = impl Into<OsString>>) -> WorkerSpec {
         WorkerSpec {
             name: name.into(),
             command: command.into_iter().map(Into::into).collect(),
@@ -224,27 +210,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_by_the_factor_up_to_the_max_and_jitter_only_shortens() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(1000),
-            factor: 3.0,
-            jitter: 0.2,
-        };
+        let b =
+            Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(1000), factor: 3.0, jitter: 0.2 };
         let ms: Vec<u128> = (0..5).map(|i| b.base_delay(i).as_millis()).collect();
         assert_eq!(ms, [100, 300, 900, 1000, 1000]);
         for i in 0..50 {
             let d = b.delay(i % 3);
             let base = b.base_delay(i % 3);
-            assert!(
-                d <= base && d >= base.mul_f64(0.8),
-                "{d:?} outside [{:?}, {base:?}]",
-                base.mul_f64(0.8)
-            );
+            assert!(d <= base && d >= base.mul_f64(0.8), "{d:?} outside [{:?}, {base:?}]", base.mul_f64(0.8));
         }
-        let zero = Backoff {
-            initial: Duration::ZERO,
-            ..b
-        };
+        let zero = Backoff { initial: Duration::ZERO, ..b };
         assert_eq!(zero.delay(7), Duration::ZERO);
     }
 }

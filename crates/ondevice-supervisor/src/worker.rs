@@ -18,10 +18,7 @@ use crate::status::{Event, EventKind, ExitInfo, WorkerState, WorkerStatus};
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Stop (grace) and end the task; reply when done.
-    Stop {
-        grace: Duration,
-        done: oneshot::Sender<()>,
-    },
+    Stop { grace: Duration, done: oneshot::Sender<()> },
     /// Restart now: close the circuit, reset counters, stop the current process if any.
     Restart,
 }
@@ -39,11 +36,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn emit(&self, name: &str, kind: EventKind) {
-        let _ = self.events.send(Event {
-            worker: name.to_string(),
-            kind,
-            at: SystemTime::now(),
-        });
+        let _ = self.events.send(Event { worker: name.to_string(), kind, at: SystemTime::now() });
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut WorkerStatus) -> R) -> R {
@@ -54,12 +47,7 @@ impl Ctx {
     fn set_state(&self, name: &str, to: WorkerState) {
         let from = self.update(|s| std::mem::replace(&mut s.state, to));
         if from != to {
-            tracing::debug!(
-                worker = name,
-                from = from.as_str(),
-                to = to.as_str(),
-                "worker state"
-            );
+            tracing::debug!(worker = name, from = from.as_str(), to = to.as_str(), "worker state");
             self.emit(name, EventKind::State { from, to });
         }
     }
@@ -84,38 +72,14 @@ fn now_ms(since: Instant) -> u64 {
 }
 
 #[cfg(unix)]
-fn exit_info(
-    st: std::process::ExitStatus,
-    started: Instant,
-    oom: bool,
-    killed_by: Option<&'static str>,
-) -> ExitInfo {
+fn exit_info(st: std::process::ExitStatus, started: Instant, oom: bool, killed_by: Option<&'static str>) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
-    ExitInfo {
-        code: st.code(),
-        signal: st.signal(),
-        oom,
-        killed_by,
-        at: SystemTime::now(),
-        uptime_ms: now_ms(started),
-    }
+    ExitInfo { code: st.code(), signal: st.signal(), oom, killed_by, at: SystemTime::now(), uptime_ms: now_ms(started) }
 }
 
 #[cfg(not(unix))]
-fn exit_info(
-    st: std::process::ExitStatus,
-    started: Instant,
-    oom: bool,
-    killed_by: Option<&'static str>,
-) -> ExitInfo {
-    ExitInfo {
-        code: st.code(),
-        signal: None,
-        oom,
-        killed_by,
-        at: SystemTime::now(),
-        uptime_ms: now_ms(started),
-    }
+fn exit_info(st: std::process::ExitStatus, started: Instant, oom: bool, killed_by: Option<&'static str>) -> ExitInfo {
+    ExitInfo { code: st.code(), signal: None, oom, killed_by, at: SystemTime::now(), uptime_ms: now_ms(started) }
 }
 
 /// Stop a process gracefully: SIGTERM to its group, wait `grace`, then SIGKILL the group and the
@@ -161,19 +125,8 @@ async fn run_once(
     user: Option<crate::process::RunAs>,
 ) -> Result<Outcome, String> {
     let name = spec.name.as_str();
-    let mut child = crate::process::spawn_worker(
-        &spec.command,
-        &spec.env,
-        spec.cwd.as_deref(),
-        user,
-        &prepared,
-    )
-    .map_err(|e| {
-        format!(
-            "cannot spawn {:?}: {e}",
-            spec.command.first().unwrap_or(&Default::default())
-        )
-    })?;
+    let mut child = crate::process::spawn_worker(&spec.command, &spec.env, spec.cwd.as_deref(), user, &prepared)
+        .map_err(|e| format!("cannot spawn {:?}: {e}", spec.command.first().unwrap_or(&Default::default())))?;
     let started = Instant::now();
     let pid = child.id().unwrap_or(0);
     if let Err(e) = prepared.after_spawn(pid) {
@@ -286,12 +239,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
     let mut attempt: u32 = 0;
     loop {
         // Prepare: user and sandbox.
-        let user = match spec
-            .user
-            .as_deref()
-            .map(crate::process::resolve_user)
-            .transpose()
-        {
+        let user = match spec.user.as_deref().map(crate::process::resolve_user).transpose() {
             Ok(u) => u,
             Err(e) => {
                 if give_up(&spec, &ctx, &mut cmds, e.to_string()).await {
@@ -347,11 +295,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
         });
         tracing::info!(worker = %name, code = ?exit.code, signal = ?exit.signal, oom = exit.oom, "worker exited");
         ctx.emit(&name, EventKind::Exited { exit: exit.clone() });
-        hooks::fire(
-            &ctx.clients.http,
-            &spec.hooks.on_exit,
-            HookEvent::new(&name, "exit", restarts, Some(&exit)),
-        );
+        hooks::fire(&ctx.clients.http, &spec.hooks.on_exit, HookEvent::new(&name, "exit", restarts, Some(&exit)));
         if let Some(done) = stop {
             ctx.set_state(&name, WorkerState::Stopped);
             let _ = done.send(());
@@ -387,10 +331,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
         }
         // Restart intensity.
         let now = Instant::now();
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > spec.max_restarts.within)
-        {
+        while recent.front().is_some_and(|t| now.duration_since(*t) > spec.max_restarts.within) {
             recent.pop_front();
         }
         if !manual && recent.len() as u32 >= spec.max_restarts.count {
@@ -413,11 +354,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
             continue;
         }
         recent.push_back(now);
-        let delay = if manual {
-            Duration::ZERO
-        } else {
-            spec.backoff.delay(attempt)
-        };
+        let delay = if manual { Duration::ZERO } else { spec.backoff.delay(attempt) };
         attempt = attempt.saturating_add(1);
         ctx.update(|s| {
             s.restarts += 1;
@@ -425,12 +362,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
             s.next_restart_at = Some(SystemTime::now() + delay);
         });
         ctx.set_state(&name, WorkerState::Backoff);
-        ctx.emit(
-            &name,
-            EventKind::RestartScheduled {
-                delay_ms: delay.as_millis() as u64,
-            },
-        );
+        ctx.emit(&name, EventKind::RestartScheduled { delay_ms: delay.as_millis() as u64 });
         let mut ev = HookEvent::new(&name, "restart", restarts + 1, Some(&exit));
         ev.delay_ms = Some(delay.as_millis() as u64);
         hooks::fire(&ctx.clients.http, &spec.hooks.on_restart, ev);
@@ -451,12 +383,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
 }
 
 /// Enter state failed with `reason` and wait. Returns `true` if the worker must end (stopped).
-async fn give_up(
-    spec: &WorkerSpec,
-    ctx: &Ctx,
-    cmds: &mut mpsc::Receiver<Command>,
-    reason: String,
-) -> bool {
+async fn give_up(spec: &WorkerSpec, ctx: &Ctx, cmds: &mut mpsc::Receiver<Command>, reason: String) -> bool {
     tracing::error!(worker = %spec.name, reason = %reason, "worker given up");
     ctx.update(|s| {
         s.failure = Some(reason);

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::{process_gone, supervisor, wait_event, wait_status};
 use ondevice_supervisor::{
-    Backoff, EventKind, Hook, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec,
-    WorkerState,
+    Backoff, EventKind, Hook, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec, WorkerState,
 };
 
 fn sh(name: &str, script: &str) -> WorkerSpec {
@@ -31,16 +30,9 @@ async fn crash_loop_backs_off_exponentially_then_opens_the_circuit() {
     let (sup, _dir) = supervisor();
     let mut rx = sup.subscribe();
     let mut spec = sh("crasher", "exit 3");
-    spec.backoff = Backoff {
-        initial: Duration::from_millis(40),
-        max: Duration::from_secs(5),
-        factor: 2.0,
-        jitter: 0.0,
-    };
-    spec.max_restarts = MaxRestarts {
-        count: 4,
-        within: Duration::from_secs(60),
-    };
+    spec.backoff =
+        Backoff { initial: Duration::from_millis(40), max: Duration::from_secs(5), factor: 2.0, jitter: 0.0 };
+    spec.max_restarts = MaxRestarts { count: 4, within: Duration::from_secs(60) };
     sup.add(spec).await.unwrap();
 
     let mut delays = Vec::new();
@@ -55,41 +47,21 @@ async fn crash_loop_backs_off_exponentially_then_opens_the_circuit() {
             _ => {}
         }
     }
-    assert_eq!(
-        delays,
-        vec![40, 80, 160, 320],
-        "scheduled restart delays grow by the factor"
-    );
+    assert_eq!(delays, vec![40, 80, 160, 320], "scheduled restart delays grow by the factor");
     // Observed intervals between starts are at least the scheduled delays, so they grow too.
-    let gaps: Vec<u128> = starts
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]).unwrap().as_millis())
-        .collect();
+    let gaps: Vec<u128> = starts.windows(2).map(|w| w[1].duration_since(w[0]).unwrap().as_millis()).collect();
     for (gap, d) in gaps.iter().zip(&delays) {
-        assert!(
-            *gap >= u128::from(*d),
-            "restart interval {gap} ms shorter than scheduled {d} ms"
-        );
+        assert!(*gap >= u128::from(*d), "restart interval {gap} ms shorter than scheduled {d} ms");
     }
-    let st = wait_status(&sup, "crasher", Duration::from_secs(5), |s| {
-        s.state == WorkerState::Failed
-    })
-    .await;
+    let st = wait_status(&sup, "crasher", Duration::from_secs(5), |s| s.state == WorkerState::Failed).await;
     assert_eq!(st.restarts, 4);
     assert_eq!(st.last_exit.as_ref().and_then(|e| e.code), Some(3));
-    assert!(
-        st.failure.as_deref().unwrap_or("").contains("circuit open"),
-        "{:?}",
-        st.failure
-    );
+    assert!(st.failure.as_deref().unwrap_or("").contains("circuit open"), "{:?}", st.failure);
     assert!(st.pid.is_none());
 
     // Given up: stays failed until reset; restart_worker closes the circuit and starts again.
     sup.restart_worker("crasher").await.unwrap();
-    wait_event(&mut rx, "crasher", Duration::from_secs(5), |e| {
-        matches!(e.kind, EventKind::Started { .. })
-    })
-    .await;
+    wait_event(&mut rx, "crasher", Duration::from_secs(5), |e| matches!(e.kind, EventKind::Started { .. })).await;
     sup.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -110,16 +82,11 @@ fn one_request_server() -> (String, std::thread::JoinHandle<String>) {
                 let len: usize = head
                     .lines()
                     .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
                     })
                     .unwrap_or(0);
                 if body.len() >= len {
-                    s.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    )
-                    .unwrap();
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
                     return body.to_string();
                 }
             }
@@ -136,24 +103,12 @@ async fn hooks_fire_with_the_exit_code() {
     let (url, server) = one_request_server();
     let mut spec = sh("hooked", "exit 7");
     spec.restart = RestartPolicy::Never;
-    let record = format!(
-        "echo \"$ONDEVICE_EVENT $ONDEVICE_WORKER code=$ONDEVICE_EXIT_CODE\" >> {}",
-        out.display()
-    );
-    spec.hooks.on_start = vec![Hook::Exec(vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        record.clone().into(),
-    ])];
-    spec.hooks.on_exit = vec![
-        Hook::Exec(vec!["/bin/sh".into(), "-c".into(), record.into()]),
-        Hook::Webhook(url),
-    ];
+    let record = format!("echo \"$ONDEVICE_EVENT $ONDEVICE_WORKER code=$ONDEVICE_EXIT_CODE\" >> {}", out.display());
+    spec.hooks.on_start = vec![Hook::Exec(vec!["/bin/sh".into(), "-c".into(), record.clone().into()])];
+    spec.hooks.on_exit = vec![Hook::Exec(vec!["/bin/sh".into(), "-c".into(), record.into()]), Hook::Webhook(url)];
     sup.add(spec).await.unwrap();
 
-    let body = tokio::task::spawn_blocking(move || server.join().unwrap())
-        .await
-        .unwrap();
+    let body = tokio::task::spawn_blocking(move || server.join().unwrap()).await.unwrap();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["event"], "exit");
     assert_eq!(json["worker"], "hooked");
@@ -165,10 +120,7 @@ async fn hooks_fire_with_the_exit_code() {
         if text.contains("exit hooked code=7") && text.contains("start hooked code=") {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "exec hooks did not write: {text:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "exec hooks did not write: {text:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let st = sup.worker_status("hooked").unwrap();
@@ -180,11 +132,7 @@ async fn hooks_fire_with_the_exit_code() {
 async fn failing_liveness_probe_restarts_the_worker() {
     let (sup, _dir) = supervisor();
     // A port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut spec = WorkerSpec::new("unlive", ["sleep", "1000"]);
     spec.liveness = Some(fast_probe(ProbeCheck::Tcp(format!("127.0.0.1:{port}"))));
     spec.backoff.initial = Duration::ZERO;
@@ -218,13 +166,7 @@ async fn startup_holds_off_readiness_and_readiness_flips() {
     // The readiness check would pass, but the startup probe has not succeeded yet.
     let mut rx = sup.subscribe();
     wait_event(&mut rx, "flipper", Duration::from_secs(5), |e| {
-        matches!(
-            e.kind,
-            EventKind::ProbeFailed {
-                probe: "startup",
-                ..
-            }
-        )
+        matches!(e.kind, EventKind::ProbeFailed { probe: "startup", .. })
     })
     .await;
     let st = sup.worker_status("flipper").unwrap();
@@ -232,19 +174,12 @@ async fn startup_holds_off_readiness_and_readiness_flips() {
     assert!(!st.ready && !sup.required_ready());
 
     std::fs::write(&started, "").unwrap();
-    wait_status(&sup, "flipper", Duration::from_secs(5), |s| {
-        s.ready && s.state == WorkerState::Ready
-    })
-    .await;
+    wait_status(&sup, "flipper", Duration::from_secs(5), |s| s.ready && s.state == WorkerState::Ready).await;
     assert!(sup.required_ready());
 
     std::fs::remove_file(&ready).unwrap();
     let st = wait_status(&sup, "flipper", Duration::from_secs(5), |s| !s.ready).await;
-    assert_eq!(
-        st.state,
-        WorkerState::Running,
-        "readiness failure does not restart"
-    );
+    assert_eq!(st.state, WorkerState::Running, "readiness failure does not restart");
     assert_eq!(st.restarts, 0);
     assert!(!sup.required_ready());
 
@@ -268,43 +203,24 @@ async fn graceful_stop_kills_a_tree_that_ignores_sigterm() {
     sup.add(spec).await.unwrap();
     let log = sup.log_path("stubborn");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("up")
-    {
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("up") {
         assert!(std::time::Instant::now() < deadline, "worker did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let st = sup.worker_status("stubborn").unwrap();
-    let tree_kill = st
-        .protection
-        .as_ref()
-        .and_then(|p| p.mechanism(ondevice_sandbox::Limit::TreeKill));
-    let kids: Vec<i32> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect();
+    let tree_kill = st.protection.as_ref().and_then(|p| p.mechanism(ondevice_sandbox::Limit::TreeKill));
+    let kids: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(kids.len(), 2);
     let shell = st.pid.unwrap() as i32;
 
     let mut rx = sup.subscribe();
     let stop = sup.clone();
-    let stopper =
-        tokio::spawn(async move { stop.remove("stubborn", Duration::from_millis(300)).await });
-    let ev = wait_event(&mut rx, "stubborn", Duration::from_secs(10), |e| {
-        matches!(e.kind, EventKind::Exited { .. })
-    })
-    .await;
+    let stopper = tokio::spawn(async move { stop.remove("stubborn", Duration::from_millis(300)).await });
+    let ev =
+        wait_event(&mut rx, "stubborn", Duration::from_secs(10), |e| matches!(e.kind, EventKind::Exited { .. })).await;
     stopper.await.unwrap().unwrap();
-    let EventKind::Exited { exit } = ev.kind else {
-        unreachable!()
-    };
-    assert_eq!(
-        exit.signal,
-        Some(libc::SIGKILL),
-        "SIGTERM was ignored, so SIGKILL after the grace period"
-    );
+    let EventKind::Exited { exit } = ev.kind else { unreachable!() };
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "SIGTERM was ignored, so SIGKILL after the grace period");
     assert_eq!(exit.killed_by, Some("stop"));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -313,19 +229,14 @@ async fn graceful_stop_kills_a_tree_that_ignores_sigterm() {
         if in_group && (escaped || tree_kill.is_none()) {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "processes survive: shell {shell}, children {kids:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "processes survive: shell {shell}, children {kids:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if tree_kill.is_none() {
         // Only possible without root: clean up the escaped grandchild ourselves.
         // SAFETY: plain kill of a pid we recorded.
         unsafe { libc::kill(kids[1], libc::SIGKILL) };
-        panic!(
-            "no cgroup/job tree kill on this host: the setsid grandchild escaped the process group"
-        );
+        panic!("no cgroup/job tree kill on this host: the setsid grandchild escaped the process group");
     }
 }
 
@@ -333,10 +244,7 @@ async fn graceful_stop_kills_a_tree_that_ignores_sigterm() {
 async fn output_goes_to_a_rotating_log() {
     let dir = tempfile::tempdir().unwrap();
     let opts = ondevice_supervisor::SupervisorOptions {
-        log_rotation: ondevice_supervisor::LogRotation {
-            max_bytes: 1000,
-            keep: 2,
-        },
+        log_rotation: ondevice_supervisor::LogRotation { max_bytes: 1000, keep: 2 },
         ..Default::default()
     };
     let sup = ondevice_supervisor::Supervisor::new(dir.path(), opts).unwrap();
@@ -346,20 +254,14 @@ async fn output_goes_to_a_rotating_log() {
     );
     spec.restart = RestartPolicy::Never;
     sup.add(spec).await.unwrap();
-    wait_status(&sup, "chatty", Duration::from_secs(10), |s| {
-        s.state == WorkerState::Exited
-    })
-    .await;
+    wait_status(&sup, "chatty", Duration::from_secs(10), |s| s.state == WorkerState::Exited).await;
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
     let cur = read("chatty.log");
     assert!(cur.len() <= 1000);
     // stdout and stderr are pumped concurrently, so the stderr line may have been rotated out.
     let all = format!("{}{}{}", read("chatty.log.2"), read("chatty.log.1"), cur);
     assert!(all.contains("[stderr] oops"), "{all}");
-    assert!(
-        all.contains("line-99-"),
-        "the last stdout line is in the current files: {all}"
-    );
+    assert!(all.contains("line-99-"), "the last stdout line is in the current files: {all}");
     assert!(dir.path().join("chatty.log.1").exists() && dir.path().join("chatty.log.2").exists());
     assert!(!dir.path().join("chatty.log.3").exists());
     sup.shutdown(Duration::from_secs(1)).await;
@@ -385,9 +287,7 @@ async fn http_and_unix_probes() {
         while let Ok((mut s, _)) = l.accept().await {
             let mut b = [0u8; 1024];
             let _ = s.read(&mut b).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                .await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
         }
     });
     let dir = tempfile::tempdir().unwrap();
@@ -396,9 +296,7 @@ async fn http_and_unix_probes() {
     tokio::spawn(async move { while ul.accept().await.is_ok() {} });
     let (sup, _d) = supervisor();
     let mut a = WorkerSpec::new("http", ["sleep", "1000"]);
-    a.readiness = Some(fast_probe(ProbeCheck::Http(format!(
-        "http://{addr}/health"
-    ))));
+    a.readiness = Some(fast_probe(ProbeCheck::Http(format!("http://{addr}/health"))));
     let mut b = WorkerSpec::new("unix", ["sleep", "1000"]);
     b.readiness = Some(fast_probe(ProbeCheck::Unix(sock.clone())));
     sup.add(a).await.unwrap();
@@ -420,27 +318,13 @@ fn spawn_detached_starts_a_session_leader_we_do_not_wait_on() {
     )
     .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("hello-world")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "detached process did not write its log"
-        );
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("hello-world") {
+        assert!(std::time::Instant::now() < deadline, "detached process did not write its log");
         std::thread::sleep(Duration::from_millis(20));
     }
     let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
-    assert_eq!(
-        sid.as_raw(),
-        pid as i32,
-        "the detached process leads its own session"
-    );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    assert_eq!(sid.as_raw(), pid as i32, "the detached process leads its own session");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
 }
 
@@ -458,25 +342,21 @@ mod grpc_server {
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
-                            // HealthCheckResponse { status: SERVING } = field 1, varint 1.
-                            let body = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .header("grpc-status", "0")
-                                    .body(Full::new(body))
-                                    .unwrap(),
-                            )
-                        },
-                    );
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
+                    let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.uri().path(), "/grpc.health.v1.Health/Check");
+                        // HealthCheckResponse { status: SERVING } = field 1, varint 1.
+                        let body = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .header("grpc-status", "0")
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
                 });
             }
         });
@@ -493,30 +373,16 @@ async fn stable_uptime_resets_backoff_and_intensity() {
     // at `initial` and two allowed restarts are never exceeded.
     let mut spec = sh("steady", "sleep 0.3; exit 1");
     spec.stable_after = Duration::from_millis(100);
-    spec.backoff = Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_secs(5),
-        factor: 4.0,
-        jitter: 0.0,
-    };
-    spec.max_restarts = MaxRestarts {
-        count: 2,
-        within: Duration::from_secs(60),
-    };
+    spec.backoff =
+        Backoff { initial: Duration::from_millis(10), max: Duration::from_secs(5), factor: 4.0, jitter: 0.0 };
+    spec.max_restarts = MaxRestarts { count: 2, within: Duration::from_secs(60) };
     let touch = format!("touch {}", gave_up.display());
-    spec.hooks.on_give_up = vec![Hook::Exec(vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        touch.into(),
-    ])];
+    spec.hooks.on_give_up = vec![Hook::Exec(vec!["/bin/sh".into(), "-c".into(), touch.into()])];
     sup.add(spec).await.unwrap();
     let mut delays = Vec::new();
     while delays.len() < 4 {
         let ev = wait_event(&mut rx, "steady", Duration::from_secs(10), |e| {
-            matches!(
-                e.kind,
-                EventKind::RestartScheduled { .. } | EventKind::GaveUp
-            )
+            matches!(e.kind, EventKind::RestartScheduled { .. } | EventKind::GaveUp)
         })
         .await;
         match ev.kind {
@@ -535,24 +401,12 @@ async fn give_up_hook_fires_when_the_circuit_opens() {
     let out = dir.path().join("give-up.txt");
     let mut spec = sh("doomed", "exit 9");
     spec.backoff.initial = Duration::ZERO;
-    spec.max_restarts = MaxRestarts {
-        count: 1,
-        within: Duration::from_secs(60),
-    };
-    let record = format!(
-        "echo \"$ONDEVICE_EVENT code=$ONDEVICE_EXIT_CODE restarts=$ONDEVICE_RESTARTS\" > {}",
-        out.display()
-    );
-    spec.hooks.on_give_up = vec![Hook::Exec(vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        record.into(),
-    ])];
+    spec.max_restarts = MaxRestarts { count: 1, within: Duration::from_secs(60) };
+    let record =
+        format!("echo \"$ONDEVICE_EVENT code=$ONDEVICE_EXIT_CODE restarts=$ONDEVICE_RESTARTS\" > {}", out.display());
+    spec.hooks.on_give_up = vec![Hook::Exec(vec!["/bin/sh".into(), "-c".into(), record.into()])];
     sup.add(spec).await.unwrap();
-    wait_status(&sup, "doomed", Duration::from_secs(10), |s| {
-        s.state == WorkerState::Failed
-    })
-    .await;
+    wait_status(&sup, "doomed", Duration::from_secs(10), |s| s.state == WorkerState::Failed).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -560,10 +414,7 @@ async fn give_up_hook_fires_when_the_circuit_opens() {
             assert_eq!(text.trim(), "give_up code=9 restarts=1");
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "give-up hook did not run"
-        );
+        assert!(std::time::Instant::now() < deadline, "give-up hook did not run");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sup.shutdown(Duration::from_secs(1)).await;
@@ -577,24 +428,16 @@ async fn worker_runs_as_the_configured_user() {
     spec.user = Some("nobody".into());
     spec.restart = RestartPolicy::Never;
     sup.add(spec).await.unwrap();
-    let st = wait_status(&sup, "as-nobody", Duration::from_secs(10), |s| {
-        s.state == WorkerState::Exited
-    })
-    .await;
+    let st = wait_status(&sup, "as-nobody", Duration::from_secs(10), |s| s.state == WorkerState::Exited).await;
     assert_eq!(st.last_exit.unwrap().code, Some(0));
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody exists");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody exists");
     let log = std::fs::read_to_string(sup.log_path("as-nobody")).unwrap();
     let ids: Vec<u32> = log.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(ids, [nobody.uid.as_raw(), nobody.gid.as_raw()]);
     let mut bad = WorkerSpec::new("no-such-user", ["true"]);
     bad.user = Some("no-such-user-ondevice".into());
     sup.add(bad).await.unwrap();
-    let st = wait_status(&sup, "no-such-user", Duration::from_secs(10), |s| {
-        s.state == WorkerState::Failed
-    })
-    .await;
+    let st = wait_status(&sup, "no-such-user", Duration::from_secs(10), |s| s.state == WorkerState::Failed).await;
     assert!(st.failure.unwrap().contains("unknown user"));
     sup.shutdown(Duration::from_secs(1)).await;
 }

@@ -15,8 +15,9 @@ pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
 
 /// Initialises logging. `file_dir` enables the rotating file log.
 pub fn init(settings: &LogSettings, file_dir: Option<&Path>) -> anyhow::Result<LogGuard> {
-    let filter = EnvFilter::try_new(&settings.level)
-        .with_context(|| format!("invalid log level {:?}: use e.g. info, debug or info,ondevice_server=debug", settings.level))?;
+    let filter = EnvFilter::try_new(&settings.level).with_context(|| {
+        format!("invalid log level {:?}: use e.g. info, debug or info,ondevice_server=debug", settings.level)
+    })?;
     let stderr = match settings.format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),

@@ -14,10 +14,7 @@ pub fn valid_gguf() -> GgufWriter {
         .metadata("general.license", Value::String("apache-2.0".into()))
         .metadata("general.file_type", Value::U32(3))
         .metadata("llama.context_length", Value::U32(2048))
-        .metadata(
-            "tokenizer.chat_template",
-            Value::String("{% for m in messages %}{{ m.content }}{% endfor %}".into()),
-        )
+        .metadata("tokenizer.chat_template", Value::String("{% for m in messages %}{{ m.content }}{% endfor %}".into()))
         .metadata("t.u8", Value::U8(200))
         .metadata("t.i8", Value::I8(-7))
         .metadata("t.u16", Value::U16(65_000))
@@ -28,10 +25,7 @@ pub fn valid_gguf() -> GgufWriter {
         .metadata("t.u64", Value::U64(u64::MAX))
         .metadata("t.i64", Value::I64(i64::MIN))
         .metadata("t.f64", Value::F64(-2.25))
-        .metadata(
-            "t.strings",
-            Value::Array(Array::String(vec!["a".into(), "".into(), "ünï".into()])),
-        )
+        .metadata("t.strings", Value::Array(Array::String(vec!["a".into(), "".into(), "ünï".into()])))
         .metadata("t.f32s", Value::Array(Array::F32(vec![0.5, -1.0])))
         .metadata("t.bools", Value::Array(Array::Bool(vec![true, false])))
         .metadata(
@@ -43,20 +37,13 @@ pub fn valid_gguf() -> GgufWriter {
             ])),
         )
         .tensor("token_embd.weight", &[4, 2], GgmlType::F32, pattern(32, 1))
-        .tensor(
-            "blk.0.attn_q.weight",
-            &[64, 1],
-            GgmlType::Q4_1,
-            pattern(40, 2),
-        )
+        .tensor("blk.0.attn_q.weight", &[64, 1], GgmlType::Q4_1, pattern(40, 2))
         .tensor("output_norm.weight", &[3], GgmlType::F16, pattern(6, 3))
 }
 
 /// `len` bytes that differ per `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// GGUF magic, version 3, and the two counts.

@@ -20,8 +20,7 @@ fn write_file(path: &Path, value: &str) -> Result<(), SandboxError> {
         .truncate(true)
         .open(path)
         .map_err(|e| SandboxError::io("open cgroup file", path, e))?;
-    f.write_all(value.as_bytes())
-        .map_err(|e| SandboxError::io("write cgroup file", path, e))
+    f.write_all(value.as_bytes()).map_err(|e| SandboxError::io("write cgroup file", path, e))
 }
 
 fn open_procs(dir: &Path) -> Result<OwnedFd, SandboxError> {
@@ -40,11 +39,7 @@ pub fn read_key(path: &Path, key: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
-        if k == key {
-            v.trim().parse().ok()
-        } else {
-            None
-        }
+        if k == key { v.trim().parse().ok() } else { None }
     })
 }
 
@@ -107,8 +102,7 @@ impl Cgroup2 {
         controllers: &[&str],
     ) -> Result<Cgroup2, SandboxError> {
         let base_dir = mount.join(base.strip_prefix("/").unwrap_or(base));
-        fs::create_dir_all(&base_dir)
-            .map_err(|e| SandboxError::io("create cgroup", &base_dir, e))?;
+        fs::create_dir_all(&base_dir).map_err(|e| SandboxError::io("create cgroup", &base_dir, e))?;
         if !controllers.is_empty() {
             let own_dir = mount.join(own.strip_prefix("/").unwrap_or(own));
             let mut chain = vec![mount.to_path_buf()];
@@ -194,23 +188,14 @@ impl Cgroup2 {
 fn enable(dir: &Path, controllers: &[&str], own_dir: &Path) -> Result<(), SandboxError> {
     let path = dir.join("cgroup.subtree_control");
     let current = fs::read_to_string(&path).unwrap_or_default();
-    let missing: Vec<&str> = controllers
-        .iter()
-        .copied()
-        .filter(|c| !current.split_whitespace().any(|x| x == *c))
-        .collect();
+    let missing: Vec<&str> =
+        controllers.iter().copied().filter(|c| !current.split_whitespace().any(|x| x == *c)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let line = missing
-        .iter()
-        .map(|c| format!("+{c}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = missing.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
     match write_file(&path, &line) {
-        Err(SandboxError::Io { source, .. })
-            if source.raw_os_error() == Some(libc::EBUSY) && dir == own_dir =>
-        {
+        Err(SandboxError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) && dir == own_dir => {
             let leaf = own_dir.join("daemon");
             fs::create_dir_all(&leaf).map_err(|e| SandboxError::io("create cgroup", &leaf, e))?;
             write_file(&leaf.join("cgroup.procs"), "0")?;
@@ -234,13 +219,7 @@ impl Cgroup1 {
     }
 
     /// Create `<mount>/<base>/<leaf>` in the hierarchy of `controller`.
-    pub fn add(
-        &mut self,
-        controller: &'static str,
-        mount: &Path,
-        base: &str,
-        leaf: &str,
-    ) -> Result<(), SandboxError> {
+    pub fn add(&mut self, controller: &'static str, mount: &Path, base: &str, leaf: &str) -> Result<(), SandboxError> {
         let dir = mount.join(base).join(leaf);
         fs::create_dir_all(&dir).map_err(|e| SandboxError::io("create cgroup", &dir, e))?;
         self.dirs.push((controller, dir));
@@ -248,10 +227,7 @@ impl Cgroup1 {
     }
 
     fn dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs
-            .iter()
-            .find(|(c, _)| *c == controller)
-            .map(|(_, d)| d.as_path())
+        self.dirs.iter().find(|(c, _)| *c == controller).map(|(_, d)| d.as_path())
     }
 
     /// The directories created, by controller.
@@ -281,10 +257,7 @@ impl Cgroup1 {
     pub fn set_cpu_max(&self, millicores: u32) -> Result<(), SandboxError> {
         let dir = self.dir("cpu").ok_or_else(|| no_hierarchy("cpu"))?;
         write_file(&dir.join("cpu.cfs_period_us"), "100000")?;
-        write_file(
-            &dir.join("cpu.cfs_quota_us"),
-            &(u64::from(millicores) * 100).to_string(),
-        )
+        write_file(&dir.join("cpu.cfs_quota_us"), &(u64::from(millicores) * 100).to_string())
     }
 
     /// Open every hierarchy's `cgroup.procs` for the child to join.
@@ -301,9 +274,7 @@ impl Cgroup1 {
 
     /// `oom_kill` from `memory.oom_control`.
     pub fn oom_kills(&self) -> u64 {
-        self.dir("memory")
-            .and_then(|d| read_key(&d.join("memory.oom_control"), "oom_kill"))
-            .unwrap_or(0)
+        self.dir("memory").and_then(|d| read_key(&d.join("memory.oom_control"), "oom_kill")).unwrap_or(0)
     }
 
     /// Remove every directory (bounded retries). Returns the first error.

@@ -100,36 +100,18 @@ pub struct Rules<'a> {
 }
 
 fn sys_err(call: &'static str) -> SandboxError {
-    SandboxError::Sys {
-        call,
-        source: io::Error::last_os_error(),
-    }
+    SandboxError::Sys { call, source: io::Error::last_os_error() }
 }
 
 /// Build a ruleset for `rules` on a kernel with landlock ABI `abi`. Paths that do not exist are
 /// skipped (a missing `/lib64` is normal).
 pub fn build(abi: u32, rules: &Rules<'_>) -> Result<OwnedFd, SandboxError> {
     let fs = if rules.restrict_fs { fs_mask(abi) } else { 0 };
-    let net = if rules.deny_tcp && abi >= 4 {
-        NET_BIND_TCP | NET_CONNECT_TCP
-    } else {
-        0
-    };
-    let attr = RulesetAttr {
-        handled_access_fs: fs,
-        handled_access_net: net,
-        scoped: 0,
-    };
+    let net = if rules.deny_tcp && abi >= 4 { NET_BIND_TCP | NET_CONNECT_TCP } else { 0 };
+    let attr = RulesetAttr { handled_access_fs: fs, handled_access_net: net, scoped: 0 };
     let size = if abi >= 4 { 16usize } else { 8 };
     // SAFETY: attr is valid for `size` bytes (a prefix of the struct understood by this ABI).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            &attr as *const RulesetAttr,
-            size,
-            0u32,
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const RulesetAttr, size, 0u32) };
     if fd < 0 {
         return Err(sys_err("landlock_create_ruleset"));
     }
@@ -144,11 +126,7 @@ pub fn build(abi: u32, rules: &Rules<'_>) -> Result<OwnedFd, SandboxError> {
         let read_bits = EXECUTE | READ_FILE | READ_DIR;
         for (paths, bits) in [(&rules.read, read_bits), (&rules.write, fs)] {
             for path in paths.iter() {
-                let Ok(f) = File::options()
-                    .read(true)
-                    .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
-                    .open(path)
-                else {
+                let Ok(f) = File::options().read(true).custom_flags(libc::O_PATH | libc::O_CLOEXEC).open(path) else {
                     continue;
                 };
                 let is_dir = f.metadata().map(|m| m.is_dir()).unwrap_or(false);
@@ -161,10 +139,7 @@ pub fn build(abi: u32, rules: &Rules<'_>) -> Result<OwnedFd, SandboxError> {
 }
 
 fn add_path(ruleset: &OwnedFd, f: &File, allowed: u64) -> Result<(), SandboxError> {
-    let attr = PathBeneathAttr {
-        allowed_access: allowed,
-        parent_fd: f.as_raw_fd(),
-    };
+    let attr = PathBeneathAttr { allowed_access: allowed, parent_fd: f.as_raw_fd() };
     // SAFETY: attr is a valid packed landlock_path_beneath_attr.
     let r = unsafe {
         libc::syscall(
@@ -175,9 +150,5 @@ fn add_path(ruleset: &OwnedFd, f: &File, allowed: u64) -> Result<(), SandboxErro
             0u32,
         )
     };
-    if r < 0 {
-        Err(sys_err("landlock_add_rule"))
-    } else {
-        Ok(())
-    }
+    if r < 0 { Err(sys_err("landlock_add_rule")) } else { Ok(()) }
 }

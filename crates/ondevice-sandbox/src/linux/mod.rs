@@ -17,9 +17,8 @@ use crate::null::requested;
 use crate::report::which;
 use crate::unix::HookData;
 use crate::{
-    Capabilities, CgroupV1Info, CgroupV2Info, ChildHook, Control, DEFAULT_SYSTEM_READ, Limit,
-    Mechanism, Network, Prepared, Protection, Sandbox, SandboxError, SandboxMode, SandboxPolicy,
-    Wrapper, finish,
+    Capabilities, CgroupV1Info, CgroupV2Info, ChildHook, Control, DEFAULT_SYSTEM_READ, Limit, Mechanism, Network,
+    Prepared, Protection, Sandbox, SandboxError, SandboxMode, SandboxPolicy, Wrapper, finish,
 };
 use cgroup::{Cgroup1, Cgroup2};
 
@@ -33,9 +32,7 @@ pub struct LinuxOptions {
 
 impl Default for LinuxOptions {
     fn default() -> Self {
-        LinuxOptions {
-            cgroup_base: "ondevice".to_string(),
-        }
+        LinuxOptions { cgroup_base: "ondevice".to_string() }
     }
 }
 
@@ -45,10 +42,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -92,10 +86,7 @@ pub fn parse_mountinfo(text: &str) -> (Option<PathBuf>, Vec<(String, PathBuf)>) 
 fn own_v2() -> PathBuf {
     fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("0::").map(|p| PathBuf::from(p.trim())))
-        })
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(|p| PathBuf::from(p.trim()))))
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
@@ -130,43 +121,24 @@ pub fn detect() -> Capabilities {
             .map(str::to_string)
             .collect();
         let own = own_v2();
-        let kill = mount
-            .join(own.strip_prefix("/").unwrap_or(&own))
-            .join("cgroup.kill")
-            .exists()
-            || kernel_at_least(5, 14);
-        let lacking: Vec<&str> = ["memory", "cpu", "pids"]
-            .into_iter()
-            .filter(|c| !controllers.iter().any(|x| x == c))
-            .collect();
+        let kill =
+            mount.join(own.strip_prefix("/").unwrap_or(&own)).join("cgroup.kill").exists() || kernel_at_least(5, 14);
+        let lacking: Vec<&str> =
+            ["memory", "cpu", "pids"].into_iter().filter(|c| !controllers.iter().any(|x| x == c)).collect();
         if !lacking.is_empty() {
-            caps.notes.push(format!(
-                "cgroup v2 at {} has no {} controller(s)",
-                mount.display(),
-                lacking.join("/")
-            ));
+            caps.notes.push(format!("cgroup v2 at {} has no {} controller(s)", mount.display(), lacking.join("/")));
         }
         caps.cgroup_writable = root || writable(&mount.join(own.strip_prefix("/").unwrap_or(&own)));
-        caps.cgroup_v2 = Some(CgroupV2Info {
-            mount,
-            own,
-            controllers,
-            kill,
-        });
+        caps.cgroup_v2 = Some(CgroupV2Info { mount, own, controllers, kill });
     }
     if !v1.is_empty() {
         let get = |c: &str| v1.iter().find(|(n, _)| n == c).map(|(_, m)| m.clone());
-        caps.cgroup_v1 = Some(CgroupV1Info {
-            memory: get("memory"),
-            pids: get("pids"),
-            cpu: get("cpu"),
-        });
+        caps.cgroup_v1 = Some(CgroupV1Info { memory: get("memory"), pids: get("pids"), cpu: get("cpu") });
         caps.cgroup_writable |= root;
     }
     for c in ["memory", "pids", "cpu"] {
         if caps.cgroup_v2.as_ref().is_some_and(|v| v.has(c)) {
-            caps.cgroup_choice
-                .push((c.to_string(), Mechanism::CgroupV2));
+            caps.cgroup_choice.push((c.to_string(), Mechanism::CgroupV2));
         } else if let Some(v1) = &caps.cgroup_v1 {
             let m = match c {
                 "memory" => &v1.memory,
@@ -174,23 +146,18 @@ pub fn detect() -> Capabilities {
                 _ => &v1.cpu,
             };
             if m.is_some() {
-                caps.cgroup_choice
-                    .push((c.to_string(), Mechanism::CgroupV1));
-                caps.notes
-                    .push(format!("cgroup v1 {c} hierarchy used for {c} limits"));
+                caps.cgroup_choice.push((c.to_string(), Mechanism::CgroupV1));
+                caps.notes.push(format!("cgroup v1 {c} hierarchy used for {c} limits"));
             }
         }
     }
     if !caps.cgroup_writable {
-        caps.notes.push(
-            "cgroups are not writable by this user (run as root or delegate a subtree)".into(),
-        );
+        caps.notes.push("cgroups are not writable by this user (run as root or delegate a subtree)".into());
     }
     caps.rlimits = true;
     caps.landlock_abi = landlock::abi();
     if caps.landlock_abi.is_none() {
-        caps.notes
-            .push("landlock is not enabled in this kernel".into());
+        caps.notes.push("landlock is not enabled in this kernel".into());
     }
     caps.seccomp = seccomp::available();
     let userns = read_num("/proc/sys/user/max_user_namespaces").unwrap_or(0) > 0
@@ -205,10 +172,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     let Ok(r) = fs::read_to_string("/proc/sys/kernel/osrelease") else {
         return false;
     };
-    let mut it = r
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     (a, b) >= (major, minor)
 }
@@ -225,10 +189,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 impl LinuxSandbox {
     /// Detect the host and build the sandbox.
     pub fn new(opts: LinuxOptions) -> LinuxSandbox {
-        LinuxSandbox {
-            caps: detect(),
-            opts,
-        }
+        LinuxSandbox { caps: detect(), opts }
     }
 
     /// Build with given capabilities (tests; or to disable a mechanism by hand).
@@ -258,8 +219,7 @@ impl Control for LinuxControl {
     }
 
     fn oom_kills(&self) -> u64 {
-        self.v2.as_ref().map_or(0, Cgroup2::oom_kills)
-            + self.v1.as_ref().map_or(0, Cgroup1::oom_kills)
+        self.v2.as_ref().map_or(0, Cgroup2::oom_kills) + self.v1.as_ref().map_or(0, Cgroup1::oom_kills)
     }
 
     fn release(&mut self) {
@@ -288,21 +248,9 @@ impl Drop for LinuxControl {
 }
 
 fn leaf_name(worker: &str) -> String {
-    let clean: String = worker
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "{clean}.{}.{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
+    let clean: String =
+        worker.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    format!("{clean}.{}.{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 fn human(bytes: u64) -> String {
@@ -343,10 +291,7 @@ impl Sandbox for LinuxSandbox {
                     return Err(SandboxError::WrapperMissing("bwrap"));
                 }
                 None => {
-                    tracing::warn!(
-                        worker,
-                        "bwrap is not installed; using the built-in mechanisms"
-                    );
+                    tracing::warn!(worker, "bwrap is not installed; using the built-in mechanisms");
                     None
                 }
             },
@@ -356,10 +301,7 @@ impl Sandbox for LinuxSandbox {
                     return Err(SandboxError::WrapperMissing("firejail"));
                 }
                 None => {
-                    tracing::warn!(
-                        worker,
-                        "firejail is not installed; using the built-in mechanisms"
-                    );
+                    tracing::warn!(worker, "firejail is not installed; using the built-in mechanisms");
                     None
                 }
             },
@@ -406,54 +348,24 @@ impl Sandbox for LinuxSandbox {
                 }
             }
         }
-        let v2_has =
-            |c: &str| control.v2.is_some() && caps.cgroup_for(c) == Some(Mechanism::CgroupV2);
-        let v1_has = |c: &str| {
-            control
-                .v1
-                .as_ref()
-                .is_some_and(|g| g.dirs().any(|(n, _)| n == c))
-        };
+        let v2_has = |c: &str| control.v2.is_some() && caps.cgroup_for(c) == Some(Mechanism::CgroupV2);
+        let v1_has = |c: &str| control.v1.as_ref().is_some_and(|g| g.dirs().any(|(n, _)| n == c));
         if control.v2.as_ref().is_some_and(Cgroup2::has_kill) {
             p.enforce(Limit::TreeKill, Mechanism::CgroupV2, "cgroup.kill");
         } else if control.v2.is_some() {
-            p.enforce(
-                Limit::TreeKill,
-                Mechanism::CgroupV2,
-                "kill every pid in cgroup.procs",
-            );
+            p.enforce(Limit::TreeKill, Mechanism::CgroupV2, "kill every pid in cgroup.procs");
         } else if control.v1.is_some() {
-            p.enforce(
-                Limit::TreeKill,
-                Mechanism::CgroupV1,
-                "kill every pid in cgroup.procs",
-            );
+            p.enforce(Limit::TreeKill, Mechanism::CgroupV1, "kill every pid in cgroup.procs");
         }
 
         let mut rl: Vec<(i32, u64)> = Vec::new();
         if let Some(b) = policy.memory_max {
             if v2_has("memory") {
-                control
-                    .v2
-                    .as_ref()
-                    .map(|c| c.set_memory_max(b))
-                    .transpose()?;
-                p.enforce(
-                    Limit::MemoryMax,
-                    Mechanism::CgroupV2,
-                    format!("memory.max = {}", human(b)),
-                );
+                control.v2.as_ref().map(|c| c.set_memory_max(b)).transpose()?;
+                p.enforce(Limit::MemoryMax, Mechanism::CgroupV2, format!("memory.max = {}", human(b)));
             } else if v1_has("memory") {
-                control
-                    .v1
-                    .as_ref()
-                    .map(|c| c.set_memory_max(b))
-                    .transpose()?;
-                p.enforce(
-                    Limit::MemoryMax,
-                    Mechanism::CgroupV1,
-                    format!("memory.limit_in_bytes = {}", human(b)),
-                );
+                control.v1.as_ref().map(|c| c.set_memory_max(b)).transpose()?;
+                p.enforce(Limit::MemoryMax, Mechanism::CgroupV1, format!("memory.limit_in_bytes = {}", human(b)));
             } else {
                 rl.push((libc::RLIMIT_AS as i32, b));
                 p.enforce(
@@ -465,43 +377,19 @@ impl Sandbox for LinuxSandbox {
         }
         if let Some(b) = policy.memory_high {
             if v2_has("memory") {
-                control
-                    .v2
-                    .as_ref()
-                    .map(|c| c.set_memory_high(b))
-                    .transpose()?;
-                p.enforce(
-                    Limit::MemoryHigh,
-                    Mechanism::CgroupV2,
-                    format!("memory.high = {}", human(b)),
-                );
+                control.v2.as_ref().map(|c| c.set_memory_high(b)).transpose()?;
+                p.enforce(Limit::MemoryHigh, Mechanism::CgroupV2, format!("memory.high = {}", human(b)));
             } else {
                 p.miss(Limit::MemoryHigh, "needs the cgroup v2 memory controller");
             }
         }
         if let Some(c) = policy.cpu_max {
             if v2_has("cpu") {
-                control
-                    .v2
-                    .as_ref()
-                    .map(|g| g.set_cpu_max(c.millicores))
-                    .transpose()?;
-                p.enforce(
-                    Limit::CpuMax,
-                    Mechanism::CgroupV2,
-                    format!("{} millicores", c.millicores),
-                );
+                control.v2.as_ref().map(|g| g.set_cpu_max(c.millicores)).transpose()?;
+                p.enforce(Limit::CpuMax, Mechanism::CgroupV2, format!("{} millicores", c.millicores));
             } else if v1_has("cpu") {
-                control
-                    .v1
-                    .as_ref()
-                    .map(|g| g.set_cpu_max(c.millicores))
-                    .transpose()?;
-                p.enforce(
-                    Limit::CpuMax,
-                    Mechanism::CgroupV1,
-                    format!("{} millicores", c.millicores),
-                );
+                control.v1.as_ref().map(|g| g.set_cpu_max(c.millicores)).transpose()?;
+                p.enforce(Limit::CpuMax, Mechanism::CgroupV1, format!("{} millicores", c.millicores));
             } else {
                 p.miss(Limit::CpuMax, "no writable cgroup cpu controller");
             }
@@ -509,18 +397,10 @@ impl Sandbox for LinuxSandbox {
         if let Some(n) = policy.pids_max {
             if v2_has("pids") {
                 control.v2.as_ref().map(|g| g.set_pids_max(n)).transpose()?;
-                p.enforce(
-                    Limit::PidsMax,
-                    Mechanism::CgroupV2,
-                    format!("pids.max = {n}"),
-                );
+                p.enforce(Limit::PidsMax, Mechanism::CgroupV2, format!("pids.max = {n}"));
             } else if v1_has("pids") {
                 control.v1.as_ref().map(|g| g.set_pids_max(n)).transpose()?;
-                p.enforce(
-                    Limit::PidsMax,
-                    Mechanism::CgroupV1,
-                    format!("pids.max = {n}"),
-                );
+                p.enforce(Limit::PidsMax, Mechanism::CgroupV1, format!("pids.max = {n}"));
             } else if !euid_is_root() {
                 rl.push((libc::RLIMIT_NPROC as i32, n));
                 p.enforce(
@@ -529,43 +409,15 @@ impl Sandbox for LinuxSandbox {
                     format!("RLIMIT_NPROC = {n} (counts all processes of the user)"),
                 );
             } else {
-                p.miss(
-                    Limit::PidsMax,
-                    "no writable cgroup pids controller, and RLIMIT_NPROC does not bind root",
-                );
+                p.miss(Limit::PidsMax, "no writable cgroup pids controller, and RLIMIT_NPROC does not bind root");
             }
         }
         for (val, res, limit, name) in [
-            (
-                policy.nofile,
-                libc::RLIMIT_NOFILE,
-                Limit::OpenFiles,
-                "RLIMIT_NOFILE",
-            ),
-            (
-                policy.address_space,
-                libc::RLIMIT_AS,
-                Limit::AddressSpace,
-                "RLIMIT_AS",
-            ),
-            (
-                policy.cpu_time_s,
-                libc::RLIMIT_CPU,
-                Limit::CpuTime,
-                "RLIMIT_CPU",
-            ),
-            (
-                policy.core_size,
-                libc::RLIMIT_CORE,
-                Limit::CoreSize,
-                "RLIMIT_CORE",
-            ),
-            (
-                policy.file_size,
-                libc::RLIMIT_FSIZE,
-                Limit::FileSize,
-                "RLIMIT_FSIZE",
-            ),
+            (policy.nofile, libc::RLIMIT_NOFILE, Limit::OpenFiles, "RLIMIT_NOFILE"),
+            (policy.address_space, libc::RLIMIT_AS, Limit::AddressSpace, "RLIMIT_AS"),
+            (policy.cpu_time_s, libc::RLIMIT_CPU, Limit::CpuTime, "RLIMIT_CPU"),
+            (policy.core_size, libc::RLIMIT_CORE, Limit::CoreSize, "RLIMIT_CORE"),
+            (policy.file_size, libc::RLIMIT_FSIZE, Limit::FileSize, "RLIMIT_FSIZE"),
         ] {
             if let Some(v) = val {
                 rl.push((res as i32, v));
@@ -582,11 +434,7 @@ impl Sandbox for LinuxSandbox {
             let (args, mech) = match kind {
                 Wrapper::Firejail => (wrapper::firejail(&path, policy), Mechanism::Firejail),
                 _ => {
-                    let prog = if policy.seccomp {
-                        seccomp::program()
-                    } else {
-                        None
-                    };
+                    let prog = if policy.seccomp { seccomp::program() } else { None };
                     let memfd = match &prog {
                         Some(prog) => Some(seccomp_memfd(prog)?),
                         None => None,
@@ -594,22 +442,14 @@ impl Sandbox for LinuxSandbox {
                     let args = wrapper::bwrap(&path, policy, &read, memfd.as_ref());
                     if let Some(fd) = memfd {
                         hook.inherit.push(fd);
-                        p.enforce(
-                            Limit::Syscalls,
-                            Mechanism::Bubblewrap,
-                            "deny-list passed to bwrap --seccomp",
-                        );
+                        p.enforce(Limit::Syscalls, Mechanism::Bubblewrap, "deny-list passed to bwrap --seccomp");
                     }
                     (args, Mechanism::Bubblewrap)
                 }
             };
             prefix = args;
             if policy.restricts_fs() {
-                p.enforce(
-                    Limit::Filesystem,
-                    mech,
-                    "allowed paths bound read-only/read-write",
-                );
+                p.enforce(Limit::Filesystem, mech, "allowed paths bound read-only/read-write");
             }
             if policy.network == Network::None {
                 p.enforce(Limit::Network, mech, "private network namespace");
@@ -618,10 +458,7 @@ impl Sandbox for LinuxSandbox {
                 if mech == Mechanism::Firejail {
                     p.enforce(Limit::Syscalls, mech, "firejail --seccomp default list");
                 } else {
-                    p.miss(
-                        Limit::Syscalls,
-                        "seccomp filter not available for this architecture",
-                    );
+                    p.miss(Limit::Syscalls, "seccomp filter not available for this architecture");
                 }
             }
         } else {
@@ -629,17 +466,8 @@ impl Sandbox for LinuxSandbox {
             let mut tcp_by_landlock = false;
             if policy.network == Network::None {
                 if caps.net_namespace {
-                    hook.unshare = libc::CLONE_NEWNET
-                        | if euid_is_root() {
-                            0
-                        } else {
-                            libc::CLONE_NEWUSER
-                        };
-                    p.enforce(
-                        Limit::Network,
-                        Mechanism::NetNamespace,
-                        "private network namespace, no interfaces up",
-                    );
+                    hook.unshare = libc::CLONE_NEWNET | if euid_is_root() { 0 } else { libc::CLONE_NEWUSER };
+                    p.enforce(Limit::Network, Mechanism::NetNamespace, "private network namespace, no interfaces up");
                 } else if abi.is_some_and(|a| a >= 4) {
                     tcp_by_landlock = true;
                     p.enforce(
@@ -689,9 +517,7 @@ impl Sandbox for LinuxSandbox {
         finish(worker, &p)?;
         let mut prepared = Prepared::unprotected(p);
         prepared.wrapper = prefix;
-        prepared.hook = ChildHook {
-            data: Arc::new(hook),
-        };
+        prepared.hook = ChildHook { data: Arc::new(hook) };
         prepared.control = Box::new(control);
         Ok(prepared)
     }
@@ -704,17 +530,12 @@ fn seccomp_memfd(prog: &[libc::sock_filter]) -> Result<OwnedFd, SandboxError> {
     // SAFETY: valid C string literal; flags are valid.
     let fd = unsafe { libc::memfd_create(c"ondevice-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(SandboxError::Sys {
-            call: "memfd_create",
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(SandboxError::Sys { call: "memfd_create", source: std::io::Error::last_os_error() });
     }
     // SAFETY: fresh fd we own.
     let mut f = unsafe { fs::File::from_raw_fd(fd) };
     // SAFETY: sock_filter is plain old data; we view it as bytes.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(prog.as_ptr().cast::<u8>(), std::mem::size_of_val(prog))
-    };
+    let bytes = unsafe { std::slice::from_raw_parts(prog.as_ptr().cast::<u8>(), std::mem::size_of_val(prog)) };
     let io = |e| SandboxError::io("write seccomp program", "memfd", e);
     f.write_all(bytes).map_err(io)?;
     f.rewind().map_err(io)?;

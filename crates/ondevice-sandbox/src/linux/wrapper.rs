@@ -9,17 +9,8 @@ use crate::{Network, SandboxPolicy};
 /// `bwrap ... --` for `policy`. Without filesystem rules the root is bound read-only as a whole
 /// (with `/tmp` private), so the worker still runs; with rules only the system paths, `fs_read`
 /// (read-only) and `fs_write` (read-write) exist inside.
-pub(super) fn bwrap(
-    path: &Path,
-    policy: &SandboxPolicy,
-    read: &[PathBuf],
-    seccomp: Option<&OwnedFd>,
-) -> Vec<OsString> {
-    let mut a: Vec<OsString> = vec![
-        path.into(),
-        "--die-with-parent".into(),
-        "--new-session".into(),
-    ];
+pub(super) fn bwrap(path: &Path, policy: &SandboxPolicy, read: &[PathBuf], seccomp: Option<&OwnedFd>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec![path.into(), "--die-with-parent".into(), "--new-session".into()];
     if policy.restricts_fs() {
         for p in read.iter().filter(|p| p.exists()) {
             if p == Path::new("/dev") || p == Path::new("/proc") {
@@ -28,23 +19,12 @@ pub(super) fn bwrap(
             a.extend(["--ro-bind".into(), p.into(), p.into()]);
         }
     } else {
-        a.extend([
-            "--ro-bind".into(),
-            "/".into(),
-            "/".into(),
-            "--tmpfs".into(),
-            "/tmp".into(),
-        ]);
+        a.extend(["--ro-bind".into(), "/".into(), "/".into(), "--tmpfs".into(), "/tmp".into()]);
     }
     for p in &policy.fs_write {
         a.extend(["--bind".into(), p.into(), p.into()]);
     }
-    a.extend([
-        "--dev".into(),
-        "/dev".into(),
-        "--proc".into(),
-        "/proc".into(),
-    ]);
+    a.extend(["--dev".into(), "/dev".into(), "--proc".into(), "/proc".into()]);
     if policy.network == Network::None {
         a.push("--unshare-net".into());
     }
@@ -57,12 +37,7 @@ pub(super) fn bwrap(
 
 /// `firejail ... --` for `policy`.
 pub(super) fn firejail(path: &Path, policy: &SandboxPolicy) -> Vec<OsString> {
-    let mut a: Vec<OsString> = vec![
-        path.into(),
-        "--quiet".into(),
-        "--noprofile".into(),
-        "--seccomp".into(),
-    ];
+    let mut a: Vec<OsString> = vec![path.into(), "--quiet".into(), "--noprofile".into(), "--seccomp".into()];
     if policy.network == Network::None {
         a.push("--net=none".into());
     }

@@ -8,8 +8,7 @@ use ondevice_supervisor::{Event, Supervisor, SupervisorOptions, WorkerStatus};
 /// A supervisor writing logs into a fresh temp dir (kept alive by the returned guard).
 pub fn supervisor() -> (Supervisor, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sup =
-        Supervisor::new(dir.path().join("logs"), SupervisorOptions::default()).expect("supervisor");
+    let sup = Supervisor::new(dir.path().join("logs"), SupervisorOptions::default()).expect("supervisor");
     (sup, dir)
 }
 
@@ -57,10 +56,7 @@ pub async fn wait_event(
 pub fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
-            .unwrap_or(true),
+        Ok(s) => s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')).unwrap_or(true),
     }
 }
 
@@ -68,8 +64,5 @@ pub fn process_gone(pid: i32) -> bool {
 pub fn require_root(what: &str) {
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{what} needs root (CI runs as root); run the tests as root"
-    );
+    assert_eq!(euid, 0, "{what} needs root (CI runs as root); run the tests as root");
 }

@@ -23,11 +23,12 @@ impl Client {
             Some(k) => k.trim().to_owned(),
             None => {
                 let path = resolved.paths.bootstrap_token();
-                std::fs::read_to_string(&path)
-                    .map(|s| s.trim().to_owned())
-                    .with_context(|| {
-                        format!("no api key: set {ENV_API_KEY}, or run as the daemon's user so {} is readable", path.display())
-                    })?
+                std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).with_context(|| {
+                    format!(
+                        "no api key: set {ENV_API_KEY}, or run as the daemon's user so {} is readable",
+                        path.display()
+                    )
+                })?
             }
         };
         let base = base_url(resolved, &env);
@@ -36,11 +37,7 @@ impl Client {
             let pem = std::fs::read(&tls.cert).with_context(|| format!("cannot read {}", tls.cert.display()))?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
-        Ok(Client {
-            http: builder.build()?,
-            base,
-            key,
-        })
+        Ok(Client { http: builder.build()?, base, key })
     }
 
     /// Sends a request with a JSON body and decodes the JSON answer, turning API errors into

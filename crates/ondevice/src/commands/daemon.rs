@@ -34,7 +34,11 @@ async fn query_status(resolved: &Resolved) -> Option<serde_json::Value> {
 
 async fn start(resolved: &Resolved, args: &DaemonStartArgs, overrides: &Overrides) -> anyhow::Result<ExitCode> {
     if let Some(s) = query_status(resolved).await {
-        println!("ondevice daemon is already running (pid {}) on {}", s["pid"], s["listen_address"].as_str().unwrap_or("?"));
+        println!(
+            "ondevice daemon is already running (pid {}) on {}",
+            s["pid"],
+            s["listen_address"].as_str().unwrap_or("?")
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let home = std::path::absolute(&resolved.paths.home)?;
@@ -117,7 +121,11 @@ async fn status(resolved: &Resolved, flag: &JsonFlag) -> anyhow::Result<ExitCode
     let uptime = humantime::format_duration(Duration::from_secs(s["uptime_seconds"].as_u64().unwrap_or(0)));
     println!("ondevice {} running (pid {})", s["version"].as_str().unwrap_or("?"), s["pid"]);
     println!("  uptime:  {uptime}");
-    println!("  listen:  {}{}", s["listen_address"].as_str().unwrap_or("?"), if s["tls"] == true { " (tls)" } else { "" });
+    println!(
+        "  listen:  {}{}",
+        s["listen_address"].as_str().unwrap_or("?"),
+        if s["tls"] == true { " (tls)" } else { "" }
+    );
     println!("  auth:    {}", if s["auth_enabled"] == true { "on" } else { "OFF" });
     println!("  ready:   {}", if s["ready"] == true { "yes" } else { "no" });
     let workers = s["workers"].as_array().cloned().unwrap_or_default();

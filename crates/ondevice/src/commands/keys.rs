@@ -65,10 +65,11 @@ pub async fn run(resolved: Resolved, cmd: KeysCommand) -> anyhow::Result<ExitCod
             }
         }
         KeysCommand::Revoke { id } => {
-            let id: ondevice_auth::KeyId = id
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("invalid key id {id:?}: expected the 12 hex digits after odk_ (see `ondevice keys list`)"))?;
+            let id: ondevice_auth::KeyId = id.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid key id {id:?}: expected the 12 hex digits after odk_ (see `ondevice keys list`)"
+                )
+            })?;
             let k: KeyView = client.call(Method::DELETE, &format!("/api/v1/keys/{id}"), None).await?;
             println!("revoked key {} ({})", k.id, k.name);
         }

