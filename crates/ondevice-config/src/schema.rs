@@ -81,6 +81,11 @@ fn section(root: &Value, node: &Value, defaults: &Value, prefix: &str, out: &mut
         let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         if target.get("properties").is_some() {
             tables.push((full, prop, defaults.get(key).cloned().unwrap_or(Value::Null)));
+        } else if let Some(value) =
+            target.get("additionalProperties").filter(|v| resolve(root, v).get("properties").is_some())
+        {
+            // A map of tables such as `[workers.NAME]`: document the value type.
+            tables.push((format!("{full}.<name>"), value, Value::Null));
         } else {
             let desc = prop
                 .get("description")

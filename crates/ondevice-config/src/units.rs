@@ -64,6 +64,9 @@ impl FromStr for ByteSize {
             "TB" => 1_000_000_000_000,
             _ => return Err(err()),
         };
+        if unit.trim().is_empty() && num.contains('.') {
+            return Err(err());
+        }
         if let Ok(n) = num.parse::<u64>() {
             return n.checked_mul(mult).map(ByteSize).ok_or_else(err);
         }
