@@ -93,7 +93,8 @@ impl StatusService for StatusImpl {
         let mut rx = state.inner.events.subscribe();
         let shutdown = state.shutdown_token().clone();
         let snapshot = DaemonEvent::now("status", serde_json::to_value(state.status()).unwrap_or_default());
-        let stream = async_stream(move |tx| async move {
+        let tasks = state.tasks().clone();
+        let stream = async_stream(&tasks, move |tx| async move {
             if tx.send(Ok(event_message(&snapshot))).await.is_err() {
                 return;
             }
@@ -113,13 +114,13 @@ impl StatusService for StatusImpl {
 }
 
 /// A stream fed by a task through a small channel; the task stops when the client goes away.
-fn async_stream<F, Fut>(f: F) -> EventStream
+fn async_stream<F, Fut>(tasks: &tokio_util::task::TaskTracker, f: F) -> EventStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Event, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(f(tx));
+    tasks.spawn(f(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 

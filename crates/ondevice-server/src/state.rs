@@ -130,6 +130,7 @@ pub(crate) struct Inner {
     pub events: broadcast::Sender<DaemonEvent>,
     pub permits: Arc<Semaphore>,
     pub openapi_json: std::sync::OnceLock<String>,
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for AppState {
@@ -158,6 +159,7 @@ impl AppState {
                 status,
                 events,
                 openapi_json: std::sync::OnceLock::new(),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
@@ -185,6 +187,12 @@ impl AppState {
     /// The token cancelled when the daemon stops.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.inner.shutdown
+    }
+
+    /// Long-lived sessions (WebSockets, gRPC streams) that outlive their HTTP connection's
+    /// tracking; the daemon waits for them on shutdown.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.inner.tasks
     }
 
     /// Time since start.

@@ -37,6 +37,13 @@ pub enum Command {
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write man pages and shell completions (used when building installers).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory; gets `man/` and `completions/`.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `ondevice serve`.

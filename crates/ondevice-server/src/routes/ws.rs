@@ -44,7 +44,8 @@ pub async fn ws(State(state): State<AppState>, headers: HeaderMap, upgrade: WebS
         Some(p) => upgrade.protocols([p]),
         None => upgrade,
     };
-    upgrade.on_upgrade(move |socket| session(state, headers, socket))
+    let tasks = state.tasks().clone();
+    upgrade.on_upgrade(move |socket| tasks.track_future(session(state, headers, socket)))
 }
 
 async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {

@@ -84,9 +84,11 @@ fn base_url(resolved: &Resolved, env: &Environment) -> String {
             .ok()
             .and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok())
     };
+    let configured = resolved.settings.server.listen.0;
+    // Port 0 means "any": only the running daemon knows which one it got.
     let mut addr = match env.get(ENV_LISTEN) {
-        Some(_) => resolved.settings.server.listen.0,
-        None => recorded().unwrap_or(resolved.settings.server.listen.0),
+        Some(_) if configured.port() != 0 => configured,
+        _ => recorded().unwrap_or(configured),
     };
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });

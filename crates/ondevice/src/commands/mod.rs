@@ -1,5 +1,6 @@
 //! One module per subcommand; `run` resolves the config once and dispatches.
 
+mod assets;
 mod client;
 mod config;
 mod daemon;
@@ -30,6 +31,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config(ConfigCommand::Check { file }) = &cli.command {
         return config::check(file);
     }
+    // Installer assets come from the CLI definition alone: no config, no home.
+    if let Command::GenerateAssets { out } = &cli.command {
+        return assets::run(out);
+    }
     let resolved = ondevice_config::load(&Environment::from_process(), &overrides)?;
     match cli.command {
         Command::Serve(_) => serve::run(resolved),
@@ -39,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             with_runtime(keys::run(resolved, cmd))
         }
         Command::Config(cmd) => config::run(resolved, cmd),
+        Command::GenerateAssets { out } => assets::run(&out),
     }
 }
 

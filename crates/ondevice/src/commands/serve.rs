@@ -98,6 +98,11 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         }
     };
     tokio::join!(listener::serve(tcp, tls, app, shutdown.clone(), grace), stopping);
+    // Upgraded connections (WebSockets) and gRPC streams are not tracked by the listener.
+    state.tasks().close();
+    if tokio::time::timeout(grace, state.tasks().wait()).await.is_err() {
+        tracing::warn!("streams still open after the grace period; closing them");
+    }
     let _ = flusher.await;
     let _ = control_task.await;
     let _ = std::fs::remove_file(paths.listen_file());

@@ -1,0 +1,315 @@
+//! HTTP surface of the real daemon: every operation of its own `/openapi.json` walked through
+//! the auth matrix (no key, unknown key, garbage key, missing scope, exact scope), the Host
+//! allowlist, the body limit and the Prometheus metrics.
+
+use reqwest::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{Daemon, GARBAGE_KEY, Key, UNKNOWN_KEY};
+
+/// The only operations allowed without a key (INTERFACE.md, Auth).
+const PUBLIC: [&str; 3] = ["GET /healthz", "GET /readyz", "GET /openapi.json"];
+const SCOPES: [&str; 4] = ["admin", "models", "infer", "read"];
+/// A worker for the operations that take a worker name.
+const COVERAGE_CONFIG: &str = r#"
+[workers.sleeper]
+command = ["sleep", "300"]
+restart = "never"
+sandbox = { mode = "off" }
+"#;
+
+/// One operation of the OpenAPI document.
+struct Operation {
+    /// `METHOD /path/{param}`, the key of the fixture table.
+    name: String,
+    method: Method,
+    path: String,
+    /// The scope of its `bearer` security requirement; `None` for public operations.
+    scope: Option<String>,
+    /// It answers 101: a WebSocket endpoint, called with an upgrade handshake.
+    websocket: bool,
+    has_body: bool,
+}
+
+fn operations(doc: &Value) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let Ok(m) = method.to_uppercase().parse::<Method>() else { continue };
+            if !["get", "put", "post", "delete", "patch", "head", "options", "trace"].contains(&method.as_str()) {
+                continue;
+            }
+            let name = format!("{m} {path}");
+            let scope = op.get("security").and_then(Value::as_array).filter(|s| !s.is_empty()).map(|reqs| {
+                assert_eq!(reqs.len(), 1, "{name}: expected one security requirement, got {reqs:?}");
+                let scopes = reqs[0]["bearer"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: security requirement without the bearer scheme: {reqs:?}"));
+                assert_eq!(scopes.len(), 1, "{name}: expected exactly one scope, got {scopes:?}");
+                let scope = scopes[0].as_str().expect("scope name").to_owned();
+                assert!(SCOPES.contains(&scope.as_str()), "{name}: unknown scope {scope:?}");
+                scope
+            });
+            ops.push(Operation {
+                name,
+                method: m,
+                path: path.clone(),
+                scope,
+                websocket: op["responses"].get("101").is_some(),
+                has_body: op.get("requestBody").is_some(),
+            });
+        }
+    }
+    ops
+}
+
+/// The concrete path and body of one operation.
+struct Fixture {
+    path: String,
+    body: Option<Value>,
+}
+
+/// Path parameters and request bodies, keyed by `METHOD path`. An operation with a path
+/// parameter, a request body or a write method must have an entry, so a new route cannot skip
+/// coverage. Called once per operation; only the last (authorized) request reaches the handler.
+async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
+    let plain = |body: Option<Value>| Fixture { path: op.path.clone(), body };
+    match op.name.as_str() {
+        "POST /api/v1/keys" => plain(Some(json!({"name": "coverage", "scopes": ["read"]}))),
+        "DELETE /api/v1/keys/{id}" => {
+            let victim = daemon.key(&["read"]).await;
+            Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None }
+        }
+        "POST /api/v1/workers/{name}/restart" => {
+            Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None }
+        }
+        _ => {
+            let writes = [Method::POST, Method::PUT, Method::PATCH].contains(&op.method);
+            assert!(
+                !op.path.contains('{') && !op.has_body && !writes,
+                "{}: no request fixture: add its path parameters and body to `fixture` in tests/e2e/http.rs",
+                op.name
+            );
+            plain(None)
+        }
+    }
+}
+
+/// Sends the operation with an optional `Authorization: Bearer` credential; WebSocket
+/// operations are sent as an upgrade handshake.
+async fn call(daemon: &Daemon, op: &Operation, fx: &Fixture, key: Option<&str>) -> reqwest::Response {
+    let mut req = daemon.request(op.method.clone(), &fx.path, key);
+    if let Some(body) = &fx.body {
+        req = req.json(body);
+    }
+    if op.websocket {
+        req = req
+            .header(CONNECTION, "upgrade")
+            .header(UPGRADE, "websocket")
+            .header(SEC_WEBSOCKET_VERSION, "13")
+            .header(SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+    req.send().await.unwrap_or_else(|e| panic!("{}: {e}", op.name))
+}
+
+/// Asserts an error answer: status, JSON envelope with `code`, and a challenge on 401.
+async fn expect_error(resp: reqwest::Response, want: StatusCode, code: &str, what: &str) {
+    let status = resp.status();
+    let challenge = resp.headers().get(WWW_AUTHENTICATE).cloned();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, want, "{what}: body {body}");
+    assert_eq!(body["error"]["code"], code, "{what}: error envelope {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: message in {body}");
+    if want == StatusCode::UNAUTHORIZED {
+        assert!(challenge.is_some(), "{what}: 401 without WWW-Authenticate");
+    }
+}
+
+/// A key that authenticates but does not satisfy `scope`, and the answer it must get. Every
+/// scope implies `read`, so no valid key lacks `read`: for `read` operations a revoked key is
+/// used instead, which must be refused with 401.
+async fn insufficient_key(daemon: &Daemon, scope: &str) -> (Key, StatusCode, &'static str) {
+    if scope == "read" {
+        let key = daemon.key(&["read"]).await;
+        daemon.revoke(&key.id).await;
+        return (key, StatusCode::UNAUTHORIZED, "unauthenticated");
+    }
+    // Admin implies every scope, so it is never part of a key that must lack one.
+    let others: Vec<&str> = SCOPES.iter().copied().filter(|s| *s != scope && *s != "admin").collect();
+    (daemon.key(&others).await, StatusCode::FORBIDDEN, "permission_denied")
+}
+
+#[tokio::test]
+async fn every_openapi_operation_enforces_its_security() {
+    let daemon = Daemon::with_config(COVERAGE_CONFIG);
+    let (status, doc) = daemon.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ops = operations(&doc);
+    let mut public: Vec<&str> = ops.iter().filter(|o| o.scope.is_none()).map(|o| o.name.as_str()).collect();
+    public.sort_unstable();
+    let mut expected = PUBLIC.to_vec();
+    expected.sort_unstable();
+    assert_eq!(public, expected, "exactly these operations may be public");
+    assert!(ops.len() > PUBLIC.len() + 4, "suspiciously few operations: {}", ops.len());
+
+    for op in &ops {
+        let fx = fixture(&daemon, op).await;
+        let name = op.name.as_str();
+        let Some(scope) = &op.scope else {
+            for key in [None, Some(GARBAGE_KEY)] {
+                let resp = call(&daemon, op, &fx, key).await;
+                assert!(resp.status().is_success(), "{name} is public but answered {} with {key:?}", resp.status());
+            }
+            continue;
+        };
+        let denied = StatusCode::UNAUTHORIZED;
+        expect_error(call(&daemon, op, &fx, None).await, denied, "unauthenticated", &format!("{name} without a key"))
+            .await;
+        expect_error(
+            call(&daemon, op, &fx, Some(UNKNOWN_KEY)).await,
+            denied,
+            "unauthenticated",
+            &format!("{name} with an unknown key"),
+        )
+        .await;
+        expect_error(
+            call(&daemon, op, &fx, Some(GARBAGE_KEY)).await,
+            denied,
+            "unauthenticated",
+            &format!("{name} with a garbage key"),
+        )
+        .await;
+        let resp = daemon
+            .http()
+            .request(op.method.clone(), daemon.url(&fx.path))
+            .header("x-api-key", UNKNOWN_KEY)
+            .send()
+            .await
+            .expect("send");
+        expect_error(resp, denied, "unauthenticated", &format!("{name} with an unknown x-api-key")).await;
+        let (weak, want, code) = insufficient_key(&daemon, scope).await;
+        expect_error(
+            call(&daemon, op, &fx, Some(&weak.secret)).await,
+            want,
+            code,
+            &format!("{name} without the {scope} scope"),
+        )
+        .await;
+
+        let exact = daemon.key(&[scope]).await;
+        let resp = call(&daemon, op, &fx, Some(&exact.secret)).await;
+        let status = resp.status();
+        if op.websocket {
+            assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS, "{name} with a {scope} key");
+        } else {
+            let body = resp.text().await.unwrap_or_default();
+            assert!(status.is_success(), "{name} with a {scope} key answered {status}: {body}");
+        }
+    }
+
+    // Unknown paths are default-deny: 401 without a key, then 404.
+    let (status, body) = daemon.get("/api/v1/no-such-route", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
+    let (status, body) = daemon.get("/api/v1/no-such-route", Some(daemon.admin_key())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+}
+
+/// Status and error code of `GET path` with this `Host` header and the admin key.
+async fn with_host(daemon: &Daemon, path: &str, host: &str) -> (StatusCode, Option<String>) {
+    let resp =
+        daemon.request(Method::GET, path, Some(daemon.admin_key())).header(HOST, host).send().await.expect("send");
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn host_header_must_name_this_daemon() {
+    let daemon = Daemon::with_config("[server]\nallowed_hosts = [\"ondevice.test\"]\n");
+    let port = daemon.addr().port();
+    let refused = Some("host_not_allowed".to_owned());
+    for path in ["/api/v1/status", "/healthz", "/api/v1/no-such-route"] {
+        for host in
+            ["evil.example".to_owned(), format!("evil.example:{port}"), format!("localhost.evil.example:{port}")]
+        {
+            let got = with_host(&daemon, path, &host).await;
+            assert_eq!(got, (StatusCode::MISDIRECTED_REQUEST, refused.clone()), "GET {path} with Host {host}");
+        }
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "ondevice.test".to_owned(),
+        format!("ondevice.test:{port}"),
+    ] {
+        assert_eq!(with_host(&daemon, "/api/v1/status", &host).await, (StatusCode::OK, None), "Host {host}");
+    }
+
+    // A daemon without the configured name refuses it.
+    let plain = Daemon::start(crate::common::Home::new());
+    let got = with_host(&plain, "/api/v1/status", "ondevice.test").await;
+    assert_eq!(got, (StatusCode::MISDIRECTED_REQUEST, refused));
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let daemon = Daemon::with_config("[server]\nbody_limit = \"2KiB\"\n");
+    let big = json!({"name": "big", "scopes": ["read"], "pad": "x".repeat(4096)});
+    let resp =
+        daemon.request(Method::POST, "/api/v1/keys", Some(daemon.admin_key())).json(&big).send().await.expect("send");
+    expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "4 KiB body with Content-Length").await;
+
+    // Without Content-Length (chunked), the limit still holds while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.to_string().into_bytes().chunks(512).map(|c| Ok(c.to_vec())).collect();
+    let resp = daemon
+        .request(Method::POST, "/api/v1/keys", Some(daemon.admin_key()))
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("send");
+    expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "4 KiB chunked body").await;
+
+    // A small body under the same limit is served.
+    let resp = daemon
+        .request(Method::POST, "/api/v1/keys", Some(daemon.admin_key()))
+        .json(&json!({"name": "small", "scopes": ["read"]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+/// Value of the sample whose line starts with `metric{` and holds every label.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|lab| l.contains(lab)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_auth_failures() {
+    let daemon = Daemon::start(crate::common::Home::new());
+    let read = daemon.key(&["read"]).await;
+    assert_eq!(daemon.get("/api/v1/status", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(daemon.get("/api/v1/status", Some(UNKNOWN_KEY)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(daemon.get("/api/v1/status", Some(&read.secret)).await.0, StatusCode::OK);
+
+    let resp = daemon.request(Method::GET, "/metrics", Some(&read.secret)).send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("metrics text");
+    let requests = "ondevice_http_requests_total";
+    let route = r#"route="/api/v1/status""#;
+    let refused = sample(&text, requests, &[route, r#"method="GET""#, r#"status="401""#]);
+    assert_eq!(refused, Some(2.0), "two refused requests on the status route:\n{text}");
+    let served = sample(&text, requests, &[route, r#"status="200""#]);
+    assert_eq!(served, Some(1.0), "one served request on the status route:\n{text}");
+    let failures = "ondevice_auth_failures_total";
+    assert_eq!(sample(&text, failures, &[r#"surface="http""#, r#"reason="missing""#]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, failures, &[r#"surface="http""#, r#"reason="invalid""#]), Some(1.0), "{text}");
+    assert!(text.contains("ondevice_http_request_duration_seconds"), "latency histogram:\n{text}");
+}
