@@ -92,13 +92,33 @@ pub(crate) async fn limit_concurrency(State(state): State<AppState>, req: Reques
     resp
 }
 
+/// Oversized bodies up to this many bytes over the limit are drained before answering 413.
+const DRAIN_MAX: u64 = 8 << 20;
+
 /// Answers 413 up front when `Content-Length` exceeds the limit, and tells extractors the limit.
 pub(crate) async fn limit_body(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let limit = state.inner.options.body_limit;
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return reject(&req, ApiError::PayloadTooLarge { limit });
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        let resp = reject(&req, ApiError::PayloadTooLarge { limit });
+        // Read (and drop) a moderately oversized body so the client, still sending it, gets
+        // the 413 instead of a reset connection; a huge one is not worth the bandwidth.
+        if n <= limit.saturating_add(DRAIN_MAX) {
+            let _ = axum::body::to_bytes(req.into_body(), usize::try_from(n).unwrap_or(usize::MAX)).await;
+        }
+        return resp;
+    }
+    if declared.is_none() && !is_grpc(req.headers()) && req.headers().contains_key(header::TRANSFER_ENCODING) {
+        // A chunked body: read it here, so that an oversized one is drained (up to a bound) and
+        // answered 413 cleanly instead of being cut off mid-stream by the extractor.
+        let (parts, body) = req.into_parts();
+        let cap = usize::try_from(limit.saturating_add(DRAIN_MAX)).unwrap_or(usize::MAX);
+        let bytes = axum::body::to_bytes(body, cap).await.ok().filter(|b| b.len() as u64 <= limit);
+        let Some(bytes) = bytes else {
+            return ApiError::PayloadTooLarge { limit }.into_response();
+        };
+        req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
     req.extensions_mut().insert(BodyLimit(limit));
     next.run(req).await
