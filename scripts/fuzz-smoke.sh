@@ -17,7 +17,12 @@ for t in $targets; do
   corpus="target/corpus/$t"
   mkdir -p "$corpus"
   echo "== fuzz $t for ${secs}s"
-  "target/cov/$triple/release/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -print_final_stats=1 "$corpus" 2>&1 | grep -E '^(stat::number_of_executed_units|Done|==|SUMMARY|.*ERROR)' || true
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz target $t found a failure (artifact in fuzz/)"; exit 1; }
+  log="target/fuzz-$t.log"
+  if ! "target/cov/$triple/release/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
+    -artifact_prefix="target/artifacts-$t-" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    tail -n 40 "$log"
+    echo "fuzz target $t found a failure: input saved as fuzz/target/artifacts-$t-*" >&2
+    exit 1
+  fi
+  grep -E '^(Done|stat::number_of_executed_units)' "$log" || true
 done

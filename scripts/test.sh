@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`bash .ci/run` calls this):
-#   system packages -> demo models -> fmt -> clippy -D warnings -> all tests (release profile) -> fuzz smoke.
+#   system packages -> demo models -> fmt -> clippy -D warnings -> all tests (release profile)
+#   -> installer build/install/purge -> fuzz smoke.
 # Runs as root on Debian/Ubuntu to install packages; elsewhere install them yourself
 # (bubblewrap, firejail) and the script skips that step.
 set -euo pipefail
@@ -37,6 +38,9 @@ cargo clippy --release --locked --workspace --all-targets -- -D warnings
 step "tests"
 cargo nextest run --release --locked --workspace --no-fail-fast
 cargo test --release --locked --workspace --doc
+
+step "installers (.deb installed, run and purged; .rpm and .msi inspected)"
+ONDEVICE_REUSE_BUILD=1 bash packaging/test-deb.sh
 
 step "fuzz targets (build + short run)"
 scripts/fuzz-smoke.sh "${ONDEVICE_FUZZ_SECONDS:-10}"

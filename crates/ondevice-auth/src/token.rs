@@ -97,6 +97,10 @@ impl Token {
         if s.len() != TOKEN_LEN {
             return Err(CredentialError::Length);
         }
+        if !s.is_ascii() {
+            // Also keeps the byte-index splits below on character boundaries.
+            return Err(CredentialError::Shape);
+        }
         let (id_hex, rest) = rest.split_at(ID_BYTES * 2);
         let secret_hex = rest.strip_prefix('_').ok_or(CredentialError::Shape)?;
         let id: KeyId = id_hex.parse()?;
@@ -234,6 +238,8 @@ mod tests {
             (good.to_uppercase().replacen("ODK_", "odk_", 1), CredentialError::Shape),
             (format!("{good}0"), CredentialError::Length),
             (format!("{}é", &good[..good.len() - 2]), CredentialError::Shape),
+            // Found by the credential fuzz target: a multi-byte character across the id boundary.
+            (format!("odk_{}é_{}", &good[4..15], &good[18..]), CredentialError::Shape),
         ];
         for (input, want) in cases {
             assert_eq!(Token::parse(&input).unwrap_err(), want, "{input:?}");

@@ -28,7 +28,9 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use metrics::Metrics;
 pub use middleware::host_allowed;
-pub use state::{AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, StatusSource, WorkerView};
+pub use state::{
+    AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, ProbeFailuresView, StatusSource, WorkerView,
+};
 
 use crate::middleware::{Guard, authenticate, reject, require_scope};
 

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::state::WorkerView;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
@@ -95,13 +97,61 @@ impl Metrics {
         self.inner.auth_failures.get_or_create(&AuthLabels { surface, reason }).inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The OpenMetrics text exposition, with the supervised workers' metrics read at scrape time.
+    pub fn render(&self, workers: &[WorkerView]) -> String {
         self.inner.uptime.set(self.inner.started.elapsed().as_secs() as i64);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.inner.registry).is_err() {
             out.clear();
         }
+        let body_end = out.rfind("# EOF").unwrap_or(out.len());
+        let tail = out.split_off(body_end);
+        render_workers(&mut out, workers);
+        out.push_str(&tail);
         out
+    }
+}
+
+/// Worker states exported as a one-hot `ondevice_worker_state` gauge.
+const WORKER_STATES: [&str; 8] = ["starting", "running", "ready", "stopping", "backoff", "exited", "stopped", "failed"];
+
+fn render_workers(out: &mut String, workers: &[WorkerView]) {
+    use std::fmt::Write as _;
+    if workers.is_empty() {
+        return;
+    }
+    let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    out.push_str(
+        "# HELP ondevice_worker_restarts Restarts of a supervised worker.\n# TYPE ondevice_worker_restarts counter\n",
+    );
+    for w in workers {
+        let _ = writeln!(out, "ondevice_worker_restarts_total{{worker=\"{}\"}} {}", label(&w.name), w.restarts);
+    }
+    out.push_str("# HELP ondevice_worker_state Current state of a supervised worker (1 for the state it is in).\n# TYPE ondevice_worker_state gauge\n");
+    for w in workers {
+        for st in WORKER_STATES {
+            let v = u8::from(w.state == st);
+            let _ = writeln!(out, "ondevice_worker_state{{worker=\"{}\",state=\"{st}\"}} {v}", label(&w.name));
+        }
+    }
+    out.push_str("# HELP ondevice_worker_ready Whether a supervised worker passes its readiness probe.\n# TYPE ondevice_worker_ready gauge\n");
+    for w in workers {
+        let _ = writeln!(out, "ondevice_worker_ready{{worker=\"{}\"}} {}", label(&w.name), u8::from(w.ready));
+    }
+    out.push_str("# HELP ondevice_worker_probe_failures Failed probe checks of a supervised worker.\n# TYPE ondevice_worker_probe_failures counter\n");
+    for w in workers {
+        let p = &w.probe_failures;
+        for (probe, n) in [("startup", p.startup), ("liveness", p.liveness), ("readiness", p.readiness)] {
+            let _ = writeln!(
+                out,
+                "ondevice_worker_probe_failures_total{{worker=\"{}\",probe=\"{probe}\"}} {n}",
+                label(&w.name)
+            );
+        }
+    }
+    out.push_str("# HELP ondevice_worker_last_exit_oom Whether the last exit of a supervised worker was a kill for memory.\n# TYPE ondevice_worker_last_exit_oom gauge\n");
+    for w in workers {
+        let oom = w.last_exit.as_ref().is_some_and(|e| e.oom);
+        let _ = writeln!(out, "ondevice_worker_last_exit_oom{{worker=\"{}\"}} {}", label(&w.name), u8::from(oom));
     }
 }

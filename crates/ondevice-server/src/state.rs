@@ -32,6 +32,19 @@ pub struct WorkerView {
     pub required: bool,
     /// Whether the worker passes its readiness probe.
     pub ready: bool,
+    /// Failed probe checks so far.
+    pub probe_failures: ProbeFailuresView,
+}
+
+/// Failed probe checks of a worker, by probe.
+#[derive(Debug, Clone, Copy, Default, Serialize, ToSchema)]
+pub struct ProbeFailuresView {
+    /// Startup probe failures.
+    pub startup: u64,
+    /// Liveness probe failures.
+    pub liveness: u64,
+    /// Readiness probe failures.
+    pub readiness: u64,
 }
 
 /// How a worker last exited.

@@ -6,7 +6,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use ondevice_config::Settings;
-use ondevice_server::{ApiError, AppState, BoxFuture, DaemonEvent, ExitView, StatusSource, WorkerView};
+use ondevice_server::{
+    ApiError, AppState, BoxFuture, DaemonEvent, ExitView, ProbeFailuresView, StatusSource, WorkerView,
+};
 use ondevice_supervisor::{Supervisor, SupervisorError, WorkerSpec, WorkerStatus};
 
 /// The supervisor seen as the edge's status source.
@@ -64,6 +66,11 @@ fn view(w: WorkerStatus) -> WorkerView {
         protection: serde_json::to_value(&w.protection).unwrap_or_default(),
         required: w.required,
         ready: w.ready,
+        probe_failures: ProbeFailuresView {
+            startup: w.probe_failures.startup,
+            liveness: w.probe_failures.liveness,
+            readiness: w.probe_failures.readiness,
+        },
         name: w.name,
     }
 }

@@ -76,6 +76,23 @@ readiness = {{ exec = ["test", "-f", "{}"], period_s = 0.2, failure_threshold = 
     let (code, status) = daemon.get("/api/v1/status", Some(&key.secret)).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(worker(&status, "gate")["state"], "ready");
+    let metrics =
+        daemon.request(Method::GET, "/metrics", Some(&key.secret)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        r#"ondevice_worker_ready{worker="gate"} 1"#,
+        r#"ondevice_worker_state{worker="gate",state="ready"} 1"#,
+        r#"ondevice_worker_state{worker="gate",state="failed"} 0"#,
+        r#"ondevice_worker_restarts_total{worker="gate"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from /metrics:\n{metrics}");
+    }
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"ondevice_worker_probe_failures_total{worker="gate",probe="readiness"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("readiness probe failures exported");
+    assert!(failures >= 1, "the probe failed before the flag existed");
+    assert!(metrics.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
 }
 
 #[tokio::test]
