@@ -203,7 +203,7 @@ impl Verifier {
         let token = Token::parse(credential)?;
         let hash = token.secret_hash();
         let now = now_unix();
-        let stale = {
+        let principal = {
             let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
             let entry = keys.get(&token.id()).ok_or(AuthError::Invalid)?;
             let r = &entry.record;
@@ -224,7 +224,7 @@ impl Verifier {
             e.record.last_used_at = Some(now);
             e.touched = true;
         }
-        Ok(stale)
+        Ok(principal)
     }
 
     /// Creates a key; returns its record and the key string (shown once). Without a name the

@@ -27,15 +27,13 @@ pub fn run(resolved: Resolved, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                 print!("{}", ondevice_config::to_redacted_toml(&resolved.settings));
             }
         }
-        ConfigCommand::Check { .. } => unreachable_check(),
+        // Normally dispatched before the config is loaded (see `commands::run`).
+        ConfigCommand::Check { file } => return check(&file),
         ConfigCommand::Schema => print!("{}", schema::json_schema_text()),
         ConfigCommand::Reference => print!("{}", schema::reference_markdown()),
     }
     Ok(ExitCode::SUCCESS)
 }
-
-/// `config check` is dispatched before the config is loaded (see `commands::run`).
-fn unreachable_check() {}
 
 fn toml_to_json(text: &str) -> anyhow::Result<serde_json::Value> {
     let v: toml::Value = toml::from_str(text)?;

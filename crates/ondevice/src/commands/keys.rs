@@ -3,28 +3,11 @@
 use std::process::ExitCode;
 
 use ondevice_config::Resolved;
+use ondevice_server::routes::keys::{CreatedKey, KeyView};
 use reqwest::Method;
-use serde::Deserialize;
 
 use super::client::Client;
 use crate::cli::KeysCommand;
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct KeyView {
-    id: String,
-    name: String,
-    scopes: Vec<String>,
-    created_at: String,
-    last_used_at: Option<String>,
-    revoked_at: Option<String>,
-}
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct CreatedKey {
-    #[serde(flatten)]
-    info: KeyView,
-    key: String,
-}
 
 pub async fn run(resolved: Resolved, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(&resolved)?;
