@@ -1,6 +1,6 @@
 //! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
-//! schema migrations, and the persistence traits other crates define (API keys now; the model
-//! registry will add its tables here as further migrations).
+//! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
+//! model registry's `models` and `blobs` tables (`models.rs`).
 
 #![warn(missing_docs)]
 
@@ -9,6 +9,10 @@ use std::sync::Mutex;
 
 use ondevice_auth::{KeyId, KeyRecord, KeyStore, Scopes, SecretHash, StoreFailure};
 use rusqlite::{Connection, OptionalExtension, params};
+
+mod models;
+
+pub use models::{BlobRow, ModelRow};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -22,6 +26,30 @@ const MIGRATIONS: &[&str] = &[
         last_used_at INTEGER,
         revoked_at   INTEGER
     ) STRICT;",
+    // 2: the model registry. Blobs are content-addressed files under `blobs/`; a model row names one.
+    "CREATE TABLE blobs (
+        digest     TEXT PRIMARY KEY NOT NULL,
+        size       INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE models (
+        name            TEXT NOT NULL,
+        tag             TEXT NOT NULL,
+        digest          TEXT NOT NULL REFERENCES blobs (digest),
+        format          TEXT NOT NULL,
+        architecture    TEXT,
+        parameter_count INTEGER,
+        quantization    TEXT,
+        context_length  INTEGER,
+        size            INTEGER NOT NULL,
+        source          TEXT NOT NULL,
+        license         TEXT,
+        created_at      INTEGER NOT NULL,
+        last_used_at    INTEGER,
+        pinned          INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, tag)
+    ) STRICT;
+    CREATE INDEX models_by_digest ON models (digest);",
 ];
 
 /// A database failure, with the file it concerns.

@@ -1,0 +1,390 @@
+//! The model registry: which models exist (`name:tag` rows in the store), and their content
+//! (content-addressed blobs under `<home>/blobs/`).
+//!
+//! This first slice imports local GGUF files (validated by `ondevice-gguf` before anything is
+//! written), lists, shows and removes models, re-hashes blobs (`verify`) and collects garbage
+//! (`gc`). Downloads, catalogs, quotas and export come later (issue 3).
+
+#![warn(missing_docs)]
+
+pub mod blobs;
+pub mod reference;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ondevice_gguf::{GgufError, GgufFile};
+use ondevice_store::{BlobRow, ModelRow, Store, StoreError};
+
+pub use blobs::{BlobError, BlobStore, Stored};
+pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
+
+/// Temporary and partial files younger than this are left alone by [`Registry::gc`]: they may
+/// belong to an import or download in progress.
+pub const STALE_PARTIAL_AGE: Duration = Duration::from_secs(3600);
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A name, tag or digest is invalid.
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    /// The file to import is not a valid GGUF file; nothing was written.
+    #[error("cannot import {}: {source}", path.display())]
+    InvalidModelFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: GgufError,
+    },
+    /// No model matches the reference.
+    #[error("model {reference} not found: see `ondevice models list`")]
+    NotFound {
+        /// The reference, as given.
+        reference: String,
+    },
+    /// A stored model row has a digest that does not parse.
+    #[error("model {model}: stored digest {digest:?} is invalid; remove the model and import it again")]
+    BadStoredDigest {
+        /// `name:tag`.
+        model: String,
+        /// The stored value.
+        digest: String,
+    },
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A registered model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    /// Model name.
+    pub name: String,
+    /// Tag.
+    pub tag: String,
+    /// The blob holding the model file.
+    pub digest: Digest,
+    /// File format (`gguf`).
+    pub format: String,
+    /// Architecture, e.g. `llama`.
+    pub architecture: Option<String>,
+    /// Number of parameters.
+    pub parameter_count: Option<u64>,
+    /// Quantization, e.g. `Q4_1`.
+    pub quantization: Option<String>,
+    /// Trained context length in tokens.
+    pub context_length: Option<u64>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where it came from, e.g. `import:model.gguf`.
+    pub source: String,
+    /// License.
+    pub license: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub last_used_at: Option<i64>,
+    /// Never evicted.
+    pub pinned: bool,
+}
+
+impl ModelRecord {
+    /// `name:tag`.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.name, self.tag)
+    }
+
+    fn from_row(row: ModelRow) -> Result<Self, RegistryError> {
+        let digest = row.digest.parse().map_err(|_| RegistryError::BadStoredDigest {
+            model: format!("{}:{}", row.name, row.tag),
+            digest: row.digest.clone(),
+        })?;
+        let unsigned = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        Ok(ModelRecord {
+            digest,
+            format: row.format,
+            architecture: row.architecture,
+            parameter_count: unsigned(row.parameter_count),
+            quantization: row.quantization,
+            context_length: unsigned(row.context_length),
+            size: u64::try_from(row.size).unwrap_or(0),
+            source: row.source,
+            license: row.license,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            pinned: row.pinned,
+            name: row.name,
+            tag: row.tag,
+        })
+    }
+
+    fn to_row(&self) -> ModelRow {
+        let signed = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+        ModelRow {
+            name: self.name.clone(),
+            tag: self.tag.clone(),
+            digest: self.digest.to_string(),
+            format: self.format.clone(),
+            architecture: self.architecture.clone(),
+            parameter_count: signed(self.parameter_count),
+            quantization: self.quantization.clone(),
+            context_length: signed(self.context_length),
+            size: i64::try_from(self.size).unwrap_or(i64::MAX),
+            source: self.source.clone(),
+            license: self.license.clone(),
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            pinned: self.pinned,
+        }
+    }
+}
+
+/// The outcome of verifying one model's blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// `name:tag`.
+    pub model: String,
+    /// The blob.
+    pub digest: Digest,
+    /// What was found.
+    pub status: VerifyStatus,
+}
+
+/// What [`Registry::verify`] found for one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyStatus {
+    /// The content hashes to the digest.
+    Ok,
+    /// The blob file is missing.
+    Missing,
+    /// The content hashes to something else.
+    Corrupt {
+        /// The digest of the content found.
+        actual: Digest,
+    },
+    /// The blob could not be read.
+    Unreadable {
+        /// Why.
+        error: String,
+    },
+}
+
+/// What [`Registry::gc`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs no model refers to.
+    pub removed_blobs: Vec<Digest>,
+    /// Stale temporary and partial files.
+    pub removed_partials: Vec<PathBuf>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+/// The model registry over one store and one blob directory.
+#[derive(Debug)]
+pub struct Registry {
+    store: Arc<Store>,
+    blobs: BlobStore,
+    /// Serialises imports with `gc`, so gc never sees a blob between its rename and its row.
+    /// (In-process only; a second process on the same home is not yet coordinated.)
+    write_lock: Mutex<()>,
+}
+
+impl Registry {
+    /// A registry using `store` and the blobs under `<home>/blobs`.
+    pub fn new(store: Arc<Store>, home: &Path) -> Result<Self, RegistryError> {
+        Ok(Registry { store, blobs: BlobStore::open(home)?, write_lock: Mutex::new(()) })
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Imports a local GGUF file as `name` (default: from `general.name`, else the file stem).
+    /// The file is validated first: an invalid or hostile file writes nothing. The blob is a hard
+    /// link to the file when possible, else a copy. An existing `name:tag` is replaced.
+    pub fn import_gguf(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
+        let gguf = GgufFile::open(path)
+            .map_err(|source| RegistryError::InvalidModelFile { path: path.to_path_buf(), source })?;
+        let (name, tag) = match name {
+            Some(ModelRef::Named { name, tag }) => (name, tag),
+            Some(r @ ModelRef::Digest(_)) => {
+                return Err(RefError { input: r.to_string(), reason: "import needs a name, not a digest" }.into());
+            }
+            None => {
+                let text = gguf
+                    .name()
+                    .filter(|n| !n.trim().is_empty())
+                    .map(str::to_owned)
+                    .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .unwrap_or_default();
+                (reference::sanitize_name(&text), DEFAULT_TAG.to_owned())
+            }
+        };
+        let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+
+        let _guard = self.lock();
+        let stored = self.blobs.import_file_link(path)?;
+        let now = now();
+        let record = ModelRecord {
+            name,
+            tag,
+            digest: stored.digest,
+            format: "gguf".into(),
+            architecture: gguf.architecture().map(str::to_owned),
+            parameter_count: Some(gguf.parameter_count()),
+            quantization: gguf.quantization().map(str::to_owned),
+            context_length: gguf.context_length(),
+            size: stored.size,
+            source: format!("import:{file_name}"),
+            license: gguf.license().map(str::to_owned),
+            created_at: now,
+            last_used_at: None,
+            pinned: false,
+        };
+        let blob_row = BlobRow { digest: stored.digest.to_string(), size: record.to_row().size, created_at: now };
+        let written = self.store.insert_blob(&blob_row).and_then(|()| self.store.insert_model(&record.to_row()));
+        if let Err(e) = written {
+            if !stored.existed {
+                let _ = self.store.delete_blob(&blob_row.digest);
+                let _ = self.blobs.remove(&stored.digest);
+            }
+            return Err(e.into());
+        }
+        tracing::info!(model = %record.reference(), digest = %record.digest, linked = stored.linked, "imported model");
+        Ok(record)
+    }
+
+    /// Every model, by name then tag.
+    pub fn list(&self) -> Result<Vec<ModelRecord>, RegistryError> {
+        self.store.list_models()?.into_iter().map(ModelRecord::from_row).collect()
+    }
+
+    /// The models a reference names: one for `name:tag`, every model with that blob for a digest.
+    fn resolve(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
+        let found = match r {
+            ModelRef::Named { name, tag } => {
+                self.store.get_model(name, tag)?.map(ModelRecord::from_row).transpose()?.into_iter().collect()
+            }
+            ModelRef::Digest(d) => self.list()?.into_iter().filter(|m| m.digest == *d).collect(),
+        };
+        Ok(found)
+    }
+
+    /// One model (for a digest, the first model using that blob).
+    pub fn show(&self, r: &ModelRef) -> Result<ModelRecord, RegistryError> {
+        self.resolve(r)?.into_iter().next().ok_or_else(|| RegistryError::NotFound { reference: r.to_string() })
+    }
+
+    /// Removes the model rows a reference names (blobs stay until [`Registry::gc`]); returns them.
+    pub fn remove(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
+        let found = self.resolve(r)?;
+        if found.is_empty() {
+            return Err(RegistryError::NotFound { reference: r.to_string() });
+        }
+        for m in &found {
+            self.store.delete_model(&m.name, &m.tag)?;
+        }
+        Ok(found)
+    }
+
+    /// Re-hashes the blobs of one model (or all), each blob once.
+    pub fn verify(&self, r: Option<&ModelRef>) -> Result<Vec<VerifyReport>, RegistryError> {
+        let models = match r {
+            Some(r) => {
+                let found = self.resolve(r)?;
+                if found.is_empty() {
+                    return Err(RegistryError::NotFound { reference: r.to_string() });
+                }
+                found
+            }
+            None => self.list()?,
+        };
+        let mut seen: HashMap<Digest, VerifyStatus> = HashMap::new();
+        let mut reports = Vec::with_capacity(models.len());
+        for m in models {
+            let status = seen
+                .entry(m.digest)
+                .or_insert_with(|| match self.blobs.verify(&m.digest) {
+                    Ok(()) => VerifyStatus::Ok,
+                    Err(BlobError::Missing { .. }) => VerifyStatus::Missing,
+                    Err(BlobError::Corrupt { actual, .. }) => VerifyStatus::Corrupt { actual },
+                    Err(e) => VerifyStatus::Unreadable { error: e.to_string() },
+                })
+                .clone();
+            if status != VerifyStatus::Ok {
+                tracing::warn!(model = %m.reference(), digest = %m.digest, ?status, "blob failed verification");
+            }
+            reports.push(VerifyReport { model: m.reference(), digest: m.digest, status });
+        }
+        Ok(reports)
+    }
+
+    /// Deletes blobs no model refers to (rows and files) and temporary/partial files in `blobs/`
+    /// older than [`STALE_PARTIAL_AGE`].
+    pub fn gc(&self) -> Result<GcReport, RegistryError> {
+        self.gc_older_than(STALE_PARTIAL_AGE)
+    }
+
+    /// [`Registry::gc`] with another age for temporary/partial files.
+    pub fn gc_older_than(&self, partial_age: Duration) -> Result<GcReport, RegistryError> {
+        let _guard = self.lock();
+        let mut report = GcReport::default();
+        let referenced: BTreeSet<Digest> = self.list()?.into_iter().map(|m| m.digest).collect();
+        let scan = self.blobs.scan()?;
+        let mut orphans: BTreeSet<Digest> = BTreeSet::new();
+        for row in self.store.list_blobs()? {
+            // A row whose digest does not parse cannot name a file; drop just the row.
+            match row.digest.parse::<Digest>() {
+                Ok(d) if referenced.contains(&d) => {}
+                Ok(d) => {
+                    if self.store.delete_blob(&row.digest)? {
+                        orphans.insert(d);
+                    }
+                }
+                Err(_) => {
+                    self.store.delete_blob(&row.digest)?;
+                }
+            }
+        }
+        for (d, size) in &scan.blobs {
+            if !referenced.contains(d) {
+                orphans.insert(*d);
+                report.freed_bytes += size;
+            }
+        }
+        for d in orphans {
+            self.blobs.remove(&d)?;
+            tracing::info!(digest = %d, "removed unreferenced blob");
+            report.removed_blobs.push(d);
+        }
+        for p in scan.partials {
+            if p.age >= partial_age {
+                match std::fs::remove_file(&p.path) {
+                    Ok(()) => {
+                        report.freed_bytes += p.size;
+                        report.removed_partials.push(p.path);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(BlobError::Io { op: "remove", path: p.path, source }.into()),
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
