@@ -2,7 +2,7 @@
 # The newcomer's main job: build ondevice, fetch the demo models, start the daemon with a fresh
 # home, and talk to it over its authenticated API.
 # Generation (ask a question, stream the answer) arrives with the embedded llama.cpp engine;
-# until then the demo shows the daemon, keys, status and the model file it will serve.
+# until then the demo shows the daemon, keys, status and the registered model it will serve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,9 @@ echo "GET /api/v1/status with the key:"
 curl -s -H "Authorization: Bearer $key" "http://$addr/api/v1/status"; echo
 "$bin" keys list
 
+echo "== importing the demo model into the registry"
+"$bin" models import .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2:135m
+"$bin" models show smollm2:135m
+
 echo
-echo "The demo model is ready at .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf."
 echo "Streaming generation (ondevice run, /v1/chat/completions) is not implemented yet: see ARCHITECTURE.md."

@@ -45,13 +45,21 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::health::metrics))
         .routes(routes!(routes::status::status))
         .routes(routes!(routes::ws::ws))
+        .routes(routes!(routes::models::list))
+        .routes(routes!(routes::models::show))
         .route_layer(guarded(Scope::Read));
+    let models = OpenApiRouter::new()
+        .routes(routes!(routes::models::remove))
+        .routes(routes!(routes::models::import))
+        .routes(routes!(routes::models::verify))
+        .routes(routes!(routes::models::gc))
+        .route_layer(guarded(Scope::Models));
     let admin = OpenApiRouter::new()
         .routes(routes!(routes::keys::list, routes::keys::create))
         .routes(routes!(routes::keys::revoke))
         .routes(routes!(routes::workers::restart))
         .route_layer(guarded(Scope::Admin));
-    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(admin)
+    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(models).merge(admin)
 }
 
 /// The OpenAPI document generated from the handlers.

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         (name = "probes", description = "Public liveness and readiness"),
         (name = "meta", description = "Metrics and this document"),
         (name = "daemon", description = "Status and events"),
+        (name = "models", description = "The local model registry"),
         (name = "keys", description = "API key management (admin)")
     )
 )]

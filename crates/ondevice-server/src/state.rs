@@ -135,6 +135,7 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub verifier: Arc<Verifier>,
+    pub registry: Arc<ondevice_registry::Registry>,
     pub metrics: Metrics,
     pub options: EdgeOptions,
     pub started: Instant,
@@ -156,6 +157,7 @@ impl AppState {
     /// Wires the edge's state.
     pub fn new(
         verifier: Arc<Verifier>,
+        registry: Arc<ondevice_registry::Registry>,
         options: EdgeOptions,
         status: Arc<dyn StatusSource>,
         shutdown: CancellationToken,
@@ -164,6 +166,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 verifier,
+                registry,
                 metrics: Metrics::new(),
                 permits: Arc::new(Semaphore::new(options.max_concurrent_requests as usize)),
                 options,
@@ -180,6 +183,11 @@ impl AppState {
     /// The status source (workers).
     pub fn status_source(&self) -> &Arc<dyn StatusSource> {
         &self.inner.status
+    }
+
+    /// The model registry.
+    pub fn registry(&self) -> &Arc<ondevice_registry::Registry> {
+        &self.inner.registry
     }
 
     /// The verifier.

@@ -33,10 +33,11 @@ fn options() -> EdgeOptions {
 async fn fixture(opts: EdgeOptions) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("ondevice.db")).unwrap());
-    let verifier = Arc::new(Verifier::new(store, true).unwrap());
+    let verifier = Arc::new(Verifier::new(store.clone(), true).unwrap());
     let (_, admin) = verifier.create_key(Some("admin"), Scopes::admin()).unwrap();
     let (_, read) = verifier.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
-    let state = AppState::new(verifier, opts, Arc::new(NoWorkers), CancellationToken::new());
+    let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
+    let state = AppState::new(verifier, registry, opts, Arc::new(NoWorkers), CancellationToken::new());
     let (app, _health) = ondevice_server::router(state).await;
     Fixture { _dir: dir, app, admin, read }
 }

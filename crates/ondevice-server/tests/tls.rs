@@ -20,7 +20,7 @@ async fn https_serves_h2_and_http1_with_auth() {
     let acceptor = listener::tls_acceptor(&cert_path, &key_path).unwrap();
 
     let store = Arc::new(Store::open(&dir.path().join("ondevice.db")).unwrap());
-    let verifier = Arc::new(Verifier::new(store, true).unwrap());
+    let verifier = Arc::new(Verifier::new(store.clone(), true).unwrap());
     let (_, key) = verifier.create_key(Some("r"), Scopes::from_list("read").unwrap()).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -33,7 +33,8 @@ async fn https_serves_h2_and_http1_with_auth() {
         max_concurrent_requests: 16,
         tls: true,
     };
-    let state = AppState::new(verifier, opts, Arc::new(NoWorkers), shutdown.clone());
+    let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
+    let state = AppState::new(verifier, registry, opts, Arc::new(NoWorkers), shutdown.clone());
     let (app, _health) = ondevice_server::router(state).await;
     let server = tokio::spawn(listener::serve(tcp, Some(acceptor), app, shutdown.clone(), Duration::from_secs(5)));
 

@@ -34,6 +34,9 @@ pub enum Command {
     /// Manage API keys (needs an admin key: $ONDEVICE_API_KEY or the bootstrap token).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the local model registry (needs a key with the models scope for changes).
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -139,4 +142,45 @@ pub enum ConfigCommand {
     Schema,
     /// Print the Markdown reference of every config key.
     Reference,
+}
+
+/// `ondevice models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List registered models.
+    List(JsonFlag),
+    /// Show one model's metadata.
+    Show {
+        /// `name[:tag]` or `sha256:<hex>`.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a GGUF file (validated first; hardlinked into the blob store when possible).
+    Import {
+        /// The GGUF file.
+        path: PathBuf,
+        /// Register it as `name[:tag]` (default: from the file's metadata or name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model (free its blob with `ondevice models gc`).
+    Rm {
+        /// `name[:tag]` or `sha256:<hex>`.
+        name: String,
+    },
+    /// Re-hash model blobs and report corruption (exit 1 if any is bad).
+    Verify {
+        /// Only this model.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete blobs no model references and stale partial files.
+    Gc(JsonFlag),
 }

@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod keys;
+pub mod models;
 pub mod status;
 pub mod workers;
 pub mod ws;

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod daemon;
 mod keys;
+mod models;
 mod serve;
 
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::GenerateAssets { out } = &cli.command {
         return assets::run(out);
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_default_sigpipe();
+    }
     let resolved = ondevice_config::load(&Environment::from_process(), &overrides)?;
     match cli.command {
         Command::Serve(_) => serve::run(resolved),
@@ -42,6 +46,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(cmd) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(keys::run(resolved, cmd))
+        }
+        Command::Models(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(models::run(resolved, cmd))
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),
@@ -63,4 +71,14 @@ fn with_runtime<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F)
         .build()
         .context("cannot start the async runtime")?
         .block_on(f)
+}
+
+/// Client commands exit quietly when their output pipe closes (`ondevice models list | head`),
+/// like other Unix tools. The daemon keeps Rust's default (SIGPIPE ignored): a client that goes
+/// away must never kill it.
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called on the main thread before any other thread exists; SIG_DFL installs no
+    // Rust code as a handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

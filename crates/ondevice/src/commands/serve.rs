@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use ondevice_auth::{Bootstrap, Verifier};
 use ondevice_config::Resolved;
+use ondevice_registry::Registry;
 use ondevice_server::{AppState, DaemonEvent, EdgeOptions, control, listener};
 use ondevice_store::Store;
 use tokio::net::TcpListener;
@@ -37,7 +38,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let settings = &resolved.settings;
     let paths = &resolved.paths;
     let store = Arc::new(Store::open(&paths.database())?);
-    let verifier = Arc::new(Verifier::new(store, settings.auth.enabled)?);
+    let verifier = Arc::new(Verifier::new(store.clone(), settings.auth.enabled)?);
+    let registry = Arc::new(Registry::new(store, &paths.home)?);
     if settings.auth.enabled {
         match verifier.ensure_bootstrap(&paths.bootstrap_token())? {
             Bootstrap::Created => {
@@ -66,7 +68,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         tls: tls.is_some(),
     };
     let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
-    let state = AppState::new(verifier.clone(), options, workers.clone(), shutdown.clone());
+    let state = AppState::new(verifier.clone(), registry, options, workers.clone(), shutdown.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 

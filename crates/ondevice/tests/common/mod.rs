@@ -418,3 +418,19 @@ pub async fn ws_send(ws: &mut Ws, msg: Value) {
     use futures_util::SinkExt;
     ws.send(tungstenite::Message::text(msg.to_string())).await.expect("send websocket message");
 }
+
+/// A small valid GGUF file (llama metadata, two F32 tensors) written to `path`; `seed` varies
+/// the tensor bytes so different seeds give different digests.
+pub fn write_small_gguf(path: &Path, seed: u8) {
+    use ondevice_gguf::writer::GgufWriter;
+    use ondevice_gguf::{GgmlType, Value};
+    let bytes = GgufWriter::new()
+        .metadata("general.architecture", Value::String("llama".into()))
+        .metadata("general.name", Value::String("tiny".into()))
+        .metadata("general.file_type", Value::U32(0))
+        .metadata("llama.context_length", Value::U32(2048))
+        .tensor("token_embd.weight", &[4, 2], GgmlType::F32, vec![seed; 32])
+        .tensor("out", &[3], GgmlType::F32, vec![seed.wrapping_add(1); 12])
+        .to_bytes();
+    std::fs::write(path, bytes).expect("write gguf");
+}

@@ -81,6 +81,26 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             let victim = daemon.key(&["read"]).await;
             Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None }
         }
+        "POST /api/v1/models/import" => {
+            let file = daemon.home().root().join("coverage-import.gguf");
+            crate::common::write_small_gguf(&file, 1);
+            plain(Some(json!({"path": file, "name": "coverage:import"})))
+        }
+        "GET /api/v1/models/{name}" | "DELETE /api/v1/models/{name}" => {
+            let name = if op.method == Method::GET { "coverage:show" } else { "coverage:delete" };
+            let file = daemon.home().root().join(format!("{}.gguf", name.replace(':', "-")));
+            crate::common::write_small_gguf(&file, 2);
+            let resp = daemon
+                .request(Method::POST, "/api/v1/models/import", Some(daemon.admin_key()))
+                .json(&json!({"path": file, "name": name}))
+                .send()
+                .await
+                .expect("import");
+            assert_eq!(resp.status(), StatusCode::CREATED, "fixture import of {name}");
+            Fixture { path: format!("/api/v1/models/{}", name.replace(':', "%3A")), body: None }
+        }
+        "POST /api/v1/models/verify" => plain(Some(json!({}))),
+        "POST /api/v1/models/gc" => plain(None),
         "POST /api/v1/workers/{name}/restart" => {
             Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None }
         }

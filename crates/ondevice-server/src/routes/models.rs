@@ -1,0 +1,246 @@
+//! `/api/v1/models`: the local model registry (list, show, import, remove, verify, gc).
+//! Reads need `read`; writes need `models`. Registry work (hashing, copying) runs off the async
+//! runtime.
+
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use ondevice_registry::{ModelRecord, ModelRef, Registry, RegistryError, VerifyStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+
+/// A registered model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    /// `name:tag`.
+    pub model: String,
+    /// Content digest, `sha256:<hex>`.
+    pub digest: String,
+    /// File format, such as `gguf`.
+    pub format: String,
+    /// Architecture from the file's metadata, such as `llama`.
+    pub architecture: Option<String>,
+    /// Parameters (sum of tensor elements).
+    pub parameter_count: Option<u64>,
+    /// Quantization, such as `Q4_1`.
+    pub quantization: Option<String>,
+    /// Context length the model was trained for.
+    pub context_length: Option<u64>,
+    /// Bytes on disk.
+    pub size: u64,
+    /// Where it came from, such as `import:file.gguf`.
+    pub source: String,
+    /// License from the file's metadata.
+    pub license: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Never evicted when pinned.
+    pub pinned: bool,
+}
+
+impl From<ModelRecord> for ModelView {
+    fn from(m: ModelRecord) -> Self {
+        ModelView {
+            model: m.reference(),
+            digest: m.digest.to_string(),
+            format: m.format,
+            architecture: m.architecture,
+            parameter_count: m.parameter_count,
+            quantization: m.quantization,
+            context_length: m.context_length,
+            size: m.size,
+            source: m.source,
+            license: m.license,
+            created_at: m.created_at,
+            pinned: m.pinned,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/models/import`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// Absolute path of a GGUF file on the daemon's machine, readable by the daemon's user.
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// `name[:tag]` to register it as (default: from the file's metadata or name).
+    pub name: Option<String>,
+}
+
+/// Body of `POST /api/v1/models/verify`.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Only this model (`name:tag` or `sha256:` digest); every model when absent.
+    pub name: Option<String>,
+}
+
+/// The result of re-hashing one model's blob.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerifyView {
+    /// `name:tag`.
+    pub model: String,
+    /// Expected digest.
+    pub digest: String,
+    /// `ok`, `missing`, `corrupt` or `unreadable`.
+    pub status: String,
+    /// For `corrupt`: the digest of what is on disk; for `unreadable`: why.
+    pub detail: Option<String>,
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GcView {
+    /// Digests of blobs no model referenced.
+    pub removed_blobs: Vec<String>,
+    /// Stale partial or temporary files.
+    pub removed_partials: Vec<String>,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Ref(_) | RegistryError::InvalidModelFile { .. } => ApiError::InvalidRequest(e.to_string()),
+            RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn parse_ref(s: &str) -> Result<ModelRef, ApiError> {
+    s.parse::<ModelRef>().map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+/// Runs registry work on the blocking pool.
+async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+{
+    let registry = state.registry().clone();
+    tokio::task::spawn_blocking(move || f(&registry))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Every registered model.
+#[utoipa::path(get, path = "/api/v1/models", tag = "models",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "Models", body = Vec<ModelView>),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModelView>>, ApiError> {
+    let models = blocking(&state, Registry::list).await?;
+    Ok(Json(models.into_iter().map(ModelView::from).collect()))
+}
+
+/// One model, by `name:tag` or `sha256:` digest (URL-encode `/` as `%2F`).
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
+    security(("bearer" = ["read"])),
+    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    responses(
+        (status = 200, description = "The model", body = ModelView),
+        (status = 400, description = "Invalid name", body = crate::error::ErrorBody),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, ApiError> {
+    let r = parse_ref(&name)?;
+    Ok(Json(blocking(&state, move |reg| reg.show(&r)).await?.into()))
+}
+
+/// Removes a model (its blob is freed by `gc` once nothing references it).
+#[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models",
+    security(("bearer" = ["models"])),
+    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    responses(
+        (status = 200, description = "The removed models", body = Vec<ModelView>),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<ModelView>>, ApiError> {
+    let r = parse_ref(&name)?;
+    let removed = blocking(&state, move |reg| reg.remove(&r)).await?;
+    tracing::info!(model = %name, "model removed");
+    Ok(Json(removed.into_iter().map(ModelView::from).collect()))
+}
+
+/// Imports a GGUF file from the daemon's filesystem (validated first; hardlinked when possible).
+#[utoipa::path(post, path = "/api/v1/models/import", tag = "models",
+    security(("bearer" = ["models"])),
+    request_body = ImportRequest,
+    responses(
+        (status = 201, description = "Imported", body = ModelView),
+        (status = 400, description = "Not a valid GGUF file, or an invalid name; nothing was written", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn import(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ImportRequest>,
+) -> Result<(StatusCode, Json<ModelView>), ApiError> {
+    if !req.path.is_absolute() {
+        return Err(ApiError::InvalidRequest(format!("{} is not an absolute path", req.path.display())));
+    }
+    let name = req.name.as_deref().map(parse_ref).transpose()?;
+    let path = req.path;
+    let record = blocking(&state, move |reg| reg.import_gguf(&path, name)).await?;
+    tracing::info!(model = %record.reference(), digest = %record.digest, "model imported");
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+/// Re-hashes model blobs and reports corruption.
+#[utoipa::path(post, path = "/api/v1/models/verify", tag = "models",
+    security(("bearer" = ["models"])),
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "One report per model", body = Vec<VerifyView>),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<VerifyRequest>,
+) -> Result<Json<Vec<VerifyView>>, ApiError> {
+    let name = req.name.as_deref().map(parse_ref).transpose()?;
+    let reports = blocking(&state, move |reg| reg.verify(name.as_ref())).await?;
+    Ok(Json(
+        reports
+            .into_iter()
+            .map(|r| {
+                let (status, detail) = match r.status {
+                    VerifyStatus::Ok => ("ok", None),
+                    VerifyStatus::Missing => ("missing", None),
+                    VerifyStatus::Corrupt { actual } => ("corrupt", Some(actual.to_string())),
+                    VerifyStatus::Unreadable { error } => ("unreadable", Some(error)),
+                };
+                VerifyView { model: r.model, digest: r.digest.to_string(), status: status.to_owned(), detail }
+            })
+            .collect(),
+    ))
+}
+
+/// Deletes blobs no model references and stale partial files.
+#[utoipa::path(post, path = "/api/v1/models/gc", tag = "models",
+    security(("bearer" = ["models"])),
+    responses(
+        (status = 200, description = "What was removed", body = GcView),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn gc(State(state): State<AppState>) -> Result<Json<GcView>, ApiError> {
+    let report = blocking(&state, Registry::gc).await?;
+    Ok(Json(GcView {
+        removed_blobs: report.removed_blobs.iter().map(ToString::to_string).collect(),
+        removed_partials: report.removed_partials.iter().map(|p| p.display().to_string()).collect(),
+        freed_bytes: report.freed_bytes,
+    }))
+}

@@ -1,0 +1,90 @@
+//! The model registry through the real daemon and CLI: import (hardlinked, deduplicated),
+//! list/show with `--json`, hostile files and names refused with nothing written, verify
+//! catching a corrupted blob, remove + gc freeing the blob.
+
+use crate::common::{Daemon, Home, describe, write_small_gguf};
+
+fn json(home: &Home, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&home.run_ok(args)).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
+}
+
+fn blobs(home: &Home) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(home.file("blobs"))
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn import_list_show_verify_remove_gc_through_the_cli() {
+    let daemon = Daemon::start(Home::new());
+    let home = daemon.home();
+    let file = home.root().join("tiny.gguf");
+    write_small_gguf(&file, 7);
+
+    let m = json(home, &["models", "import", file.to_str().unwrap(), "--name", "tiny:v1", "--json"]);
+    assert_eq!(m["model"], "tiny:v1");
+    assert_eq!(m["architecture"], "llama");
+    assert_eq!(m["context_length"], 2048);
+    let digest = m["digest"].as_str().unwrap().to_owned();
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+    // A second name for the same bytes shares the blob; the default tag is `latest`.
+    json(home, &["models", "import", file.to_str().unwrap(), "--name", "tiny", "--json"]);
+    assert_eq!(blobs(home), vec![format!("sha256-{}", &digest[7..])]);
+    let list = json(home, &["models", "list", "--json"]);
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "{list}");
+    assert!(names.contains(&"tiny:latest") && names.contains(&"tiny:v1"), "{names:?}");
+    assert_eq!(json(home, &["models", "show", &digest, "--json"])["digest"], digest.as_str());
+
+    // Hostile input is refused and writes nothing.
+    let junk = home.root().join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    let out = home.run(&["models", "import", junk.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot import"), "{}", describe(&out));
+    for bad in ["../../etc/passwd", "sha256:../../x", "UPPER:case", "a//b"] {
+        let out = home.run(&["models", "show", bad]);
+        assert!(!out.status.success(), "{bad} accepted: {}", describe(&out));
+    }
+    assert_eq!(blobs(home).len(), 1, "refusals wrote nothing");
+
+    // Verify catches a flipped byte in the blob.
+    assert!(home.run(&["models", "verify"]).status.success());
+    let blob = home.file("blobs").join(format!("sha256-{}", &digest[7..]));
+    // The import may have hardlinked the source; corrupt a private copy, not the source file.
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = home.run(&["models", "verify", "--json"]);
+    assert!(!out.status.success(), "verify must fail on corruption: {}", describe(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(reports.as_array().unwrap().iter().all(|r| r["status"] == "corrupt"), "{reports}");
+
+    // Remove both names, then gc frees the blob.
+    home.run_ok(&["models", "rm", "tiny:v1"]);
+    let gc = json(home, &["models", "gc", "--json"]);
+    assert!(gc["removed_blobs"].as_array().unwrap().is_empty(), "still referenced by tiny:latest: {gc}");
+    home.run_ok(&["models", "rm", "tiny"]);
+    let gc = json(home, &["models", "gc", "--json"]);
+    assert_eq!(gc["removed_blobs"][0], digest.as_str());
+    assert!(blobs(home).iter().all(|b| !b.starts_with("sha256-")), "{:?}", blobs(home));
+    assert!(json(home, &["models", "list", "--json"]).as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_real_demo_model_imports_with_its_published_digest() {
+    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
+        println!("skipped: set ONDEVICE_TEST_MODELS_DIR (scripts/test.sh does) to import the real SmolLM2 GGUF");
+        return;
+    };
+    let file = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let daemon = Daemon::start(Home::new());
+    let m = json(daemon.home(), &["models", "import", file.to_str().unwrap(), "--name", "smollm2:135m", "--json"]);
+    assert_eq!(m["digest"], "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+    assert_eq!(m["quantization"], "Q4_1");
+    assert_eq!(m["parameter_count"], 134_515_008);
+}
