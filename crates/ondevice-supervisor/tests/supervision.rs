@@ -250,7 +250,7 @@ async fn output_goes_to_a_rotating_log() {
     let sup = ondevice_supervisor::Supervisor::new(dir.path(), opts).unwrap();
     let mut spec = sh(
         "chatty",
-        "i=0; while [ $i -lt 100 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; echo oops >&2",
+        "i=0; while [ $i -lt 100 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; sleep 0.5; echo oops >&2",
     );
     spec.restart = RestartPolicy::Never;
     sup.add(spec).await.unwrap();
@@ -258,7 +258,8 @@ async fn output_goes_to_a_rotating_log() {
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
     let cur = read("chatty.log");
     assert!(cur.len() <= 1000);
-    // stdout and stderr are pumped concurrently, so the stderr line may have been rotated out.
+    // stdout and stderr are pumped concurrently; the pause before the stderr line lets the stdout pump
+    // finish first, so the stderr line lands last and is never rotated out.
     let all = format!("{}{}{}", read("chatty.log.2"), read("chatty.log.1"), cur);
     assert!(all.contains("[stderr] oops"), "{all}");
     assert!(all.contains("line-99-"), "the last stdout line is in the current files: {all}");
