@@ -42,7 +42,9 @@ pub enum RuntimeError {
         retry_after: Duration,
     },
     /// The model does not fit the configured memory budget even after evicting idle models.
-    #[error("model {model:?} needs {needed} bytes but the memory budget allows {budget}: raise [runtimes] memory_budget or unload models")]
+    #[error(
+        "model {model:?} needs {needed} bytes but the memory budget allows {budget}: raise [inference] memory_budget or unload models"
+    )]
     OverBudget {
         /// The model.
         model: String,

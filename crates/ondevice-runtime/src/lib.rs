@@ -47,7 +47,8 @@ pub trait Runtime: Send + Sync {
     /// Liveness and readiness of the adapter (its process or remote server).
     fn health(&self) -> BoxFuture<'_, Health>;
     /// Starts a generation; the stream yields tokens as the runtime produces them.
-    fn generate(&self, model: &ModelSpec, request: GenerateRequest) -> BoxFuture<'_, Result<EventStream, RuntimeError>>;
+    fn generate(&self, model: &ModelSpec, request: GenerateRequest)
+    -> BoxFuture<'_, Result<EventStream, RuntimeError>>;
     /// Embeds each input.
     fn embed(&self, model: &ModelSpec, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, RuntimeError>>;
     /// Token ids of `text` under `model`'s vocabulary.

@@ -333,7 +333,8 @@ mod tests {
         assert_eq!(line, r#"{"type":"token","text":"Par"}"#);
         let back: WireEvent = serde_json::from_str(&line).unwrap();
         assert_eq!(back.into_event().unwrap(), Event::Token("Par".into()));
-        let err: WireEvent = serde_json::from_str(r#"{"type":"error","code":"engine_error","message":"boom"}"#).unwrap();
+        let err: WireEvent =
+            serde_json::from_str(r#"{"type":"error","code":"engine_error","message":"boom"}"#).unwrap();
         assert_eq!(err.into_event().unwrap_err(), RuntimeError::Engine { message: "boom".into() });
         let bad: WireEvent =
             serde_json::from_str(r#"{"type":"done","finish_reason":"nope","prompt_tokens":1,"completion_tokens":2}"#)
