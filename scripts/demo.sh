@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The newcomer's main job: build ondevice, fetch the demo models, start the daemon with a fresh
 # home, and talk to it over its authenticated API.
-# Generation (ask a question, stream the answer) arrives with the embedded llama.cpp engine;
-# until then the demo shows the daemon, keys, status and the registered model it will serve.
+# It imports the SmolLM2 demo model, asks it a question and streams the answer twice: with
+# `ondevice run` in the terminal, and over the OpenAI-compatible API (SSE) with curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,5 +35,18 @@ echo "== importing the demo model into the registry"
 "$bin" models import .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2:135m
 "$bin" models show smollm2:135m
 
+question="What is the capital of France?"
+system="You are a helpful assistant."
+echo "== ondevice run smollm2:135m \"$question\" (streams token by token; the engine worker starts on first use)"
+"$bin" run smollm2:135m "$question" --system "$system" --temperature 0 --verbose
+
+echo "== the same question over the OpenAI-compatible API, streamed as server-sent events"
+infer_key="$("$bin" keys create --name demo-infer --scope infer 2>/dev/null)"
+curl -sN "http://$addr/v1/chat/completions" \
+  -H "Authorization: Bearer $infer_key" -H 'Content-Type: application/json' \
+  -d "{\"model\":\"smollm2:135m\",\"stream\":true,\"temperature\":0,\"max_tokens\":48,
+       \"messages\":[{\"role\":\"system\",\"content\":\"$system\"},{\"role\":\"user\",\"content\":\"$question\"}]}" \
+
 echo
-echo "Streaming generation (ondevice run, /v1/chat/completions) is not implemented yet: see ARCHITECTURE.md."
+echo "== loaded models (GET /api/ps)"
+curl -s -H "Authorization: Bearer $key" "http://$addr/api/ps"; echo

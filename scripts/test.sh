@@ -13,6 +13,10 @@ step "system packages"
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v firejail >/dev/null || need+=(firejail)
+# llama.cpp (crate llama-cpp-2) is built with cmake; its bindings need libclang.
+command -v cmake >/dev/null || need+=(cmake)
+command -v clang >/dev/null || need+=(clang)
+[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ] || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
@@ -23,6 +27,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+step "python peers (PyPI, pinned): llama.cpp server, openai and ollama clients"
+# The llama-server/OpenAI adapter tests run a real llama.cpp server (xllamacpp); the API tests
+# drive the daemon with the real openai and ollama client libraries.
+python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+  "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check \
+    "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3"
 
 step "demo models (PyPI wheels, pinned sha256)"
 export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"

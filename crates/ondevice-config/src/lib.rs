@@ -7,9 +7,13 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod inference;
+pub mod registry;
 mod locate;
 mod redact;
+pub mod runtimes;
 pub mod schema;
+pub mod secret;
 mod settings;
 mod units;
 pub mod workers;
@@ -18,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
+pub use secret::{Secret, SecretError, SecretRef};
 pub use settings::{AuthSettings, LogFormat, LogSettings, ServerSettings, Settings, TlsSettings};
 pub use units::{ByteSize, ByteSizeError, ListenAddr, ListenAddrError};
 
@@ -33,6 +38,8 @@ pub const ENV_LOG_FORMAT: &str = "ONDEVICE_LOG_FORMAT";
 pub const ENV_LOG_LEVEL: &str = "ONDEVICE_LOG";
 /// Environment variable holding the API key CLI client commands send.
 pub const ENV_API_KEY: &str = "ONDEVICE_API_KEY";
+/// Environment variable: CPU threads of each embedded engine worker (`[engine] threads`).
+pub const ENV_ENGINE_THREADS: &str = "ONDEVICE_ENGINE_THREADS";
 
 /// The `ONDEVICE_*` variables of a process, captured once so loading is deterministic and testable.
 #[derive(Debug, Clone, Default)]
@@ -162,6 +169,15 @@ pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, Config
     if let Some(v) = env.get(ENV_LOG_LEVEL) {
         v.clone_into(&mut settings.log.level);
     }
+    if let Some(v) = env.get(ENV_ENGINE_THREADS) {
+        settings.engine.threads = v.trim().parse().map_err(|_| ConfigError::Env {
+            var: ENV_ENGINE_THREADS.to_owned(),
+            message: format!("{v:?} is not a thread count: write a whole number (0 = physical cores)"),
+        })?;
+    }
+    if let Some(v) = env.get(registry::ENV_REGISTRY_ALLOW_HOSTS) {
+        settings.registry.apply_env_allow_hosts(v);
+    }
     if let Some(listen) = overrides.listen {
         settings.server.listen = listen;
         listen_from = Some("--listen");
@@ -260,6 +276,9 @@ fn validate(
     if s.server.max_concurrent_requests == 0 {
         return Err(invalid("server.max_concurrent_requests", "must be at least 1".to_owned()));
     }
+    validate_inference(s, &invalid)?;
+    validate_runtimes(s, &invalid)?;
+    s.registry.validate().map_err(|(key, message)| invalid(key, message))?;
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
     }
@@ -269,6 +288,69 @@ fn validate(
                 return Err(invalid(key, format!("{} is not a readable file", p.display())));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_inference(s: &Settings, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    let e = &s.engine;
+    if e.parallel == 0 || e.parallel > 64 {
+        return Err(invalid("engine.parallel", "must be between 1 and 64".to_owned()));
+    }
+    if e.context_length < 128 {
+        return Err(invalid("engine.context_length", "must be at least 128 tokens".to_owned()));
+    }
+    if e.threads > 1024 {
+        return Err(invalid("engine.threads", "must be at most 1024 (0 = physical cores)".to_owned()));
+    }
+    let i = &s.inference;
+    inference::KeepAlive::parse(&i.keep_alive).map_err(|m| invalid("inference.keep_alive", m))?;
+    if i.max_loaded_models == 0 {
+        return Err(invalid("inference.max_loaded_models", "must be at least 1".to_owned()));
+    }
+    if i.max_concurrent == 0 {
+        return Err(invalid("inference.max_concurrent", "must be at least 1".to_owned()));
+    }
+    if i.breaker.failures == 0 {
+        return Err(invalid("inference.breaker.failures", "must be at least 1".to_owned()));
+    }
+    let known = |name: &str| name == "embedded" || s.runtimes.contains_key(name);
+    let check_chain = |key: &str, chain: &[String]| -> Result<(), ConfigError> {
+        if chain.is_empty() {
+            return Err(invalid(key, "name at least one runtime, such as \"embedded\"".to_owned()));
+        }
+        for r in chain {
+            if !known(r) {
+                return Err(invalid(
+                    key,
+                    format!("unknown runtime {r:?}: use \"embedded\" or declare [runtimes.{r}]"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    check_chain("inference.default_runtimes", &i.default_runtimes)?;
+    for (model, route) in &i.models {
+        if model.is_empty() || model.len() > 200 || model.chars().any(|c| c.is_control() || c == '/') {
+            return Err(invalid("inference.models", format!("{model:?} is not a model name")));
+        }
+        check_chain("runtimes", &route.runtimes)?;
+    }
+    Ok(())
+}
+
+fn validate_runtimes(s: &Settings, invalid: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    for (name, rt) in &s.runtimes {
+        let ok = !name.is_empty()
+            && name != "embedded"
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(invalid(
+                &format!("runtimes.{name}"),
+                format!("{name:?} is not a runtime name: use letters, digits, -, _ and . (\"embedded\" is reserved)"),
+            ));
+        }
+        runtimes::validate(rt).map_err(|(key, message)| invalid(&format!("runtimes.{name}.{key}"), message))?;
     }
     Ok(())
 }

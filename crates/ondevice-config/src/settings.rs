@@ -20,6 +20,15 @@ pub struct Settings {
     pub log: LogSettings,
     /// Supervised worker processes, by name (`[workers.NAME]`).
     pub workers: std::collections::BTreeMap<String, crate::workers::WorkerConfig>,
+    /// The embedded llama.cpp engine workers.
+    pub engine: crate::inference::EngineSettings,
+    /// Model routing, keep-alive, loaded-model limits, memory budget and fallback.
+    pub inference: crate::inference::InferenceSettings,
+    /// External model runtimes, by name (`[runtimes.NAME]`): OpenAI-compatible servers, llama-server,
+    /// Ollama and config-declared REST APIs.
+    pub runtimes: std::collections::BTreeMap<String, crate::runtimes::RuntimeConfig>,
+    /// Model pulls: allowed private hosts, quota, download queue, catalogs and credentials.
+    pub registry: crate::registry::RegistrySettings,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.

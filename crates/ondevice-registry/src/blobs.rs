@@ -128,6 +128,17 @@ impl BlobStore {
         result
     }
 
+    /// Moves a file whose digest the caller computed (a verified download) into the store:
+    /// fsynced, then renamed (same filesystem: `partials/` is beside `blobs/`).
+    pub fn adopt(&self, src: &Path, digest: &Digest) -> Result<Stored, BlobError> {
+        let file = File::open(src).map_err(io_err("open", src))?;
+        file.sync_all().map_err(io_err("sync", src))?;
+        let size = file.metadata().map_err(io_err("stat", src))?.len();
+        drop(file);
+        let existed = self.commit(src, digest)?;
+        Ok(Stored { digest: *digest, size, linked: false, existed })
+    }
+
     fn copy_in(&self, src: &Path) -> Result<Stored, BlobError> {
         let input = File::open(src).map_err(io_err("open", src))?;
         let tmp = self.temp_path();

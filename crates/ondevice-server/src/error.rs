@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ondevice_auth::AuthError;
+use ondevice_runtime::RuntimeError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -41,6 +42,12 @@ pub enum ApiError {
     /// A bug or an I/O failure on our side (500).
     #[error("{0}")]
     Internal(String),
+    /// This daemon was started without runtimes, so it cannot generate (503).
+    #[error("inference is not available: this daemon has no runtimes wired")]
+    NoInference,
+    /// A runtime or the orchestrator could not serve the request; the status depends on why.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// The JSON error envelope.
@@ -71,6 +78,28 @@ impl ApiError {
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NoInference => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Runtime(e) => match e {
+                RuntimeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+                RuntimeError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+                RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
+                RuntimeError::Unavailable { .. } | RuntimeError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                RuntimeError::OverBudget { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                RuntimeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+                RuntimeError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            },
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for overload answers.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Overloaded { retry_after_s } => Some(*retry_after_s),
+            ApiError::Runtime(RuntimeError::Overloaded { retry_after, .. }) => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).map(|s| s.max(1))
+            }
+            _ => None,
         }
     }
 
@@ -85,6 +114,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::HostNotAllowed(_) => "host_not_allowed",
             ApiError::Internal(_) => "internal",
+            ApiError::NoInference => "runtime_unavailable",
+            ApiError::Runtime(e) => e.code(),
         }
     }
 
@@ -100,7 +131,30 @@ impl ApiError {
             ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
             ApiError::HostNotAllowed(_) => tonic::Status::permission_denied(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
+            ApiError::NoInference => tonic::Status::unavailable(msg),
+            ApiError::Runtime(e) => {
+                let mut status = match e {
+                    RuntimeError::ModelNotFound { .. } => tonic::Status::not_found(msg),
+                    RuntimeError::InvalidRequest { .. } => tonic::Status::invalid_argument(msg),
+                    RuntimeError::Unsupported { .. } => tonic::Status::unimplemented(msg),
+                    RuntimeError::Unavailable { .. } | RuntimeError::Upstream { .. } => tonic::Status::unavailable(msg),
+                    RuntimeError::Overloaded { .. } | RuntimeError::OverBudget { .. } => {
+                        tonic::Status::resource_exhausted(msg)
+                    }
+                    RuntimeError::Engine { .. } => tonic::Status::internal(msg),
+                    RuntimeError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
+                };
+                if let Some(s) = self.retry_after() {
+                    status.metadata_mut().insert("retry-after", s.into());
+                }
+                status
+            }
         }
+    }
+
+    /// The JSON error envelope of this error.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } }
     }
 }
 
@@ -121,17 +175,12 @@ impl From<AuthError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } };
-        let mut resp = (status, Json(body)).into_response();
-        match &self {
-            ApiError::Unauthenticated(_) => {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ondevice\""));
-            }
-            ApiError::Overloaded { retry_after_s } => {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
-            }
-            _ => {}
+        let mut resp = (status, Json(self.body())).into_response();
+        if let ApiError::Unauthenticated(_) = &self {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ondevice\""));
+        }
+        if let Some(s) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }
@@ -154,6 +203,32 @@ where
             Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge { limit }),
             Err(rej) => Err(ApiError::InvalidRequest(rej.body_text())),
         }
+    }
+}
+
+/// A JSON body read whatever its `Content-Type`, as Ollama and OpenAI-compatible servers do
+/// (`curl -d '{...}'` sends a form content type); rejections use the error envelope.
+pub struct AnyJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for AnyJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(AnyJson)
+            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod control;
 mod error;
+mod generation;
 pub mod grpc;
 pub mod listener;
 mod metrics;
@@ -26,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use generation::ADAPTER_HEADER;
 pub use metrics::Metrics;
 pub use middleware::host_allowed;
 pub use state::{
@@ -47,19 +49,40 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::ws::ws))
         .routes(routes!(routes::models::list))
         .routes(routes!(routes::models::show))
+        .routes(routes!(routes::jobs::catalog))
+        .routes(routes!(routes::jobs::list))
+        .routes(routes!(routes::jobs::show))
+        .routes(routes!(routes::jobs::events))
+        .routes(routes!(routes::runtimes::list))
+        .routes(routes!(routes::openai::models))
+        .routes(routes!(routes::ollama::tags))
+        .routes(routes!(routes::ollama::ps))
         .route_layer(guarded(Scope::Read));
+    let infer = OpenApiRouter::new()
+        .routes(routes!(routes::openai::chat_completions))
+        .routes(routes!(routes::openai::completions))
+        .routes(routes!(routes::openai::embeddings))
+        .routes(routes!(routes::ollama::chat))
+        .routes(routes!(routes::ollama::generate))
+        .routes(routes!(routes::ollama::embed))
+        .routes(routes!(routes::ollama::embeddings))
+        .route_layer(guarded(Scope::Infer));
     let models = OpenApiRouter::new()
         .routes(routes!(routes::models::remove))
         .routes(routes!(routes::models::import))
         .routes(routes!(routes::models::verify))
         .routes(routes!(routes::models::gc))
+        .routes(routes!(routes::jobs::pull))
+        .routes(routes!(routes::jobs::cancel))
+        .routes(routes!(routes::runtimes::load))
+        .routes(routes!(routes::runtimes::unload))
         .route_layer(guarded(Scope::Models));
     let admin = OpenApiRouter::new()
         .routes(routes!(routes::keys::list, routes::keys::create))
         .routes(routes!(routes::keys::revoke))
         .routes(routes!(routes::workers::restart))
         .route_layer(guarded(Scope::Admin));
-    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(models).merge(admin)
+    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(infer).merge(models).merge(admin)
 }
 
 /// The OpenAPI document generated from the handlers.

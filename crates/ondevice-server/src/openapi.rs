@@ -17,6 +17,10 @@ use utoipa::{Modify, OpenApi};
         (name = "meta", description = "Metrics and this document"),
         (name = "daemon", description = "Status and events"),
         (name = "models", description = "The local model registry"),
+        (name = "jobs", description = "Background jobs (model pulls) and their progress"),
+        (name = "runtimes", description = "Runtimes and loaded models"),
+        (name = "openai", description = "OpenAI-compatible inference"),
+        (name = "ollama", description = "Ollama-compatible inference"),
         (name = "keys", description = "API key management (admin)")
     )
 )]

@@ -145,6 +145,8 @@ pub(crate) struct Inner {
     pub permits: Arc<Semaphore>,
     pub openapi_json: std::sync::OnceLock<String>,
     pub tasks: tokio_util::task::TaskTracker,
+    pub inference: std::sync::OnceLock<Arc<dyn ondevice_runtime::Inference>>,
+    pub jobs: std::sync::OnceLock<ondevice_registry::jobs::Jobs>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -176,8 +178,42 @@ impl AppState {
                 events,
                 openapi_json: std::sync::OnceLock::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
+                inference: std::sync::OnceLock::new(),
+                jobs: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Wires the inference facade (the orchestrator) that the OpenAI, Ollama, native, WebSocket
+    /// and gRPC surfaces call. Without it those surfaces answer 503 `runtime_unavailable`.
+    /// The first call wins.
+    #[must_use]
+    pub fn with_inference(self, inference: Arc<dyn ondevice_runtime::Inference>) -> AppState {
+        let _ = self.inner.inference.set(inference);
+        self
+    }
+
+    /// The inference facade, when one is wired.
+    pub fn inference(&self) -> Option<&Arc<dyn ondevice_runtime::Inference>> {
+        self.inner.inference.get()
+    }
+
+    /// The inference facade, or the error every inference route answers without one.
+    pub(crate) fn require_inference(&self) -> Result<Arc<dyn ondevice_runtime::Inference>, ApiError> {
+        self.inference().cloned().ok_or(ApiError::NoInference)
+    }
+
+    /// Wires the model download queue (pulls and `/api/v1/jobs`). Without it pulls answer 503.
+    /// The first call wins.
+    #[must_use]
+    pub fn with_jobs(self, jobs: ondevice_registry::jobs::Jobs) -> AppState {
+        let _ = self.inner.jobs.set(jobs);
+        self
+    }
+
+    /// The download queue, or the error pull and job routes answer without one.
+    pub(crate) fn require_jobs(&self) -> Result<&ondevice_registry::jobs::Jobs, ApiError> {
+        self.inner.jobs.get().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The status source (workers).

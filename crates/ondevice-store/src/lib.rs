@@ -1,6 +1,6 @@
 //! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
 //! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
-//! model registry's `models` and `blobs` tables (`models.rs`).
+//! model registry's `models` and `blobs` tables (`models.rs`) and its background jobs (`jobs.rs`).
 
 #![warn(missing_docs)]
 
@@ -10,8 +10,10 @@ use std::sync::Mutex;
 use ondevice_auth::{KeyId, KeyRecord, KeyStore, Scopes, SecretHash, StoreFailure};
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod jobs;
 mod models;
 
+pub use jobs::JobRow;
 pub use models::{BlobRow, ModelRow};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -50,6 +52,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (name, tag)
     ) STRICT;
     CREATE INDEX models_by_digest ON models (digest);",
+    // 3: background jobs (model pulls) with the chunk bookkeeping a restarted daemon resumes from.
+    "CREATE TABLE jobs (
+        id          TEXT PRIMARY KEY NOT NULL,
+        kind        TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        error       TEXT,
+        total_bytes INTEGER,
+        done_bytes  INTEGER NOT NULL DEFAULT 0,
+        chunk_size  INTEGER,
+        chunks      BLOB,
+        result      TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX jobs_by_state ON jobs (state);",
 ];
 
 /// A database failure, with the file it concerns.

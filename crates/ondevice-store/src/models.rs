@@ -205,7 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("ondevice.db");
         let store = Store::open(&db).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), crate::MIGRATIONS.len() as i64);
         store.insert_blob(&blob(D1)).unwrap();
         store.insert_blob(&blob(D1)).unwrap(); // idempotent
         store.insert_blob(&blob(D2)).unwrap();
@@ -263,7 +263,7 @@ mod tests {
             conn.pragma_update(None, "user_version", 1).unwrap();
         }
         let store = Store::open(&db).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), crate::MIGRATIONS.len() as i64);
         assert!(store.list_models().unwrap().is_empty());
     }
 }

@@ -37,9 +37,14 @@ pub enum Command {
     /// Manage the local model registry (needs a key with the models scope for changes).
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Run a model: stream its answer to PROMPT, or chat interactively without PROMPT.
+    Run(RunArgs),
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve one model file on a Unix socket (started by the daemon's supervisor, not by people).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
     /// Write man pages and shell completions (used when building installers).
     #[command(hide = true)]
     GenerateAssets {
@@ -47,6 +52,53 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+/// `ondevice worker` (hidden): needs no config file and no home directory.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The GGUF model file (opened read-only).
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// The Unix socket to create (mode 0600) and serve the worker protocol on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Decoding threads (default: $ONDEVICE_ENGINE_THREADS, else the number of physical cores).
+    #[arg(long, value_name = "N", env = "ONDEVICE_ENGINE_THREADS")]
+    pub threads: Option<usize>,
+    /// Context length per slot (default: 2048, or the model's training context if smaller).
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<u32>,
+    /// Sequences decoded together.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: u32,
+}
+
+/// `ondevice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// `name[:tag]` or `sha256:<hex>` (see `ondevice models list`).
+    pub model: String,
+    /// The prompt. Without it: read stdin when it is not a terminal, else chat interactively.
+    pub prompt: Option<String>,
+    /// A system message sent before the conversation.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Sampling temperature (0: greedy, reproducible).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Seed for reproducible sampling.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<i64>,
+    /// Maximum tokens to generate.
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    /// Print one JSON object (answer, usage, timings) at the end instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print timing statistics (time to first token, tokens/s) on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 /// `ondevice serve`.
@@ -144,11 +196,37 @@ pub enum ConfigCommand {
     Reference,
 }
 
+/// `ondevice models list`.
+#[derive(Debug, Args)]
+pub struct ModelsListArgs {
+    /// List the models the bundled and configured catalogs offer instead.
+    #[arg(long)]
+    pub available: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `ondevice models ...`.
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// List registered models.
-    List(JsonFlag),
+    /// List registered models, or with --available the models the catalogs offer.
+    List(ModelsListArgs),
+    /// Download a model from the catalog (`name[:tag]`) or an http(s) URL of a GGUF file; resumes
+    /// after interruptions and verifies the SHA-256. Progress bars on a terminal.
+    Pull {
+        /// `name[:tag]` from `ondevice models list --available`, or a URL.
+        model: String,
+        /// Register it as `name[:tag]` (default: the catalog name, or the URL's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the finished job as JSON (progress lines still go to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Start the pull and return at once with its job id.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Show one model's metadata.
     Show {
         /// `name[:tag]` or `sha256:<hex>`.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod inference;
 mod logging;
 mod supervision;
 

@@ -47,6 +47,11 @@ impl SupervisedWorkers {
         });
     }
 
+    /// The supervisor itself (engine workers are added to it on demand).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     /// Stops every worker (SIGTERM, grace, then kill of the tree).
     pub async fn shutdown(&self, grace: Duration) {
         self.supervisor.shutdown(grace).await;

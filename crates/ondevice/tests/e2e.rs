@@ -8,6 +8,8 @@ mod common;
 mod grpc;
 #[path = "e2e/http.rs"]
 mod http;
+#[path = "e2e/inference.rs"]
+mod inference;
 #[path = "e2e/models.rs"]
 mod models;
 #[path = "e2e/workers.rs"]

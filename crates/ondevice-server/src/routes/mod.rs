@@ -2,8 +2,12 @@
 //! router in `lib.rs` groups them by the scope they require.
 
 pub mod health;
+pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod ollama;
+pub mod openai;
+pub mod runtimes;
 pub mod status;
 pub mod workers;
 pub mod ws;

@@ -1,9 +1,13 @@
-//! `/api/v1/ws`: the authenticated WebSocket. For now it streams daemon status and events and
-//! answers `status` and `ping` requests; the engine extends it with generation.
+//! `/api/v1/ws`: the authenticated WebSocket. It streams daemon status and events, answers
+//! `status` and `ping` requests, and runs generations (`generate` and `cancel`, which need the
+//! `infer` scope; see `ws/generate.rs`). Several generations may run at once on one socket; they
+//! are polled by the session itself, so closing the socket drops them and frees their slots.
 //!
 //! Browsers cannot set headers on a WebSocket, so the key may also arrive as the subprotocol
 //! `ondevice.bearer.<key>`; the server then selects the `ondevice.v1` subprotocol if offered
 //! (else echoes the one offered) so that browsers accept the handshake.
+
+mod generate;
 
 use std::time::Duration;
 
@@ -11,6 +15,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
+use futures_util::StreamExt;
 use ondevice_auth::{Scope, WS_BEARER_PREFIX};
 use serde_json::json;
 
@@ -57,8 +62,14 @@ async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {
     let shutdown = state.shutdown_token().clone();
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.tick().await;
+    let mut gens = generate::Generations::default();
     loop {
         tokio::select! {
+            Some(out) = gens.next(), if !gens.is_empty() => {
+                if socket.send(Message::Text(out.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
             () = shutdown.cancelled() => {
                 let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: "daemon stopping".into() }))).await;
                 return;
@@ -82,7 +93,7 @@ async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {
             msg = socket.recv() => {
                 let Some(Ok(msg)) = msg else { return };
                 let reply = match msg {
-                    Message::Text(t) => Some(answer(&state, &headers, t.as_str())),
+                    Message::Text(t) => answer(&state, &headers, t.as_str(), &mut gens),
                     Message::Close(_) => return,
                     _ => None,
                 };
@@ -96,17 +107,25 @@ async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {
     }
 }
 
-fn answer(state: &AppState, headers: &HeaderMap, text: &str) -> serde_json::Value {
+/// The immediate reply to a client message, if any (generation output arrives later through
+/// `gens`).
+fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    text: &str,
+    gens: &mut generate::Generations,
+) -> Option<serde_json::Value> {
     if let Err(e) = authenticate(state, headers, Scope::Read, "websocket") {
-        return json!({"type": "error", "error": {"code": e.code(), "message": e.to_string()}});
+        return Some(json!({"type": "error", "error": {"code": e.code(), "message": e.to_string()}}));
     }
-    let kind = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+    let msg = serde_json::from_str::<serde_json::Value>(text).ok();
+    let kind = msg.as_ref().and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
     match kind.as_deref() {
-        Some("status") => json!({"type": "status", "status": state.status()}),
-        Some("ping") => json!({"type": "pong"}),
-        _ => json!({"type": "error", "error": {"code": "invalid_request",
-            "message": "unknown message: send {\"type\": \"status\"} or {\"type\": \"ping\"}"}}),
+        Some("status") => Some(json!({"type": "status", "status": state.status()})),
+        Some("ping") => Some(json!({"type": "pong"})),
+        Some("generate") => gens.start(state, headers, msg.unwrap_or_default()),
+        Some("cancel") => Some(gens.cancel(&msg.unwrap_or_default())),
+        _ => Some(json!({"type": "error", "error": {"code": "invalid_request",
+            "message": "unknown message: send a message of type status, ping, generate or cancel"}})),
     }
 }

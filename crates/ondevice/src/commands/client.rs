@@ -53,6 +53,28 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        let resp = self.send(req, &url).await?;
+        let bytes = resp.bytes().await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))
+    }
+
+    /// POSTs a JSON body and returns the successful response for the caller to stream (no
+    /// overall timeout: generations may run long; dropping the response cancels them).
+    pub async fn post_stream(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let req = self.http.post(&url).bearer_auth(&self.key).json(body).timeout(Duration::from_secs(24 * 3600));
+        self.send(req, &url).await
+    }
+
+    /// GETs a long-lived response (Server-Sent Events) for the caller to stream.
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let req = self.http.get(&url).bearer_auth(&self.key).timeout(Duration::from_secs(7 * 24 * 3600));
+        self.send(req, &url).await
+    }
+
+    /// Sends a request; API errors become their message.
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> anyhow::Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!("cannot reach the daemon at {}: is it running? start it with `ondevice serve` or `ondevice daemon start`", self.base)
@@ -61,8 +83,8 @@ impl Client {
             }
         })?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
         if !status.is_success() {
+            let bytes = resp.bytes().await?;
             let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
@@ -72,7 +94,7 @@ impl Client {
             }
             bail!("{msg} ({status})");
         }
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {url}"))
+        Ok(resp)
     }
 }
 

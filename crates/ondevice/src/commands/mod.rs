@@ -6,7 +6,9 @@ mod config;
 mod daemon;
 mod keys;
 mod models;
+mod run;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::GenerateAssets { out } = &cli.command {
         return assets::run(out);
     }
+    // A model worker is started by the supervisor with everything it needs on its command line.
+    if let Command::Worker(args) = &cli.command {
+        return worker::run(args, cli.log_format, cli.log_level.as_deref());
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         restore_default_sigpipe();
     }
@@ -51,8 +57,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(models::run(resolved, cmd))
         }
+        Command::Run(args) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(run::run(resolved, args))
+        }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),
+        Command::Worker(args) => worker::run(&args, cli.log_format, cli.log_level.as_deref()),
     }
 }
 

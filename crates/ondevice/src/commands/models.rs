@@ -1,9 +1,12 @@
-//! `ondevice models list | show | import | rm | verify | gc`: the registry through the daemon's API.
+//! `ondevice models list | show | pull | import | export | rm | verify | gc`: the registry through
+//! the daemon's API. `pull` follows the job's Server-Sent Events and draws a progress bar on a
+//! terminal (plain progress lines otherwise).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ondevice_config::Resolved;
+use ondevice_server::routes::jobs::{CatalogResponse, JobView};
 use ondevice_server::routes::models::{GcView, ModelView, VerifyView};
 use reqwest::Method;
 
@@ -58,9 +61,30 @@ fn print_one(m: &ModelView) {
 pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(&resolved)?;
     match cmd {
-        ModelsCommand::List(flag) => {
+        ModelsCommand::List(args) if args.available => {
+            let catalog: CatalogResponse = client.call(Method::GET, "/api/v1/catalog", None).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&catalog)?);
+            } else {
+                println!("{:<36} {:>10} {:<14} {:<8} DESCRIPTION", "NAME", "SIZE", "LICENSE", "PRESENT");
+                for m in &catalog.models {
+                    println!(
+                        "{:<36} {:>10} {:<14} {:<8} {}",
+                        m.model,
+                        human_size(m.size),
+                        m.license.as_deref().unwrap_or("-"),
+                        if m.present { "yes" } else { "no" },
+                        m.description.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            for p in &catalog.problems {
+                eprintln!("warning: {p}");
+            }
+        }
+        ModelsCommand::List(args) => {
             let models: Vec<ModelView> = client.call(Method::GET, "/api/v1/models", None).await?;
-            if flag.json {
+            if args.json {
                 println!("{}", serde_json::to_string_pretty(&models)?);
             } else {
                 println!("{:<36} {:<20} {:>10} {:<8} {:>7}", "NAME", "DIGEST", "SIZE", "QUANT", "PARAMS");
@@ -73,6 +97,37 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
                         m.quantization.as_deref().unwrap_or("-"),
                         params(m.parameter_count)
                     );
+                }
+            }
+        }
+        ModelsCommand::Pull { model, name, json, detach } => {
+            let body = serde_json::json!({"model": model, "name": name});
+            let job: JobView = client.call(Method::POST, "/api/v1/models/pull", Some(&body)).await?;
+            if detach {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&job)?);
+                } else {
+                    println!(
+                        "pulling {} as job {} (follow it with GET /api/v1/jobs/{}/events)",
+                        job.model, job.id, job.id
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let done = follow(&client, job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            }
+            match done.state.as_str() {
+                "succeeded" => {
+                    if !json {
+                        let size = done.total_bytes.map(human_size).unwrap_or_default();
+                        println!("pulled {} ({}, {size})", done.model, done.digest.as_deref().unwrap_or("-"));
+                    }
+                }
+                state => {
+                    eprintln!("pull of {} {state}: {}", done.model, done.error.as_deref().unwrap_or("no detail"));
+                    return Ok(ExitCode::FAILURE);
                 }
             }
         }
@@ -133,4 +188,133 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a job's events until it finishes, drawing progress on stderr; reconnects a few times
+/// if the stream breaks (the daemon restarting resumes the job).
+async fn follow(client: &Client, mut job: JobView) -> anyhow::Result<JobView> {
+    let mut bar = Bar::new();
+    let mut failures = 0;
+    while !matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled") {
+        let resp = match client.get_stream(&format!("/api/v1/jobs/{}/events", segment(&job.id))).await {
+            Ok(r) => r,
+            Err(e) if failures < 30 => {
+                failures += 1;
+                tracing::debug!(error = %e, "event stream unavailable, retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut resp = resp;
+        let mut buf = String::new();
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break,
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        if let Ok(j) = serde_json::from_str::<JobView>(data.trim()) {
+                            failures = 0;
+                            bar.draw(&j);
+                            job = j;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    bar.finish();
+    Ok(job)
+}
+
+/// A progress bar on a terminal, plain lines otherwise (at most one every two seconds).
+struct Bar {
+    tty: bool,
+    last_line: Option<std::time::Instant>,
+    drawn: bool,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        use std::io::IsTerminal;
+        Bar { tty: std::io::stderr().is_terminal(), last_line: None, drawn: false }
+    }
+
+    fn draw(&mut self, j: &JobView) {
+        use std::io::Write;
+        let total = j.total_bytes.unwrap_or(0);
+        let pct = if total > 0 { (j.done_bytes as f64 / total as f64 * 100.0).min(100.0) } else { 0.0 };
+        let speed = format!("{}/s", human_size(j.bytes_per_second));
+        let eta = match (total, j.bytes_per_second) {
+            (t, s) if t > j.done_bytes && s > 0 => format!(" eta {}s", (t - j.done_bytes) / s),
+            _ => String::new(),
+        };
+        let sizes = format!("{}/{}", human_size(j.done_bytes), if total > 0 { human_size(total) } else { "?".into() });
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let width = 30;
+            let filled = (pct / 100.0 * width as f64) as usize;
+            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
+            let _ = write!(err, "\r\x1b[2K{} {} [{bar}] {pct:5.1}% {sizes} {speed}{eta}", j.model, j.state);
+            let _ = err.flush();
+            self.drawn = true;
+        } else {
+            let terminal = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
+            if terminal || self.last_line.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2)) {
+                let _ = writeln!(err, "{} {} {pct:.1}% {sizes} {speed}", j.model, j.state);
+                self.last_line = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+/// The daemon's download queue from `[registry]`: the host policy, credentials resolved from
+/// their secret references (a missing secret is an error at start, naming the host), the
+/// catalogs, quota and tuning. Unfinished pulls resume now.
+pub(crate) async fn start_jobs(
+    settings: &ondevice_config::Settings,
+    registry: std::sync::Arc<ondevice_registry::Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ondevice_registry::jobs::Jobs> {
+    use ondevice_registry::catalog::CatalogSource;
+    use ondevice_registry::download::Tuning;
+    use ondevice_registry::fetch::{Credential, Fetcher};
+    use ondevice_registry::jobs::{Jobs, PullConfig};
+    use ondevice_registry::quota::QuotaPolicy;
+    use ondevice_registry::safety::HostPolicy;
+
+    let r = &settings.registry;
+    let mut credentials = Vec::new();
+    for (host, c) in &r.credentials {
+        let secret = c.token.resolve().with_context(|| format!("[registry.credentials.{host:?}] token"))?;
+        let cred = Credential::bearer(host, secret.expose())
+            .with_context(|| format!("[registry.credentials.{host:?}] token is not a valid header value"))?;
+        credentials.push(cred);
+    }
+    let fetcher = Fetcher::new(HostPolicy::new(&r.allow_hosts), credentials)?;
+    let catalogs = r.catalogs.iter().map(|c| CatalogSource::parse(c)).collect::<Result<Vec<_>, _>>()?;
+    let config = PullConfig {
+        tuning: Tuning {
+            connections: r.connections as usize,
+            chunk_size: r.chunk_size.bytes(),
+            retries: r.retries,
+            max_size: r.max_download_size.bytes(),
+            ..Tuning::default()
+        },
+        max_concurrent_jobs: r.max_concurrent_jobs as usize,
+        quota: QuotaPolicy { quota: r.quota.map(|q| q.bytes()), evict: r.evict, min_free: r.min_free.bytes() },
+        catalogs,
+    };
+    Ok(Jobs::start(registry, fetcher, config, shutdown).await?)
 }

@@ -68,7 +68,17 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         tls: tls.is_some(),
     };
     let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
-    let state = AppState::new(verifier.clone(), registry, options, workers.clone(), shutdown.clone());
+    let orchestrator = crate::inference::orchestrator(
+        settings,
+        registry.clone(),
+        workers.supervisor().clone(),
+        &paths.home.join("run"),
+    )?;
+    // Model pulls: resumes unfinished ones; stopped (and left resumable) by the shutdown token.
+    let jobs = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
+    let state = AppState::new(verifier.clone(), registry, options, workers.clone(), shutdown.clone())
+        .with_inference(Arc::new(orchestrator.clone()))
+        .with_jobs(jobs.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 
@@ -96,6 +106,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             state.publish(DaemonEvent::now("daemon.stopping", serde_json::json!({})));
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            orchestrator.shutdown().await;
             workers.shutdown(grace).await;
         }
     };
@@ -105,6 +116,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     if tokio::time::timeout(grace, state.tasks().wait()).await.is_err() {
         tracing::warn!("streams still open after the grace period; closing them");
     }
+    jobs.wait().await;
     let _ = flusher.await;
     let _ = control_task.await;
     let _ = std::fs::remove_file(paths.listen_file());

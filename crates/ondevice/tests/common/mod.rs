@@ -434,3 +434,33 @@ pub fn write_small_gguf(path: &Path, seed: u8) {
         .to_bytes();
     std::fs::write(path, bytes).expect("write gguf");
 }
+
+/// The real test model (`$ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf`), when the
+/// environment provides it. Tests that need it print `skipped: …` and return without it.
+pub fn test_model() -> Option<PathBuf> {
+    let dir = std::env::var_os("ONDEVICE_TEST_MODELS_DIR")?;
+    let file = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if file.is_file() {
+        Some(file)
+    } else {
+        eprintln!("ONDEVICE_TEST_MODELS_DIR is set but {} does not exist", file.display());
+        None
+    }
+}
+
+/// Imports `file` as `name` through `POST /api/v1/models/import` unless it is already there;
+/// returns the name.
+pub async fn import_model_api(daemon: &Daemon, file: &Path, name: &str) -> String {
+    let path = format!("/api/v1/models/{}", name.replace(':', "%3A"));
+    if daemon.get(&path, Some(daemon.admin_key())).await.0 == StatusCode::OK {
+        return name.to_owned();
+    }
+    let resp = daemon
+        .request(Method::POST, "/api/v1/models/import", Some(daemon.admin_key()))
+        .json(&json!({"path": file, "name": name}))
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(resp.status(), StatusCode::CREATED, "import of {}", file.display());
+    name.to_owned()
+}

@@ -27,7 +27,9 @@ use crate::common::{Daemon, GARBAGE_KEY, Home, UNKNOWN_KEY};
 const PUBLIC_SERVICE: &str = "grpc.health.v1.Health";
 /// Services declared in `proto/` whose implementation has not landed yet: any key gets
 /// UNIMPLEMENTED. Remove a service from here when it is served, and give it a success check.
-const NOT_SERVED_YET: [&str; 1] = ["ondevice.v1.InferenceService"];
+const NOT_SERVED_YET: [&str; 0] = [];
+/// Services that need the `infer` scope: a read key gets PERMISSION_DENIED.
+const INFER_SERVICES: [&str; 1] = ["ondevice.v1.InferenceService"];
 
 async fn channel(daemon: &Daemon) -> Channel {
     tonic::transport::Endpoint::from_shared(daemon.url("")).expect("endpoint").connect().await.expect("gRPC connect")
@@ -140,6 +142,7 @@ async fn every_grpc_method_enforces_auth() {
     let daemon = Daemon::start(Home::new());
     let channel = channel(&daemon).await;
     let read = daemon.key(&["read"]).await;
+    let infer = daemon.key(&["infer"]).await;
     let revoked = daemon.key(&["admin"]).await;
     daemon.revoke(&revoked.id).await;
 
@@ -174,8 +177,8 @@ async fn every_grpc_method_enforces_auth() {
             assert_eq!(raw_call(&channel, method, None).await, Code::Ok, "{method} is public");
             continue;
         }
-        // Every scope implies read and these methods need only read, so PERMISSION_DENIED is
-        // unreachable with a valid key; a revoked admin key stands in for the missing scope.
+        // Every scope implies read, so PERMISSION_DENIED is unreachable for read methods with a valid
+        // key; a revoked admin key stands in for the missing scope (infer services are checked below).
         for (key, what) in [
             (None, "no key"),
             (Some(UNKNOWN_KEY), "an unknown key"),
@@ -185,7 +188,15 @@ async fn every_grpc_method_enforces_auth() {
             assert_eq!(raw_call(&channel, method, key).await, Code::Unauthenticated, "{method} with {what}");
         }
         let with_read = raw_call(&channel, method, Some(&read.secret)).await;
-        if NOT_SERVED_YET.contains(&service) {
+        if INFER_SERVICES.contains(&service) {
+            assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
+            // With the scope the call reaches the service: an empty request names no model.
+            let with_infer = raw_call(&channel, method, Some(&infer.secret)).await;
+            assert!(
+                [Code::InvalidArgument, Code::NotFound].contains(&with_infer),
+                "{method} with an infer key answered {with_infer:?}"
+            );
+        } else if NOT_SERVED_YET.contains(&service) {
             assert_eq!(
                 with_read,
                 Code::Unimplemented,

@@ -68,18 +68,48 @@ fn operations(doc: &Value) -> Vec<Operation> {
 struct Fixture {
     path: String,
     body: Option<Value>,
+    /// The answer to an authorized call when it is not a success: inference operations reach
+    /// the orchestrator, which answers 404 `model_not_found` when no test model is available.
+    expect: Option<(StatusCode, &'static str)>,
+}
+
+/// The body of an inference operation, naming the test model (imported on first use) when
+/// `ONDEVICE_TEST_MODELS_DIR` provides it, else a model the daemon does not know.
+async fn inference_fixture(daemon: &Daemon, path: &str) -> Fixture {
+    let model = match crate::common::test_model() {
+        Some(file) => Some(crate::common::import_model_api(daemon, &file, "smollm2:latest").await),
+        None => None,
+    };
+    let expect = if model.is_some() { None } else { Some((StatusCode::NOT_FOUND, "model_not_found")) };
+    let model = model.unwrap_or_else(|| "coverage-missing:latest".to_owned());
+    let chat = json!([{"role": "user", "content": "Say hi."}]);
+    let body = match path {
+        "/v1/chat/completions" => json!({"model": model, "messages": chat, "max_tokens": 4, "temperature": 0}),
+        "/v1/completions" => json!({"model": model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}),
+        "/v1/embeddings" | "/api/embed" => json!({"model": model, "input": "hello"}),
+        "/api/embeddings" => json!({"model": model, "prompt": "hello"}),
+        "/api/chat" => json!({"model": model, "messages": chat, "stream": false, "options": {"num_predict": 4}}),
+        "/api/generate" => json!({"model": model, "prompt": "Hello", "stream": false, "options": {"num_predict": 4}}),
+        "/api/v1/runtimes/load" => json!({"model": model}),
+        // Unloading a model that is not loaded (or not known) succeeds.
+        "/api/v1/runtimes/unload" => {
+            return Fixture { path: path.to_owned(), body: Some(json!({"model": model})), expect: None };
+        }
+        other => panic!("no inference fixture for {other}"),
+    };
+    Fixture { path: path.to_owned(), body: Some(body), expect }
 }
 
 /// Path parameters and request bodies, keyed by `METHOD path`. An operation with a path
 /// parameter, a request body or a write method must have an entry, so a new route cannot skip
 /// coverage. Called once per operation; only the last (authorized) request reaches the handler.
 async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
-    let plain = |body: Option<Value>| Fixture { path: op.path.clone(), body };
+    let plain = |body: Option<Value>| Fixture { path: op.path.clone(), body, expect: None };
     match op.name.as_str() {
         "POST /api/v1/keys" => plain(Some(json!({"name": "coverage", "scopes": ["read"]}))),
         "DELETE /api/v1/keys/{id}" => {
             let victim = daemon.key(&["read"]).await;
-            Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None }
+            Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None, expect: None }
         }
         "POST /api/v1/models/import" => {
             let file = daemon.home().root().join("coverage-import.gguf");
@@ -97,12 +127,21 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
                 .await
                 .expect("import");
             assert_eq!(resp.status(), StatusCode::CREATED, "fixture import of {name}");
-            Fixture { path: format!("/api/v1/models/{}", name.replace(':', "%3A")), body: None }
+            Fixture { path: format!("/api/v1/models/{}", name.replace(':', "%3A")), body: None, expect: None }
         }
         "POST /api/v1/models/verify" => plain(Some(json!({}))),
         "POST /api/v1/models/gc" => plain(None),
+        "POST /v1/chat/completions"
+        | "POST /v1/completions"
+        | "POST /v1/embeddings"
+        | "POST /api/chat"
+        | "POST /api/generate"
+        | "POST /api/embed"
+        | "POST /api/embeddings"
+        | "POST /api/v1/runtimes/load"
+        | "POST /api/v1/runtimes/unload" => inference_fixture(daemon, &op.path).await,
         "POST /api/v1/workers/{name}/restart" => {
-            Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None }
+            Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None, expect: None }
         }
         _ => {
             let writes = [Method::POST, Method::PUT, Method::PATCH].contains(&op.method);
@@ -222,6 +261,8 @@ async fn every_openapi_operation_enforces_its_security() {
         let status = resp.status();
         if op.websocket {
             assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS, "{name} with a {scope} key");
+        } else if let Some((want, code)) = fx.expect {
+            expect_error(resp, want, code, &format!("{name} with a {scope} key")).await;
         } else {
             let body = resp.text().await.unwrap_or_default();
             assert!(status.is_success(), "{name} with a {scope} key answered {status}: {body}");

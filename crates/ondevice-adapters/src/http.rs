@@ -1,0 +1,231 @@
+//! Shared HTTP plumbing of the TCP adapters: one `reqwest` client per adapter, bearer auth, and the
+//! mapping of transport failures and HTTP statuses to [`RuntimeError`]. The API key is only ever put in
+//! the `Authorization` header; error texts are scrubbed of it and never include URLs.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ondevice_config::Secret;
+use ondevice_runtime::RuntimeError;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+
+use crate::stream::Body;
+use crate::{AdapterError, HttpOptions};
+
+/// The longest upstream message kept in an error.
+const MAX_MESSAGE: usize = 400;
+
+/// A remote server: name, base URL, client, key.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub(crate) name: String,
+    base: String,
+    client: reqwest::Client,
+    key: Option<Secret>,
+    pub(crate) timeout: Duration,
+}
+
+impl Remote {
+    /// Validates the base URL (trailing `/` removed, and `strip` removed from its end, e.g. `/v1`).
+    pub(crate) fn new(name: &str, options: &HttpOptions, strip: &str) -> Result<Self, AdapterError> {
+        let bad = |reason: &str| AdapterError::BadUrl {
+            runtime: name.to_owned(),
+            url: without_userinfo(&options.base_url),
+            reason: reason.to_owned(),
+        };
+        let url = reqwest::Url::parse(&options.base_url).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(bad("use http://host:port or https://host"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("remove the query and fragment"));
+        }
+        let mut base = options.base_url.trim_end_matches('/').to_owned();
+        if !strip.is_empty() && base.ends_with(strip) {
+            base.truncate(base.len() - strip.len());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.timeout)
+            .user_agent(concat!("ondevice/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AdapterError::Client { runtime: name.to_owned(), reason: e.to_string() })?;
+        Ok(Remote { name: name.to_owned(), base, client, key: options.api_key.clone(), timeout: options.timeout })
+    }
+
+    /// A request to `path` (starting with `/`) with the bearer key, if any.
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let rb = self.client.request(method, format!("{}{path}", self.base));
+        match &self.key {
+            Some(k) => rb.bearer_auth(k.expose()),
+            None => rb,
+        }
+    }
+
+    /// A request without the bearer key (REST runtimes set their own headers).
+    pub(crate) fn bare(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// The API key, for REST header templates.
+    pub(crate) fn key(&self) -> Option<&Secret> {
+        self.key.as_ref()
+    }
+
+    /// Sends a request whose whole answer is read within the timeout; non-2xx become errors.
+    pub(crate) async fn send(&self, rb: RequestBuilder) -> Result<Response, RuntimeError> {
+        self.send_stream(rb.timeout(self.timeout)).await
+    }
+
+    /// Sends a request whose body is streamed (only the read timeout between chunks applies).
+    pub(crate) async fn send_stream(&self, rb: RequestBuilder) -> Result<Response, RuntimeError> {
+        let resp = rb.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.status_error(resp).await)
+    }
+
+    /// Sends and parses a JSON answer.
+    pub(crate) async fn json(&self, rb: RequestBuilder) -> Result<serde_json::Value, RuntimeError> {
+        let resp = self.send(rb).await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Upstream {
+            adapter: self.name.clone(),
+            status: 200,
+            message: format!("answer is not the expected JSON: {e}"),
+        })
+    }
+
+    /// A transport failure (no status): connection refused, reset, timeout, broken body.
+    pub(crate) fn transport(&self, e: reqwest::Error) -> RuntimeError {
+        if e.is_timeout() {
+            return RuntimeError::Timeout { adapter: self.name.clone(), after: self.timeout };
+        }
+        let what = if e.is_connect() { "cannot connect" } else { "connection failed" };
+        let mut reason = format!("{what}: {}", chain(&e.without_url()));
+        self.scrub(&mut reason);
+        RuntimeError::Unavailable { adapter: self.name.clone(), reason }
+    }
+
+    /// The body of a streamed answer as chunks, transport errors mapped.
+    pub(crate) fn body(&self, resp: Response) -> Body {
+        let this = self.clone();
+        Box::pin(resp.bytes_stream().map(move |r| {
+            r.map_err(|e| match this.transport(e) {
+                RuntimeError::Unavailable { adapter, reason } => {
+                    RuntimeError::Unavailable { adapter, reason: format!("stream broken: {reason}") }
+                }
+                other => other,
+            })
+        }))
+    }
+
+    /// Maps a non-2xx answer (its JSON `error` message when there is one).
+    pub(crate) async fn status_error(&self, resp: Response) -> RuntimeError {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let text = resp.text().await.unwrap_or_default();
+        let mut message = upstream_message(&text);
+        self.scrub(&mut message);
+        status_to_error(&self.name, status, retry_after, message)
+    }
+
+    fn scrub(&self, text: &mut String) {
+        if let Some(k) = &self.key {
+            if !k.expose().is_empty() && text.contains(k.expose()) {
+                *text = text.replace(k.expose(), "<redacted>");
+            }
+        }
+    }
+}
+
+/// The error for an HTTP status. 429/503 → `Overloaded` (retry after the server's delay, default 1 s),
+/// 400/422 → `InvalidRequest`, 501 → `Unsupported`, everything else → `Upstream`.
+pub(crate) fn status_to_error(adapter: &str, status: StatusCode, retry_after: Option<u64>, message: String) -> RuntimeError {
+    let code = status.as_u16();
+    match code {
+        429 | 503 => RuntimeError::Overloaded {
+            what: format!("runtime {adapter:?} answered {code}{}", if message.is_empty() { String::new() } else { format!(": {message}") }),
+            retry_after: Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 3600)),
+        },
+        400 | 422 => RuntimeError::InvalidRequest { message: format!("runtime {adapter:?} refused the request: {message}") },
+        501 => RuntimeError::Unsupported { adapter: adapter.to_owned(), what: format!("this request ({message})") },
+        _ => RuntimeError::Upstream { adapter: adapter.to_owned(), status: code, message },
+    }
+}
+
+/// The human part of an error body: `{"error": {"message": ...}}`, `{"error": "..."}`, `{"message": ...}`,
+/// `{"detail": ...}`, or the text itself, shortened.
+pub(crate) fn upstream_message(text: &str) -> String {
+    let from_json = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| {
+        let e = v.get("error").unwrap_or(&v);
+        e.get("message")
+            .or_else(|| e.get("detail"))
+            .and_then(|m| m.as_str().map(str::to_owned))
+            .or_else(|| e.as_str().map(str::to_owned))
+    });
+    let msg = from_json.unwrap_or_else(|| text.trim().to_owned());
+    let mut out: String = msg.chars().take(MAX_MESSAGE).collect();
+    if out.len() < msg.len() {
+        out.push('…');
+    }
+    out
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// The URL without `user:password@`, for messages.
+pub(crate) fn without_userinfo(url: &str) -> String {
+    match (url.split_once("://"), url.find('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_contract_errors() {
+        let e = status_to_error("x", StatusCode::TOO_MANY_REQUESTS, Some(7), "slow down".into());
+        assert_eq!(e, RuntimeError::Overloaded { what: "runtime \"x\" answered 429: slow down".into(), retry_after: Duration::from_secs(7) });
+        assert!(matches!(status_to_error("x", StatusCode::BAD_REQUEST, None, "m".into()), RuntimeError::InvalidRequest { .. }));
+        let e = status_to_error("x", StatusCode::BAD_GATEWAY, None, "m".into());
+        assert!(e.is_fallback(), "5xx must be fallback-worthy: {e:?}");
+        let e = status_to_error("x", StatusCode::NOT_FOUND, None, "m".into());
+        assert!(matches!(e, RuntimeError::Upstream { status: 404, .. }) && !e.is_fallback());
+    }
+
+    #[test]
+    fn messages_are_extracted_and_shortened() {
+        assert_eq!(upstream_message(r#"{"error":{"message":"bad model","code":400}}"#), "bad model");
+        assert_eq!(upstream_message(r#"{"error":"model not found"}"#), "model not found");
+        assert_eq!(upstream_message("plain"), "plain");
+        assert!(upstream_message(&"x".repeat(1000)).chars().count() <= MAX_MESSAGE + 1);
+        assert_eq!(without_userinfo("http://u:p@h:1/x"), "http://h:1/x");
+    }
+}

@@ -1,0 +1,50 @@
+//! The embedded llama.cpp engine (through `llama-cpp-2`) and the `ondevice worker` server that
+//! exposes it to the daemon on a Unix socket ([`ondevice_runtime::wire`]).
+//!
+//! - [`Engine`]: one loaded GGUF model on a dedicated OS thread. Generations are continuously
+//!   batched: every step decodes one `llama_batch` that carries the next token of each running
+//!   sequence plus prompt chunks of newly admitted ones; each sequence has its own seq id, position
+//!   and sampler chain. Requests beyond the slots wait in a bounded queue, beyond it they get
+//!   [`ondevice_runtime::RuntimeError::Overloaded`]. Dropping a generation's receiver cancels it.
+//! - [`template`]: faithful chat-template rendering (the GGUF's `tokenizer.chat_template`) with
+//!   minijinja, bounded by fuel and an output cap, without filesystem access.
+//! - [`server`]: the worker protocol over HTTP/1.1 on a Unix socket (axum).
+//! - [`threads::physical_cores`]: the default thread count.
+//!
+//! # CPU features of the llama.cpp build (a deliberate choice)
+//!
+//! `llama-cpp-sys-2`'s build script decides how ggml is compiled for the CPU:
+//! with `RUSTFLAGS=-C target-cpu=native` it sets `GGML_NATIVE=ON` (`-march=native`: fastest, but the
+//! binary only runs on CPUs like the build machine); otherwise it sets `GGML_NATIVE=OFF` and turns on
+//! exactly the ggml SIMD options (`GGML_AVX`, `GGML_AVX2`, `GGML_FMA`, `GGML_F16C`, …) that match the
+//! Rust target features (`CARGO_CFG_TARGET_FEATURE`). Runtime dispatch over all CPU variants
+//! (`GGML_CPU_ALL_VARIANTS` + `GGML_BACKEND_DL`) only comes with its `dynamic-backends` feature, which
+//! needs shared libraries installed beside the binary.
+//!
+//! We build with **no `target-cpu` and no extra target features**, so ggml is compiled for the
+//! target's baseline (x86-64: SSE2; aarch64: armv8-a NEON). That binary runs on every machine we ship
+//! to, and nothing in the repository sets `target-cpu=native`. The price is speed: on x86-64 there is
+//! no AVX2/FMA. Whoever benchmarks must say which build they measured; a faster distributable build
+//! is `RUSTFLAGS="-C target-feature=+avx2,+fma,+f16c"` (x86-64-v3, refuses to start on older CPUs) or
+//! the `dynamic-backends` route, decided by the packaging issue. Also off: `openmp` (ggml's own
+//! thread pool is used, no libgomp dependency), GPU backends, `mtmd`. On: `common` (llama.cpp's
+//! exception-safe grammar sampler and the JSON-schema-to-GBNF converter; `llama-cpp-sys-2` builds the
+//! common library in any case).
+//!
+//! # Model file
+//!
+//! The model is opened read-only by llama.cpp and mapped with `mmap` (`use_mmap` stays on, `mlock`
+//! off); nothing in this crate writes to it.
+#![warn(missing_docs)]
+
+mod batch;
+mod embed;
+mod engine;
+mod error;
+mod sampling;
+pub mod server;
+pub mod template;
+pub mod threads;
+
+pub use engine::{Engine, EngineConfig, GenerationEvents, ModelInfo};
+pub use error::EngineError;

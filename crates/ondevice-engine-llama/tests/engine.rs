@@ -1,0 +1,192 @@
+//! The engine with the real SmolLM2-135M model: sampling, stopping, concurrency, cancellation,
+//! templates, grammar, embeddings and tokenization. Skipped (with a `skipped:` line) when
+//! `$ONDEVICE_TEST_MODELS_DIR` is unset; CI sets it.
+
+mod common;
+
+use common::{collect, engine, eventually, model_path, paris};
+use ondevice_engine_llama::{Engine, EngineConfig, EngineError};
+use ondevice_runtime::{ChatMessage, Constraint, FinishReason, Prompt, Role, RuntimeError, Sampling};
+
+fn greedy() -> Sampling {
+    Sampling { temperature: Some(0.0), max_tokens: Some(48), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_chat_answers_paris_with_usage() {
+    let Some(path) = model_path("greedy_chat_answers_paris_with_usage") else { return };
+    let engine = engine(path, 2, 4);
+    let out = collect(engine.generate(&paris(), &greedy()).unwrap()).await.unwrap();
+    assert_eq!(out.text, "The capital of France is Paris.");
+    assert_eq!(out.finish, FinishReason::Stop);
+    assert_eq!(
+        out.usage.prompt_tokens as usize,
+        engine.tokenize(&engine.render_prompt(&paris()).unwrap()).await.unwrap().len()
+    );
+    assert_eq!(out.usage.completion_tokens, 8, "7 text tokens and the end-of-turn token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_seed_same_text_and_sampling_varies() {
+    let Some(path) = model_path("same_seed_same_text_and_sampling_varies") else { return };
+    let engine = engine(path, 2, 4);
+    let prompt = Prompt::Text { prompt: "Write a short poem about the sea.".into(), raw: false };
+    let seeded =
+        |seed| Sampling { temperature: Some(1.0), seed: Some(seed), max_tokens: Some(24), ..Default::default() };
+    let a = collect(engine.generate(&prompt, &seeded(42)).unwrap()).await.unwrap();
+    let b = collect(engine.generate(&prompt, &seeded(42)).unwrap()).await.unwrap();
+    assert_eq!(a.text, b.text);
+    assert!(!a.text.is_empty());
+    let mut differs = false;
+    for seed in 1..6 {
+        differs |= collect(engine.generate(&prompt, &seeded(seed)).unwrap()).await.unwrap().text != a.text;
+    }
+    assert!(differs, "other seeds give other text at temperature 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_generations_match_their_solo_runs() {
+    let Some(path) = model_path("concurrent_generations_match_their_solo_runs") else { return };
+    let engine = engine(path, 4, 4);
+    let other = Prompt::Chat(vec![ChatMessage::new(Role::User, "Name three colours.")]);
+    let solo_a = collect(engine.generate(&paris(), &greedy()).unwrap()).await.unwrap();
+    let solo_b = collect(engine.generate(&other, &greedy()).unwrap()).await.unwrap();
+    // Both join the same batch: the second arrives while the first is being decoded.
+    let a = engine.generate(&paris(), &greedy()).unwrap();
+    let b = engine.generate(&other, &greedy()).unwrap();
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    assert_eq!(a.unwrap().text, solo_a.text);
+    assert_eq!(b.unwrap().text, solo_b.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_receivers_free_their_slots_and_the_queue_is_bounded() {
+    let Some(path) = model_path("dropped_receivers_free_their_slots_and_the_queue_is_bounded") else { return };
+    let engine = engine(path, 2, 1);
+    let long = Prompt::Text { prompt: "Count from one to one thousand:".into(), raw: false };
+    let endless = Sampling { temperature: Some(0.0), max_tokens: Some(400), ..Default::default() };
+    let mut first = engine.generate(&long, &endless).unwrap();
+    let mut second = engine.generate(&long, &endless).unwrap();
+    let queued = engine.generate(&long, &endless).unwrap();
+    let refused = engine.generate(&long, &endless);
+    assert!(matches!(refused, Err(RuntimeError::Overloaded { .. })), "{refused:?}");
+    assert!(first.recv().await.unwrap().is_ok());
+    assert!(second.recv().await.unwrap().is_ok());
+    assert_eq!(engine.busy(), 2);
+    drop((first, second, queued));
+    eventually("both slots are free", || engine.busy() == 0).await;
+    // Every slot and the queue place can be used again.
+    let runs: Vec<_> = (0..3).map(|_| engine.generate(&paris(), &greedy()).unwrap()).collect();
+    for run in runs {
+        assert_eq!(collect(run).await.unwrap().text, "The capital of France is Paris.");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_strings_and_max_tokens_end_generations() {
+    let Some(path) = model_path("stop_strings_and_max_tokens_end_generations") else { return };
+    let engine = engine(path, 2, 4);
+    let stop = Sampling { stop: vec![" Par".into(), "zzz".into()], ..greedy() };
+    let out = collect(engine.generate(&paris(), &stop).unwrap()).await.unwrap();
+    assert_eq!(out.text, "The capital of France is");
+    assert_eq!(out.finish, FinishReason::Stop);
+    let short = Sampling { max_tokens: Some(3), ..greedy() };
+    let out = collect(engine.generate(&paris(), &short).unwrap()).await.unwrap();
+    assert_eq!(
+        (out.text.as_str(), out.finish, out.usage.completion_tokens),
+        ("The capital of", FinishReason::Length, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smollm2_template_renders_exactly() {
+    let Some(path) = model_path("smollm2_template_renders_exactly") else { return };
+    let engine = engine(path, 1, 0);
+    assert!(engine.info().has_template);
+    let user_only = Prompt::Text { prompt: "Hi".into(), raw: false };
+    assert_eq!(
+        engine.render_prompt(&user_only).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        engine.render_prompt(&paris()).unwrap(),
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let raw = Prompt::Text { prompt: "The sky is".into(), raw: true };
+    assert_eq!(engine.render_prompt(&raw).unwrap(), "The sky is");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_constraint_gives_parseable_json_and_bad_grammars_are_refused() {
+    let Some(path) = model_path("json_constraint_gives_parseable_json_and_bad_grammars_are_refused") else { return };
+    let engine = engine(path, 1, 2);
+    let prompt =
+        Prompt::Text { prompt: "Describe France as a JSON object with keys name and capital.".into(), raw: false };
+    let json = Sampling { constraint: Some(Constraint::Json), max_tokens: Some(60), ..greedy() };
+    let out = collect(engine.generate(&prompt, &json).unwrap()).await.unwrap();
+    assert_eq!(out.finish, FinishReason::Stop, "the grammar lets the model finish: {:?}", out.text);
+    let value: serde_json::Value = serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {:?}", out.text));
+    assert!(value.is_object() || value.is_array() || value.is_string(), "{value}");
+    let yes_no = Sampling { constraint: Some(Constraint::Grammar("root ::= \"yes\" | \"no\"".into())), ..greedy() };
+    let out = collect(engine.generate(&paris(), &yes_no).unwrap()).await.unwrap();
+    assert!(out.text == "yes" || out.text == "no", "{:?}", out.text);
+    let broken = Sampling { constraint: Some(Constraint::Grammar("root ::= (".into())), ..greedy() };
+    let err = collect(engine.generate(&paris(), &broken).unwrap()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidRequest { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_have_the_model_width_and_unit_length() {
+    let Some(path) = model_path("embeddings_have_the_model_width_and_unit_length") else { return };
+    let engine = engine(path, 1, 0);
+    let input = vec!["The cat sat on the mat.".to_owned(), "Stock markets fell sharply today.".to_owned()];
+    let (raw, tokens) = engine.embed(input.clone(), false).await.unwrap();
+    assert_eq!(engine.info().n_embd, 576, "SmolLM2-135M is 576 wide");
+    assert!(raw.iter().all(|v| v.len() == 576));
+    assert!(tokens >= 10);
+    let (unit, _) = engine.embed(input, true).await.unwrap();
+    for (u, r) in unit.iter().zip(&raw) {
+        let norm: f32 = u.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        let raw_norm: f32 = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((u[0] - r[0] / raw_norm).abs() < 1e-4, "normalizing only rescales");
+    }
+    assert_ne!(unit[0], unit[1]);
+    let (again, _) = engine.embed(vec!["The cat sat on the mat.".to_owned()], true).await.unwrap();
+    assert!(again[0].iter().zip(&unit[0]).all(|(a, b)| (a - b).abs() < 1e-4), "embeddings are deterministic");
+    let empty = engine.embed(vec![String::new()], false).await.unwrap_err();
+    assert!(matches!(empty, RuntimeError::InvalidRequest { .. }), "{empty:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_matches_the_vocabulary() {
+    let Some(path) = model_path("tokenize_matches_the_vocabulary") else { return };
+    let engine = engine(path, 1, 0);
+    assert_eq!(engine.tokenize("Hello world").await.unwrap(), vec![19556, 905]);
+    let special = engine.tokenize("<|im_start|>user").await.unwrap();
+    assert_eq!(special.len(), 2, "special tokens are parsed: {special:?}");
+    assert!(engine.tokenize("").await.unwrap().is_empty());
+}
+
+#[test]
+fn corrupt_and_truncated_models_fail_to_load() {
+    let Some(path) = model_path("corrupt_and_truncated_models_fail_to_load") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cases: [(&str, &[u8]); 4] = [
+        ("empty.gguf", b""),
+        ("not-gguf.gguf", b"PK\x03\x04 this is a zip"),
+        ("header-only.gguf", &bytes[..64]),
+        ("truncated.gguf", &bytes[..bytes.len() / 2]),
+    ];
+    for (name, content) in cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        let err = Engine::load(EngineConfig::new(&file)).unwrap_err();
+        assert!(matches!(err, EngineError::Load { .. }), "{name}: {err:?}");
+    }
+    let missing = Engine::load(EngineConfig::new(dir.path().join("missing.gguf"))).unwrap_err();
+    assert!(missing.to_string().contains("missing.gguf"), "{missing}");
+}

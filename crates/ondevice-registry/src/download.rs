@@ -1,0 +1,658 @@
+//! The download engine: one file from a list of mirrors into a partial file, verified by SHA-256
+//! while it downloads.
+//!
+//! Servers that answer ranges get several connections, each fetching fixed-size chunks at their
+//! offsets; a bitmap of finished chunks is handed to the caller after each chunk so it can persist
+//! it (the job table), and a restarted download skips those chunks: at most the chunk each
+//! connection was in the middle of is fetched again. A hashing thread follows the contiguous
+//! finished prefix of the file, so the digest is known as soon as the last chunk lands. Transient
+//! failures are retried with exponential backoff and jitter; a mirror that keeps failing, serves
+//! another size, or whose bytes hash to the wrong digest is dropped for the next one.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use reqwest::header::CONTENT_RANGE;
+use reqwest::{StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::fetch::{FetchError, Fetcher, describe};
+use crate::reference::Digest;
+use crate::safety::redact_url;
+
+/// Bytes buffered per connection before a positioned write.
+const WRITE_BUF: usize = 4 << 20;
+/// Bytes the hashing thread reads at a time.
+const HASH_BUF: usize = 4 << 20;
+
+/// A download failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// Every mirror failed; each one's last error is listed.
+    #[error("every source failed: {}", errors.join("; "))]
+    AllMirrorsFailed {
+        /// One message per failure, naming the mirror.
+        errors: Vec<String>,
+    },
+    /// The file is larger than allowed.
+    #[error("{url} is {size} bytes, over the limit of {limit} bytes ([registry] max_download_size)")]
+    TooLarge {
+        /// The source (redacted).
+        url: String,
+        /// Its size, or the bytes received so far.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// Space could not be reserved (quota or disk); nothing was written.
+    #[error("{0}")]
+    Reserve(String),
+    /// The partial file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Io {
+        /// The partial file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Cancelled (by the user or because the daemon is stopping).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// What to download.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Mirrors, tried in order.
+    pub mirrors: Vec<Url>,
+    /// Expected size, when known (catalog).
+    pub size: Option<u64>,
+    /// Expected digest, when known (catalog).
+    pub digest: Option<Digest>,
+}
+
+/// Download tuning (from `[registry]`).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Connections per file when the server answers ranges.
+    pub connections: usize,
+    /// Chunk size of ranged downloads (and of the resume bookkeeping).
+    pub chunk_size: u64,
+    /// Attempts per chunk on one mirror before it is dropped.
+    pub retries: u32,
+    /// First retry delay; doubles each time, with jitter.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Largest file accepted.
+    pub max_size: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            connections: 4,
+            chunk_size: 16 << 20,
+            retries: 4,
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(8),
+            max_size: 256 << 30,
+        }
+    }
+}
+
+/// The resume bookkeeping of one download.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkState {
+    /// File size, once known.
+    pub total: Option<u64>,
+    /// Chunk size of `done`; 0 when the server does not answer ranges (no resume).
+    pub chunk_size: u64,
+    /// Bitmap of finished chunks.
+    pub done: Vec<u8>,
+}
+
+impl ChunkState {
+    fn is_done(&self, i: usize) -> bool {
+        self.done.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    fn set_done(&mut self, i: usize) {
+        if self.done.len() <= i / 8 {
+            self.done.resize(i / 8 + 1, 0);
+        }
+        self.done[i / 8] |= 1 << (i % 8);
+    }
+
+    fn chunks(&self) -> usize {
+        match (self.total, self.chunk_size) {
+            (Some(t), c) if c > 0 => t.div_ceil(c) as usize,
+            _ => 0,
+        }
+    }
+
+    fn range(&self, i: usize) -> (u64, u64) {
+        let total = self.total.unwrap_or(0);
+        let start = i as u64 * self.chunk_size;
+        (start, (start + self.chunk_size).min(total))
+    }
+
+    /// Bytes in finished chunks.
+    pub fn done_bytes(&self) -> u64 {
+        (0..self.chunks()).filter(|&i| self.is_done(i)).map(|i| self.range(i).1 - self.range(i).0).sum()
+    }
+
+    /// End of the contiguous finished prefix.
+    fn prefix(&self) -> u64 {
+        let n = self.chunks();
+        let first_missing = (0..n).find(|&i| !self.is_done(i)).unwrap_or(n);
+        if first_missing == n { self.total.unwrap_or(0) } else { first_missing as u64 * self.chunk_size }
+    }
+}
+
+/// What the download reports to its owner (the job): blocking calls, run off the async runtime.
+pub trait Hooks: Send + Sync {
+    /// The size is known (or grew, for servers that do not say); reserve space or refuse.
+    /// Called before the partial file is created or grown.
+    fn reserve(&self, bytes: u64) -> Result<(), String>;
+    /// A chunk finished and its bytes are written: persist the bookkeeping.
+    fn chunk_done(&self, state: &ChunkState);
+}
+
+/// Live counters for progress reporting.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Size, 0 until known.
+    pub total: AtomicU64,
+    /// Bytes written so far (including unfinished chunks).
+    pub done: AtomicU64,
+}
+
+/// The result of a finished download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// The content's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+}
+
+enum RunError {
+    /// The mirror failed; another may succeed.
+    Mirror(String),
+    /// Stop.
+    Fatal(DownloadError),
+}
+
+struct Probe {
+    total: Option<u64>,
+    ranged: bool,
+    /// The whole body, when the server ignored the range.
+    body: Option<reqwest::Response>,
+}
+
+/// One download into `path`. `state` is the persisted bookkeeping (empty for a new download); it
+/// is kept when the source's size matches and reset otherwise.
+pub struct Download<'a> {
+    /// The client.
+    pub fetcher: &'a Fetcher,
+    /// What to fetch.
+    pub source: &'a Source,
+    /// How.
+    pub tuning: &'a Tuning,
+    /// The partial file.
+    pub path: &'a Path,
+    /// Owner callbacks.
+    pub hooks: Arc<dyn Hooks>,
+    /// Counters.
+    pub progress: Arc<Progress>,
+    /// Stops the download.
+    pub cancel: CancellationToken,
+}
+
+impl Download<'_> {
+    /// Runs to completion: the verified digest and size, or an error. On a digest mismatch with
+    /// no mirror left, the partial file is truncated.
+    pub async fn run(&self, mut state: ChunkState) -> Result<Downloaded, DownloadError> {
+        let mirrors = &self.source.mirrors;
+        let mut bad = vec![false; mirrors.len()];
+        let mut errors = Vec::new();
+        let mut resumed = state.done_bytes() > 0;
+        while let Some(m) = bad.iter().position(|b| !b) {
+            let url = &mirrors[m];
+            let shown = redact_url(url);
+            let probe = match self.retrying(|| self.probe(url)).await {
+                Ok(p) => p,
+                Err(RunError::Mirror(e)) => {
+                    tracing::warn!(mirror = %shown, error = %e, "source failed, trying the next");
+                    errors.push(e);
+                    bad[m] = true;
+                    continue;
+                }
+                Err(RunError::Fatal(e)) => return Err(e),
+            };
+            if let (Some(want), got) = (self.source.size, probe.total) {
+                if got.is_some_and(|g| g != want) {
+                    errors.push(format!("{shown}: serves {} bytes, expected {want}", got.unwrap_or(0)));
+                    bad[m] = true;
+                    continue;
+                }
+            }
+            if let Some(t) = probe.total.or(self.source.size) {
+                if t > self.tuning.max_size {
+                    return Err(DownloadError::TooLarge { url: shown, size: t, limit: self.tuning.max_size });
+                }
+            }
+            let chunk_size = if probe.ranged { self.tuning.chunk_size.max(1) } else { 0 };
+            let compatible = probe.ranged && state.total == probe.total && state.chunk_size > 0;
+            if !compatible {
+                if resumed {
+                    tracing::info!(mirror = %shown, "cannot resume from the recorded chunks; starting over");
+                }
+                state = ChunkState { total: probe.total, chunk_size, done: Vec::new() };
+                resumed = false;
+            }
+            let reserve = probe.total.unwrap_or(0);
+            let hooks = self.hooks.clone();
+            blocking(move || hooks.reserve(reserve)).await.map_err(DownloadError::Reserve)?;
+            let file = self.open(&state, !compatible).await?;
+            self.progress.total.store(probe.total.unwrap_or(0), Ordering::Relaxed);
+            self.progress.done.store(state.done_bytes(), Ordering::Relaxed);
+            let result = if probe.ranged {
+                self.ranged(url, file, &mut state).await
+            } else {
+                self.streamed(url, file, probe.body).await.map(|(d, size)| {
+                    state.total = Some(size);
+                    d
+                })
+            };
+            match result {
+                Ok(digest) => {
+                    let size = state.total.unwrap_or(0);
+                    match self.source.digest {
+                        Some(want) if want != digest => {
+                            // Data of a resumed download may have come from an earlier mirror;
+                            // either way this attempt's source is not trusted again.
+                            errors.push(format!("{shown}: content hashes to {digest}, expected {want}"));
+                            tracing::warn!(mirror = %shown, %digest, expected = %want, "digest mismatch");
+                            bad[m] = true;
+                            state = ChunkState::default();
+                            resumed = false;
+                            let path = self.path.to_path_buf();
+                            blocking(move || File::options().write(true).open(&path).and_then(|f| f.set_len(0)))
+                                .await
+                                .map_err(|source| DownloadError::Io { path: self.path.to_path_buf(), source })?;
+                        }
+                        _ => return Ok(Downloaded { digest, size }),
+                    }
+                }
+                Err(RunError::Mirror(e)) => {
+                    tracing::warn!(mirror = %shown, error = %e, "source failed, trying the next");
+                    errors.push(e);
+                    bad[m] = true;
+                }
+                Err(RunError::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(DownloadError::AllMirrorsFailed { errors })
+    }
+
+    async fn open(&self, state: &ChunkState, reset: bool) -> Result<Arc<File>, DownloadError> {
+        let path = self.path.to_path_buf();
+        let total = state.total;
+        let ranged = state.chunk_size > 0;
+        let file = blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = File::options().read(true).write(true).create(true).truncate(false).open(&path)?;
+            if reset {
+                f.set_len(0)?;
+            }
+            if let (true, Some(t)) = (ranged, total) {
+                f.set_len(t)?;
+            }
+            Ok::<_, std::io::Error>(f)
+        })
+        .await
+        .map_err(|source| DownloadError::Io { path: self.path.to_path_buf(), source })?;
+        Ok(Arc::new(file))
+    }
+
+    /// Runs `f` until it succeeds, fails for good, or the retries are spent (then the mirror is
+    /// given up).
+    async fn retrying<T, F, Fut>(&self, mut f: F) -> Result<T, RunError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, (FetchError, bool)>>,
+    {
+        let mut delay = self.tuning.backoff_initial;
+        let mut attempt = 0;
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(RunError::Fatal(DownloadError::Cancelled));
+            }
+            let (e, transient) = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            attempt += 1;
+            if !transient || attempt > self.tuning.retries {
+                return Err(RunError::Mirror(e.to_string()));
+            }
+            let jitter = delay.mul_f64(0.5 * jitter_fraction());
+            tracing::debug!(error = %e, attempt, "retrying after {:?}", delay + jitter);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+                () = tokio::time::sleep(delay + jitter) => {}
+            }
+            delay = (delay * 2).min(self.tuning.backoff_max);
+        }
+    }
+
+    async fn probe(&self, url: &Url) -> Result<Probe, (FetchError, bool)> {
+        let resp = self.fetcher.get(url, Some((0, 0))).await.map_err(|e| {
+            let t = e.is_transient();
+            (e, t)
+        })?;
+        if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let total = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if total.is_some() {
+                return Ok(Probe { total, ranged: true, body: None });
+            }
+        }
+        let total = resp.content_length();
+        Ok(Probe { total, ranged: false, body: Some(resp) })
+    }
+
+    /// Several connections over the missing chunks.
+    async fn ranged(&self, url: &Url, file: Arc<File>, state: &mut ChunkState) -> Result<Digest, RunError> {
+        let total = state.total.unwrap_or(0);
+        let pending: std::collections::VecDeque<usize> = (0..state.chunks()).filter(|&i| !state.is_done(i)).collect();
+        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), state.prefix());
+        let conns = self.tuning.connections.clamp(1, pending.len().max(1));
+        let shared = Mutex::new((state.clone(), pending));
+        let worker = || async {
+            loop {
+                let next = lock(&shared).1.pop_front();
+                let Some(i) = next else { return Ok::<(), RunError>(()) };
+                let (start, end) = state_range(&shared, i);
+                self.retrying(|| self.fetch_chunk(url, &file, start, end)).await?;
+                let snapshot = {
+                    let mut s = lock(&shared);
+                    s.0.set_done(i);
+                    hasher.advance(s.0.prefix());
+                    s.0.clone()
+                };
+                let hooks = self.hooks.clone();
+                blocking(move || hooks.chunk_done(&snapshot)).await;
+            }
+        };
+        let result = futures_util::future::try_join_all((0..conns).map(|_| worker())).await;
+        *state = lock(&shared).0.clone();
+        result?;
+        let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
+        if hashed != total {
+            return Err(RunError::Mirror(format!("{}: hashed {hashed} of {total} bytes", redact_url(url))));
+        }
+        Ok(digest)
+    }
+
+    /// Fetches bytes `start..end` into the file at `start`.
+    async fn fetch_chunk(&self, url: &Url, file: &Arc<File>, start: u64, end: u64) -> Result<(), (FetchError, bool)> {
+        let shown = || redact_url(url);
+        let resp = self.fetcher.get(url, Some((start, end - 1))).await.map_err(|e| {
+            let t = e.is_transient();
+            (e, t)
+        })?;
+        if resp.status() != StatusCode::PARTIAL_CONTENT {
+            let reason = format!("server answered {} to a range request", resp.status());
+            return Err((FetchError::Network { url: shown(), reason }, false));
+        }
+        let mut written = 0u64;
+        let result = self.copy_body(resp, file, start, Some(end - start), &mut written).await;
+        if result.is_err() {
+            self.progress.done.fetch_sub(written, Ordering::Relaxed);
+        }
+        result.map(drop)
+    }
+
+    /// Copies a body into the file at `offset`, returning the bytes copied; `expect` bounds it.
+    async fn copy_body(
+        &self,
+        mut resp: reqwest::Response,
+        file: &Arc<File>,
+        offset: u64,
+        expect: Option<u64>,
+        written: &mut u64,
+    ) -> Result<u64, (FetchError, bool)> {
+        let url = redact_url(resp.url());
+        let net = |reason: String| (FetchError::Network { url: url.clone(), reason }, true);
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUF);
+        let mut pos = offset;
+        loop {
+            let next = tokio::select! {
+                () = self.cancel.cancelled() => return Err(net("cancelled".to_owned())),
+                next = resp.chunk() => next.map_err(|e| net(describe(e)))?,
+            };
+            let done = next.is_none();
+            if let Some(bytes) = next {
+                let len = bytes.len() as u64;
+                if expect.is_some_and(|e| *written + len > e) {
+                    return Err((FetchError::Network { url: url.clone(), reason: "server sent too many bytes".into() }, false));
+                }
+                if *written + len > self.tuning.max_size {
+                    return Err((FetchError::Network { url: url.clone(), reason: "over the size limit".into() }, false));
+                }
+                buf.extend_from_slice(&bytes);
+                *written += len;
+                self.progress.done.fetch_add(len, Ordering::Relaxed);
+            }
+            if buf.len() >= WRITE_BUF || (done && !buf.is_empty()) {
+                let n = buf.len() as u64;
+                buf = write_at(file.clone(), buf, pos).await.map_err(|e| net(format!("write failed: {e}")))?;
+                pos += n;
+            }
+            if done {
+                break;
+            }
+        }
+        if let Some(e) = expect {
+            if *written != e {
+                return Err(net(format!("connection closed after {} of {e} bytes", *written)));
+            }
+        }
+        Ok(*written)
+    }
+
+    /// One connection for a server that ignores ranges: no resume, hashed as it streams.
+    async fn streamed(
+        &self,
+        url: &Url,
+        file: Arc<File>,
+        body: Option<reqwest::Response>,
+    ) -> Result<(Digest, u64), RunError> {
+        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), 0);
+        let resp = match body {
+            Some(r) => r,
+            None => self.retrying(|| async {
+                self.fetcher.get(url, None).await.map_err(|e| {
+                    let t = e.is_transient();
+                    (e, t)
+                })
+            })
+            .await?,
+        };
+        let expect = resp.content_length();
+        let mut written = 0;
+        match self.copy_body(resp, &file, 0, expect, &mut written).await {
+            Ok(n) => {
+                hasher.advance(n);
+                let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
+                if hashed != n {
+                    return Err(RunError::Mirror(format!("{}: hashed {hashed} of {n} bytes", redact_url(url))));
+                }
+                Ok((digest, n))
+            }
+            Err(_) if self.cancel.is_cancelled() => Err(RunError::Fatal(DownloadError::Cancelled)),
+            Err((e, _)) => Err(RunError::Mirror(e.to_string())),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn state_range(shared: &Mutex<(ChunkState, std::collections::VecDeque<usize>)>, i: usize) -> (u64, u64) {
+    lock(shared).0.range(i)
+}
+
+fn jitter_fraction() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+}
+
+/// Runs blocking work (file and database calls) off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("blocking task did not finish: {e}"),
+    }
+}
+
+async fn write_at(file: Arc<File>, buf: Vec<u8>, offset: u64) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        write_all_at(&file, &buf, offset)?;
+        let mut buf = buf;
+        buf.clear();
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// The hashing thread: reads the file's finished prefix as it grows.
+struct Hasher {
+    tx: mpsc::Sender<u64>,
+    handle: tokio::task::JoinHandle<Result<(Digest, u64), DownloadError>>,
+}
+
+impl Hasher {
+    fn start(file: Arc<File>, path: PathBuf, prefix: u64) -> Hasher {
+        let (tx, rx) = mpsc::channel::<u64>();
+        let _ = tx.send(prefix);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            let mut hashed = 0u64;
+            let mut buf = vec![0u8; HASH_BUF];
+            let io = |source| DownloadError::Io { path: path.clone(), source };
+            while let Ok(mut target) = rx.recv() {
+                // Take the newest target without waiting.
+                while let Ok(t) = rx.try_recv() {
+                    target = target.max(t);
+                }
+                while hashed < target {
+                    let n = ((target - hashed) as usize).min(HASH_BUF);
+                    read_exact_at(&file, &mut buf[..n], hashed).map_err(io)?;
+                    hasher.update(&buf[..n]);
+                    hashed += n as u64;
+                }
+            }
+            Ok((Digest::from_bytes(hasher.finalize().into()), hashed))
+        });
+        Hasher { tx, handle }
+    }
+
+    fn advance(&self, prefix: u64) {
+        let _ = self.tx.send(prefix);
+    }
+
+    async fn finish(self) -> Result<(Digest, u64), DownloadError> {
+        drop(self.tx);
+        self.handle.await.map_err(|e| DownloadError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })?
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_read(file, buf, offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a whole file (used to check a partial file when nothing else is known).
+pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    let mut f = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; HASH_BUF];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        hasher.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((Digest::from_bytes(hasher.finalize().into()), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_bookkeeping() {
+        let mut s = ChunkState { total: Some(25), chunk_size: 10, done: Vec::new() };
+        assert_eq!(s.chunks(), 3);
+        assert_eq!((s.prefix(), s.done_bytes()), (0, 0));
+        s.set_done(1);
+        assert_eq!((s.prefix(), s.done_bytes()), (0, 10));
+        s.set_done(0);
+        assert_eq!(s.prefix(), 20);
+        s.set_done(2);
+        assert_eq!((s.prefix(), s.done_bytes()), (25, 25));
+        assert_eq!(s.range(2), (20, 25));
+        let empty = ChunkState { total: Some(0), chunk_size: 10, done: Vec::new() };
+        assert_eq!((empty.chunks(), empty.prefix()), (0, 0));
+    }
+}

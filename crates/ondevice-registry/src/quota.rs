@@ -1,0 +1,111 @@
+//! Disk quota awareness: how much the registry holds, how much the disk has, and least-recently
+//! used eviction of unpinned models to make room.
+
+use std::path::Path;
+
+use crate::{BlobError, ModelRecord, Registry, RegistryError};
+
+/// Space rules for downloads (from `[registry]`).
+#[derive(Debug, Clone, Default)]
+pub struct QuotaPolicy {
+    /// Most bytes the blob store may hold (finished blobs plus reserved downloads).
+    pub quota: Option<u64>,
+    /// Remove least recently used unpinned models when a download does not fit.
+    pub evict: bool,
+    /// Bytes always left free on the disk.
+    pub min_free: u64,
+}
+
+/// A download that does not fit; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    /// Over the configured quota.
+    #[error(
+        "not enough room for {model}: it needs {} but only {} is left under the quota of {}; remove models (`ondevice models rm`, then `ondevice models gc`), raise [registry] quota, or set [registry] evict = true",
+        human(*needed), human(*available), human(*quota)
+    )]
+    Exceeded {
+        /// The model being pulled.
+        model: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes left under the quota.
+        available: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// Not enough free disk space.
+    #[error(
+        "not enough disk space for {model} in {path}: it needs {} but only {} is free (keeping {} free); free some space or remove models",
+        human(*needed), human(*free), human(*min_free)
+    )]
+    DiskFull {
+        /// The model being pulled.
+        model: String,
+        /// Bytes it needs.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+        /// Bytes kept free.
+        min_free: u64,
+        /// The data directory.
+        path: String,
+    },
+}
+
+/// `1.5 GiB`-style sizes for messages.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Free bytes on the filesystem holding `path`, if the platform says.
+pub fn free_space(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let st = nix::sys::statvfs::statvfs(path).ok()?;
+        Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+impl Registry {
+    /// Bytes of the blob files on disk.
+    pub fn blob_bytes(&self) -> Result<u64, RegistryError> {
+        Ok(self.blobs().scan()?.blobs.iter().map(|(_, s)| s).sum())
+    }
+
+    /// Removes the least recently used unpinned model (and its blob when nothing else uses it);
+    /// returns it, or `None` when nothing can be evicted.
+    pub fn evict_lru(&self) -> Result<Option<ModelRecord>, RegistryError> {
+        let _guard = self.lock();
+        let models = self.list()?;
+        let Some(victim) =
+            models.iter().filter(|m| !m.pinned).min_by_key(|m| (m.last_used_at.unwrap_or(m.created_at), m.created_at)).cloned()
+        else {
+            return Ok(None);
+        };
+        self.store().delete_model(&victim.name, &victim.tag)?;
+        for d in self.referenced_blobs(&victim)? {
+            if self.store().delete_blob(&d.to_string())? {
+                match self.blobs().remove(&d) {
+                    Ok(_) => {}
+                    Err(BlobError::Io { .. }) => tracing::warn!(digest = %d, "cannot remove evicted blob"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        tracing::info!(model = %victim.reference(), "evicted least recently used model to make room");
+        Ok(Some(victim))
+    }
+}

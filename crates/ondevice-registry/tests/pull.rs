@@ -1,0 +1,265 @@
+//! Pulls against a real HTTP server with Range support bound to 127.0.0.1:0 (tests/support),
+//! with a real store and blob directory in a temp home: URL and catalog pulls, mirror fallback on
+//! corruption, the SSRF guard on first hop and on redirects, quota refusal writing nothing, shared
+//! concurrent pulls, cancel, servers without ranges, and resume after a stop re-fetching at most
+//! one chunk per connection.
+
+#[path = "support/range_server.rs"]
+mod range_server;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ondevice_gguf::writer::GgufWriter;
+use ondevice_gguf::{GgmlType, Value};
+use ondevice_registry::catalog::CatalogSource;
+use ondevice_registry::download::Tuning;
+use ondevice_registry::fetch::Fetcher;
+use ondevice_registry::jobs::{JobInfo, JobState, Jobs, PullConfig, PullError};
+use ondevice_registry::quota::{QuotaError, QuotaPolicy};
+use ondevice_registry::safety::HostPolicy;
+use ondevice_registry::{ModelRef, Registry};
+use ondevice_store::Store;
+use range_server::{RangeServer, Served};
+use sha2::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+/// A valid GGUF of roughly `tensor_bytes` bytes.
+fn gguf(seed: u8, tensor_bytes: usize) -> Vec<u8> {
+    let n = (tensor_bytes / 4).max(1);
+    let data: Vec<u8> = (0..n * 4).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    GgufWriter::new()
+        .metadata("general.architecture", Value::String("llama".into()))
+        .metadata("general.name", Value::String(format!("gen{seed}")))
+        .metadata("general.file_type", Value::U32(0))
+        .tensor("w", &[n as u64], GgmlType::F32, data)
+        .to_bytes()
+}
+
+fn sha(data: &[u8]) -> String {
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Env {
+    home: tempfile::TempDir,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    jobs: Jobs,
+}
+
+fn config(catalog: Option<&Path>, quota: Option<u64>) -> PullConfig {
+    PullConfig {
+        tuning: Tuning {
+            connections: 2,
+            chunk_size: 64 << 10,
+            retries: 1,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            max_size: 1 << 30,
+        },
+        max_concurrent_jobs: 2,
+        quota: QuotaPolicy { quota, evict: false, min_free: 0 },
+        catalogs: catalog.map(|p| vec![CatalogSource::File(p.to_path_buf())]).unwrap_or_default(),
+    }
+}
+
+async fn env_in(home: tempfile::TempDir, allow: &[&str], config: PullConfig) -> Env {
+    let store = Arc::new(Store::open(&home.path().join("ondevice.db")).unwrap());
+    let registry = Arc::new(Registry::new(store, home.path()).unwrap());
+    let fetcher = Fetcher::new(HostPolicy::new(allow), Vec::new()).unwrap();
+    let shutdown = CancellationToken::new();
+    let jobs = Jobs::start(registry.clone(), fetcher, config, shutdown.clone()).await.unwrap();
+    Env { home, registry, shutdown, jobs }
+}
+
+async fn env(allow: &[&str], config: PullConfig) -> Env {
+    env_in(tempfile::tempdir().unwrap(), allow, config).await
+}
+
+async fn finish(jobs: &Jobs, job: &JobInfo) -> JobInfo {
+    let mut rx = jobs.watch(&job.id).expect("live job");
+    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal())).await.unwrap().unwrap().clone()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+fn catalog_file(dir: &Path, name: &str, data: &[u8], urls: &[String]) -> std::path::PathBuf {
+    let path = dir.join("catalog.toml");
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "[[model]]\nname = {name:?}\nlicense = \"mit\"\n[[model.files]]\nname = \"m.gguf\"\nsize = {}\nsha256 = {:?}\nurls = [{}]\n",
+            data.len(),
+            sha(data),
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_pull_registers_the_verified_file_and_two_pulls_share_one_download() {
+    let server = RangeServer::start().await;
+    let data = gguf(1, 300 << 10);
+    server.put("/Tiny-Model.gguf", Served { throttle: 2 << 20, ..Served::bytes(data.clone()) });
+    let e = env(&["127.0.0.1"], config(None, None)).await;
+
+    let url = server.url("/Tiny-Model.gguf");
+    let (a, b) = tokio::join!(e.jobs.pull(&url, None), e.jobs.pull(&url, None));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id, "a second pull of the same model joins the first");
+    assert_eq!(a.model, "tiny-model:latest");
+    let done = finish(&e.jobs, &a).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.digest.as_deref(), Some(format!("sha256:{}", sha(&data)).as_str()));
+    assert!(server.bytes_sent() <= data.len() as u64 + 2, "one download: {} bytes sent", server.bytes_sent());
+    let m = e.registry.show(&"tiny-model".parse().unwrap()).unwrap();
+    assert_eq!((m.size, m.architecture.as_deref()), (data.len() as u64, Some("llama")));
+    assert!(m.source.starts_with("http://127.0.0.1:"), "{}", m.source);
+    assert_eq!(std::fs::read(e.registry.blobs().path(&m.digest)).unwrap(), data);
+    assert!(files_in(e.registry.partials_dir()).is_empty());
+    assert_eq!(e.jobs.get(&a.id).await.unwrap().state, JobState::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_without_ranges_and_redirects_work() {
+    let server = RangeServer::start().await;
+    let data = gguf(2, 200 << 10);
+    server.put("/plain.gguf", Served { ignore_ranges: true, ..Served::bytes(data.clone()) });
+    server.put("/moved", Served { redirect_to: Some("/plain.gguf".into()), ..Served::bytes(Vec::new()) });
+    let e = env(&["127.0.0.1"], config(None, None)).await;
+    let job = e.jobs.pull(&server.url("/moved"), Some("plain:v1".parse().unwrap())).await.unwrap();
+    let done = finish(&e.jobs, &job).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(e.registry.show(&"plain:v1".parse().unwrap()).unwrap().size, data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_destinations_are_refused_first_hop_and_on_redirect() {
+    let server = RangeServer::start().await;
+    server.put("/m.gguf", Served::bytes(gguf(3, 1024)));
+    let port = server.addr.port();
+    server.put("/to-localhost", Served { redirect_to: Some(format!("http://localhost:{port}/m.gguf")), ..Served::bytes(Vec::new()) });
+
+    let closed = env(&[], config(None, None)).await;
+    let err = closed.jobs.pull(&server.url("/m.gguf"), None).await.unwrap_err();
+    assert!(matches!(err, PullError::Url(_)), "{err}");
+    assert!(err.to_string().contains("allow_hosts"), "{err}");
+    for bad in ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x", "http://u:p@127.0.0.1/"] {
+        assert!(closed.jobs.pull(bad, None).await.is_err(), "{bad}");
+    }
+
+    // 127.0.0.1 is allowed, the redirect to `localhost` is not: refused on that hop.
+    let open = env(&["127.0.0.1"], config(None, None)).await;
+    let job = open.jobs.pull(&server.url("/to-localhost"), Some("m:x".parse().unwrap())).await.unwrap();
+    let done = finish(&open.jobs, &job).await;
+    assert_eq!(done.state, JobState::Failed);
+    let msg = done.error.unwrap();
+    assert!(msg.contains("localhost") && msg.contains("allow_hosts"), "{msg}");
+    assert!(open.registry.list().unwrap().is_empty());
+    assert!(files_in(open.registry.partials_dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_mirror_falls_back_to_a_good_one_or_fails_with_nothing_registered() {
+    let server = RangeServer::start().await;
+    let data = gguf(4, 256 << 10);
+    server.put("/bad.gguf", Served { corrupt: true, ..Served::bytes(data.clone()) });
+    server.put("/good.gguf", Served::bytes(data.clone()));
+    server.put("/down.gguf", Served { fail_with: Some(503), ..Served::bytes(Vec::new()) });
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog_file(dir.path(), "demo:1", &data, &[server.url("/down.gguf"), server.url("/bad.gguf"), server.url("/good.gguf")]);
+    let e = env(&["127.0.0.1"], config(Some(&cat), None)).await;
+    let done = finish(&e.jobs, &e.jobs.pull("demo:1", None).await.unwrap()).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let m = e.registry.show(&"demo:1".parse().unwrap()).unwrap();
+    assert_eq!((m.digest.hex(), m.license.as_deref()), (sha(&data), Some("mit")));
+    e.registry.verify(None).unwrap().iter().for_each(|r| assert_eq!(r.status, ondevice_registry::VerifyStatus::Ok));
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let cat = catalog_file(dir2.path(), "demo:1", &data, &[server.url("/bad.gguf")]);
+    let e = env(&["127.0.0.1"], config(Some(&cat), None)).await;
+    let done = finish(&e.jobs, &e.jobs.pull("demo:1", None).await.unwrap()).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert!(done.error.as_deref().unwrap().contains("hashes to"), "{done:?}");
+    assert!(e.registry.list().unwrap().is_empty());
+    assert!(files_in(e.registry.partials_dir()).is_empty());
+    assert!(files_in(e.registry.blobs().dir()).is_empty(), "{:?}", files_in(e.registry.blobs().dir()));
+
+    let err = e.jobs.pull("absent:1", None).await.unwrap_err();
+    assert!(err.to_string().contains("not in the catalog"), "{err}");
+    for bad in ["../../etc/passwd", "a//b", "sha256:../../x"] {
+        assert!(matches!(e.jobs.pull(bad, None).await, Err(PullError::Ref(_))), "{bad}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_too_small_refuses_before_writing_anything() {
+    let server = RangeServer::start().await;
+    let data = gguf(5, 128 << 10);
+    server.put("/m.gguf", Served::bytes(data.clone()));
+    let e = env(&["127.0.0.1"], config(None, Some(64 << 10))).await;
+    let done = finish(&e.jobs, &e.jobs.pull(&server.url("/m.gguf"), None).await.unwrap()).await;
+    assert_eq!(done.state, JobState::Failed);
+    let msg = done.error.unwrap();
+    assert!(msg.contains("quota") && msg.contains("ondevice models rm"), "{msg}");
+    assert!(files_in(e.registry.partials_dir()).is_empty());
+    assert!(files_in(e.registry.blobs().dir()).is_empty());
+    assert!(server.bytes_sent() <= 1, "only the probe byte: {}", server.bytes_sent());
+    let _ = QuotaError::Exceeded { model: String::new(), needed: 0, available: 0, quota: 0 };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
+    let server = RangeServer::start().await;
+    let data = gguf(6, 2 << 20);
+    server.put("/big.gguf", Served { throttle: 1 << 20, ..Served::bytes(data.clone()) });
+    let cfg = config(None, None);
+    let (chunk, conns) = (cfg.tuning.chunk_size, cfg.tuning.connections as u64);
+    let e = env(&["127.0.0.1"], cfg.clone()).await;
+    let job = e.jobs.pull(&server.url("/big.gguf"), Some("big:1".parse().unwrap())).await.unwrap();
+    let mut rx = e.jobs.watch(&job.id).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > data.len() as u64 / 3)).await.unwrap().unwrap();
+    e.shutdown.cancel();
+    e.jobs.wait().await;
+    assert!(e.registry.list().unwrap().is_empty());
+    let home = e.home;
+    drop((e.jobs, e.registry));
+    let before = server.bytes_sent();
+    assert!(before < data.len() as u64, "stopped midway");
+
+    let e = env_in(home, &["127.0.0.1"], cfg).await;
+    let live = e.jobs.watch(&job.id).expect("the job resumed on start");
+    let mut rx = live;
+    let done = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal())).await.unwrap().unwrap().clone();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.digest.unwrap(), format!("sha256:{}", sha(&data)));
+    let total = server.bytes_sent();
+    assert!(
+        total <= data.len() as u64 + conns * chunk + 2,
+        "sent {total} for {} bytes: more than one chunk per connection fetched again",
+        data.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_removes_the_partial() {
+    let server = RangeServer::start().await;
+    let data = gguf(7, 1 << 20);
+    server.put("/slow.gguf", Served { throttle: 256 << 10, ..Served::bytes(data) });
+    let e = env(&["127.0.0.1"], config(None, None)).await;
+    let job = e.jobs.pull(&server.url("/slow.gguf"), None).await.unwrap();
+    let mut rx = e.jobs.watch(&job.id).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > 0)).await.unwrap().unwrap();
+    let info = e.jobs.cancel(&job.id).await.unwrap();
+    assert_eq!(info.state, JobState::Cancelled);
+    assert!(files_in(e.registry.partials_dir()).is_empty());
+    assert!(matches!(e.jobs.cancel(&job.id).await, Err(PullError::Finished { .. })));
+    assert!(matches!(e.jobs.get("nope").await, Err(PullError::NoSuchJob(_))));
+    let _: ModelRef = "x".parse().unwrap();
+}

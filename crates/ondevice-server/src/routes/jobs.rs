@@ -1,0 +1,263 @@
+//! Pulls and background jobs: `POST /api/v1/models/pull` (models scope) starts or joins a pull
+//! job; `/api/v1/jobs` lists, shows and cancels jobs; `/api/v1/jobs/{id}/events` streams a job's
+//! progress as Server-Sent Events until it finishes; `/api/v1/catalog` lists pullable models.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use ondevice_registry::ModelRef;
+use ondevice_registry::catalog::CatalogEntry;
+use ondevice_registry::jobs::{JobInfo, PullError};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+
+/// A background job (a model pull).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// Job id.
+    pub id: String,
+    /// `pull`.
+    pub kind: String,
+    /// The model being pulled, `name:tag`.
+    pub model: String,
+    /// Where from: `catalog:NAME` or the URL (query hidden).
+    pub source: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Bytes to download, once known.
+    pub total_bytes: Option<u64>,
+    /// Bytes downloaded so far.
+    pub done_bytes: u64,
+    /// Recent download speed.
+    pub bytes_per_second: u64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The registered digest, on success.
+    pub digest: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl From<JobInfo> for JobView {
+    fn from(j: JobInfo) -> Self {
+        JobView {
+            id: j.id,
+            kind: j.kind.to_owned(),
+            model: j.model,
+            source: j.source,
+            state: j.state.as_str().to_owned(),
+            total_bytes: j.total_bytes,
+            done_bytes: j.done_bytes,
+            bytes_per_second: j.bytes_per_second,
+            error: j.error,
+            digest: j.digest,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/models/pull`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// A catalog name (`name[:tag]`) or an `https://` / `http://` URL of a GGUF file.
+    pub model: String,
+    /// Register it as `name[:tag]` (default: the catalog name, or the URL's file name).
+    pub name: Option<String>,
+}
+
+/// A model the catalogs offer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CatalogView {
+    /// `name:tag` to pull.
+    pub model: String,
+    /// One line for people.
+    pub description: Option<String>,
+    /// License.
+    pub license: Option<String>,
+    /// Download size in bytes.
+    pub size: u64,
+    /// Content digest.
+    pub digest: String,
+    /// Mirrors (queries hidden).
+    pub urls: Vec<String>,
+    /// Which catalog lists it.
+    pub catalog: String,
+    /// Whether a model with this digest is already registered.
+    pub present: bool,
+}
+
+/// The catalogs' models and any catalog that could not be read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CatalogResponse {
+    /// Pullable models, by name.
+    pub models: Vec<CatalogView>,
+    /// Catalog sources that failed (the others are listed).
+    pub problems: Vec<String>,
+}
+
+impl From<PullError> for ApiError {
+    fn from(e: PullError) -> Self {
+        match e {
+            PullError::Ref(_) | PullError::Url(_) | PullError::Finished { .. } => {
+                ApiError::InvalidRequest(e.to_string())
+            }
+            PullError::NotInCatalog { .. } | PullError::NoSuchJob(_) => ApiError::NotFound(e.to_string()),
+            PullError::Registry(r) => r.into(),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Starts a pull (or joins the running pull of the same model) and returns its job.
+#[utoipa::path(post, path = "/api/v1/models/pull", tag = "models",
+    security(("bearer" = ["models"])),
+    request_body = PullRequest,
+    responses(
+        (status = 202, description = "The pull job; follow it at /api/v1/jobs/{id}/events", body = JobView),
+        (status = 400, description = "Invalid name or URL, or a refused destination", body = crate::error::ErrorBody),
+        (status = 404, description = "Not in any catalog", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn pull(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PullRequest>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let jobs = state.require_jobs()?;
+    let name = req
+        .name
+        .as_deref()
+        .map(str::parse::<ModelRef>)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let job = jobs.pull(&req.model, name).await?;
+    Ok((StatusCode::ACCEPTED, Json(job.into())))
+}
+
+/// Models the bundled and configured catalogs offer (`ondevice models list --available`).
+#[utoipa::path(get, path = "/api/v1/catalog", tag = "models",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "Pullable models", body = CatalogResponse),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogResponse>, ApiError> {
+    let catalog = state.require_jobs()?.catalog().await;
+    let registry = state.registry().clone();
+    let present: std::collections::BTreeSet<String> = tokio::task::spawn_blocking(move || registry.list())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .into_iter()
+        .map(|m| m.digest.to_string())
+        .collect();
+    let view = |e: &CatalogEntry| CatalogView {
+        model: e.name.to_string(),
+        description: e.description.clone(),
+        license: e.license.clone(),
+        size: e.file.size,
+        digest: e.file.digest.to_string(),
+        urls: e.file.urls.iter().map(ondevice_registry::safety::redact_url).collect(),
+        catalog: e.source.clone(),
+        present: present.contains(&e.file.digest.to_string()),
+    };
+    Ok(Json(CatalogResponse { models: catalog.entries().map(view).collect(), problems: catalog.problems.clone() }))
+}
+
+/// Every job, oldest first (finished jobs are kept for a week).
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    security(("bearer" = ["read"])),
+    responses(
+        (status = 200, description = "Jobs", body = Vec<JobView>),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<JobView>>, ApiError> {
+    Ok(Json(state.require_jobs()?.list().await?.into_iter().map(JobView::from).collect()))
+}
+
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    security(("bearer" = ["read"])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    Ok(Json(state.require_jobs()?.get(&id).await?.into()))
+}
+
+/// Cancels a queued or running job; its partial download is deleted.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
+    security(("bearer" = ["models"])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The cancelled job", body = JobView),
+        (status = 400, description = "The job already finished", body = crate::error::ErrorBody),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = state.require_jobs()?.cancel(&id).await?;
+    tracing::info!(job = %id, "job cancelled");
+    Ok(Json(job.into()))
+}
+
+/// The job's progress as Server-Sent Events: `event: job` with a [`JobView`] in `data`, sent at
+/// once and then on change (at most four a second), ending after the job finishes.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
+    security(("bearer" = ["read"])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "`text/event-stream` of `event: job` with a JobView as `data`", content_type = "text/event-stream", body = JobView),
+        (status = 404, description = "No such job", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let jobs = state.require_jobs()?;
+    let first = jobs.get(&id).await?;
+    let rx = jobs.watch(&id);
+    let shutdown = state.shutdown_token().clone();
+    let event = |j: JobInfo| Event::default().event("job").json_data(JobView::from(j)).unwrap_or_default();
+    let stream = futures_util::stream::unfold((Some(first), rx, false), move |(pending, mut rx, ended)| {
+        let shutdown = shutdown.clone();
+        async move {
+            if let Some(j) = pending {
+                let end = j.state.is_terminal() || rx.is_none();
+                return Some((Ok(event(j)), (None, rx, end)));
+            }
+            if ended {
+                return None;
+            }
+            let r = rx.as_mut()?;
+            tokio::select! {
+                () = shutdown.cancelled() => None,
+                changed = r.changed() => {
+                    changed.ok()?;
+                    if !r.borrow().state.is_terminal() {
+                        // At most four events a second; the newest value wins.
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    let j = r.borrow_and_update().clone();
+                    let end = j.state.is_terminal();
+                    Some((Ok(event(j)), (None, rx, end)))
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

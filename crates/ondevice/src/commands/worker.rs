@@ -1,0 +1,74 @@
+//! `ondevice worker` (hidden): serves one GGUF model on a Unix socket for the daemon, speaking
+//! `ondevice_runtime::wire`. Started and sandboxed by the supervisor; needs no config file and no
+//! home directory. Logs go to stderr, which the supervisor captures. Exits non-zero when the model
+//! cannot be loaded; SIGTERM or SIGINT stop it gracefully.
+
+use std::process::ExitCode;
+
+use ondevice_config::LogFormat;
+
+use crate::cli::WorkerArgs;
+
+/// Loads the model, then serves until SIGTERM/SIGINT.
+#[cfg(feature = "engine-llama")]
+pub fn run(args: &WorkerArgs, format: Option<LogFormat>, level: Option<&str>) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use ondevice_engine_llama::{Engine, EngineConfig};
+
+    init_logging(format, level)?;
+    let mut config = EngineConfig::new(&args.model);
+    config.threads = args.threads;
+    config.ctx_per_slot = args.ctx;
+    config.parallel = args.parallel;
+    let engine = Arc::new(Engine::load(config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        ondevice_engine_llama::server::serve(engine, &args.socket, shutdown).await?;
+        tracing::info!("worker stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Without the engine compiled in, the worker cannot run.
+#[cfg(not(feature = "engine-llama"))]
+pub fn run(_: &WorkerArgs, _: Option<LogFormat>, _: Option<&str>) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("this ondevice was built without the embedded engine: rebuild with --features engine-llama")
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+#[cfg(feature = "engine-llama")]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+        }
+    })
+}
+
+/// stderr only: `--log-level`, else `$ONDEVICE_LOG`, else `info`.
+#[cfg(feature = "engine-llama")]
+fn init_logging(format: Option<LogFormat>, level: Option<&str>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tracing_subscriber::EnvFilter;
+
+    let level =
+        level.map(str::to_owned).or_else(|| std::env::var("ONDEVICE_LOG").ok()).unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&level).with_context(|| format!("invalid log level {level:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format.unwrap_or(LogFormat::Text) {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot initialise logging: {e}"))
+}

@@ -1,0 +1,500 @@
+//! Inference through the real daemon with the real SmolLM2 model
+//! (`$ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf`, imported with `ondevice models
+//! import`): greedy chat on every surface (OpenAI JSON and SSE, Ollama NDJSON, WebSocket, gRPC)
+//! gives the same text, the real `openai` and `ollama` Python clients work with a key, concurrent
+//! and abandoned requests, `ondevice run`, a worker killed mid-stream, and the auth checks.
+//! Without the model each test prints `skipped: …` and returns.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ondevice_proto::v1 as pb;
+use ondevice_proto::v1::inference_service_client::InferenceServiceClient;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+
+use crate::common::{Daemon, Home, Key, WsEvent, describe, test_model, ws_connect, ws_next, ws_send};
+
+const SYSTEM: &str = "You are a helpful assistant.";
+const QUESTION: &str = "What is the capital of France?";
+/// Enough tokens for the answer to name Paris, few enough to stay quick.
+const MAX_TOKENS: u32 = 40;
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A daemon with the test model imported as `smollm2:latest` and an infer key.
+struct Setup {
+    daemon: Daemon,
+    infer: Key,
+}
+
+async fn setup(test: &str) -> Option<Setup> {
+    let Some(file) = test_model() else {
+        eprintln!("skipped: {test} needs $ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf");
+        return None;
+    };
+    let daemon = Daemon::start(Home::new());
+    let out = daemon.home().run(&["models", "import", file.to_str().expect("utf-8 path"), "--name", "smollm2"]);
+    assert!(out.status.success(), "import: {}", describe(&out));
+    let infer = daemon.key(&["infer"]).await;
+    Some(Setup { daemon, infer })
+}
+
+fn messages() -> Value {
+    json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+}
+
+async fn post(daemon: &Daemon, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+    daemon
+        .request(Method::POST, path, key)
+        .timeout(WAIT)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// `data:` payloads of an SSE body.
+fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+/// Greedy chat over OpenAI JSON: the text and the adapter header.
+async fn openai_chat(daemon: &Daemon, key: &str) -> (String, String) {
+    let body = json!({"model": "smollm2", "messages": messages(), "temperature": 0, "max_tokens": MAX_TOKENS});
+    let resp = post(daemon, "/v1/chat/completions", Some(key), &body).await;
+    let adapter = resp.headers().get("x-ondevice-adapter").map(|v| v.to_str().unwrap().to_owned());
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("JSON");
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+    (v["choices"][0]["message"]["content"].as_str().expect("content").to_owned(), adapter.expect("adapter header"))
+}
+
+async fn openai_stream(daemon: &Daemon, key: &str) -> String {
+    let body = json!({"model": "smollm2", "messages": messages(), "temperature": 0, "max_tokens": MAX_TOKENS,
+        "stream": true, "stream_options": {"include_usage": true}});
+    let resp = post(daemon, "/v1/chat/completions", Some(key), &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("x-ondevice-adapter").is_some());
+    let events = sse_events(&resp.text().await.expect("SSE body"));
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let chunks: Vec<Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).expect("chunk")).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.last().unwrap()["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{chunks:?}");
+    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
+}
+
+async fn ollama_stream(daemon: &Daemon, key: &str) -> String {
+    let body = json!({"model": "smollm2", "messages": messages(),
+        "options": {"temperature": 0, "num_predict": MAX_TOKENS}});
+    let resp = post(daemon, "/api/chat", Some(key), &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.expect("NDJSON body");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
+    let last = lines.last().expect("lines");
+    assert_eq!(last["done"], true, "{last}");
+    assert!(last["eval_count"].as_u64().unwrap() > 0 && last["total_duration"].as_u64().unwrap() > 0, "{last}");
+    lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect()
+}
+
+async fn ws_generate(daemon: &Daemon, key: &str) -> (String, Value) {
+    let (mut ws, _) = ws_connect(daemon, &[("authorization", format!("Bearer {key}"))]).await.expect("handshake");
+    ws_send(
+        &mut ws,
+        json!({"type": "generate", "id": "g1", "model": "smollm2", "messages": messages(),
+        "options": {"temperature": 0, "max_tokens": MAX_TOKENS}}),
+    )
+    .await;
+    let mut text = String::new();
+    loop {
+        let msg = ws_next(&mut ws, WAIT).await.json();
+        match msg["type"].as_str() {
+            Some("token") => {
+                assert_eq!(msg["id"], "g1");
+                text.push_str(msg["text"].as_str().expect("text"));
+            }
+            Some("done") => return (text, msg),
+            Some("hello" | "event") => {}
+            _ => panic!("unexpected message {msg}"),
+        }
+    }
+}
+
+/// Sends `authorization: Bearer KEY` with every gRPC call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Grpc = InferenceServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+async fn grpc_client(daemon: &Daemon, key: &str) -> Grpc {
+    let channel = tonic::transport::Endpoint::from_shared(daemon.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("gRPC connect");
+    InferenceServiceClient::with_interceptor(channel, Bearer(format!("Bearer {key}").parse().expect("metadata")))
+}
+
+fn grpc_chat_request() -> pb::ChatRequest {
+    pb::ChatRequest {
+        model: "smollm2".into(),
+        messages: vec![
+            pb::ChatMessage { role: "system".into(), content: SYSTEM.into() },
+            pb::ChatMessage { role: "user".into(), content: QUESTION.into() },
+        ],
+        options: Some(pb::SamplingOptions {
+            temperature: Some(0.0),
+            max_tokens: Some(MAX_TOKENS),
+            ..Default::default()
+        }),
+        keep_alive_seconds: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn greedy_chat_names_paris_on_every_surface() {
+    let Some(Setup { daemon, infer }) = setup("greedy_chat_names_paris_on_every_surface").await else { return };
+    let key = infer.secret.as_str();
+    let (text, adapter) = openai_chat(&daemon, key).await;
+    assert!(text.contains("Paris"), "{text}");
+    assert!(!adapter.is_empty());
+
+    assert_eq!(openai_stream(&daemon, key).await, text, "SSE");
+    assert_eq!(ollama_stream(&daemon, key).await, text, "NDJSON");
+    let (ws_text, done) = ws_generate(&daemon, key).await;
+    assert_eq!(ws_text, text, "WebSocket");
+    assert_eq!(done["adapter"], adapter.as_str(), "{done}");
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{done}");
+
+    let mut client = grpc_client(&daemon, key).await;
+    let resp = client.chat(grpc_chat_request()).await.expect("gRPC Chat");
+    assert_eq!(resp.metadata().get("x-ondevice-adapter").and_then(|v| v.to_str().ok()), Some(adapter.as_str()));
+    let mut stream = resp.into_inner();
+    let (mut grpc_text, mut last) = (String::new(), None);
+    while let Some(msg) = stream.message().await.expect("gRPC stream") {
+        grpc_text.push_str(&msg.text);
+        last = Some(msg);
+    }
+    assert_eq!(grpc_text, text, "gRPC");
+    let last = last.expect("messages");
+    assert!(!last.finish_reason.is_empty() && last.adapter == adapter, "{last:?}");
+
+    // Embeddings on both HTTP surfaces and gRPC.
+    let resp = post(&daemon, "/v1/embeddings", Some(key), &json!({"model": "smollm2", "input": ["a", "b"]})).await;
+    let v: Value = resp.json().await.expect("JSON");
+    let dims = v["data"][0]["embedding"].as_array().map_or(0, Vec::len);
+    assert!(dims > 0 && v["data"][1]["index"] == 1, "{v}");
+    let resp = post(&daemon, "/api/embed", Some(key), &json!({"model": "smollm2", "input": "a"})).await;
+    let v: Value = resp.json().await.expect("JSON");
+    assert_eq!(v["embeddings"][0].as_array().map_or(0, Vec::len), dims, "{v}");
+    let e = client
+        .embed(pb::EmbedRequest { model: "smollm2".into(), input: vec!["a".into()], normalize: true })
+        .await
+        .expect("gRPC Embed")
+        .into_inner();
+    assert_eq!(e.embeddings[0].values.len(), dims);
+
+    // Listings.
+    let (_, models) = daemon.get("/v1/models", Some(key)).await;
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "smollm2:latest"), "{models}");
+    let (_, ps) = daemon.get("/api/ps", Some(key)).await;
+    assert!(ps["models"].as_array().unwrap().iter().any(|m| m["name"] == "smollm2:latest"), "{ps}");
+    let (status, runtimes) = daemon.get("/api/v1/runtimes", Some(key)).await;
+    assert_eq!(status, StatusCode::OK, "{runtimes}");
+    assert!(runtimes["loaded"].as_array().unwrap().iter().any(|m| m["model"] == "smollm2:latest"), "{runtimes}");
+}
+
+/// Runs `python3 -c SCRIPT` with the daemon's URL in `BASE` and the key in `ONDEVICE_TEST_KEY`;
+/// returns the JSON it prints last.
+#[allow(clippy::disallowed_methods)] // the tests' own client process, not a daemon spawn
+fn python(daemon: &Daemon, key: &str, script: &str) -> Value {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("BASE", daemon.url(""))
+        .env("ONDEVICE_TEST_KEY", key)
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "python client failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+const OPENAI_SCRIPT: &str = r#"
+import json, os, openai
+c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["ONDEVICE_TEST_KEY"], max_retries=0)
+msgs = [{"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]
+r = c.chat.completions.create(model="smollm2", messages=msgs, temperature=0, max_tokens=40)
+parts, usage = [], None
+for ch in c.chat.completions.create(model="smollm2", messages=msgs, temperature=0, max_tokens=40, stream=True,
+                                    stream_options={"include_usage": True}):
+    if ch.choices and ch.choices[0].delta.content:
+        parts.append(ch.choices[0].delta.content)
+    if ch.usage:
+        usage = ch.usage.total_tokens
+e = c.embeddings.create(model="smollm2", input=["hello", "world"])
+models = [m.id for m in c.models.list().data]
+try:
+    c.chat.completions.create(model="no-such-model", messages=msgs)
+    error = None
+except openai.NotFoundError as ex:
+    error = str(ex)
+bad = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key="not-a-key", max_retries=0)
+try:
+    bad.models.list()
+    unauth = None
+except openai.AuthenticationError as ex:
+    unauth = ex.status_code
+print(json.dumps({"text": r.choices[0].message.content, "finish": r.choices[0].finish_reason,
+                  "total": r.usage.total_tokens, "stream": "".join(parts), "usage": usage,
+                  "dims": [len(d.embedding) for d in e.data], "models": models, "error": error, "unauth": unauth}))
+"#;
+
+const OLLAMA_SCRIPT: &str = r#"
+import json, os, ollama
+c = ollama.Client(host=os.environ["BASE"], headers={"Authorization": "Bearer " + os.environ["ONDEVICE_TEST_KEY"]})
+msgs = [{"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]
+opts = {"temperature": 0, "num_predict": 40}
+r = c.chat(model="smollm2", messages=msgs, options=opts)
+parts = [p.message.content for p in c.chat(model="smollm2", messages=msgs, options=opts, stream=True)]
+g = c.generate(model="smollm2", prompt="What is the capital of France?", system="You are a helpful assistant.",
+               options=opts)
+e = c.embed(model="smollm2", input=["hello", "world"])
+print(json.dumps({"text": r.message.content, "done_reason": r.done_reason, "eval_count": r.eval_count,
+                  "stream": "".join(parts), "generate": g.response,
+                  "dims": [len(v) for v in e.embeddings], "models": [m.model for m in c.list().models],
+                  "ps": [m.model for m in c.ps().models]}))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_and_ollama_python_clients_work() {
+    let Some(Setup { daemon, infer }) = setup("the_openai_and_ollama_python_clients_work").await else { return };
+    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, OPENAI_SCRIPT));
+    let text = v["text"].as_str().expect("text");
+    assert!(text.contains("Paris"), "{v}");
+    assert_eq!(v["stream"], text, "streamed text equals the answer: {v}");
+    assert!(v["total"].as_u64().unwrap() > 0 && v["usage"] == v["total"], "{v}");
+    let dims = v["dims"].as_array().expect("dims");
+    assert!(dims.len() == 2 && dims[0].as_u64().unwrap() > 0, "{v}");
+    assert!(v["models"].as_array().unwrap().iter().any(|m| m == "smollm2:latest"), "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("no-such-model")), "{v}");
+    assert_eq!(v["unauth"], 401, "{v}");
+
+    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, OLLAMA_SCRIPT));
+    assert_eq!(v["text"], text, "same greedy answer as OpenAI: {v}");
+    assert_eq!(v["stream"], text, "{v}");
+    assert!(v["generate"].as_str().is_some_and(|g| g.contains("Paris")), "{v}");
+    assert!(v["eval_count"].as_u64().unwrap() > 0 && v["done_reason"].is_string(), "{v}");
+    assert_eq!(v["dims"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["models"].as_array().unwrap().iter().any(|m| m == "smollm2:latest"), "{v}");
+    assert!(v["ps"].as_array().unwrap().iter().any(|m| m == "smollm2:latest"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_and_abandoned_requests() {
+    let Some(Setup { daemon, infer }) = setup("concurrent_and_abandoned_requests").await else { return };
+    let key = infer.secret.as_str();
+    let (a, b) = tokio::join!(openai_chat(&daemon, key), openai_chat(&daemon, key));
+    assert!(a.0.contains("Paris") && b.0.contains("Paris"), "{a:?} {b:?}");
+
+    // Clients that go away mid-stream, more of them than the engine has slots: each must free
+    // its slot, or the request after them waits behind generations nobody reads.
+    let long = json!({"model": "smollm2", "stream": true, "max_tokens": 1500, "temperature": 0.8,
+        "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]});
+    for _ in 0..8 {
+        let resp = post(&daemon, "/v1/chat/completions", Some(key), &long).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.bytes_stream();
+        for _ in 0..3 {
+            body.next().await.expect("a chunk").expect("chunk bytes");
+        }
+    }
+    let quick = json!({"model": "smollm2", "messages": messages(), "temperature": 0, "max_tokens": 8});
+    let resp = daemon
+        .request(Method::POST, "/v1/chat/completions", Some(key))
+        .timeout(Duration::from_secs(30))
+        .json(&quick)
+        .send()
+        .await
+        .expect("a request after abandoned streams is served promptly");
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_runs_and_cancels_several_generations() {
+    let Some(Setup { daemon, infer }) = setup("websocket_runs_and_cancels_several_generations").await else { return };
+    let (mut ws, _) =
+        ws_connect(&daemon, &[("authorization", format!("Bearer {}", infer.secret))]).await.expect("handshake");
+    let long = json!([{"role": "user", "content": "Count from one to one thousand in words."}]);
+    ws_send(
+        &mut ws,
+        json!({"type": "generate", "id": "long", "model": "smollm2", "messages": long,
+        "options": {"max_tokens": 1500}}),
+    )
+    .await;
+    ws_send(
+        &mut ws,
+        json!({"type": "generate", "id": "short", "model": "smollm2", "messages": messages(),
+        "options": {"temperature": 0, "max_tokens": MAX_TOKENS}}),
+    )
+    .await;
+    let (mut long_tokens, mut short_done, mut long_done) = (0, false, None);
+    while !(short_done && long_done.is_some()) {
+        let msg = ws_next(&mut ws, WAIT).await.json();
+        match (msg["type"].as_str(), msg["id"].as_str()) {
+            (Some("token"), Some("long")) => {
+                long_tokens += 1;
+                if long_tokens == 3 {
+                    ws_send(&mut ws, json!({"type": "cancel", "id": "long"})).await;
+                }
+            }
+            (Some("done"), Some("short")) => short_done = true,
+            (Some("done"), Some("long")) => long_done = Some(msg),
+            (Some("token"), Some("short") | None) | (Some("hello" | "event"), _) => {}
+            _ => panic!("unexpected message {msg}"),
+        }
+    }
+    assert_eq!(long_done.unwrap()["finish_reason"], "cancelled");
+    // A read key may watch but not generate.
+    let read = daemon.key(&["read"]).await;
+    let (mut ws, _) = ws_connect(&daemon, &[("authorization", format!("Bearer {}", read.secret))]).await.expect("ws");
+    ws_send(&mut ws, json!({"type": "generate", "id": "x", "model": "smollm2", "prompt": "hi"})).await;
+    loop {
+        match ws_next(&mut ws, WAIT).await {
+            WsEvent::Json(m) if m["type"] == "error" => {
+                assert_eq!((m["id"].as_str(), m["error"]["code"].as_str()), (Some("x"), Some("permission_denied")));
+                break;
+            }
+            WsEvent::Json(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ondevice_run_prints_the_answer() {
+    let Some(Setup { daemon, .. }) = setup("ondevice_run_prints_the_answer").await else { return };
+    let home = daemon.home();
+    let out = tokio::task::block_in_place(|| {
+        home.run(&["run", "smollm2", QUESTION, "--system", SYSTEM, "--temperature", "0", "--max-tokens", "40", "-v"])
+    });
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"), "verbose stats: {}", describe(&out));
+
+    let out = tokio::task::block_in_place(|| {
+        home.run(&[
+            "run",
+            "smollm2",
+            QUESTION,
+            "--system",
+            SYSTEM,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "--json",
+        ])
+    });
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    assert!(v["response"].as_str().is_some_and(|r| r.contains("Paris")), "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0 && v["adapter"].is_string(), "{v}");
+
+    // The prompt from a pipe.
+    let mut cmd = home.command(&["run", "smollm2", "--temperature", "0", "--max-tokens", "40", "--system", SYSTEM]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ondevice run");
+    child.stdin.take().expect("stdin").write_all(QUESTION.as_bytes()).expect("write prompt");
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).expect("ondevice run");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Paris"), "{}", describe(&out));
+
+    let out = tokio::task::block_in_place(|| home.run(&["run", "no-such-model", "hi"]));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ondevice models list"), "{}", describe(&out));
+}
+
+/// Process ids of this daemon's engine workers (`ondevice worker --socket HOME/...`).
+fn worker_pids(home: &Home) -> Vec<i32> {
+    let marker = home.dir().to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1).map(String::as_str) == Some("worker") && args.iter().any(|a| a.starts_with(&marker)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_gives_a_clean_error_and_the_next_request_succeeds() {
+    let Some(Setup { daemon, infer }) = setup("a_worker_killed_mid_stream").await else { return };
+    let key = infer.secret.as_str();
+    let long = json!({"model": "smollm2", "stream": true, "max_tokens": 1500,
+        "messages": [{"role": "user", "content": "Count from one to one thousand in words."}]});
+    let resp = post(&daemon, "/v1/chat/completions", Some(key), &long).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    for _ in 0..3 {
+        text.push_str(&String::from_utf8_lossy(&body.next().await.expect("chunk").expect("bytes")));
+    }
+    let pids = worker_pids(daemon.home());
+    assert!(!pids.is_empty(), "no engine worker found for {}", daemon.home().dir().display());
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let rest = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => text.push_str(&String::from_utf8_lossy(&c)),
+                Err(e) => panic!("the stream broke instead of ending with an error event: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream did not end after the worker died");
+    let last = sse_events(&text).pop().expect("events");
+    let v: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "last event {last}");
+
+    let (answer, _) = openai_chat(&daemon, key).await;
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inference_needs_a_valid_key_with_the_infer_scope() {
+    let Some(Setup { daemon, .. }) = setup("inference_needs_a_valid_key_with_the_infer_scope").await else { return };
+    let body = json!({"model": "smollm2", "messages": messages(), "max_tokens": 4});
+    let read = daemon.key(&["read"]).await;
+    for (key, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(crate::common::UNKNOWN_KEY), StatusCode::UNAUTHORIZED),
+        (Some(read.secret.as_str()), StatusCode::FORBIDDEN),
+    ] {
+        for path in ["/v1/chat/completions", "/api/chat", "/api/generate"] {
+            assert_eq!(post(&daemon, path, key, &body).await.status(), want, "{path} with {key:?}");
+        }
+    }
+    let mut client = grpc_client(&daemon, &read.secret).await;
+    let err = client.chat(grpc_chat_request()).await.expect_err("read key on gRPC Chat");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}

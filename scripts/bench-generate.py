@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Generation benchmark: ondevice's API against llama.cpp's own server on the same GGUF.
+
+Both servers get the same model file, thread count, context size and one sequence slot; both are
+asked the same chat question over the OpenAI-compatible streaming API (greedy, fixed max_tokens),
+from this one client. Per server we measure, over several runs after a warm-up:
+
+  time to first token  request sent -> first content chunk received
+  tokens/s             generated tokens after the first / time from first to last chunk
+
+and print the ratios ondevice / llama.cpp. The peer is llama.cpp's server from PyPI `xllamacpp`
+(its build info is printed); ondevice's engine build is described in
+crates/ondevice-engine-llama/src/lib.rs.
+
+Usage: scripts/bench-generate.py [--threads N] [--tokens N] [--runs N] [--binary PATH] [--model GGUF]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM = "You are a helpful assistant."
+QUESTION = "Write a long story about a dragon who learns to cook."
+
+LLAMA_SERVER = r"""
+import sys, time, xllamacpp as x
+model, threads, ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+p = x.CommonParams()
+p.model.path = model
+p.port = 0
+p.cpuparams.n_threads = threads
+p.cpuparams_batch.n_threads = threads
+p.n_ctx = ctx
+p.n_parallel = 1
+p.use_jinja = True
+s = x.Server(p)
+print("LISTEN", s.listening_address, flush=True)
+sys.stdin.read()  # runs until the benchmark closes our stdin
+"""
+
+
+def stream_chat(base, key, model, max_tokens):
+    body = {
+        "model": model,
+        "stream": True,
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
+    }
+    req = urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": "Bearer " + key} if key else {})},
+    )
+    t0 = time.perf_counter()
+    first = last = None
+    chunks = 0
+    text = []
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            obj = json.loads(data)
+            for choice in obj.get("choices", []):
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    chunks += 1
+                    text.append(piece)
+    if first is None:
+        raise RuntimeError(f"{base}: no content streamed")
+    tps = (chunks - 1) / (last - first) if chunks > 1 and last > first else float("nan")
+    return {"ttft_ms": (first - t0) * 1000, "tps": tps, "tokens": chunks, "text": "".join(text)}
+
+
+def measure(name, base, key, model, args):
+    stream_chat(base, key, model, 8)  # warm-up: loads the model, fills caches
+    runs = [stream_chat(base, key, model, args.tokens) for _ in range(args.runs)]
+    ttft = statistics.median(r["ttft_ms"] for r in runs)
+    tps = statistics.median(r["tps"] for r in runs)
+    print(f"{name:10s} ttft {ttft:7.1f} ms   {tps:7.1f} tokens/s   ({runs[0]['tokens']} tokens per run, {args.runs} runs)")
+    return ttft, tps, runs[0]["text"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--binary", default=os.path.join(REPO, "target/release/ondevice"))
+    ap.add_argument("--model", default=os.path.join(REPO, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    args = ap.parse_args()
+    import xllamacpp
+
+    print(f"model {os.path.basename(args.model)}, {args.threads} threads, ctx {args.ctx}, greedy, max_tokens {args.tokens}")
+    print(f"llama.cpp peer: xllamacpp {getattr(xllamacpp, '__version__', '?')}: {xllamacpp.get_system_info().strip()}")
+
+    peer = subprocess.Popen(
+        [sys.executable, "-c", LLAMA_SERVER, args.model, str(args.threads), str(args.ctx)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    home = tempfile.mkdtemp(prefix="ondevice-bench-")
+    env = dict(os.environ, ONDEVICE_HOME=home, ONDEVICE_LISTEN="127.0.0.1:0",
+               ONDEVICE_ENGINE_THREADS=str(args.threads), ONDEVICE_LOG="warn")
+    env.pop("ONDEVICE_API_KEY", None)
+    config = os.path.join(home, "config.toml")
+    with open(config, "w") as f:
+        f.write(f"[engine]\ncontext_length = {args.ctx}\nparallel = 1\n")
+    env["ONDEVICE_CONFIG"] = config
+    daemon = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        line = peer.stdout.readline()
+        if not line.startswith("LISTEN"):
+            raise RuntimeError("llama.cpp server did not start")
+        peer_base = line.split()[1]
+        addr_file = os.path.join(home, "listen.addr")
+        for _ in range(300):
+            if os.path.exists(addr_file):
+                break
+            time.sleep(0.05)
+        base = "http://" + open(addr_file).read().strip()
+        subprocess.run([args.binary, "models", "import", args.model, "--name", "bench:latest"], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        key = open(os.path.join(home, "bootstrap.token")).read().strip()
+
+        p_ttft, p_tps, p_text = measure("llama.cpp", peer_base, None, "any", args)
+        o_ttft, o_tps, o_text = measure("ondevice", base, key, "bench:latest", args)
+        print(f"ratio tokens/s ondevice/llama.cpp: {o_tps / p_tps:.3f}x (target >= 0.97x)")
+        print(f"added time to first token: {o_ttft - p_ttft:+.1f} ms (target <= 5 ms)")
+        same = "same" if o_text == p_text else "different"
+        print(f"greedy outputs are {same} text ({len(o_text)} vs {len(p_text)} chars)")
+    finally:
+        peer.stdin.close()
+        daemon.terminate()
+        for p in (peer, daemon):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
