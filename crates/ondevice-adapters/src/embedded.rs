@@ -158,7 +158,13 @@ impl EmbeddedAdapter {
         self.read_json(answer).await
     }
 
-    async fn call(&self, socket: &Path, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, RuntimeError> {
+    async fn call(
+        &self,
+        socket: &Path,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, RuntimeError> {
         let fut = async {
             unix::request(socket, method, path, body).await.map_err(|e| match e {
                 Failure::Connect(_) | Failure::Http(_) => self.unavailable(e.to_string()),
@@ -169,13 +175,16 @@ impl EmbeddedAdapter {
 
     async fn read_json<T: serde::de::DeserializeOwned>(&self, answer: Answer) -> Result<T, RuntimeError> {
         let status = answer.status;
-        let fut = async { answer.bytes().await.map_err(|e| self.unavailable(format!("the worker closed the connection: {e}"))) };
+        let fut = async {
+            answer.bytes().await.map_err(|e| self.unavailable(format!("the worker closed the connection: {e}")))
+        };
         let bytes = stream::with_timeout(&self.name, self.options.request_timeout, fut).await?;
         if !status.is_success() {
             return Err(wire_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RuntimeError::Engine { message: format!("the worker's answer does not follow the protocol: {e}") })
+        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Engine {
+            message: format!("the worker's answer does not follow the protocol: {e}"),
+        })
     }
 
     async fn post<T: serde::de::DeserializeOwned>(
@@ -184,10 +193,26 @@ impl EmbeddedAdapter {
         path: &str,
         body: &impl serde::Serialize,
     ) -> Result<T, RuntimeError> {
-        let socket = self.socket(model).await?;
         let body = serde_json::to_vec(body).map_err(|e| RuntimeError::InvalidRequest { message: e.to_string() })?;
-        let answer = self.call(&socket, Method::POST, path, Some(body)).await?;
+        let answer = self.call_model(model, path, body).await?;
         self.read_json(answer).await
+    }
+
+    /// `POST path` to the worker serving `model`, loading it first when needed. When the cached
+    /// worker cannot be reached (the supervisor is restarting it after a crash, so the process may
+    /// be up but still loading), the entry is dropped, the adapter waits until the worker reports
+    /// ready again (bounded by the load timeout) and the request is sent once more.
+    async fn call_model(&self, model: &ModelSpec, path: &str, body: Vec<u8>) -> Result<Answer, RuntimeError> {
+        let socket = self.socket(model).await?;
+        match self.call(&socket, Method::POST, path, Some(body.clone())).await {
+            Err(RuntimeError::Unavailable { reason, .. }) => {
+                tracing::info!(model = %model.name, %reason, "worker unreachable; waiting for it to be ready again");
+                self.lock().remove(&model.name);
+                let socket = self.socket(model).await?;
+                self.call(&socket, Method::POST, path, Some(body)).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -217,7 +242,14 @@ impl Runtime for EmbeddedAdapter {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { chat: true, completion: true, embeddings: true, tokenize: true, constrained: true, manages_models: true }
+        Capabilities {
+            chat: true,
+            completion: true,
+            embeddings: true,
+            tokenize: true,
+            constrained: true,
+            manages_models: true,
+        }
     }
 
     fn load(&self, model: &ModelSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
@@ -243,7 +275,8 @@ impl Runtime for EmbeddedAdapter {
     /// Ready when every loaded model's worker answers `/health` with `ready` (or none is loaded).
     fn health(&self) -> BoxFuture<'_, Health> {
         Box::pin(async move {
-            let workers: Vec<(String, PathBuf)> = self.lock().iter().map(|(k, w)| (k.clone(), w.socket.clone())).collect();
+            let workers: Vec<(String, PathBuf)> =
+                self.lock().iter().map(|(k, w)| (k.clone(), w.socket.clone())).collect();
             for (model, socket) in workers {
                 if !self.launcher.is_running(&model) {
                     return Health::Unhealthy(format!("the worker for {model:?} is not running"));
@@ -258,17 +291,23 @@ impl Runtime for EmbeddedAdapter {
         })
     }
 
-    fn generate(&self, model: &ModelSpec, request: GenerateRequest) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
+    fn generate(
+        &self,
+        model: &ModelSpec,
+        request: GenerateRequest,
+    ) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
         let model = model.clone();
         Box::pin(async move {
-            let socket = self.socket(&model).await?;
             let body = GenerateBody { prompt: (&request.prompt).into(), sampling: (&request.sampling).into() };
-            let body = serde_json::to_vec(&body).map_err(|e| RuntimeError::InvalidRequest { message: e.to_string() })?;
-            let answer = self.call(&socket, Method::POST, "/generate", Some(body)).await?;
+            let body =
+                serde_json::to_vec(&body).map_err(|e| RuntimeError::InvalidRequest { message: e.to_string() })?;
+            let answer = self.call_model(&model, "/generate", body).await?;
             if !answer.status.is_success() {
-                return Err(self.read_json::<serde_json::Value>(answer).await.err().unwrap_or_else(|| {
-                    RuntimeError::Engine { message: "worker refused the generation".into() }
-                }));
+                return Err(self
+                    .read_json::<serde_json::Value>(answer)
+                    .await
+                    .err()
+                    .unwrap_or_else(|| RuntimeError::Engine { message: "worker refused the generation".into() }));
             }
             let (chunks, guard) = answer.into_chunks();
             let (adapter, name) = (self.name.clone(), model.name.clone());
@@ -291,7 +330,11 @@ impl Runtime for EmbeddedAdapter {
             let reply: EmbedReply = self.post(&model, "/embed", &body).await?;
             if reply.embeddings.len() != request.input.len() {
                 return Err(RuntimeError::Engine {
-                    message: format!("worker returned {} vectors for {} inputs", reply.embeddings.len(), request.input.len()),
+                    message: format!(
+                        "worker returned {} vectors for {} inputs",
+                        reply.embeddings.len(),
+                        request.input.len()
+                    ),
                 });
             }
             Ok(Embeddings {
@@ -330,7 +373,9 @@ impl Decoder for WireDecoder {
         let event: WireEvent = match serde_json::from_str(line) {
             Ok(e) => e,
             Err(e) => {
-                return Step::Fail(RuntimeError::Engine { message: format!("worker sent a line outside the protocol: {e}") });
+                return Step::Fail(RuntimeError::Engine {
+                    message: format!("worker sent a line outside the protocol: {e}"),
+                });
             }
         };
         match event.into_event() {

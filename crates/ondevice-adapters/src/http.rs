@@ -146,14 +146,24 @@ impl Remote {
 
 /// The error for an HTTP status. 429/503 → `Overloaded` (retry after the server's delay, default 1 s),
 /// 400/422 → `InvalidRequest`, 501 → `Unsupported`, everything else → `Upstream`.
-pub(crate) fn status_to_error(adapter: &str, status: StatusCode, retry_after: Option<u64>, message: String) -> RuntimeError {
+pub(crate) fn status_to_error(
+    adapter: &str,
+    status: StatusCode,
+    retry_after: Option<u64>,
+    message: String,
+) -> RuntimeError {
     let code = status.as_u16();
     match code {
         429 | 503 => RuntimeError::Overloaded {
-            what: format!("runtime {adapter:?} answered {code}{}", if message.is_empty() { String::new() } else { format!(": {message}") }),
+            what: format!(
+                "runtime {adapter:?} answered {code}{}",
+                if message.is_empty() { String::new() } else { format!(": {message}") }
+            ),
             retry_after: Duration::from_secs(retry_after.unwrap_or(1).clamp(1, 3600)),
         },
-        400 | 422 => RuntimeError::InvalidRequest { message: format!("runtime {adapter:?} refused the request: {message}") },
+        400 | 422 => {
+            RuntimeError::InvalidRequest { message: format!("runtime {adapter:?} refused the request: {message}") }
+        }
         501 => RuntimeError::Unsupported { adapter: adapter.to_owned(), what: format!("this request ({message})") },
         _ => RuntimeError::Upstream { adapter: adapter.to_owned(), status: code, message },
     }
@@ -212,8 +222,17 @@ mod tests {
     #[test]
     fn statuses_map_to_contract_errors() {
         let e = status_to_error("x", StatusCode::TOO_MANY_REQUESTS, Some(7), "slow down".into());
-        assert_eq!(e, RuntimeError::Overloaded { what: "runtime \"x\" answered 429: slow down".into(), retry_after: Duration::from_secs(7) });
-        assert!(matches!(status_to_error("x", StatusCode::BAD_REQUEST, None, "m".into()), RuntimeError::InvalidRequest { .. }));
+        assert_eq!(
+            e,
+            RuntimeError::Overloaded {
+                what: "runtime \"x\" answered 429: slow down".into(),
+                retry_after: Duration::from_secs(7)
+            }
+        );
+        assert!(matches!(
+            status_to_error("x", StatusCode::BAD_REQUEST, None, "m".into()),
+            RuntimeError::InvalidRequest { .. }
+        ));
         let e = status_to_error("x", StatusCode::BAD_GATEWAY, None, "m".into());
         assert!(e.is_fallback(), "5xx must be fallback-worthy: {e:?}");
         let e = status_to_error("x", StatusCode::NOT_FOUND, None, "m".into());

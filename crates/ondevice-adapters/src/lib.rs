@@ -29,8 +29,8 @@ mod unix;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ondevice_config::runtimes::{RuntimeConfig, RuntimeKind};
 use ondevice_config::Secret;
+use ondevice_config::runtimes::{RuntimeConfig, RuntimeKind};
 use ondevice_runtime::Runtime;
 
 pub use error::AdapterError;

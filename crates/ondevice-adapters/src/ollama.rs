@@ -146,7 +146,8 @@ impl Runtime for OllamaAdapter {
 
     fn health(&self) -> BoxFuture<'_, Health> {
         Box::pin(async move {
-            let rb = self.remote.request(Method::GET, "/api/tags").timeout(self.remote.timeout.min(Duration::from_secs(10)));
+            let rb =
+                self.remote.request(Method::GET, "/api/tags").timeout(self.remote.timeout.min(Duration::from_secs(10)));
             match self.remote.send(rb).await {
                 Ok(_) => Health::Ready,
                 Err(e) => Health::Unhealthy(e.to_string()),
@@ -154,7 +155,11 @@ impl Runtime for OllamaAdapter {
         })
     }
 
-    fn generate(&self, model: &ModelSpec, request: GenerateRequest) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
+    fn generate(
+        &self,
+        model: &ModelSpec,
+        request: GenerateRequest,
+    ) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
         let model = model.clone();
         Box::pin(async move {
             let (path, body) = self.body(&model, &request)?;
@@ -205,7 +210,10 @@ impl Runtime for OllamaAdapter {
 
     fn tokenize(&self, _model: &ModelSpec, _text: &str) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
         Box::pin(async move {
-            Err(RuntimeError::Unsupported { adapter: self.remote.name.clone(), what: "tokenize (Ollama has no tokenize API)".into() })
+            Err(RuntimeError::Unsupported {
+                adapter: self.remote.name.clone(),
+                what: "tokenize (Ollama has no tokenize API)".into(),
+            })
         })
     }
 

@@ -137,7 +137,9 @@ impl Runtime for OpenAiAdapter {
                     what: format!("runtime {:?} is still loading its model", self.remote.name),
                     retry_after: Duration::from_secs(1),
                 }),
-                Health::Unhealthy(reason) => Err(RuntimeError::Unavailable { adapter: self.remote.name.clone(), reason }),
+                Health::Unhealthy(reason) => {
+                    Err(RuntimeError::Unavailable { adapter: self.remote.name.clone(), reason })
+                }
             }
         })
     }
@@ -161,7 +163,11 @@ impl Runtime for OpenAiAdapter {
         })
     }
 
-    fn generate(&self, model: &ModelSpec, request: GenerateRequest) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
+    fn generate(
+        &self,
+        model: &ModelSpec,
+        request: GenerateRequest,
+    ) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
         let model = model.clone();
         Box::pin(async move {
             let (path, body) = self.body(&model, &request)?;
@@ -295,7 +301,9 @@ impl Decoder for SseDecoder {
                 completion_tokens: stream::count_at(u, Some("/completion_tokens")).unwrap_or(self.chunks),
             };
             let timings = v.get("timings").map(|t| {
-                let ms = |k: &str| Duration::from_secs_f64(t.get(k).and_then(Value::as_f64).unwrap_or(0.0).max(0.0) / 1000.0);
+                let ms = |k: &str| {
+                    Duration::from_secs_f64(t.get(k).and_then(Value::as_f64).unwrap_or(0.0).max(0.0) / 1000.0)
+                };
                 Timings { prompt: ms("prompt_ms"), generation: ms("predicted_ms") }
             });
             if choice.is_none() {
@@ -344,7 +352,10 @@ mod tests {
             _ => panic!("expected done"),
         }
         let mut d = SseDecoder { adapter: "a".into(), finish: None, chunks: 0 };
-        assert!(matches!(d.line(r#"data: {"error":{"message":"boom","code":500}}"#), Step::Fail(RuntimeError::Upstream { status: 500, .. })));
+        assert!(matches!(
+            d.line(r#"data: {"error":{"message":"boom","code":500}}"#),
+            Step::Fail(RuntimeError::Upstream { status: 500, .. })
+        ));
         assert!(d.eof().is_err(), "a stream without a finish reason that ends is an error");
     }
 }

@@ -61,7 +61,13 @@ impl RestAdapter {
         })
     }
 
-    fn request(&self, method: HttpMethod, path: &str, model: &str, headers: &[(HeaderName, Secret)]) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: HttpMethod,
+        path: &str,
+        model: &str,
+        headers: &[(HeaderName, Secret)],
+    ) -> reqwest::RequestBuilder {
         let path = path.replace("{{model}}", model).replace("{{ model }}", model);
         let method = match method {
             HttpMethod::Post => Method::POST,
@@ -93,13 +99,15 @@ fn headers(
     let mapping = |message: String| AdapterError::Mapping { runtime: runtime.to_owned(), key: key.to_owned(), message };
     let mut out = Vec::new();
     for (name, value) in headers {
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| mapping(format!("{name:?} is not a header name")))?;
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| mapping(format!("{name:?} is not a header name")))?;
         let resolved = if SecretRef::is_reference(value) {
             SecretRef::parse(value)
                 .and_then(|r| r.resolve())
                 .map_err(|source| AdapterError::Secret { runtime: runtime.to_owned(), source })?
         } else if placeholders(value).contains(&"api_key") {
-            let k = api_key.ok_or_else(|| mapping(format!("header {name} uses {{{{api_key}}}} but the runtime has no api_key")))?;
+            let k = api_key
+                .ok_or_else(|| mapping(format!("header {name} uses {{{{api_key}}}} but the runtime has no api_key")))?;
             Secret::new(value.replace("{{api_key}}", k.expose()).replace("{{ api_key }}", k.expose()))
         } else {
             Secret::new(value.clone())
@@ -173,7 +181,9 @@ pub(crate) fn render(template: &toml::Value, vars: &Map<String, Value>) -> Optio
         toml::Value::Boolean(b) => json!(b),
         toml::Value::Datetime(d) => json!(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().filter_map(|v| render(v, vars)).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().filter_map(|(k, v)| Some((k.clone(), render(v, vars)?))).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.iter().filter_map(|(k, v)| Some((k.clone(), render(v, vars)?))).collect())
+        }
     })
 }
 
@@ -200,7 +210,9 @@ impl Runtime for RestAdapter {
     fn load(&self, _model: &ModelSpec) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async move {
             match self.health().await {
-                Health::Unhealthy(reason) => Err(RuntimeError::Unavailable { adapter: self.remote.name.clone(), reason }),
+                Health::Unhealthy(reason) => {
+                    Err(RuntimeError::Unavailable { adapter: self.remote.name.clone(), reason })
+                }
                 _ => Ok(()),
             }
         })
@@ -223,7 +235,11 @@ impl Runtime for RestAdapter {
         })
     }
 
-    fn generate(&self, model: &ModelSpec, request: GenerateRequest) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
+    fn generate(
+        &self,
+        model: &ModelSpec,
+        request: GenerateRequest,
+    ) -> BoxFuture<'_, Result<EventStream, RuntimeError>> {
         let model = model.clone();
         Box::pin(async move {
             if request.sampling.constraint.is_some() {
@@ -236,7 +252,13 @@ impl Runtime for RestAdapter {
             if g.method != HttpMethod::Get {
                 rb = rb.json(&body);
             }
-            let mut decoder = ShapeDecoder { shape: g.clone(), adapter: self.remote.name.clone(), usage: Usage::default(), finish: None, chunks: 0 };
+            let mut decoder = ShapeDecoder {
+                shape: g.clone(),
+                adapter: self.remote.name.clone(),
+                usage: Usage::default(),
+                finish: None,
+                chunks: 0,
+            };
             if g.response == ResponseMode::Json {
                 let v = self.remote.json(rb).await?;
                 let items = decoder.whole(&v);
@@ -279,7 +301,11 @@ impl Runtime for RestAdapter {
                 stream::normalize(&mut vectors);
             }
             let prompt_tokens = stream::count_at(&v, e.prompt_tokens.as_deref()).unwrap_or(0);
-            Ok(Embeddings { vectors, usage: Usage { prompt_tokens, completion_tokens: 0 }, adapter: self.remote.name.clone() })
+            Ok(Embeddings {
+                vectors,
+                usage: Usage { prompt_tokens, completion_tokens: 0 },
+                adapter: self.remote.name.clone(),
+            })
         })
     }
 
@@ -319,8 +345,13 @@ impl ShapeDecoder {
         if let Some(n) = stream::count_at(v, self.shape.completion_tokens.as_deref()) {
             self.usage.completion_tokens = n;
         }
-        if let Some(r) = self.shape.finish_reason.as_deref().and_then(|p| stream::pointer(v, p)).and_then(Value::as_str) {
-            self.finish = Some(if matches!(r, "length" | "max_tokens" | "max_length") { FinishReason::Length } else { FinishReason::Stop });
+        if let Some(r) = self.shape.finish_reason.as_deref().and_then(|p| stream::pointer(v, p)).and_then(Value::as_str)
+        {
+            self.finish = Some(if r.contains("length") || r.starts_with("max") {
+                FinishReason::Length
+            } else {
+                FinishReason::Stop
+            });
         }
         let text = stream::pointer(v, &self.shape.text).and_then(Value::as_str).unwrap_or("").to_owned();
         if !text.is_empty() {

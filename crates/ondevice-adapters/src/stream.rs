@@ -193,7 +193,7 @@ mod tests {
         }
     }
 
-    fn body(chunks: &[&'static str]) -> Body {
+    fn body(chunks: &'static [&'static str]) -> Body {
         Box::pin(futures_util::stream::iter(chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes())))))
     }
 
@@ -209,9 +209,14 @@ mod tests {
     #[tokio::test]
     async fn early_end_yields_the_decoders_error_and_last_line_without_newline_counts() {
         let items: Vec<_> = decode(body(&["x\ny"]), Lines, None, None).collect().await;
-        assert_eq!(items, vec![Ok(Event::Token("x".into())), Ok(Event::Token("y".into())), Err(RuntimeError::Engine {
-            message: "eof".into()
-        })]);
+        assert_eq!(
+            items,
+            vec![
+                Ok(Event::Token("x".into())),
+                Ok(Event::Token("y".into())),
+                Err(RuntimeError::Engine { message: "eof".into() })
+            ]
+        );
     }
 
     #[tokio::test]

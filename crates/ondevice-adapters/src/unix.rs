@@ -52,7 +52,9 @@ impl Answer {
     }
 
     /// The body as data chunks (trailers skipped), with the connection guard to keep alongside.
-    pub(crate) fn into_chunks(self) -> (impl futures_util::Stream<Item = Result<Bytes, hyper::Error>> + Send, ConnGuard) {
+    pub(crate) fn into_chunks(
+        self,
+    ) -> (impl futures_util::Stream<Item = Result<Bytes, hyper::Error>> + Send, ConnGuard) {
         let chunks = BodyStream::new(self.body).filter_map(|frame| async move {
             match frame {
                 Ok(f) => f.into_data().ok().map(Ok),
@@ -64,9 +66,15 @@ impl Answer {
 }
 
 /// Sends one request; `body` is JSON when present.
-pub(crate) async fn request(socket: &Path, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Answer, Failure> {
+pub(crate) async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Answer, Failure> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(Failure::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(Failure::Http)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(Failure::Http)?;
     let guard = ConnGuard(tokio::spawn(async move {
         // The connection ends when the answer is read or the guard aborts it; its error is the answer's.
         let _ = conn.await;

@@ -142,11 +142,14 @@ async fn llama_server_chat_stream_embed_tokenize_and_errors() {
     assert!(!tokens.is_empty() && tokens.len() < 5, "{tokens:?}");
 
     let e = rt
-        .embed(&ModelSpec::named("smollm2"), EmbedRequest {
-            model: "smollm2".into(),
-            input: vec!["Paris is in France".into(), "Bananas are yellow".into()],
-            normalize: true,
-        })
+        .embed(
+            &ModelSpec::named("smollm2"),
+            EmbedRequest {
+                model: "smollm2".into(),
+                input: vec!["Paris is in France".into(), "Bananas are yellow".into()],
+                normalize: true,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(e.vectors.len(), 2);
@@ -156,7 +159,11 @@ async fn llama_server_chat_stream_embed_tokenize_and_errors() {
     assert_ne!(e.vectors[0], e.vectors[1]);
 
     // The same server as plain kind `openai`, with a key it ignores: models listed, chat works.
-    let openai = OpenAiAdapter::new("lan", HttpOptions { api_key: Some(Secret::new("sk-test-123")), ..options(&format!("{}/v1/", server.url)) }).unwrap();
+    let openai = OpenAiAdapter::new(
+        "lan",
+        HttpOptions { api_key: Some(Secret::new("sk-test-123")), ..options(&format!("{}/v1/", server.url)) },
+    )
+    .unwrap();
     assert_eq!(openai.health().await, Health::Ready);
     let models = openai.list_models().await.unwrap();
     assert!(models.iter().any(|m| m.contains("SmolLM2")), "{models:?}");
@@ -183,7 +190,8 @@ async fn llama_server_chat_stream_embed_tokenize_and_errors() {
     // Server gone: unavailable (fallback-worthy), health unhealthy, key never shown.
     let url = server.url.clone();
     drop(server);
-    let rt = OpenAiAdapter::new("lan", HttpOptions { api_key: Some(Secret::new("sk-test-123")), ..options(&url) }).unwrap();
+    let rt =
+        OpenAiAdapter::new("lan", HttpOptions { api_key: Some(Secret::new("sk-test-123")), ..options(&url) }).unwrap();
     let err = rt.generate(&ModelSpec::named("smollm2"), capital_question()).await.err().expect("server is down");
     assert!(matches!(err, RuntimeError::Unavailable { .. }) && err.is_fallback(), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("sk-test-123"));

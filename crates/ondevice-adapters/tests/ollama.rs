@@ -184,7 +184,10 @@ async fn chat_streams_with_options_usage_and_timings() {
     let o = &sent["options"];
     assert_eq!((o["temperature"].as_f64(), o["top_k"].as_u64(), o["seed"].as_u64()), (Some(0.0), Some(40), Some(42)));
     assert_eq!((o["num_predict"].as_u64(), o["num_ctx"].as_u64()), (Some(64), Some(4096)));
-    assert!((o["min_p"].as_f64().unwrap() - 0.05).abs() < 1e-6 && (o["repeat_penalty"].as_f64().unwrap() - 1.1).abs() < 1e-6);
+    assert!(
+        (o["min_p"].as_f64().unwrap() - 0.05).abs() < 1e-6
+            && (o["repeat_penalty"].as_f64().unwrap() - 1.1).abs() < 1e-6
+    );
     assert_eq!(o["stop"], json!(["\n\n"]));
     assert!(sent.get("format").is_none());
 
@@ -212,7 +215,10 @@ async fn generate_raw_length_and_broken_streams() {
     };
     let (text, done) = collect(&rt, &spec(), req.clone()).await.unwrap();
     assert_eq!(text, "one two");
-    assert!(matches!(done, Event::Done { finish: FinishReason::Length, usage: Usage { prompt_tokens: 4, completion_tokens: 2 }, .. }));
+    assert!(matches!(
+        done,
+        Event::Done { finish: FinishReason::Length, usage: Usage { prompt_tokens: 4, completion_tokens: 2 }, .. }
+    ));
     let sent = seen.last("/api/generate");
     assert_eq!((sent["raw"].clone(), sent["prompt"].clone()), (json!(true), json!("Count:")));
     assert!(sent.get("keep_alive").is_none());
@@ -237,7 +243,10 @@ async fn models_load_unload_embed_and_errors() {
     assert_eq!(seen.last("/api/generate")["keep_alive"], 0);
 
     let e = rt
-        .embed(&spec(), EmbedRequest { model: "llama3.2:1b".into(), input: vec!["a".into(), "b".into()], normalize: true })
+        .embed(
+            &spec(),
+            EmbedRequest { model: "llama3.2:1b".into(), input: vec!["a".into(), "b".into()], normalize: true },
+        )
         .await
         .unwrap();
     assert_eq!(e.vectors[0], vec![0.6, 0.8]);
@@ -251,7 +260,10 @@ async fn models_load_unload_embed_and_errors() {
     assert!(matches!(err, RuntimeError::ModelNotFound { .. }), "{err:?}");
     let empty = GenerateRequest { prompt: Prompt::Chat(vec![]), ..chat_request() };
     let err = rt.generate(&spec(), empty).await.err().unwrap();
-    assert!(matches!(err, RuntimeError::InvalidRequest { ref message } if message.contains("messages are required")), "{err:?}");
+    assert!(
+        matches!(err, RuntimeError::InvalidRequest { ref message } if message.contains("messages are required")),
+        "{err:?}"
+    );
     assert!(matches!(rt.tokenize(&spec(), "x").await, Err(RuntimeError::Unsupported { .. })));
 
     // Nothing listens on a closed port: unavailable, unhealthy.

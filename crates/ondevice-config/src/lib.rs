@@ -8,9 +8,9 @@
 
 mod error;
 pub mod inference;
-pub mod registry;
 mod locate;
 mod redact;
+pub mod registry;
 pub mod runtimes;
 pub mod schema;
 pub mod secret;
@@ -321,10 +321,7 @@ fn validate_inference(s: &Settings, invalid: &dyn Fn(&str, String) -> ConfigErro
         }
         for r in chain {
             if !known(r) {
-                return Err(invalid(
-                    key,
-                    format!("unknown runtime {r:?}: use \"embedded\" or declare [runtimes.{r}]"),
-                ));
+                return Err(invalid(key, format!("unknown runtime {r:?}: use \"embedded\" or declare [runtimes.{r}]")));
             }
         }
         Ok(())

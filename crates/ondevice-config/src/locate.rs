@@ -27,6 +27,9 @@ pub(crate) fn key_line(text: &str, key: &str) -> Option<usize> {
             let name = rest.trim_start_matches('[');
             let name = name.split(']').next().unwrap_or("").trim();
             table = name.split('.').map(|p| p.trim().trim_matches('"')).collect::<Vec<_>>().join(".");
+            if table == key {
+                return Some(i + 1);
+            }
             if table == parent {
                 table_line = Some(i + 1);
             }

@@ -86,15 +86,21 @@ impl RegistrySettings {
     /// Checks values that single fields cannot express; errors are `(key, message)`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         for (i, h) in self.allow_hosts.iter().enumerate() {
-            let ok = !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            let ok = !h.is_empty()
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
             if !ok {
                 return Err((
                     "registry.allow_hosts",
-                    format!("entry {i} {h:?} is not a host: write a name or IP such as \"127.0.0.1\", without scheme or port"),
+                    format!(
+                        "entry {i} {h:?} is not a host: write a name or IP such as \"127.0.0.1\", without scheme or port"
+                    ),
                 ));
             }
         }
-        for (key, v, min) in [("registry.max_concurrent_jobs", self.max_concurrent_jobs, 1), ("registry.connections", self.connections, 1)] {
+        for (key, v, min) in [
+            ("registry.max_concurrent_jobs", self.max_concurrent_jobs, 1),
+            ("registry.connections", self.connections, 1),
+        ] {
             if v < min {
                 return Err((key, format!("must be at least {min}")));
             }
@@ -113,7 +119,10 @@ impl RegistrySettings {
         }
         for host in self.credentials.keys() {
             if host.is_empty() || host.contains(['/', ':', '@']) {
-                return Err(("registry.credentials", format!("{host:?} is not a host name: write it without scheme or port")));
+                return Err((
+                    "registry.credentials",
+                    format!("{host:?} is not a host name: write it without scheme or port"),
+                ));
             }
         }
         Ok(())

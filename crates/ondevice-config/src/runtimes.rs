@@ -278,7 +278,7 @@ pub struct RestGenerate {
     /// the stream ends with the body (or an SSE `[DONE]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done: Option<String>,
-    /// JSON pointer to the finish reason (`"length"`/`"max_tokens"` mean length, anything else stop).
+    /// JSON pointer to the finish reason (values containing `length` or starting with `max` mean length, anything else stop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<String>,
     /// JSON pointer to the prompt token count.
@@ -401,7 +401,10 @@ fn check_path(key: &str, path: &str) -> Result<(), (String, String)> {
 
 fn check_pointer(key: &str, ptr: &str) -> Result<(), (String, String)> {
     if !(ptr.is_empty() || ptr.starts_with('/')) {
-        return Err((key.into(), format!("{ptr:?} is not a JSON pointer: write \"/field/0/sub\" (or \"\" for the root)")));
+        return Err((
+            key.into(),
+            format!("{ptr:?} is not a JSON pointer: write \"/field/0/sub\" (or \"\" for the root)"),
+        ));
     }
     Ok(())
 }

@@ -78,8 +78,8 @@ impl SecretRef {
                 _ => Err(SecretError::MissingEnv(name.clone())),
             },
             SecretRef::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| SecretError::File { path: path.clone(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| SecretError::File { path: path.clone(), source })?;
                 let value = text.trim_end_matches(['\n', '\r']);
                 if value.is_empty() {
                     return Err(SecretError::EmptyFile(path.clone()));

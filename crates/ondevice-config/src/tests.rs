@@ -145,3 +145,59 @@ fn committed_schema_and_reference_are_fresh() {
         );
     }
 }
+
+#[test]
+fn runtimes_parse_with_secret_refs_and_model_mappings() {
+    let (_dir, path) = write_config(
+        r#"
+[runtimes.lan-vllm]
+kind = "openai"
+base_url = "http://192.168.1.20:8000/v1"
+api_key = "env:VLLM_API_KEY"
+models = ["qwen2.5:7b", { name = "llama3:8b", upstream = "meta-llama/Meta-Llama-3-8B-Instruct" }]
+
+[runtimes.my-rest]
+kind = "rest"
+base_url = "http://127.0.0.1:9000"
+[runtimes.my-rest.generate]
+path = "/v2/infer"
+headers = { X-Key = "file:/run/keys/rest" }
+body = { input = "{{prompt}}", opts = { n = "{{max_tokens}}" } }
+response = "ndjson"
+text = "/delta/text"
+done = "/finished"
+"#,
+    );
+    let s = check_file(&path).unwrap();
+    let vllm = &s.runtimes["lan-vllm"];
+    assert_eq!(vllm.kind, runtimes::RuntimeKind::Openai);
+    assert_eq!(vllm.api_key, Some(SecretRef::Env("VLLM_API_KEY".into())));
+    assert_eq!(vllm.models[1].upstream(), "meta-llama/Meta-Llama-3-8B-Instruct");
+    assert_eq!((vllm.timeout_s, vllm.health.period_s), (300, 10));
+    let rest = s.runtimes["my-rest"].generate.as_ref().unwrap();
+    assert_eq!(rest.response, runtimes::ResponseMode::Ndjson);
+    let shown = to_redacted_toml(&s);
+    assert!(!shown.contains("VLLM_API_KEY"), "api_key is redacted in config show: {shown}");
+}
+
+#[test]
+fn runtime_errors_name_the_line() {
+    let head = "[runtimes.r]\nkind = \"openai\"\nbase_url = \"http://h:1\"\n";
+    assert_error(&format!("{head}api_key = \"sk-live-abc\"\n"), 4, "write \"env:VARIABLE\" or \"file:/path/to/key\"");
+    assert_error("[runtimes.r]\nkind = \"openai\"\nbase_url = \"ftp://h\"\n", 3, "base_url must be an http://");
+    assert_error("[runtimes.r]\nkind = \"vllm\"\nbase_url = \"http://h:1\"\n", 2, "unknown variant `vllm`");
+    assert_error(&format!("{head}models = [\"a\", \"a\"]\n"), 4, "listed twice");
+    assert_error(&format!("{head}timeout_s = 0\n"), 4, "runtimes.r.timeout_s: must be at least 1");
+    assert_error(&format!("{head}models = [{{ name = \"a\" }}]\n"), 4, "missing field `upstream`");
+    assert_error(&format!("{head}[runtimes.r.generate]\npath = \"/x\"\ntext = \"/t\"\n"), 4, "only kind = \"rest\"");
+    let rest = "[runtimes.r]\nkind = \"rest\"\nbase_url = \"http://h:1\"\n";
+    assert_error(rest, 1, "needs a [runtimes.NAME.generate] table");
+    assert_error(
+        &format!("{rest}[runtimes.r.generate]\npath = \"/x\"\nbody = {{ q = \"{{{{promt}}}}\" }}\ntext = \"/t\"\n"),
+        6,
+        "unknown placeholder {{promt}}",
+    );
+    assert_error(&format!("{rest}[runtimes.r.generate]\npath = \"/x\"\ntext = \"t\"\n"), 6, "is not a JSON pointer");
+    assert_error(&format!("{rest}[runtimes.r.generate]\npath = \"x\"\ntext = \"/t\"\n"), 5, "must start with /");
+    assert_error("[runtimes.embedded]\nkind = \"openai\"\nbase_url = \"http://h:1\"\n", 1, "is reserved");
+}

@@ -89,6 +89,7 @@ pub(crate) fn run(
         n_batch: config.batch as usize,
         ctx_per_slot,
         slots: (0..config.parallel).map(|_| None).collect(),
+        cached: (0..config.parallel).map(|_| Vec::new()).collect(),
         waiting: VecDeque::new(),
         embedder: Embedder::new(backend, threads_i32, n_ctx_train),
         shared,
@@ -107,6 +108,10 @@ struct Sequence {
     pos: i32,
     /// The sampled token to decode next.
     next: Option<LlamaToken>,
+    /// Tokens decoded into this sequence's KV cells, in position order.
+    history: Vec<LlamaToken>,
+    /// Prompt tokens whose KV cells came from the slot's cache instead of being evaluated.
+    reused: u32,
     /// Index in the current batch whose logits are this sequence's.
     logits_at: Option<i32>,
     sampler: LlamaSampler,
@@ -124,6 +129,10 @@ struct Scheduler<'m> {
     n_batch: usize,
     ctx_per_slot: u32,
     slots: Vec<Option<Sequence>>,
+    /// Per slot, the tokens whose KV cells the slot's sequence still holds from its last
+    /// generation (prompt caching: a new prompt sharing a prefix skips re-evaluating it, as
+    /// llama.cpp's server does).
+    cached: Vec<Vec<LlamaToken>>,
     waiting: VecDeque<Pending>,
     embedder: Embedder<'m>,
     shared: Arc<Shared>,
@@ -204,16 +213,39 @@ impl<'m> Scheduler<'m> {
         self.waiting.retain(|p| !p.events.is_closed());
     }
 
-    /// Moves waiting requests into free slots.
+    /// Moves waiting requests into free slots: the free slot whose cached tokens share the longest
+    /// prefix with the prompt, whose KV cells for that prefix are reused.
     fn admit(&mut self) {
-        while let Some(id) = self.slots.iter().position(Option::is_none) {
+        while self.slots.iter().any(Option::is_none) {
             let Some(pending) = self.waiting.pop_front() else { break };
-            match self.prepare(pending) {
-                Ok(seq) => self.slots[id] = Some(seq),
+            let mut seq = match self.prepare(pending) {
+                Ok(seq) => seq,
                 Err((events, e)) => {
                     let _ = events.send(Err(e));
+                    continue;
                 }
-            }
+            };
+            let (id, shared) = (0..self.slots.len())
+                .filter(|&id| self.slots[id].is_none())
+                .map(|id| (id, common_prefix(&self.cached[id], &seq.prompt)))
+                .max_by_key(|&(id, n)| (n, std::cmp::Reverse(id)))
+                .expect("a free slot exists");
+            // At least the last prompt token is decoded again: its logits start the generation.
+            let keep = shared.min(seq.prompt.len() - 1);
+            let trimmed = self.ctx.clear_kv_cache_seq(Some(id as u32), Some(keep as u32), None).unwrap_or(false);
+            let keep = if trimmed {
+                keep
+            } else {
+                let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+                0
+            };
+            self.cached[id].clear();
+            seq.fed = keep;
+            seq.pos = keep as i32;
+            seq.history = seq.prompt[..keep].to_vec();
+            seq.reused = keep as u32;
+            tracing::debug!(slot = id, prompt = seq.prompt.len(), reused = keep, "generation admitted");
+            self.slots[id] = Some(seq);
         }
     }
 
@@ -250,6 +282,8 @@ impl<'m> Scheduler<'m> {
             fed: 0,
             pos: 0,
             next: None,
+            history: Vec::new(),
+            reused: 0,
             logits_at: None,
             sampler,
             generated: 0,
@@ -258,12 +292,20 @@ impl<'m> Scheduler<'m> {
         })
     }
 
-    /// Clears a slot's KV cells and frees it (its ticket goes with it).
+    /// Frees a slot (its ticket goes with it). Its KV cells stay, remembered in `cached`, for a
+    /// later prompt with the same prefix.
     fn free(&mut self, id: usize) {
-        if self.slots[id].take().is_some() {
-            if let Err(e) = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None) {
-                tracing::warn!(slot = id, error = %e, "cannot clear the slot's KV cells");
-            }
+        if let Some(seq) = self.slots[id].take() {
+            self.cached[id] = seq.history;
+        }
+    }
+
+    /// Frees a slot and drops its KV cells (after a failed decode their state is unknown).
+    fn discard(&mut self, id: usize) {
+        self.slots[id] = None;
+        self.cached[id].clear();
+        if let Err(e) = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None) {
+            tracing::warn!(slot = id, error = %e, "cannot clear the slot's KV cells");
         }
     }
 
@@ -280,6 +322,7 @@ impl<'m> Scheduler<'m> {
                     seq.next = Some(token);
                     continue;
                 }
+                seq.history.push(token);
                 seq.logits_at = Some(self.batch.n_tokens() - 1);
                 seq.pos += 1;
                 used += 1;
@@ -293,6 +336,7 @@ impl<'m> Scheduler<'m> {
                 if self.batch.add(seq.prompt[seq.fed], seq.pos, &[id as i32], last).is_err() {
                     break;
                 }
+                seq.history.push(seq.prompt[seq.fed]);
                 if last {
                     seq.logits_at = Some(self.batch.n_tokens() - 1);
                 }
@@ -314,7 +358,7 @@ impl<'m> Scheduler<'m> {
                     let _ =
                         seq.events.send(Err(RuntimeError::Engine { message: format!("llama.cpp decode failed: {e}") }));
                 }
-                self.free(id);
+                self.discard(id);
             }
             return;
         }
@@ -371,4 +415,9 @@ impl<'m> Scheduler<'m> {
         }
         self.free(id);
     }
+}
+
+/// Length of the common prefix of two token lists.
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

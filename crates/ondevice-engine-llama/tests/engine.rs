@@ -190,3 +190,29 @@ fn corrupt_and_truncated_models_fail_to_load() {
     let missing = Engine::load(EngineConfig::new(dir.path().join("missing.gguf"))).unwrap_err();
     assert!(missing.to_string().contains("missing.gguf"), "{missing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_prompt_prefixes_give_the_same_answers() {
+    let Some(path) = model_path("cached_prompt_prefixes_give_the_same_answers") else { return };
+    // One slot: every request reuses (part of) the previous one's KV cells.
+    let engine = engine(path, 1, 4);
+    let other = Prompt::Chat(vec![
+        ChatMessage::new(Role::System, "You are a helpful assistant."),
+        ChatMessage::new(Role::User, "What is the capital of Germany?"),
+    ]);
+    let first = collect(engine.generate(&paris(), &greedy()).unwrap()).await.unwrap();
+    let again = collect(engine.generate(&paris(), &greedy()).unwrap()).await.unwrap();
+    let shared_prefix = collect(engine.generate(&other, &greedy()).unwrap()).await.unwrap();
+    let back = collect(engine.generate(&paris(), &greedy()).unwrap()).await.unwrap();
+    assert_eq!(first.text, "The capital of France is Paris.");
+    assert_eq!(again.text, first.text, "the whole prompt cached");
+    assert_eq!(back.text, first.text, "a prefix cached, the rest evaluated");
+    assert!(shared_prefix.text.contains("Berlin"), "{:?}", shared_prefix.text);
+    let fresh = engine_fresh_answer(&other).await;
+    assert_eq!(shared_prefix.text, fresh, "reusing the system prompt's cells changes nothing");
+}
+
+async fn engine_fresh_answer(prompt: &Prompt) -> String {
+    let path = model_path("cached_prompt_prefixes_give_the_same_answers").expect("model");
+    collect(engine(path, 1, 4).generate(prompt, &greedy()).unwrap()).await.unwrap().text
+}

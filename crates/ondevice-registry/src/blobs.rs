@@ -128,6 +128,27 @@ impl BlobStore {
         result
     }
 
+    /// Stores what `r` yields if it hashes to `expected` (else nothing is kept and the error is
+    /// [`BlobError::Corrupt`]).
+    pub fn put_reader(&self, r: &mut dyn Read, expected: &Digest) -> Result<Stored, BlobError> {
+        let tmp = self.temp_path();
+        let result = (|| {
+            let mut out = File::options().write(true).create_new(true).open(&tmp).map_err(io_err("create", &tmp))?;
+            let (digest, size) = hash_reader(r, Some(&mut out), &tmp)?;
+            if digest != *expected {
+                return Err(BlobError::Corrupt { expected: *expected, actual: digest });
+            }
+            out.sync_all().map_err(io_err("sync", &tmp))?;
+            drop(out);
+            let existed = self.commit(&tmp, &digest)?;
+            Ok(Stored { digest, size, linked: false, existed })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Moves a file whose digest the caller computed (a verified download) into the store:
     /// fsynced, then renamed (same filesystem: `partials/` is beside `blobs/`).
     pub fn adopt(&self, src: &Path, digest: &Digest) -> Result<Stored, BlobError> {

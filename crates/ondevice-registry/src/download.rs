@@ -337,7 +337,11 @@ impl Download<'_> {
             if self.cancel.is_cancelled() {
                 return Err(RunError::Fatal(DownloadError::Cancelled));
             }
-            let (e, transient) = match f().await {
+            let attempt_result = tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+                r = f() => r,
+            };
+            let (e, transient) = match attempt_result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod blobs;
+pub mod bundle;
 pub mod catalog;
 pub mod download;
 pub mod fetch;
@@ -63,6 +64,9 @@ pub enum RegistryError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// A bundle is malformed or hostile; nothing was registered.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -350,6 +354,11 @@ impl Registry {
         let record = self.record(&name, &tag, &gguf, stored, format!("import:{file_name}"), None)?;
         tracing::info!(model = %record.reference(), linked = stored.linked, "imported model");
         Ok(record)
+    }
+
+    /// Imports a local file: a bundle written by `export` (tar), else a GGUF file.
+    pub fn import_path(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
+        if bundle::is_bundle(path) { self.import_bundle(path, name) } else { self.import_gguf(path, name) }
     }
 
     /// Every model, by name then tag.

@@ -1,9 +1,11 @@
 //! gRPC on the same listener: `ondevice.v1.StatusService` (read), `ondevice.v1.InferenceService`
-//! (infer, in `grpc/inference.rs`), the standard `grpc.health.v1.Health` (public) and server
+//! (infer, in `grpc/inference.rs`), `ondevice.v1.ModelsService` (read; writes check models, in
+//! `grpc/models.rs`), the standard `grpc.health.v1.Health` (public) and server
 //! reflection (v1 and v1alpha). Every service but health goes through [`AuthInterceptor`], which
 //! calls the same verifier as the HTTP layer.
 
 mod inference;
+mod models;
 
 use std::pin::Pin;
 
@@ -11,6 +13,7 @@ use axum::Router;
 use futures_util::Stream;
 use ondevice_auth::{Presented, Scope};
 use ondevice_proto::v1::inference_service_server::InferenceServiceServer;
+use ondevice_proto::v1::models_service_server::ModelsServiceServer;
 use ondevice_proto::v1::status_service_server::{StatusService, StatusServiceServer};
 use ondevice_proto::v1::{Event, GetStatusRequest, GetStatusResponse, WatchEventsRequest, WorkerStatus};
 use tonic::server::NamedService;
@@ -151,6 +154,7 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<StatusServiceServer<StatusImpl>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceImpl>>().await;
+    reporter.set_serving::<ModelsServiceServer<models::ModelsImpl>>().await;
     let guard = |scope| AuthInterceptor { state: state.clone(), scope };
     let status =
         InterceptedService::new(StatusServiceServer::new(StatusImpl { state: state.clone() }), guard(Scope::Read));
@@ -158,6 +162,8 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
         InferenceServiceServer::new(inference::InferenceImpl { state: state.clone() }),
         guard(Scope::Infer),
     );
+    let models =
+        InterceptedService::new(ModelsServiceServer::new(models::ModelsImpl { state: state.clone() }), guard(Scope::Read));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ondevice_proto::FILE_DESCRIPTOR_SET)
@@ -167,6 +173,7 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     router = add(router, health);
     router = add(router, status);
     router = add(router, inference);
+    router = add(router, models);
     if let Ok(v1) = reflection().build_v1() {
         router = add(router, InterceptedService::new(v1, guard(Scope::Read)));
     }

@@ -49,6 +49,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::ws::ws))
         .routes(routes!(routes::models::list))
         .routes(routes!(routes::models::show))
+        .routes(routes!(routes::models::export))
         .routes(routes!(routes::jobs::catalog))
         .routes(routes!(routes::jobs::list))
         .routes(routes!(routes::jobs::show))

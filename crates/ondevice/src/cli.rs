@@ -235,7 +235,8 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Import a GGUF file (validated first; hardlinked into the blob store when possible).
+    /// Import a GGUF file (validated first; hardlinked into the blob store when possible) or a
+    /// bundle written by `ondevice models export`.
     Import {
         /// The GGUF file.
         path: PathBuf,
@@ -245,6 +246,14 @@ pub enum ModelsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a model as a bundle (tar with a manifest and sha256s) to import on another home.
+    Export {
+        /// `name[:tag]` or `sha256:<hex>`.
+        name: String,
+        /// The bundle file to write.
+        #[arg(long, short)]
+        output: PathBuf,
     },
     /// Remove a model (free its blob with `ondevice models gc`).
     Rm {

@@ -4,6 +4,8 @@
 //! tests; the surfaces are in `e2e/`.
 
 mod common;
+#[path = "e2e/fallback.rs"]
+mod fallback;
 #[path = "e2e/grpc.rs"]
 mod grpc;
 #[path = "e2e/http.rs"]
@@ -12,6 +14,8 @@ mod http;
 mod inference;
 #[path = "e2e/models.rs"]
 mod models;
+#[path = "e2e/pull.rs"]
+mod pull;
 #[path = "e2e/workers.rs"]
 mod workers;
 #[path = "e2e/ws.rs"]

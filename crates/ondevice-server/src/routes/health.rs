@@ -2,38 +2,68 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::state::AppState;
 
-/// Liveness or readiness, without details.
+/// Liveness or readiness. `details` only for a request carrying a valid key.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProbeResponse {
-    /// `ok`, `ready` or `not_ready`.
+    /// `ok` (liveness), `ready`, `degraded` (serving, but a runtime failed and a fallback answers or a
+    /// circuit is open) or `not_ready`.
     pub status: &'static str,
+    /// Why the daemon is degraded or not ready; present only with a valid key (any scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<ReadyDetails>,
+}
+
+/// Readiness details for authenticated callers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyDetails {
+    /// Why inference is degraded (open circuits, recent fallbacks), if it is.
+    pub degraded: Option<String>,
+    /// Required workers that are not ready.
+    pub workers_not_ready: Vec<String>,
 }
 
 /// Liveness of the daemon itself.
 #[utoipa::path(get, path = "/healthz", tag = "probes",
     responses((status = 200, description = "The daemon is alive", body = ProbeResponse)))]
 pub async fn healthz() -> Json<ProbeResponse> {
-    Json(ProbeResponse { status: "ok" })
+    Json(ProbeResponse { status: "ok", details: None })
 }
 
-/// Readiness: the listener is up and every required worker is ready. No details without a key.
+/// Readiness: the listener is up and every required worker is ready; `degraded` (still 200) while
+/// inference runs on a fallback runtime or a runtime's circuit is open. Details only with a valid key.
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses(
-        (status = 200, description = "Ready to serve", body = ProbeResponse),
+        (status = 200, description = "Ready to serve (`ready` or `degraded`)", body = ProbeResponse),
         (status = 503, description = "Not ready (starting, stopping, or a required worker is not ready)", body = ProbeResponse)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.status().ready {
-        (StatusCode::OK, Json(ProbeResponse { status: "ready" }))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(ProbeResponse { status: "not_ready" }))
-    }
+pub async fn readyz(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let ready = state.status().ready;
+    let degraded = state.inference().and_then(|i| i.degraded());
+    let status = match (ready, &degraded) {
+        (false, _) => "not_ready",
+        (true, Some(_)) => "degraded",
+        (true, None) => "ready",
+    };
+    let authenticated = (headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-api-key"))
+        && crate::middleware::authenticate(&state, &headers, ondevice_auth::Scope::Read, "http").is_ok();
+    let details = authenticated.then(|| ReadyDetails {
+        degraded,
+        workers_not_ready: state
+            .status_source()
+            .workers()
+            .into_iter()
+            .filter(|w| w.required && !w.ready)
+            .map(|w| w.name)
+            .collect(),
+    });
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(ProbeResponse { status, details }))
 }
 
 /// This API's OpenAPI 3.1 document.

@@ -66,7 +66,8 @@ impl From<ModelRecord> for ModelView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
-    /// Absolute path of a GGUF file on the daemon's machine, readable by the daemon's user.
+    /// Absolute path of a GGUF file or of a bundle written by `ondevice models export`, on the
+    /// daemon's machine and readable by the daemon's user.
     #[schema(value_type = String)]
     pub path: PathBuf,
     /// `name[:tag]` to register it as (default: from the file's metadata or name).
@@ -108,7 +109,9 @@ pub struct GcView {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Ref(_) | RegistryError::InvalidModelFile { .. } => ApiError::InvalidRequest(e.to_string()),
+            RegistryError::Ref(_) | RegistryError::InvalidModelFile { .. } | RegistryError::Bundle(_) => {
+                ApiError::InvalidRequest(e.to_string())
+            }
             RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
@@ -175,7 +178,8 @@ pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(Json(removed.into_iter().map(ModelView::from).collect()))
 }
 
-/// Imports a GGUF file from the daemon's filesystem (validated first; hardlinked when possible).
+/// Imports a GGUF file (validated first; hardlinked when possible) or an exported bundle
+/// (digests checked; restored bit for bit) from the daemon's filesystem.
 #[utoipa::path(post, path = "/api/v1/models/import", tag = "models",
     security(("bearer" = ["models"])),
     request_body = ImportRequest,
@@ -193,7 +197,7 @@ pub async fn import(
     }
     let name = req.name.as_deref().map(parse_ref).transpose()?;
     let path = req.path;
-    let record = blocking(&state, move |reg| reg.import_gguf(&path, name)).await?;
+    let record = blocking(&state, move |reg| reg.import_path(&path, name)).await?;
     tracing::info!(model = %record.reference(), digest = %record.digest, "model imported");
     Ok((StatusCode::CREATED, Json(record.into())))
 }
@@ -243,4 +247,63 @@ pub async fn gc(State(state): State<AppState>) -> Result<Json<GcView>, ApiError>
         removed_partials: report.removed_partials.iter().map(|p| p.display().to_string()).collect(),
         freed_bytes: report.freed_bytes,
     }))
+}
+
+/// A `Write` that sends 1 MiB pieces into a channel (the export runs on the blocking pool and
+/// streams to the client).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 20));
+        self.tx.blocking_send(Ok(piece)).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+/// Streams a model as a bundle: a tar with `manifest.json` (metadata, sha256 and size of each
+/// file) and the blob, for `ondevice models import` on another machine.
+#[utoipa::path(get, path = "/api/v1/models/{name}/export", tag = "models",
+    security(("bearer" = ["read"])),
+    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    responses(
+        (status = 200, description = "The bundle (`application/x-tar`)", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn export(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::response::Response, ApiError> {
+    let r = parse_ref(&name)?;
+    let shown = r.clone();
+    let m = blocking(&state, move |reg| reg.show(&shown)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let registry = state.registry().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 20) };
+        if let Err(e) = registry.export_bundle(&r, &mut w) {
+            tracing::warn!(error = %e, "export failed midway");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let file = format!("{}.tar", m.reference().replace(['/', ':'], "-"));
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut resp = axum::response::Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-tar"));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }

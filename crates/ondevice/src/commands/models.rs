@@ -149,6 +149,27 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
                 println!("imported {} ({}, {})", m.model, m.digest, human_size(m.size));
             }
         }
+        ModelsCommand::Export { name, output } => {
+            let mut resp = client.get_stream(&format!("/api/v1/models/{}/export", segment(&name))).await?;
+            let tmp = output.with_extension("partial");
+            let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let mut written = 0u64;
+            let copied: anyhow::Result<()> = async {
+                while let Some(chunk) = resp.chunk().await.context("export interrupted")? {
+                    std::io::Write::write_all(&mut file, &chunk).with_context(|| format!("cannot write {}", tmp.display()))?;
+                    written += chunk.len() as u64;
+                }
+                file.sync_all()?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            std::fs::rename(&tmp, &output).with_context(|| format!("cannot write {}", output.display()))?;
+            println!("exported {name} to {} ({})", output.display(), human_size(written));
+        }
         ModelsCommand::Rm { name } => {
             let removed: Vec<ModelView> =
                 client.call(Method::DELETE, &format!("/api/v1/models/{}", segment(&name)), None).await?;

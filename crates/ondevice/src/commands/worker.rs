@@ -18,6 +18,7 @@ pub fn run(args: &WorkerArgs, format: Option<LogFormat>, level: Option<&str>) ->
     use ondevice_engine_llama::{Engine, EngineConfig};
 
     init_logging(format, level)?;
+    check_cpu()?;
     let mut config = EngineConfig::new(&args.model);
     config.threads = args.threads;
     config.ctx_per_slot = args.ctx;
@@ -34,6 +35,31 @@ pub fn run(args: &WorkerArgs, format: Option<LogFormat>, level: Option<&str>) ->
         tracing::info!("worker stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The engine's kernels are built for x86-64-v3 (see `.cargo/config.toml`); on an older CPU they
+/// would die of SIGILL mid-load, so refuse up front with a message the daemon logs.
+#[cfg(feature = "engine-llama")]
+fn check_cpu() -> anyhow::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let missing: Vec<&str> = [
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ]
+        .into_iter()
+        .filter_map(|(name, ok)| (!ok).then_some(name))
+        .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "this CPU lacks {} which this build of the embedded engine needs (x86-64-v3): use an external runtime ([runtimes.NAME]) or a build without these GGML_* options",
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Without the engine compiled in, the worker cannot run.

@@ -322,6 +322,13 @@ impl Daemon {
         }
     }
 
+    /// Kills it with SIGKILL (no cleanup at all) and returns its home (for a restart).
+    pub fn kill9(mut self) -> Home {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.home.take().expect("home")
+    }
+
     /// Stops it with SIGTERM and returns its exit status and its home (for a restart).
     pub fn stop(mut self) -> (ExitStatus, Home) {
         self.terminate();

@@ -30,6 +30,13 @@ const PUBLIC_SERVICE: &str = "grpc.health.v1.Health";
 const NOT_SERVED_YET: [&str; 0] = [];
 /// Services that need the `infer` scope: a read key gets PERMISSION_DENIED.
 const INFER_SERVICES: [&str; 1] = ["ondevice.v1.InferenceService"];
+/// Methods of read services that write and check the `models` scope themselves: a read key gets
+/// PERMISSION_DENIED, a models key reaches the method (an empty request is invalid or names nothing).
+const MODELS_WRITES: [&str; 3] = [
+    "/ondevice.v1.ModelsService/PullModel",
+    "/ondevice.v1.ModelsService/RemoveModel",
+    "/ondevice.v1.ModelsService/CancelJob",
+];
 
 async fn channel(daemon: &Daemon) -> Channel {
     tonic::transport::Endpoint::from_shared(daemon.url("")).expect("endpoint").connect().await.expect("gRPC connect")
@@ -143,6 +150,7 @@ async fn every_grpc_method_enforces_auth() {
     let channel = channel(&daemon).await;
     let read = daemon.key(&["read"]).await;
     let infer = daemon.key(&["infer"]).await;
+    let models = daemon.key(&["models"]).await;
     let revoked = daemon.key(&["admin"]).await;
     daemon.revoke(&revoked.id).await;
 
@@ -158,6 +166,9 @@ async fn every_grpc_method_enforces_auth() {
     .collect();
     for expected in [
         "/ondevice.v1.StatusService/GetStatus",
+        "/ondevice.v1.ModelsService/ListModels",
+        "/ondevice.v1.ModelsService/PullModel",
+        "/ondevice.v1.ModelsService/ListJobs",
         "/ondevice.v1.StatusService/WatchEvents",
         "/ondevice.v1.InferenceService/Chat",
         "/grpc.health.v1.Health/Check",
@@ -188,7 +199,14 @@ async fn every_grpc_method_enforces_auth() {
             assert_eq!(raw_call(&channel, method, key).await, Code::Unauthenticated, "{method} with {what}");
         }
         let with_read = raw_call(&channel, method, Some(&read.secret)).await;
-        if INFER_SERVICES.contains(&service) {
+        if MODELS_WRITES.contains(&method.as_str()) {
+            assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
+            let with_models = raw_call(&channel, method, Some(&models.secret)).await;
+            assert!(
+                [Code::InvalidArgument, Code::NotFound].contains(&with_models),
+                "{method} with a models key answered {with_models:?}"
+            );
+        } else if INFER_SERVICES.contains(&service) {
             assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
             // With the scope the call reaches the service: an empty request names no model.
             let with_infer = raw_call(&channel, method, Some(&infer.secret)).await;

@@ -17,6 +17,10 @@ const COVERAGE_CONFIG: &str = r#"
 command = ["sleep", "300"]
 restart = "never"
 sandbox = { mode = "off" }
+
+[registry]
+allow_hosts = ["127.0.0.1"]
+retries = 0
 "#;
 
 /// One operation of the OpenAPI document.
@@ -116,8 +120,13 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             crate::common::write_small_gguf(&file, 1);
             plain(Some(json!({"path": file, "name": "coverage:import"})))
         }
-        "GET /api/v1/models/{name}" | "DELETE /api/v1/models/{name}" => {
-            let name = if op.method == Method::GET { "coverage:show" } else { "coverage:delete" };
+        "GET /api/v1/models/{name}" | "DELETE /api/v1/models/{name}" | "GET /api/v1/models/{name}/export" => {
+            let export = op.path.ends_with("/export");
+            let name = match (export, op.method == Method::GET) {
+                (true, _) => "coverage:export",
+                (false, true) => "coverage:show",
+                (false, false) => "coverage:delete",
+            };
             let file = daemon.home().root().join(format!("{}.gguf", name.replace(':', "-")));
             crate::common::write_small_gguf(&file, 2);
             let resp = daemon
@@ -127,7 +136,14 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
                 .await
                 .expect("import");
             assert_eq!(resp.status(), StatusCode::CREATED, "fixture import of {name}");
-            Fixture { path: format!("/api/v1/models/{}", name.replace(':', "%3A")), body: None, expect: None }
+            Fixture { path: format!("/api/v1/models/{}{}", name.replace(':', "%3A"), if export { "/export" } else { "" }), body: None, expect: None }
+        }
+        "POST /api/v1/models/pull" => {
+            // Accepted at once; the download itself fails later (nothing listens on port 1).
+            plain(Some(json!({"model": "http://127.0.0.1:1/coverage.gguf", "name": "coverage:pull"})))
+        }
+        "GET /api/v1/jobs/{id}" | "GET /api/v1/jobs/{id}/events" | "DELETE /api/v1/jobs/{id}" => {
+            job_fixture(daemon, op).await
         }
         "POST /api/v1/models/verify" => plain(Some(json!({}))),
         "POST /api/v1/models/gc" => plain(None),
@@ -153,6 +169,43 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             plain(None)
         }
     }
+}
+
+/// A job for the job routes: a finished one to show and stream (its event stream ends), a
+/// running one to cancel (its server accepts the connection and never answers).
+async fn job_fixture(daemon: &Daemon, op: &Operation) -> Fixture {
+    let running = op.method == Method::DELETE;
+    let url = if running {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hang.gguf", silent.local_addr().expect("addr"));
+        // Kept open (and never accepted) for the rest of the test process.
+        Box::leak(Box::new(silent));
+        url
+    } else {
+        "http://127.0.0.1:1/refused.gguf".to_owned()
+    };
+    let name = if running { "coverage-job:cancel".to_owned() } else { format!("coverage-job:p{}", op.path.len()) };
+    let resp = daemon
+        .request(Method::POST, "/api/v1/models/pull", Some(daemon.admin_key()))
+        .json(&json!({"model": url, "name": name}))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED, "fixture pull");
+    let job: Value = resp.json().await.expect("job");
+    let id = job["id"].as_str().expect("job id").to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, j) = daemon.get(&format!("/api/v1/jobs/{id}"), Some(daemon.admin_key())).await;
+        let terminal = ["succeeded", "failed", "cancelled"].contains(&j["state"].as_str().unwrap_or(""));
+        if (running && j["state"] == "running") || (!running && terminal) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "fixture job never got there: {j}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let suffix = if op.path.ends_with("/events") { "/events" } else { "" };
+    Fixture { path: format!("/api/v1/jobs/{id}{suffix}"), body: None, expect: None }
 }
 
 /// Sends the operation with an optional `Authorization: Bearer` credential; WebSocket

@@ -1,0 +1,145 @@
+//! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. The service's interceptor
+//! requires `read`; the writes (PullModel, RemoveModel, CancelJob) check `models` here, on the
+//! principal the interceptor attached. Domain errors map through `ApiError` like HTTP.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use ondevice_auth::{Principal, Scope};
+use ondevice_proto::v1 as pb;
+use ondevice_proto::v1::models_service_server::ModelsService;
+use ondevice_registry::jobs::JobInfo;
+use ondevice_registry::{ModelRecord, ModelRef, Registry, RegistryError};
+use tonic::{Request, Response, Status};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub(super) struct ModelsImpl {
+    pub state: AppState,
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
+
+fn status(e: impl Into<ApiError>) -> Status {
+    e.into().to_status()
+}
+
+fn require_models<T>(req: &Request<T>) -> Result<(), Status> {
+    let ok = req.extensions().get::<Principal>().is_some_and(|p| p.scopes.satisfies(Scope::Models));
+    if ok { Ok(()) } else { Err(ApiError::PermissionDenied("this method needs a key with the models scope".into()).to_status()) }
+}
+
+fn parse_ref(s: &str) -> Result<ModelRef, Status> {
+    s.parse::<ModelRef>().map_err(|e| status(ApiError::InvalidRequest(e.to_string())))
+}
+
+fn model(m: ModelRecord) -> pb::Model {
+    pb::Model {
+        model: m.reference(),
+        digest: m.digest.to_string(),
+        format: m.format,
+        architecture: m.architecture.unwrap_or_default(),
+        parameter_count: m.parameter_count.unwrap_or(0),
+        quantization: m.quantization.unwrap_or_default(),
+        context_length: m.context_length.unwrap_or(0),
+        size: m.size,
+        source: m.source,
+        license: m.license.unwrap_or_default(),
+        created_at: m.created_at,
+        pinned: m.pinned,
+    }
+}
+
+fn job(j: JobInfo) -> pb::Job {
+    pb::Job {
+        id: j.id,
+        kind: j.kind.to_owned(),
+        model: j.model,
+        source: j.source,
+        state: j.state.as_str().to_owned(),
+        total_bytes: j.total_bytes.unwrap_or(0),
+        done_bytes: j.done_bytes,
+        bytes_per_second: j.bytes_per_second,
+        error: j.error.unwrap_or_default(),
+        digest: j.digest.unwrap_or_default(),
+        created_at: j.created_at,
+        updated_at: j.updated_at,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, Status> {
+    let registry = state.registry().clone();
+    tokio::task::spawn_blocking(move || f(&registry))
+        .await
+        .map_err(|e| status(ApiError::Internal(e.to_string())))?
+        .map_err(status)
+}
+
+#[tonic::async_trait]
+impl ModelsService for ModelsImpl {
+    async fn list_models(&self, _req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = blocking(&self.state, Registry::list).await?;
+        Ok(Response::new(pb::ListModelsResponse { models: models.into_iter().map(model).collect() }))
+    }
+
+    async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Result<Response<pb::Model>, Status> {
+        let r = parse_ref(&req.into_inner().name)?;
+        Ok(Response::new(model(blocking(&self.state, move |reg| reg.show(&r)).await?)))
+    }
+
+    type PullModelStream = JobStream;
+
+    async fn pull_model(&self, req: Request<pb::PullModelRequest>) -> Result<Response<JobStream>, Status> {
+        require_models(&req)?;
+        let req = req.into_inner();
+        let name = if req.name.is_empty() { None } else { Some(parse_ref(&req.name)?) };
+        let jobs = self.state.require_jobs().map_err(status)?.clone();
+        let started = jobs.pull(&req.model, name).await.map_err(status)?;
+        let rx = jobs.watch(&started.id);
+        let shutdown = self.state.shutdown_token().clone();
+        let (tx, out) = tokio::sync::mpsc::channel(8);
+        self.state.tasks().spawn(async move {
+            let terminal = started.state.is_terminal();
+            if tx.send(Ok(job(started))).await.is_err() || terminal {
+                return;
+            }
+            let Some(mut rx) = rx else { return };
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                let j = rx.borrow_and_update().clone();
+                let end = j.state.is_terminal();
+                if tx.send(Ok(job(j))).await.is_err() || end {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+    }
+
+    async fn remove_model(&self, req: Request<pb::RemoveModelRequest>) -> Result<Response<pb::RemoveModelResponse>, Status> {
+        require_models(&req)?;
+        let r = parse_ref(&req.into_inner().name)?;
+        let removed = blocking(&self.state, move |reg| reg.remove(&r)).await?;
+        Ok(Response::new(pb::RemoveModelResponse { removed: removed.into_iter().map(model).collect() }))
+    }
+
+    async fn list_jobs(&self, _req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let jobs = self.state.require_jobs().map_err(status)?.list().await.map_err(status)?;
+        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.into_iter().map(job).collect() }))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        require_models(&req)?;
+        let id = req.into_inner().id;
+        let info = self.state.require_jobs().map_err(status)?.cancel(&id).await.map_err(status)?;
+        Ok(Response::new(job(info)))
+    }
+}

@@ -1,0 +1,311 @@
+//! Model pulls through the real daemon and CLI against a real HTTP server with Range support
+//! inside the test (`ondevice-registry/tests/support/range_server.rs`), serving the real SmolLM2
+//! GGUF (when `ONDEVICE_TEST_MODELS_DIR` is set) or generated GGUFs: a pull killed with SIGKILL
+//! resumes on the next start and fetches at most one chunk per connection again; a corrupt mirror
+//! falls back to a good one or fails with nothing registered; the SSRF guard; a quota too small;
+//! traversal names; two concurrent pulls sharing one download; progress over SSE.
+
+#[path = "../../../ondevice-registry/tests/support/range_server.rs"]
+mod range_server;
+
+use std::time::{Duration, Instant};
+
+use range_server::{RangeServer, Served};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::common::{Daemon, Home, describe, test_model};
+
+const CHUNK: u64 = 1 << 20;
+const CONNECTIONS: u64 = 2;
+
+fn allow_config(extra: &str) -> String {
+    format!("[registry]\nallow_hosts = [\"127.0.0.1\"]\nchunk_size = \"1MiB\"\nconnections = {CONNECTIONS}\nretries = 1\n{extra}")
+}
+
+/// A valid GGUF of about `bytes` bytes.
+fn generated_gguf(seed: u8, bytes: usize) -> Vec<u8> {
+    use ondevice_gguf::writer::GgufWriter;
+    use ondevice_gguf::{GgmlType, Value};
+    let n = bytes / 4;
+    let data: Vec<u8> = (0..n * 4).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect();
+    GgufWriter::new()
+        .metadata("general.architecture", Value::String("llama".into()))
+        .metadata("general.name", Value::String("generated".into()))
+        .metadata("general.file_type", Value::U32(0))
+        .tensor("w", &[n as u64], GgmlType::F32, data)
+        .to_bytes()
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+async fn start_pull(daemon: &Daemon, body: Value) -> Value {
+    let resp = daemon.request(Method::POST, "/api/v1/models/pull", Some(daemon.admin_key())).json(&body).send().await.unwrap();
+    let status = resp.status();
+    let job: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job
+}
+
+/// Follows `/api/v1/jobs/{id}/events` until the job finishes; returns every event.
+async fn follow_events(daemon: &Daemon, id: &str) -> Vec<Value> {
+    let mut resp = daemon
+        .request(Method::GET, &format!("/api/v1/jobs/{id}/events"), Some(daemon.admin_key()))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = resp.chunk().await.expect("event stream") {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                assert!(block.contains("event: job"), "{block}");
+                events.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_with_sigkill_resumes_and_verifies() {
+    let data = match test_model() {
+        Some(f) => std::fs::read(f).unwrap(),
+        None => {
+            println!("ONDEVICE_TEST_MODELS_DIR unset: resuming a generated 12 MiB GGUF instead of SmolLM2");
+            generated_gguf(1, 12 << 20)
+        }
+    };
+    let len = data.len() as u64;
+    let expected = sha256(&data);
+    let server = RangeServer::start().await;
+    // About six seconds for the whole file over two connections.
+    server.put("/model.gguf", Served { throttle: len / 12, ..Served::bytes(data) });
+    let daemon = Daemon::with_config(&allow_config(""));
+    let job = start_pull(&daemon, json!({"model": server.url("/model.gguf"), "name": "smol:resume"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["model"], "smol:resume");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, j) = daemon.get(&format!("/api/v1/jobs/{id}"), Some(daemon.admin_key())).await;
+        if j["done_bytes"].as_u64().unwrap_or(0) >= len / 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline && j["state"] != "failed", "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let home = daemon.kill9();
+    let partial = home.file("partials").join(format!("{id}.partial"));
+    assert!(partial.is_file(), "the partial download survives SIGKILL");
+    let before = server.bytes_sent();
+    assert!(before < len, "killed midway ({before} of {len})");
+
+    let daemon = Daemon::start(home);
+    let events = follow_events(&daemon, &id).await;
+    let last = events.last().expect("events");
+    assert_eq!(last["state"], "succeeded", "{events:?}");
+    assert_eq!(last["digest"], expected.as_str());
+    assert_eq!(last["done_bytes"], len);
+    let sent = server.bytes_sent();
+    assert!(
+        sent <= len + CONNECTIONS * CHUNK + 8,
+        "{sent} bytes sent for a {len}-byte file: more than one chunk per connection fetched again ({before} before the kill)"
+    );
+    let m = daemon.get("/api/v1/models/smol%3Aresume", Some(daemon.admin_key())).await.1;
+    assert_eq!(m["digest"], expected.as_str());
+    let out = daemon.home().run(&["models", "verify", "smol:resume", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(entries(&daemon.home().file("partials")).is_empty());
+}
+
+#[test]
+fn cli_pulls_from_the_catalog_with_mirror_fallback_and_progress() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = rt.block_on(RangeServer::start());
+    let data = generated_gguf(2, 3 << 20);
+    server.put("/corrupt.gguf", Served { corrupt: true, ..Served::bytes(data.clone()) });
+    server.put("/good.gguf", Served { throttle: 2 << 20, ..Served::bytes(data.clone()) });
+    let home = Home::new();
+    let catalog = home.root().join("catalog.toml");
+    let entry = |name: &str, data: &[u8], urls: &[String]| {
+        format!(
+            "[[model]]\nname = {name:?}\ndescription = \"test model\"\nlicense = \"mit\"\n[[model.files]]\nname = \"m.gguf\"\nsize = {}\nsha256 = {:?}\nurls = {urls:?}\n",
+            data.len(),
+            sha256(data)
+        )
+    };
+    let other = generated_gguf(5, 1 << 20);
+    server.put("/corrupt-other.gguf", Served { corrupt: true, ..Served::bytes(other.clone()) });
+    std::fs::write(
+        &catalog,
+        entry("demo:1", &data, &[server.url("/corrupt.gguf"), server.url("/good.gguf")])
+            + &entry("bad:1", &other, &[server.url("/corrupt-other.gguf")]),
+    )
+    .unwrap();
+    std::fs::write(home.config(), allow_config(&format!("catalogs = [{:?}]\n", catalog.display().to_string()))).unwrap();
+    let daemon = Daemon::start(home);
+    let home = daemon.home();
+
+    let available: Value = serde_json::from_str(&home.run_ok(&["models", "list", "--available", "--json"])).unwrap();
+    let names: Vec<&str> = available["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert!(names.contains(&"demo:1") && names.contains(&"smollm2:135m"), "bundled and configured: {names:?}");
+
+    let out = home.run(&["models", "pull", "demo:1", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let job: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((job["state"].as_str(), job["digest"].as_str()), (Some("succeeded"), Some(sha256(&data).as_str())));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l.starts_with("demo:1 ") && l.contains('%')), "plain progress lines: {stderr}");
+    let shown: Value = serde_json::from_str(&home.run_ok(&["models", "show", "demo:1", "--json"])).unwrap();
+    assert_eq!((shown["license"].as_str(), shown["source"].as_str()), (Some("mit"), Some("catalog:demo:1")));
+    let available: Value = serde_json::from_str(&home.run_ok(&["models", "list", "--available", "--json"])).unwrap();
+    let demo = available["models"].as_array().unwrap().iter().find(|m| m["model"] == "demo:1").unwrap().clone();
+    assert_eq!(demo["present"], true);
+
+    // Only a corrupt mirror: the pull fails and registers nothing.
+    let out = home.run(&["models", "pull", "bad:1"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hashes to"), "{}", describe(&out));
+    let list = home.run_ok(&["models", "list", "--json"]);
+    assert!(!list.contains("bad:1"), "{list}");
+    assert!(entries(&home.file("partials")).is_empty());
+    drop(daemon);
+    drop(rt);
+}
+
+#[test]
+fn refusals_ssrf_traversal_and_quota_write_nothing() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = rt.block_on(RangeServer::start());
+    server.put("/m.gguf", Served::bytes(generated_gguf(3, 256 << 10)));
+    let url = server.url("/m.gguf");
+
+    let closed = Daemon::start(Home::new());
+    let out = closed.home().run(&["models", "pull", &url]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("allow_hosts") && stderr.contains("127.0.0.1"), "{stderr}");
+    for args in [
+        vec!["models", "pull", "../../etc/passwd"],
+        vec!["models", "pull", "sha256:../../x"],
+        vec!["models", "pull", &url, "--name", "../evil"],
+        vec!["models", "pull", "file:///etc/passwd"],
+    ] {
+        let out = closed.home().run(&args);
+        assert!(!out.status.success(), "{args:?}: {}", describe(&out));
+    }
+    assert_eq!(server.bytes_sent(), 0, "nothing was fetched");
+
+    let small = Daemon::with_config(&allow_config("quota = \"128KiB\"\n"));
+    let out = small.home().run(&["models", "pull", &url]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("quota") && stderr.contains("ondevice models rm"), "{stderr}");
+    assert!(entries(&small.home().file("partials")).is_empty());
+    assert!(entries(&small.home().file("blobs")).is_empty(), "{:?}", entries(&small.home().file("blobs")));
+    drop((closed, small));
+    drop(rt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_pulls_share_one_download_and_gc_keeps_live_partials() {
+    let data = generated_gguf(4, 4 << 20);
+    let server = RangeServer::start().await;
+    server.put("/shared.gguf", Served { throttle: 2 << 20, ..Served::bytes(data.clone()) });
+    let daemon = Daemon::with_config(&allow_config(""));
+    let body = json!({"model": server.url("/shared.gguf")});
+    let (a, b) = tokio::join!(start_pull(&daemon, body.clone()), start_pull(&daemon, body));
+    assert_eq!(a["id"], b["id"], "one job for both");
+    // gc while the download runs keeps its partial, and removes a stale one.
+    let stale = daemon.home().file("partials").join("0000000000000000.partial");
+    std::fs::write(&stale, b"old").unwrap();
+    let gc: Value = serde_json::from_str(&daemon.home().run_ok(&["models", "gc", "--json"])).unwrap();
+    let removed: Vec<&str> = gc["removed_partials"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(removed.len(), 1, "{gc}");
+    assert!(removed[0].ends_with("0000000000000000.partial"), "{gc}");
+    let events = follow_events(&daemon, a["id"].as_str().unwrap()).await;
+    assert!(events.len() >= 2, "progress events before the end: {events:?}");
+    assert_eq!(events.last().unwrap()["state"], "succeeded", "{events:?}");
+    assert!(server.bytes_sent() <= data.len() as u64 + 8, "one download: {} bytes sent", server.bytes_sent());
+    let list: Value = daemon.get("/api/v1/jobs", Some(daemon.admin_key())).await.1;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_pull_streams_the_job_and_lists_models() {
+    use ondevice_proto::v1::models_service_client::ModelsServiceClient;
+    use ondevice_proto::v1::{ListJobsRequest, ListModelsRequest, PullModelRequest};
+    let data = generated_gguf(6, 2 << 20);
+    let server = RangeServer::start().await;
+    server.put("/g.gguf", Served { throttle: 4 << 20, ..Served::bytes(data.clone()) });
+    let daemon = Daemon::with_config(&allow_config(""));
+    let key = daemon.key(&["models"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(daemon.url("")).unwrap().connect().await.unwrap();
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", key.secret).parse().unwrap();
+    let mut client = ModelsServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", auth.clone());
+        Ok(req)
+    });
+    let mut stream = client
+        .pull_model(PullModelRequest { model: server.url("/g.gguf"), name: "grpc:pulled".into() })
+        .await
+        .expect("PullModel")
+        .into_inner();
+    let mut last = None;
+    while let Some(job) = tokio::time::timeout(Duration::from_secs(60), stream.message()).await.unwrap().unwrap() {
+        last = Some(job);
+    }
+    let last = last.expect("job messages");
+    assert_eq!((last.state.as_str(), last.digest.as_str()), ("succeeded", sha256(&data).as_str()), "{last:?}");
+    let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+    assert_eq!(models.iter().map(|m| m.model.as_str()).collect::<Vec<_>>(), ["grpc:pulled"]);
+    assert_eq!(client.list_jobs(ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn export_then_import_on_another_home_gives_the_same_digest() {
+    let first = Daemon::start(Home::new());
+    let file = match test_model() {
+        Some(f) => f,
+        None => {
+            let f = first.home().root().join("tiny.gguf");
+            crate::common::write_small_gguf(&f, 9);
+            f
+        }
+    };
+    let shown: Value =
+        serde_json::from_str(&first.home().run_ok(&["models", "import", file.to_str().unwrap(), "--name", "move:me", "--json"])).unwrap();
+    let bundle = first.home().root().join("move.tar");
+    first.home().run_ok(&["models", "export", "move:me", "--output", bundle.to_str().unwrap()]);
+
+    let second = Daemon::start(Home::new());
+    let imported: Value =
+        serde_json::from_str(&second.home().run_ok(&["models", "import", bundle.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(imported["model"], "move:me");
+    assert_eq!(imported["digest"], shown["digest"], "bit-identical");
+    assert_eq!(imported["size"], shown["size"]);
+    second.home().run_ok(&["models", "verify", "move:me"]);
+
+    // A tampered bundle is refused and registers nothing.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = second.home().root().join("bad.tar");
+    std::fs::write(&bad, bytes).unwrap();
+    let out = second.home().run(&["models", "import", bad.to_str().unwrap(), "--name", "tampered:1"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(!second.home().run_ok(&["models", "list"]).contains("tampered"));
+}
