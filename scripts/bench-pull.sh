@@ -10,7 +10,7 @@ size_mib="${BENCH_SIZE_MIB:-1024}"
 cargo build --release -q -p ondevice -p ondevice-registry --example range_server
 target="${CARGO_TARGET_DIR:-target}/release"
 work="$(mktemp -d)"
-cleanup() { [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null; rm -rf "$work"; }
+cleanup() { [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; [ -n "${daemon_pid:-}" ] && kill "$daemon_pid" 2>/dev/null; [ -n "${BENCH_KEEP:-}" ] && cp "$work/serve.err" /tmp/bench-serve.err; rm -rf "$work"; }
 trap cleanup EXIT
 
 # A valid GGUF of the requested size: header from a tiny model, then padding in one tensor.
@@ -46,6 +46,12 @@ curl -sS -o "$work/curl.out" "$url"
 t1=$(date +%s.%N)
 curl_s=$(echo "$t1 - $t0" | bc -l)
 rm -f "$work/curl.out"
+# The pull makes its blob durable (fsync before the rename); curl does not. Also time curl + sync.
+t0=$(date +%s.%N)
+curl -sS -o "$work/curl.out" "$url" && sync "$work/curl.out"
+t1=$(date +%s.%N)
+curl_sync_s=$(echo "$t1 - $t0" | bc -l)
+rm -f "$work/curl.out"
 
 export ONDEVICE_HOME="$work/home" ONDEVICE_CONFIG="$work/config.toml" ONDEVICE_LISTEN=127.0.0.1:0
 printf '[registry]\nallow_hosts = ["127.0.0.1"]\nmin_free = "0B"\n[log]\nfile = false\n' > "$ONDEVICE_CONFIG"
@@ -63,4 +69,6 @@ printf 'file:        %.0f MiB on loopback (%s)\n' "$mib" "$url"
 printf 'curl -o:     %.2f s  (%.0f MiB/s)\n' "$curl_s" "$(echo "$mib / $curl_s" | bc -l)"
 printf 'models pull: %.2f s  (%.0f MiB/s, sha256 verified, %s)\n' "$pull_s" "$(echo "$mib / $pull_s" | bc -l)" \
   "$(grep -o 'connections = [0-9]*' "$ONDEVICE_CONFIG" || echo 'default connections')"
+printf 'curl -o+sync: %.2f s\n' "$curl_sync_s"
 printf 'ratio (curl time / pull time): %.2fx (target >= 0.9x)\n' "$(echo "$curl_s / $pull_s" | bc -l)"
+printf 'ratio (curl+sync time / pull time): %.2fx\n' "$(echo "$curl_sync_s / $pull_s" | bc -l)"

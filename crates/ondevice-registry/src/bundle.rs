@@ -104,7 +104,11 @@ impl Registry {
             context_length: m.context_length,
             license: m.license.clone(),
             source: m.source.clone(),
-            files: vec![ManifestFile { path: format!("blobs/{}", m.digest.file_name()), digest: m.digest.to_string(), size: m.size }],
+            files: vec![ManifestFile {
+                path: format!("blobs/{}", m.digest.file_name()),
+                digest: m.digest.to_string(),
+                size: m.size,
+            }],
         };
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -155,7 +159,8 @@ impl Registry {
                     let mut buf = vec![0u8; size as usize];
                     r.read_exact(&mut buf).map_err(ioerr)?;
                     skip(&mut r, pad(size)).map_err(ioerr)?;
-                    let m: Manifest = serde_json::from_slice(&buf).map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
+                    let m: Manifest =
+                        serde_json::from_slice(&buf).map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
                     if m.schema != 1 || m.format != "gguf" || m.files.len() != 1 {
                         return Err(bad("unsupported manifest (schema 1, one gguf file)".into()));
                     }
@@ -163,13 +168,15 @@ impl Registry {
                     continue;
                 }
                 let m = manifest.as_ref().ok_or_else(|| bad("manifest.json must come first".into()))?;
-                let digest = name
-                    .strip_prefix("blobs/")
-                    .and_then(Digest::from_file_name)
-                    .ok_or_else(|| bad(format!("unexpected entry {name:?}: only manifest.json and blobs/sha256-<hex> are allowed")))?;
-                let listed = m.files.iter().find(|f| f.path == name && f.digest == digest.to_string() && f.size == size);
+                let digest = name.strip_prefix("blobs/").and_then(Digest::from_file_name).ok_or_else(|| {
+                    bad(format!("unexpected entry {name:?}: only manifest.json and blobs/sha256-<hex> are allowed"))
+                })?;
+                let listed =
+                    m.files.iter().find(|f| f.path == name && f.digest == digest.to_string() && f.size == size);
                 if listed.is_none() || stored.iter().any(|(d, _)| *d == digest) {
-                    return Err(bad(format!("entry {name:?} is not listed in the manifest with this size, or repeated")));
+                    return Err(bad(format!(
+                        "entry {name:?} is not listed in the manifest with this size, or repeated"
+                    )));
                 }
                 let s = self.blobs().put_reader(&mut (&mut r).take(size), &digest).map_err(|e| match e {
                     BlobError::Corrupt { actual, .. } => bad(format!("{name} hashes to {actual}, not its name")),
@@ -182,12 +189,14 @@ impl Registry {
                 skip(&mut r, pad(size)).map_err(ioerr)?;
             }
             let m = manifest.ok_or_else(|| bad("no manifest.json".into()))?;
-            let (digest, _) = *stored.first().ok_or_else(|| bad("the blob listed in the manifest is missing".into()))?;
+            let (digest, _) =
+                *stored.first().ok_or_else(|| bad("the blob listed in the manifest is missing".into()))?;
             let target = match name {
                 Some(n) => n,
                 None => m.model.parse().map_err(|e: crate::RefError| bad(e.to_string()))?,
             };
-            let source = format!("bundle:{}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+            let source =
+                format!("bundle:{}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
             self.register_existing(digest, &target, &source, m.license)
         })();
         if result.is_err() {

@@ -64,7 +64,8 @@ impl CatalogSource {
     /// `http(s)://…` is a URL, anything else a file path.
     pub fn parse(text: &str) -> Result<CatalogSource, CatalogError> {
         if text.starts_with("http://") || text.starts_with("https://") {
-            let url = parse_url(text).map_err(|e| CatalogError { source_name: text.to_owned(), reason: e.to_string() })?;
+            let url =
+                parse_url(text).map_err(|e| CatalogError { source_name: text.to_owned(), reason: e.to_string() })?;
             Ok(CatalogSource::Url(url))
         } else {
             Ok(CatalogSource::File(PathBuf::from(text)))
@@ -147,7 +148,8 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<CatalogEntry>, CatalogError
         let [file] = <[RawFile; 1]>::try_from(e.files)
             .map_err(|_| err(format!("entry {name}: exactly one file per entry is supported for now")))?;
         let hex = file.sha256.strip_prefix("sha256:").unwrap_or(&file.sha256);
-        let digest: Digest = format!("sha256:{hex}").parse().map_err(|x: crate::RefError| err(format!("entry {name}: {x}")))?;
+        let digest: Digest =
+            format!("sha256:{hex}").parse().map_err(|x: crate::RefError| err(format!("entry {name}: {x}")))?;
         if file.urls.is_empty() {
             return Err(err(format!("entry {name}: no urls")));
         }
@@ -232,7 +234,7 @@ async fn read_file(path: PathBuf) -> Result<String, String> {
 async fn read_url(url: &Url, fetcher: &Fetcher) -> Result<String, String> {
     let mut resp = fetcher.get(url, None).await.map_err(|e| e.to_string())?;
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| crate::fetch::describe(e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(crate::fetch::describe)? {
         body.extend_from_slice(&chunk);
         if body.len() as u64 > MAX_CATALOG_LEN {
             return Err(format!("over the limit of {MAX_CATALOG_LEN} bytes"));

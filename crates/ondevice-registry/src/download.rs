@@ -453,10 +453,16 @@ impl Download<'_> {
             if let Some(bytes) = next {
                 let len = bytes.len() as u64;
                 if expect.is_some_and(|e| *written + len > e) {
-                    return Err((FetchError::Network { url: url.clone(), reason: "server sent too many bytes".into() }, false));
+                    return Err((
+                        FetchError::Network { url: url.clone(), reason: "server sent too many bytes".into() },
+                        false,
+                    ));
                 }
                 if *written + len > self.tuning.max_size {
-                    return Err((FetchError::Network { url: url.clone(), reason: "over the size limit".into() }, false));
+                    return Err((
+                        FetchError::Network { url: url.clone(), reason: "over the size limit".into() },
+                        false,
+                    ));
                 }
                 buf.extend_from_slice(&bytes);
                 *written += len;
@@ -489,13 +495,15 @@ impl Download<'_> {
         let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), 0);
         let resp = match body {
             Some(r) => r,
-            None => self.retrying(|| async {
-                self.fetcher.get(url, None).await.map_err(|e| {
-                    let t = e.is_transient();
-                    (e, t)
+            None => {
+                self.retrying(|| async {
+                    self.fetcher.get(url, None).await.map_err(|e| {
+                        let t = e.is_transient();
+                        (e, t)
+                    })
                 })
-            })
-            .await?,
+                .await?
+            }
         };
         let expect = resp.content_length();
         let mut written = 0;
@@ -601,7 +609,9 @@ impl Hasher {
 
     async fn finish(self) -> Result<(Digest, u64), DownloadError> {
         drop(self.tx);
-        self.handle.await.map_err(|e| DownloadError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })?
+        self.handle
+            .await
+            .map_err(|e| DownloadError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })?
     }
 }
 

@@ -81,7 +81,9 @@ impl FetchError {
         match self {
             FetchError::Network { .. } => true,
             FetchError::Status { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS || *status == StatusCode::REQUEST_TIMEOUT
+                status.is_server_error()
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || *status == StatusCode::REQUEST_TIMEOUT
             }
             FetchError::Url(UrlError::Resolve { .. }) => true,
             _ => false,
@@ -146,15 +148,14 @@ impl Fetcher {
             if let Some(c) = self.credentials.iter().find(|c| c.host == host) {
                 req = req.header(AUTHORIZATION, c.header.clone());
             }
-            let resp = req.send().await.map_err(|e| FetchError::Network { url: redact_url(&url), reason: describe(e) })?;
+            let resp =
+                req.send().await.map_err(|e| FetchError::Network { url: redact_url(&url), reason: describe(e) })?;
             let status = resp.status();
             if status.is_redirection() {
-                let next = resp
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| url.join(l).ok())
-                    .ok_or(FetchError::Redirect { url: redact_url(&url), reason: "redirect without a valid Location" })?;
+                let next =
+                    resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok()).ok_or(
+                        FetchError::Redirect { url: redact_url(&url), reason: "redirect without a valid Location" },
+                    )?;
                 tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), "following redirect");
                 url = next;
                 continue;

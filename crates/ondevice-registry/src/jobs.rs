@@ -36,7 +36,12 @@ pub struct PullConfig {
 
 impl Default for PullConfig {
     fn default() -> Self {
-        PullConfig { tuning: Tuning::default(), max_concurrent_jobs: 2, quota: QuotaPolicy::default(), catalogs: Vec::new() }
+        PullConfig {
+            tuning: Tuning::default(),
+            max_concurrent_jobs: 2,
+            quota: QuotaPolicy::default(),
+            catalogs: Vec::new(),
+        }
     }
 }
 
@@ -253,7 +258,9 @@ impl Jobs {
                 tracing::warn!(job = %row.id, "unreadable job spec; marking it failed");
                 let store = jobs.inner.store.clone();
                 let id = row.id.clone();
-                let _ = blocking(move || store.set_job_state(&id, "failed", Some("unreadable job record"), None, now())).await;
+                let _ =
+                    blocking(move || store.set_job_state(&id, "failed", Some("unreadable job record"), None, now()))
+                        .await;
                 continue;
             };
             let chunks = ChunkState {
@@ -505,8 +512,7 @@ fn reserve(inner: &Inner, id: &str, model: &str, bytes: u64) -> Result<(), PullE
     let dir = inner.registry.partials_dir();
     let on_disk = std::fs::metadata(inner.registry.partial_path(id)).map(|m| m.len()).unwrap_or(0);
     let still_needed = bytes.saturating_sub(on_disk).saturating_add(others);
-    loop {
-        let Some(free) = free_space(dir) else { break };
+    while let Some(free) = free_space(dir) {
         if free >= still_needed.saturating_add(policy.min_free) {
             break;
         }
@@ -529,7 +535,8 @@ fn reserve(inner: &Inner, id: &str, model: &str, bytes: u64) -> Result<(), PullE
 async fn set_state(inner: &Inner, id: &str, job: &Job, state: JobState, error: Option<String>, digest: Option<String>) {
     let store = inner.store.clone();
     let (key, e, d) = (id.to_owned(), error.clone(), digest.clone());
-    if let Err(err) = blocking(move || store.set_job_state(&key, state.as_str(), e.as_deref(), d.as_deref(), now())).await
+    if let Err(err) =
+        blocking(move || store.set_job_state(&key, state.as_str(), e.as_deref(), d.as_deref(), now())).await
     {
         tracing::warn!(job = %id, error = %err, "cannot record job state");
     }
@@ -568,7 +575,6 @@ async fn run(inner: Arc<Inner>, id: String, spec: PullSpec, job: Arc<Job>, chunk
         Err(PullError::Download { source: DownloadError::Cancelled, .. }) if !user_cancelled => {
             // The daemon is stopping: the job stays queued/running in the table and resumes.
             tracing::info!(job = %id, "pull paused for shutdown");
-            return;
         }
         Err(e) => {
             let state = if user_cancelled { JobState::Cancelled } else { JobState::Failed };
@@ -582,7 +588,13 @@ async fn run(inner: Arc<Inner>, id: String, spec: PullSpec, job: Arc<Job>, chunk
     }
 }
 
-async fn execute(inner: &Arc<Inner>, id: &str, spec: &PullSpec, job: &Arc<Job>, chunks: ChunkState) -> Result<Digest, PullError> {
+async fn execute(
+    inner: &Arc<Inner>,
+    id: &str,
+    spec: &PullSpec,
+    job: &Arc<Job>,
+    chunks: ChunkState,
+) -> Result<Digest, PullError> {
     let model: ModelRef = spec.model.parse()?;
     let digest: Option<Digest> = spec.sha256.as_deref().map(str::parse).transpose()?;
     // Content we already hold is registered without a download.
@@ -594,7 +606,8 @@ async fn execute(inner: &Arc<Inner>, id: &str, spec: &PullSpec, job: &Arc<Job>, 
     let mirrors: Vec<Url> = spec.urls.iter().map(|u| parse_url(u)).collect::<Result<_, _>>()?;
     let source = Source { mirrors, size: spec.size, digest };
     let progress = Arc::new(Progress::default());
-    let hooks: Arc<dyn Hooks> = Arc::new(JobHooks { inner: inner.clone(), id: id.to_owned(), model: spec.model.clone() });
+    let hooks: Arc<dyn Hooks> =
+        Arc::new(JobHooks { inner: inner.clone(), id: id.to_owned(), model: spec.model.clone() });
     let path = inner.registry.partial_path(id);
     let ticker = tokio::spawn(report_progress(job.clone(), progress.clone()));
     let dl = Download {

@@ -212,8 +212,11 @@ impl Registry {
     /// A registry using `store` and the blobs under `<home>/blobs`.
     pub fn new(store: Arc<Store>, home: &Path) -> Result<Self, RegistryError> {
         let partials = home.join("partials");
-        std::fs::create_dir_all(&partials)
-            .map_err(|source| BlobError::Io { op: "create directory", path: partials.clone(), source })?;
+        std::fs::create_dir_all(&partials).map_err(|source| BlobError::Io {
+            op: "create directory",
+            path: partials.clone(),
+            source,
+        })?;
         Ok(Registry { store, blobs: BlobStore::open(home)?, partials, write_lock: Mutex::new(()) })
     }
 

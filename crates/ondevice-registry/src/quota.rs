@@ -90,8 +90,11 @@ impl Registry {
     pub fn evict_lru(&self) -> Result<Option<ModelRecord>, RegistryError> {
         let _guard = self.lock();
         let models = self.list()?;
-        let Some(victim) =
-            models.iter().filter(|m| !m.pinned).min_by_key(|m| (m.last_used_at.unwrap_or(m.created_at), m.created_at)).cloned()
+        let Some(victim) = models
+            .iter()
+            .filter(|m| !m.pinned)
+            .min_by_key(|m| (m.last_used_at.unwrap_or(m.created_at), m.created_at))
+            .cloned()
         else {
             return Ok(None);
         };

@@ -283,7 +283,8 @@ mod tests {
     #[tokio::test]
     async fn literals_and_names_are_checked_unless_allowed() {
         let none = HostPolicy::default();
-        for url in ["http://127.0.0.1:1/x", "http://[::1]:1/x", "http://169.254.169.254/latest", "http://localhost:1/"] {
+        for url in ["http://127.0.0.1:1/x", "http://[::1]:1/x", "http://169.254.169.254/latest", "http://localhost:1/"]
+        {
             let err = none.check_url(&parse_url(url).unwrap()).await.unwrap_err();
             assert!(matches!(err, UrlError::PrivateAddress { .. }), "{url}: {err}");
             assert!(err.to_string().contains("allow_hosts"), "{err}");

@@ -86,14 +86,44 @@ fn hostile_bundles_are_refused_and_leave_nothing() {
     corrupt[100] ^= 1;
     let end = vec![0u8; 1024];
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("traversal", [entry("manifest.json", manifest("../../evil").as_bytes(), b'0'), entry("../../evil", &data, b'0'), end.clone()].concat()),
-        ("absolute", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry("/tmp/evil", &data, b'0'), end.clone()].concat()),
-        ("symlink", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, b"", b'2'), end.clone()].concat()),
-        ("hardlink", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, b"", b'1'), end.clone()].concat()),
-        ("directory", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry("blobs/", b"", b'5'), end.clone()].concat()),
-        ("corrupt", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, &corrupt, b'0'), end.clone()].concat()),
+        (
+            "traversal",
+            [
+                entry("manifest.json", manifest("../../evil").as_bytes(), b'0'),
+                entry("../../evil", &data, b'0'),
+                end.clone(),
+            ]
+            .concat(),
+        ),
+        (
+            "absolute",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry("/tmp/evil", &data, b'0'), end.clone()]
+                .concat(),
+        ),
+        (
+            "symlink",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, b"", b'2'), end.clone()].concat(),
+        ),
+        (
+            "hardlink",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, b"", b'1'), end.clone()].concat(),
+        ),
+        (
+            "directory",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry("blobs/", b"", b'5'), end.clone()]
+                .concat(),
+        ),
+        (
+            "corrupt",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, &corrupt, b'0'), end.clone()]
+                .concat(),
+        ),
         ("no manifest", [entry(&blob, &data, b'0'), end.clone()].concat()),
-        ("truncated", [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, &data, b'0')[..700].to_vec()].concat()),
+        (
+            "truncated",
+            [entry("manifest.json", manifest(&blob).as_bytes(), b'0'), entry(&blob, &data, b'0')[..700].to_vec()]
+                .concat(),
+        ),
     ];
     for (what, bytes) in cases {
         let home = tempfile::tempdir().unwrap();

@@ -79,11 +79,17 @@ async fn env(allow: &[&str], config: PullConfig) -> Env {
 
 async fn finish(jobs: &Jobs, job: &JobInfo) -> JobInfo {
     let mut rx = jobs.watch(&job.id).expect("live job");
-    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal())).await.unwrap().unwrap().clone()
+    tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 fn catalog_file(dir: &Path, name: &str, data: &[u8], urls: &[String]) -> std::path::PathBuf {
@@ -144,13 +150,18 @@ async fn private_destinations_are_refused_first_hop_and_on_redirect() {
     let server = RangeServer::start().await;
     server.put("/m.gguf", Served::bytes(gguf(3, 1024)));
     let port = server.addr.port();
-    server.put("/to-localhost", Served { redirect_to: Some(format!("http://localhost:{port}/m.gguf")), ..Served::bytes(Vec::new()) });
+    server.put(
+        "/to-localhost",
+        Served { redirect_to: Some(format!("http://localhost:{port}/m.gguf")), ..Served::bytes(Vec::new()) },
+    );
 
     let closed = env(&[], config(None, None)).await;
     let err = closed.jobs.pull(&server.url("/m.gguf"), None).await.unwrap_err();
     assert!(matches!(err, PullError::Url(_)), "{err}");
     assert!(err.to_string().contains("allow_hosts"), "{err}");
-    for bad in ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x", "http://u:p@127.0.0.1/"] {
+    for bad in
+        ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x", "http://u:p@127.0.0.1/"]
+    {
         assert!(closed.jobs.pull(bad, None).await.is_err(), "{bad}");
     }
 
@@ -173,7 +184,12 @@ async fn a_corrupt_mirror_falls_back_to_a_good_one_or_fails_with_nothing_registe
     server.put("/good.gguf", Served::bytes(data.clone()));
     server.put("/down.gguf", Served { fail_with: Some(503), ..Served::bytes(Vec::new()) });
     let dir = tempfile::tempdir().unwrap();
-    let cat = catalog_file(dir.path(), "demo:1", &data, &[server.url("/down.gguf"), server.url("/bad.gguf"), server.url("/good.gguf")]);
+    let cat = catalog_file(
+        dir.path(),
+        "demo:1",
+        &data,
+        &[server.url("/down.gguf"), server.url("/bad.gguf"), server.url("/good.gguf")],
+    );
     let e = env(&["127.0.0.1"], config(Some(&cat), None)).await;
     let done = finish(&e.jobs, &e.jobs.pull("demo:1", None).await.unwrap()).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
@@ -224,7 +240,10 @@ async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
     let e = env(&["127.0.0.1"], cfg.clone()).await;
     let job = e.jobs.pull(&server.url("/big.gguf"), Some("big:1".parse().unwrap())).await.unwrap();
     let mut rx = e.jobs.watch(&job.id).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > data.len() as u64 / 3)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > data.len() as u64 / 3))
+        .await
+        .unwrap()
+        .unwrap();
     e.shutdown.cancel();
     e.jobs.wait().await;
     assert!(e.registry.list().unwrap().is_empty());
@@ -236,7 +255,11 @@ async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
     let e = env_in(home, &["127.0.0.1"], cfg).await;
     let live = e.jobs.watch(&job.id).expect("the job resumed on start");
     let mut rx = live;
-    let done = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal())).await.unwrap().unwrap().clone();
+    let done = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal()))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     assert_eq!(done.digest.unwrap(), format!("sha256:{}", sha(&data)));
     let total = server.bytes_sent();

@@ -162,8 +162,10 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
         InferenceServiceServer::new(inference::InferenceImpl { state: state.clone() }),
         guard(Scope::Infer),
     );
-    let models =
-        InterceptedService::new(ModelsServiceServer::new(models::ModelsImpl { state: state.clone() }), guard(Scope::Read));
+    let models = InterceptedService::new(
+        ModelsServiceServer::new(models::ModelsImpl { state: state.clone() }),
+        guard(Scope::Read),
+    );
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ondevice_proto::FILE_DESCRIPTOR_SET)

@@ -62,9 +62,7 @@ impl Store {
     pub fn insert_job(&self, j: &JobRow) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                &format!(
-                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-                ),
+                &format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
                 params![
                     j.id,
                     j.kind,
@@ -183,7 +181,10 @@ mod tests {
         let jobs = store.list_jobs().unwrap();
         assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let a = store.get_job("a").unwrap().unwrap();
-        assert_eq!((a.total_bytes, a.chunk_size, a.chunks.as_slice(), a.done_bytes), (Some(100), Some(10), &[5u8][..], 20));
+        assert_eq!(
+            (a.total_bytes, a.chunk_size, a.chunks.as_slice(), a.done_bytes),
+            (Some(100), Some(10), &[5u8][..], 20)
+        );
         let b = store.get_job("b").unwrap().unwrap();
         assert_eq!((b.state.as_str(), b.error.as_deref()), ("failed", Some("boom")));
         assert_eq!(store.prune_jobs(10).unwrap(), 1, "only the finished job goes");

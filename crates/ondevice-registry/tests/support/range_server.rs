@@ -218,6 +218,7 @@ fn parse_range(v: &str, len: u64) -> Option<(u64, u64)> {
     }
     let (a, b) = spec.split_once('-')?;
     let a: u64 = a.trim().parse().ok()?;
-    let b: u64 = if b.trim().is_empty() { len.checked_sub(1)? } else { b.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+    let b: u64 =
+        if b.trim().is_empty() { len.checked_sub(1)? } else { b.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?) };
     (a <= b).then_some((a, b + 1))
 }

@@ -27,7 +27,11 @@ fn status(e: impl Into<ApiError>) -> Status {
 
 fn require_models<T>(req: &Request<T>) -> Result<(), Status> {
     let ok = req.extensions().get::<Principal>().is_some_and(|p| p.scopes.satisfies(Scope::Models));
-    if ok { Ok(()) } else { Err(ApiError::PermissionDenied("this method needs a key with the models scope".into()).to_status()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::PermissionDenied("this method needs a key with the models scope".into()).to_status())
+    }
 }
 
 fn parse_ref(s: &str) -> Result<ModelRef, Status> {
@@ -81,7 +85,10 @@ async fn blocking<T: Send + 'static>(
 
 #[tonic::async_trait]
 impl ModelsService for ModelsImpl {
-    async fn list_models(&self, _req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let models = blocking(&self.state, Registry::list).await?;
         Ok(Response::new(pb::ListModelsResponse { models: models.into_iter().map(model).collect() }))
     }
@@ -124,7 +131,10 @@ impl ModelsService for ModelsImpl {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
     }
 
-    async fn remove_model(&self, req: Request<pb::RemoveModelRequest>) -> Result<Response<pb::RemoveModelResponse>, Status> {
+    async fn remove_model(
+        &self,
+        req: Request<pb::RemoveModelRequest>,
+    ) -> Result<Response<pb::RemoveModelResponse>, Status> {
         require_models(&req)?;
         let r = parse_ref(&req.into_inner().name)?;
         let removed = blocking(&self.state, move |reg| reg.remove(&r)).await?;

@@ -284,7 +284,10 @@ impl std::io::Write for ChannelWriter {
         (status = 404, description = "No such model", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
-pub async fn export(State(state): State<AppState>, Path(name): Path<String>) -> Result<axum::response::Response, ApiError> {
+pub async fn export(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
     let r = parse_ref(&name)?;
     let shown = r.clone();
     let m = blocking(&state, move |reg| reg.show(&shown)).await?;

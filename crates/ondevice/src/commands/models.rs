@@ -156,7 +156,8 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
             let mut written = 0u64;
             let copied: anyhow::Result<()> = async {
                 while let Some(chunk) = resp.chunk().await.context("export interrupted")? {
-                    std::io::Write::write_all(&mut file, &chunk).with_context(|| format!("cannot write {}", tmp.display()))?;
+                    std::io::Write::write_all(&mut file, &chunk)
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
                     written += chunk.len() as u64;
                 }
                 file.sync_all()?;

@@ -136,7 +136,11 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
                 .await
                 .expect("import");
             assert_eq!(resp.status(), StatusCode::CREATED, "fixture import of {name}");
-            Fixture { path: format!("/api/v1/models/{}{}", name.replace(':', "%3A"), if export { "/export" } else { "" }), body: None, expect: None }
+            Fixture {
+                path: format!("/api/v1/models/{}{}", name.replace(':', "%3A"), if export { "/export" } else { "" }),
+                body: None,
+                expect: None,
+            }
         }
         "POST /api/v1/models/pull" => {
             // Accepted at once; the download itself fails later (nothing listens on port 1).

@@ -21,7 +21,9 @@ const CHUNK: u64 = 1 << 20;
 const CONNECTIONS: u64 = 2;
 
 fn allow_config(extra: &str) -> String {
-    format!("[registry]\nallow_hosts = [\"127.0.0.1\"]\nchunk_size = \"1MiB\"\nconnections = {CONNECTIONS}\nretries = 1\n{extra}")
+    format!(
+        "[registry]\nallow_hosts = [\"127.0.0.1\"]\nchunk_size = \"1MiB\"\nconnections = {CONNECTIONS}\nretries = 1\n{extra}"
+    )
 }
 
 /// A valid GGUF of about `bytes` bytes.
@@ -43,11 +45,14 @@ fn sha256(data: &[u8]) -> String {
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 async fn start_pull(daemon: &Daemon, body: Value) -> Value {
-    let resp = daemon.request(Method::POST, "/api/v1/models/pull", Some(daemon.admin_key())).json(&body).send().await.unwrap();
+    let resp =
+        daemon.request(Method::POST, "/api/v1/models/pull", Some(daemon.admin_key())).json(&body).send().await.unwrap();
     let status = resp.status();
     let job: Value = resp.json().await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
@@ -155,12 +160,14 @@ fn cli_pulls_from_the_catalog_with_mirror_fallback_and_progress() {
             + &entry("bad:1", &other, &[server.url("/corrupt-other.gguf")]),
     )
     .unwrap();
-    std::fs::write(home.config(), allow_config(&format!("catalogs = [{:?}]\n", catalog.display().to_string()))).unwrap();
+    std::fs::write(home.config(), allow_config(&format!("catalogs = [{:?}]\n", catalog.display().to_string())))
+        .unwrap();
     let daemon = Daemon::start(home);
     let home = daemon.home();
 
     let available: Value = serde_json::from_str(&home.run_ok(&["models", "list", "--available", "--json"])).unwrap();
-    let names: Vec<&str> = available["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        available["models"].as_array().unwrap().iter().map(|m| m["model"].as_str().unwrap()).collect();
     assert!(names.contains(&"demo:1") && names.contains(&"smollm2:135m"), "bundled and configured: {names:?}");
 
     let out = home.run(&["models", "pull", "demo:1", "--json"]);
@@ -286,8 +293,15 @@ async fn export_then_import_on_another_home_gives_the_same_digest() {
             f
         }
     };
-    let shown: Value =
-        serde_json::from_str(&first.home().run_ok(&["models", "import", file.to_str().unwrap(), "--name", "move:me", "--json"])).unwrap();
+    let shown: Value = serde_json::from_str(&first.home().run_ok(&[
+        "models",
+        "import",
+        file.to_str().unwrap(),
+        "--name",
+        "move:me",
+        "--json",
+    ]))
+    .unwrap();
     let bundle = first.home().root().join("move.tar");
     first.home().run_ok(&["models", "export", "move:me", "--output", bundle.to_str().unwrap()]);
 
