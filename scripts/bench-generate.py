@@ -29,7 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Write a long story about a dragon who learns to cook."
 
-LLAMA_SERVER = r"""
 import sys, time, xllamacpp as x
 model, threads, ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 p = x.CommonParams()
@@ -110,7 +109,8 @@ def main():
     print(f"llama.cpp peer: xllamacpp {getattr(xllamacpp, '__version__', '?')}: {xllamacpp.get_system_info().strip()}")
 
     peer = subprocess.Popen(
-        [sys.executable, "-c", LLAMA_SERVER, args.model, str(args.threads), str(args.ctx)],
+        [sys.executable, os.path.join(REPO, "scripts/llama_server.py"), args.model,
+         "--threads", str(args.threads), "--ctx", str(args.ctx), "--parallel", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     home = tempfile.mkdtemp(prefix="ondevice-bench-")
@@ -124,7 +124,7 @@ def main():
     daemon = subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         line = peer.stdout.readline()
-        if not line.startswith("LISTEN"):
+        if not line.startswith("ADDR"):
             raise RuntimeError("llama.cpp server did not start")
         peer_base = line.split()[1]
         addr_file = os.path.join(home, "listen.addr")

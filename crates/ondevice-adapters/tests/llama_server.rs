@@ -19,20 +19,6 @@ use ondevice_runtime::{
     RuntimeError, Sampling,
 };
 
-const SCRIPT: &str = r#"
-import sys, xllamacpp as x
-p = x.CommonParams()
-p.model.path = sys.argv[1]
-p.n_ctx = 2048
-p.n_parallel = 2
-p.port = 0
-p.embedding = True
-p.pooling_type = x.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
-s = x.Server(p)
-print("ADDR", s.listening_address, flush=True)
-sys.stdin.read()  # serve until the test closes our stdin (or dies)
-"#;
-
 /// A llama.cpp server process, killed on drop.
 struct LlamaServer {
     child: Child,
@@ -59,9 +45,11 @@ fn model_file() -> Option<PathBuf> {
 fn start(model: &std::path::Path) -> LlamaServer {
     // A test peer, not a daemon worker: the supervisor is not involved, so spawn directly.
     #[allow(clippy::disallowed_methods)]
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     let mut child = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
+        .arg(script)
         .arg(model)
+        .args(["--ctx", "2048", "--parallel", "2", "--embedding"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

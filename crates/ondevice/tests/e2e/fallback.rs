@@ -15,18 +15,6 @@ use serde_json::{Value, json};
 
 use crate::common::{Daemon, test_model};
 
-const SERVER: &str = r#"
-import sys, xllamacpp as x
-p = x.CommonParams()
-p.model.path = sys.argv[1]
-p.n_ctx = 2048
-p.n_parallel = 1
-p.port = 0
-s = x.Server(p)
-print("ADDR", s.listening_address, flush=True)
-sys.stdin.read()  # serve until the test closes our stdin (or dies)
-"#;
-
 /// A llama.cpp server process, killed on drop.
 struct LlamaServer {
     child: Child,
@@ -43,8 +31,9 @@ impl Drop for LlamaServer {
 fn llama_server(model: &std::path::Path) -> LlamaServer {
     // A test peer, not a daemon worker: spawned directly.
     #[allow(clippy::disallowed_methods)]
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     let mut child = std::process::Command::new("python3")
-        .args(["-c", SERVER])
+        .arg(script)
         .arg(model)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
