@@ -43,9 +43,9 @@ fn model_file() -> Option<PathBuf> {
 }
 
 fn start(model: &std::path::Path) -> LlamaServer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     // A test peer, not a daemon worker: the supervisor is not involved, so spawn directly.
     #[allow(clippy::disallowed_methods)]
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     let mut child = std::process::Command::new("python3")
         .arg(script)
         .arg(model)

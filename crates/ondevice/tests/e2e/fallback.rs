@@ -29,9 +29,9 @@ impl Drop for LlamaServer {
 }
 
 fn llama_server(model: &std::path::Path) -> LlamaServer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     // A test peer, not a daemon worker: spawned directly.
     #[allow(clippy::disallowed_methods)]
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/llama_server.py");
     let mut child = std::process::Command::new("python3")
         .arg(script)
         .arg(model)
