@@ -1,5 +1,5 @@
 //! Kind `embedded`: the daemon side of the embedded engine. One `ondevice worker` process per loaded model
-//! serves [`ondevice_runtime::wire`] over a Unix socket. This adapter never spawns processes: the binary
+//! serves [`ondevice_runtime::wire`] over a Unix socket (a named pipe on Windows). This adapter never spawns processes: the binary
 //! gives it a [`WorkerLauncher`] backed by the supervisor, and the adapter speaks the wire protocol.
 //!
 //! - load = [`WorkerLauncher::start`] + poll `GET /health` until it answers `ready` (bounded by
@@ -24,8 +24,8 @@ use ondevice_runtime::{
     RuntimeError, Usage,
 };
 
+use crate::ipc::{self, Answer, Failure};
 use crate::stream::{self, Decoder, Step};
-use crate::unix::{self, Answer, Failure};
 
 /// Starts and stops `ondevice worker` processes; the binary implements it with the supervisor.
 pub trait WorkerLauncher: Send + Sync {
@@ -166,7 +166,7 @@ impl EmbeddedAdapter {
         body: Option<Vec<u8>>,
     ) -> Result<Answer, RuntimeError> {
         let fut = async {
-            unix::request(socket, method, path, body).await.map_err(|e| match e {
+            ipc::request(socket, method, path, body).await.map_err(|e| match e {
                 Failure::Connect(_) | Failure::Http(_) => self.unavailable(e.to_string()),
             })
         };

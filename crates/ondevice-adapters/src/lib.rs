@@ -6,7 +6,7 @@
 //! | [`openai`]   | `openai`, `llama-server`  | any OpenAI-compatible base URL (SSE streaming)             |
 //! | [`ollama`]   | `ollama`                  | Ollama's documented `/api/*` (NDJSON streaming)            |
 //! | [`rest`]     | `rest`                    | a REST API whose shape is declared in `[runtimes.NAME]`    |
-//! | [`embedded`] | `embedded`                | `ondevice worker` processes over Unix sockets ([`ondevice_runtime::wire`]) |
+//! | [`embedded`] | `embedded`                | `ondevice worker` processes over Unix sockets or named pipes ([`ondevice_runtime::wire`]) |
 //!
 //! The orchestrator builds the remote adapters from config with [`from_config`]; the embedded adapter
 //! takes a [`embedded::WorkerLauncher`] that the binary implements with the supervisor (this crate
@@ -20,11 +20,11 @@
 pub mod embedded;
 mod error;
 mod http;
+mod ipc;
 pub mod ollama;
 pub mod openai;
 pub mod rest;
 mod stream;
-mod unix;
 
 use std::sync::Arc;
 use std::time::Duration;

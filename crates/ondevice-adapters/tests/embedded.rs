@@ -3,6 +3,9 @@
 //! written at the byte level so a test can make a worker die mid-stream or notice a closed connection.
 //! The real `ondevice worker` is exercised by the end-to-end tests; the launcher here starts these
 //! servers as tasks instead of processes (the supervisor's job in the daemon).
+// The fake workers listen on Unix sockets; on Windows the adapter talks to named pipes instead,
+// which these tests do not drive.
+#![cfg(unix)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;

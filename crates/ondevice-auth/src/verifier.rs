@@ -341,7 +341,9 @@ fn info(r: &KeyRecord) -> KeyInfo {
     }
 }
 
-/// Writes a file readable only by its owner: temp file created with mode 0600, fsync, rename.
+/// Writes a file readable only by its owner: temp file created with mode 0600, fsync, rename. On
+/// Windows there are no modes: the file gets the ACL it inherits from its directory (for the
+/// default home, in the user's profile, only that user, SYSTEM and administrators).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -102,8 +102,12 @@ impl Paths {
     pub fn pid_file(&self) -> PathBuf {
         self.home.join("ondevice.pid")
     }
-    /// The local control socket (mode 0600) used by `ondevice daemon`.
+    /// The local control socket (mode 0600) used by `ondevice daemon`; on Windows a named pipe
+    /// ([`pipe_for_home`]).
     pub fn control_socket(&self) -> PathBuf {
+        if cfg!(windows) {
+            return pipe_for_home(&std::path::absolute(&self.home).unwrap_or_else(|_| self.home.clone()));
+        }
         self.home.join("ondevice.sock")
     }
     /// The directory of rotating log files.
@@ -114,6 +118,17 @@ impl Paths {
     pub fn listen_file(&self) -> PathBuf {
         self.home.join("listen.addr")
     }
+}
+
+/// The control pipe of the daemon whose home is `home` (absolute) on Windows:
+/// `\\.\pipe\ondevice-<16 hex digits>`. Pipe names are machine-wide, so the home (which is per
+/// user) keeps daemons of different users and homes apart; the hash (64-bit FNV-1a of the lowercased
+/// path, as Windows paths ignore case) does not change between builds, so a newer CLI still finds an
+/// older daemon.
+pub fn pipe_for_home(home: &Path) -> PathBuf {
+    let key = home.to_string_lossy().to_lowercase();
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    PathBuf::from(format!(r"\\.\pipe\ondevice-{hash:016x}"))
 }
 
 /// The result of loading: validated settings plus where they came from.

@@ -201,3 +201,13 @@ fn runtime_errors_name_the_line() {
     assert_error(&format!("{rest}[runtimes.r.generate]\npath = \"x\"\ntext = \"/t\"\n"), 5, "must start with /");
     assert_error("[runtimes.embedded]\nkind = \"openai\"\nbase_url = \"http://h:1\"\n", 1, "is reserved");
 }
+
+#[test]
+fn windows_control_pipe_is_per_home_and_stable() {
+    let pipe = |home: &str| pipe_for_home(Path::new(home)).to_string_lossy().into_owned();
+    let ada = pipe(r"C:\Users\ada\AppData\Roaming\ondevice\data");
+    // A fixed value: a CLI built later must find the pipe of a daemon built earlier.
+    assert_eq!(ada, r"\\.\pipe\ondevice-19c440aab89310bd");
+    assert_eq!(pipe(r"c:\users\ADA\AppData\Roaming\ondevice\data"), ada, "Windows paths ignore case");
+    assert_ne!(pipe(r"C:\Users\bob\AppData\Roaming\ondevice\data"), ada);
+}

@@ -1,5 +1,8 @@
 //! The worker server end to end on a real Unix socket in a temp dir, with the real model: health,
 //! NDJSON generation, a client that disconnects mid-stream, error bodies, socket permissions.
+// Unix sockets and file modes; on Windows the worker serves a named pipe, which these tests do not
+// drive.
+#![cfg(unix)]
 
 mod common;
 

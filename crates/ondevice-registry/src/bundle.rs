@@ -94,6 +94,22 @@ impl Registry {
     pub fn export_bundle(&self, r: &ModelRef, out: &mut dyn Write) -> Result<ModelRecord, RegistryError> {
         let m = self.show(r)?;
         let blob = self.blobs().path(&m.digest);
+        // The model's own blob first (its file, or its layout), then each file of a layout once.
+        let mut digests = vec![(m.digest, m.size)];
+        if let Some(layout) = self.layout(&m)? {
+            digests[0].1 = std::fs::metadata(&blob)
+                .map_err(|source| RegistryError::Blob(BlobError::Io { op: "stat", path: blob.clone(), source }))?
+                .len();
+            for f in &layout.files {
+                let d: Digest = f.digest.parse().map_err(|_| crate::RegistryError::InvalidLayout {
+                    path: blob.clone(),
+                    reason: format!("{}: invalid digest", f.path),
+                })?;
+                if !digests.iter().any(|(x, _)| *x == d) {
+                    digests.push((d, f.size));
+                }
+            }
+        }
         let manifest = Manifest {
             schema: 1,
             model: m.reference(),
@@ -104,11 +120,14 @@ impl Registry {
             context_length: m.context_length,
             license: m.license.clone(),
             source: m.source.clone(),
-            files: vec![ManifestFile {
-                path: format!("blobs/{}", m.digest.file_name()),
-                digest: m.digest.to_string(),
-                size: m.size,
-            }],
+            files: digests
+                .iter()
+                .map(|(d, size)| ManifestFile {
+                    path: format!("blobs/{}", d.file_name()),
+                    digest: d.to_string(),
+                    size: *size,
+                })
+                .collect(),
         };
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -124,8 +143,11 @@ impl Registry {
             out.write_all(&[0u8; BLOCK][..pad(size)])
         };
         write(out, "manifest.json", &mut json.as_slice(), json.len() as u64).map_err(io(&blob))?;
-        let mut f = File::open(&blob).map_err(io(&blob))?;
-        write(out, &manifest.files[0].path, &mut f, m.size).map_err(io(&blob))?;
+        for (file, (d, _)) in manifest.files.iter().zip(&digests) {
+            let path = self.blobs().path(d);
+            let mut f = File::open(&path).map_err(io(&path))?;
+            write(out, &file.path, &mut f, file.size).map_err(io(&path))?;
+        }
         out.write_all(&[0u8; 2 * BLOCK]).and_then(|()| out.flush()).map_err(io(&blob))?;
         Ok(m)
     }
@@ -161,8 +183,16 @@ impl Registry {
                     skip(&mut r, pad(size)).map_err(ioerr)?;
                     let m: Manifest =
                         serde_json::from_slice(&buf).map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
-                    if m.schema != 1 || m.format != "gguf" || m.files.len() != 1 {
-                        return Err(bad("unsupported manifest (schema 1, one gguf file)".into()));
+                    let files_ok = match m.format.as_str() {
+                        "gguf" => m.files.len() == 1,
+                        crate::SAFETENSORS_FORMAT => (2..=crate::layout::MAX_LAYOUT_FILES + 1).contains(&m.files.len()),
+                        _ => false,
+                    };
+                    if m.schema != 1 || !files_ok {
+                        return Err(bad(
+                            "unsupported manifest (schema 1; one gguf file, or a safetensors layout and its files)"
+                                .into(),
+                        ));
                     }
                     manifest = Some(m);
                     continue;
@@ -189,15 +219,21 @@ impl Registry {
                 skip(&mut r, pad(size)).map_err(ioerr)?;
             }
             let m = manifest.ok_or_else(|| bad("no manifest.json".into()))?;
-            let (digest, _) =
-                *stored.first().ok_or_else(|| bad("the blob listed in the manifest is missing".into()))?;
+            if let Some(missing) = m.files.iter().find(|f| !stored.iter().any(|(d, _)| d.to_string() == f.digest)) {
+                return Err(bad(format!("{} is listed in the manifest but missing", missing.path)));
+            }
+            let digest: Digest = m.files[0].digest.parse().map_err(|_| bad("invalid digest in the manifest".into()))?;
             let target = match name {
                 Some(n) => n,
                 None => m.model.parse().map_err(|e: crate::RefError| bad(e.to_string()))?,
             };
             let source =
                 format!("bundle:{}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-            self.register_existing(digest, &target, &source, m.license)
+            if m.format == crate::SAFETENSORS_FORMAT {
+                self.register_layout_existing(digest, &target, &source, m.license)
+            } else {
+                self.register_existing(digest, &target, &source, m.license)
+            }
         })();
         if result.is_err() {
             cleanup(&stored);

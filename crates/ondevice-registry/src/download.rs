@@ -4,30 +4,41 @@
 //! Servers that answer ranges get several connections, each fetching fixed-size chunks at their
 //! offsets; a bitmap of finished chunks is handed to the caller after each chunk so it can persist
 //! it (the job table), and a restarted download skips those chunks: at most the chunk each
-//! connection was in the middle of is fetched again. A hashing thread follows the contiguous
-//! finished prefix of the file, so the digest is known as soon as the last chunk lands. Transient
-//! failures are retried with exponential backoff and jitter; a mirror that keeps failing, serves
-//! another size, or whose bytes hash to the wrong digest is dropped for the next one.
+//! connection was in the middle of is fetched again. A failed attempt at a chunk is retried from
+//! where it stopped. Received frames are written without copying and hashed from memory in file
+//! order by a hashing thread (`download/pipeline.rs`), so the digest is known as soon as the last chunk
+//! lands. Transient failures are retried with exponential backoff and jitter; a mirror that keeps
+//! failing, serves another size, or whose bytes hash to the wrong digest is dropped for the next
+//! one.
+//!
+//! Durability: a finished chunk's pages are handed to the kernel for writeback at once
+//! (`sync_file_range` on Linux), which only moves disk writes earlier; the guarantee is still the
+//! fsync in [`crate::blobs::BlobStore::adopt`] before the blob is renamed into place. The chunk
+//! bitmap survives the daemon being killed (the page cache keeps the written chunks), not a power
+//! loss before that fsync.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::CONTENT_RANGE;
 use reqwest::{StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use self::pipeline::{Hasher, Sink, start_writeback};
 use crate::fetch::{FetchError, Fetcher, describe};
 use crate::reference::Digest;
 use crate::safety::redact_url;
 
-/// Bytes buffered per connection before a positioned write.
-const WRITE_BUF: usize = 4 << 20;
-/// Bytes the hashing thread reads at a time.
+mod pipeline;
+
+/// Bytes [`hash_file`] reads at a time.
 const HASH_BUF: usize = 4 << 20;
 
 /// A download failure.
@@ -189,6 +200,55 @@ enum RunError {
     Fatal(DownloadError),
 }
 
+/// Why one attempt of a transfer stopped.
+enum Failure {
+    /// The network or the server, and whether trying again may help.
+    Fetch(FetchError, bool),
+    /// Here: the partial file cannot be written, or the download was cancelled.
+    Local(DownloadError),
+}
+
+impl Failure {
+    fn fetch(e: FetchError) -> Failure {
+        let t = e.is_transient();
+        Failure::Fetch(e, t)
+    }
+}
+
+/// A fetch error with whether it is worth retrying.
+fn transient(e: FetchError) -> (FetchError, bool) {
+    let t = e.is_transient();
+    (e, t)
+}
+
+/// Retry delays of one operation on one mirror: exponential, with jitter.
+struct Backoff {
+    delay: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(tuning: &Tuning) -> Backoff {
+        Backoff { delay: tuning.backoff_initial, attempt: 0 }
+    }
+
+    /// After a failed attempt: waits before the next one, or gives the mirror up.
+    async fn wait(&mut self, dl: &Download<'_>, e: FetchError, transient: bool) -> Result<(), RunError> {
+        self.attempt += 1;
+        if !transient || self.attempt > dl.tuning.retries {
+            return Err(RunError::Mirror(e.to_string()));
+        }
+        let pause = self.delay + self.delay.mul_f64(0.5 * jitter_fraction());
+        tracing::debug!(error = %e, attempt = self.attempt, "retrying after {pause:?}");
+        tokio::select! {
+            () = dl.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+            () = tokio::time::sleep(pause) => {}
+        }
+        self.delay = (self.delay * 2).min(dl.tuning.backoff_max);
+        Ok(())
+    }
+}
+
 struct Probe {
     total: Option<u64>,
     ranged: bool,
@@ -331,39 +391,24 @@ impl Download<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, (FetchError, bool)>>,
     {
-        let mut delay = self.tuning.backoff_initial;
-        let mut attempt = 0;
+        let mut backoff = Backoff::new(self.tuning);
         loop {
             if self.cancel.is_cancelled() {
                 return Err(RunError::Fatal(DownloadError::Cancelled));
             }
-            let attempt_result = tokio::select! {
+            let attempt = tokio::select! {
                 () = self.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
                 r = f() => r,
             };
-            let (e, transient) = match attempt_result {
+            match attempt {
                 Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            attempt += 1;
-            if !transient || attempt > self.tuning.retries {
-                return Err(RunError::Mirror(e.to_string()));
+                Err((e, transient)) => backoff.wait(self, e, transient).await?,
             }
-            let jitter = delay.mul_f64(0.5 * jitter_fraction());
-            tracing::debug!(error = %e, attempt, "retrying after {:?}", delay + jitter);
-            tokio::select! {
-                () = self.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
-                () = tokio::time::sleep(delay + jitter) => {}
-            }
-            delay = (delay * 2).min(self.tuning.backoff_max);
         }
     }
 
     async fn probe(&self, url: &Url) -> Result<Probe, (FetchError, bool)> {
-        let resp = self.fetcher.get(url, Some((0, 0))).await.map_err(|e| {
-            let t = e.is_transient();
-            (e, t)
-        })?;
+        let resp = self.fetcher.get(url, Some((0, 0))).await.map_err(transient)?;
         if resp.status() == StatusCode::PARTIAL_CONTENT {
             let total = resp
                 .headers()
@@ -379,30 +424,42 @@ impl Download<'_> {
         Ok(Probe { total, ranged: false, body: Some(resp) })
     }
 
-    /// Several connections over the missing chunks.
+    /// Several connections over the missing chunks. Each connection finishes (writes and
+    /// records) its chunk before it takes the next, so at most one chunk per connection is
+    /// unrecorded at any time: that is what a restart fetches again.
     async fn ranged(&self, url: &Url, file: Arc<File>, state: &mut ChunkState) -> Result<Digest, RunError> {
         let total = state.total.unwrap_or(0);
-        let pending: std::collections::VecDeque<usize> = (0..state.chunks()).filter(|&i| !state.is_done(i)).collect();
+        let pending: VecDeque<usize> = (0..state.chunks()).filter(|&i| !state.is_done(i)).collect();
         let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), state.prefix());
         let conns = self.tuning.connections.clamp(1, pending.len().max(1));
-        let shared = Mutex::new((state.clone(), pending));
+        let shared = Arc::new(Mutex::new((state.clone(), pending)));
+        let writes = TaskTracker::new();
         let worker = || async {
+            let feed = hasher.feed();
             loop {
                 let next = lock(&shared).1.pop_front();
                 let Some(i) = next else { return Ok::<(), RunError>(()) };
-                let (start, end) = state_range(&shared, i);
-                self.retrying(|| self.fetch_chunk(url, &file, start, end)).await?;
-                let snapshot = {
+                let (start, end) = lock(&shared).0.range(i);
+                let mut sink = Sink::new(writes.clone(), file.clone(), self.path.to_path_buf(), feed.clone(), start);
+                self.fetch_chunk(url, &mut sink, end).await?;
+                sink.flush().await.map_err(RunError::Fatal)?;
+                // Recorded under the lock, so the table never goes back to an older bitmap.
+                let (shared, hooks, feed) = (shared.clone(), self.hooks.clone(), feed.clone());
+                blocking(move || {
                     let mut s = lock(&shared);
                     s.0.set_done(i);
-                    hasher.advance(s.0.prefix());
-                    s.0.clone()
-                };
-                let hooks = self.hooks.clone();
-                blocking(move || hooks.chunk_done(&snapshot)).await;
+                    feed.finished(s.0.prefix());
+                    hooks.chunk_done(&s.0);
+                })
+                .await;
+                start_writeback(file.clone(), start, end).await;
             }
         };
         let result = futures_util::future::try_join_all((0..conns).map(|_| worker())).await;
+        // A failed connection stops the others mid-chunk: let their last writes land before the
+        // file is truncated or written by the next mirror.
+        writes.close();
+        writes.wait().await;
         *state = lock(&shared).0.clone();
         result?;
         let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
@@ -412,77 +469,77 @@ impl Download<'_> {
         Ok(digest)
     }
 
-    /// Fetches bytes `start..end` into the file at `start`.
-    async fn fetch_chunk(&self, url: &Url, file: &Arc<File>, start: u64, end: u64) -> Result<(), (FetchError, bool)> {
-        let shown = || redact_url(url);
-        let resp = self.fetcher.get(url, Some((start, end - 1))).await.map_err(|e| {
-            let t = e.is_transient();
-            (e, t)
-        })?;
-        if resp.status() != StatusCode::PARTIAL_CONTENT {
-            let reason = format!("server answered {} to a range request", resp.status());
-            return Err((FetchError::Network { url: shown(), reason }, false));
+    /// Fetches the chunk `sink.pos()..end` into the file. A failed attempt is retried from where
+    /// it stopped (the bytes received are kept), so no byte is fetched or written twice.
+    async fn fetch_chunk(&self, url: &Url, sink: &mut Sink, end: u64) -> Result<(), RunError> {
+        let mut backoff = Backoff::new(self.tuning);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(RunError::Fatal(DownloadError::Cancelled));
+            }
+            let start = sink.pos();
+            let attempt = async {
+                let resp = self.fetcher.get(url, Some((start, end - 1))).await.map_err(Failure::fetch)?;
+                if resp.status() != StatusCode::PARTIAL_CONTENT {
+                    let reason = format!("server answered {} to a range request", resp.status());
+                    return Err(Failure::Fetch(FetchError::Network { url: redact_url(url), reason }, false));
+                }
+                self.copy_body(resp, sink, Some(end - start)).await.map(drop)
+            };
+            let result = tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+                r = attempt => r,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(_) if self.cancel.is_cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+                Err(Failure::Local(e)) => return Err(RunError::Fatal(e)),
+                Err(Failure::Fetch(e, transient)) => {
+                    if sink.pos() > start {
+                        // That attempt made progress: a flaky connection, not a dead mirror.
+                        backoff = Backoff::new(self.tuning);
+                    }
+                    backoff.wait(self, e, transient).await?;
+                }
+            }
         }
-        let mut written = 0u64;
-        let result = self.copy_body(resp, file, start, Some(end - start), &mut written).await;
-        if result.is_err() {
-            self.progress.done.fetch_sub(written, Ordering::Relaxed);
-        }
-        result.map(drop)
     }
 
-    /// Copies a body into the file at `offset`, returning the bytes copied; `expect` bounds it.
+    /// Copies a body into `sink`, returning the bytes copied; `expect` bounds it.
     async fn copy_body(
         &self,
         mut resp: reqwest::Response,
-        file: &Arc<File>,
-        offset: u64,
+        sink: &mut Sink,
         expect: Option<u64>,
-        written: &mut u64,
-    ) -> Result<u64, (FetchError, bool)> {
+    ) -> Result<u64, Failure> {
         let url = redact_url(resp.url());
-        let net = |reason: String| (FetchError::Network { url: url.clone(), reason }, true);
-        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUF);
-        let mut pos = offset;
+        let net = |reason: String, transient: bool| {
+            Failure::Fetch(FetchError::Network { url: url.clone(), reason }, transient)
+        };
+        let mut copied = 0u64;
         loop {
             let next = tokio::select! {
-                () = self.cancel.cancelled() => return Err(net("cancelled".to_owned())),
-                next = resp.chunk() => next.map_err(|e| net(describe(e)))?,
+                () = self.cancel.cancelled() => return Err(Failure::Local(DownloadError::Cancelled)),
+                next = resp.chunk() => next.map_err(|e| net(describe(e), true))?,
             };
-            let done = next.is_none();
-            if let Some(bytes) = next {
-                let len = bytes.len() as u64;
-                if expect.is_some_and(|e| *written + len > e) {
-                    return Err((
-                        FetchError::Network { url: url.clone(), reason: "server sent too many bytes".into() },
-                        false,
-                    ));
-                }
-                if *written + len > self.tuning.max_size {
-                    return Err((
-                        FetchError::Network { url: url.clone(), reason: "over the size limit".into() },
-                        false,
-                    ));
-                }
-                buf.extend_from_slice(&bytes);
-                *written += len;
-                self.progress.done.fetch_add(len, Ordering::Relaxed);
+            let Some(frame) = next else { break };
+            let len = frame.len() as u64;
+            if expect.is_some_and(|e| copied + len > e) {
+                return Err(net("server sent too many bytes".into(), false));
             }
-            if buf.len() >= WRITE_BUF || (done && !buf.is_empty()) {
-                let n = buf.len() as u64;
-                buf = write_at(file.clone(), buf, pos).await.map_err(|e| net(format!("write failed: {e}")))?;
-                pos += n;
+            if sink.pos() + len > self.tuning.max_size {
+                return Err(net("over the size limit".into(), false));
             }
-            if done {
-                break;
-            }
+            sink.push(frame).await.map_err(Failure::Local)?;
+            copied += len;
+            self.progress.done.fetch_add(len, Ordering::Relaxed);
         }
         if let Some(e) = expect {
-            if *written != e {
-                return Err(net(format!("connection closed after {} of {e} bytes", *written)));
+            if copied != e {
+                return Err(net(format!("connection closed after {copied} of {e} bytes"), true));
             }
         }
-        Ok(*written)
+        Ok(copied)
     }
 
     /// One connection for a server that ignores ranges: no resume, hashed as it streams.
@@ -495,39 +552,33 @@ impl Download<'_> {
         let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), 0);
         let resp = match body {
             Some(r) => r,
-            None => {
-                self.retrying(|| async {
-                    self.fetcher.get(url, None).await.map_err(|e| {
-                        let t = e.is_transient();
-                        (e, t)
-                    })
-                })
-                .await?
-            }
+            None => self.retrying(|| async { self.fetcher.get(url, None).await.map_err(transient) }).await?,
         };
         let expect = resp.content_length();
-        let mut written = 0;
-        match self.copy_body(resp, &file, 0, expect, &mut written).await {
-            Ok(n) => {
-                hasher.advance(n);
-                let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
-                if hashed != n {
-                    return Err(RunError::Mirror(format!("{}: hashed {hashed} of {n} bytes", redact_url(url))));
-                }
-                Ok((digest, n))
-            }
-            Err(_) if self.cancel.is_cancelled() => Err(RunError::Fatal(DownloadError::Cancelled)),
-            Err((e, _)) => Err(RunError::Mirror(e.to_string())),
+        let writes = TaskTracker::new();
+        let mut sink = Sink::new(writes.clone(), file, self.path.to_path_buf(), hasher.feed(), 0);
+        let copied = self.copy_body(resp, &mut sink, expect).await;
+        let flushed = if copied.is_ok() { sink.flush().await } else { Ok(()) };
+        drop(sink);
+        writes.close();
+        writes.wait().await;
+        let n = match copied {
+            Ok(n) => n,
+            Err(_) if self.cancel.is_cancelled() => return Err(RunError::Fatal(DownloadError::Cancelled)),
+            Err(Failure::Local(e)) => return Err(RunError::Fatal(e)),
+            Err(Failure::Fetch(e, _)) => return Err(RunError::Mirror(e.to_string())),
+        };
+        flushed.map_err(RunError::Fatal)?;
+        let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
+        if hashed != n {
+            return Err(RunError::Mirror(format!("{}: hashed {hashed} of {n} bytes", redact_url(url))));
         }
+        Ok((digest, n))
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn state_range(shared: &Mutex<(ChunkState, std::collections::VecDeque<usize>)>, i: usize) -> (u64, u64) {
-    lock(shared).0.range(i)
 }
 
 fn jitter_fraction() -> f64 {
@@ -545,17 +596,6 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
     }
 }
 
-async fn write_at(file: Arc<File>, buf: Vec<u8>, offset: u64) -> std::io::Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || {
-        write_all_at(&file, &buf, offset)?;
-        let mut buf = buf;
-        buf.clear();
-        Ok(buf)
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))?
-}
-
 #[cfg(unix)]
 fn write_all_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
@@ -569,50 +609,6 @@ fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result
         offset += n as u64;
     }
     Ok(())
-}
-
-/// The hashing thread: reads the file's finished prefix as it grows.
-struct Hasher {
-    tx: mpsc::Sender<u64>,
-    handle: tokio::task::JoinHandle<Result<(Digest, u64), DownloadError>>,
-}
-
-impl Hasher {
-    fn start(file: Arc<File>, path: PathBuf, prefix: u64) -> Hasher {
-        let (tx, rx) = mpsc::channel::<u64>();
-        let _ = tx.send(prefix);
-        let handle = tokio::task::spawn_blocking(move || {
-            let mut hasher = Sha256::new();
-            let mut hashed = 0u64;
-            let mut buf = vec![0u8; HASH_BUF];
-            let io = |source| DownloadError::Io { path: path.clone(), source };
-            while let Ok(mut target) = rx.recv() {
-                // Take the newest target without waiting.
-                while let Ok(t) = rx.try_recv() {
-                    target = target.max(t);
-                }
-                while hashed < target {
-                    let n = ((target - hashed) as usize).min(HASH_BUF);
-                    read_exact_at(&file, &mut buf[..n], hashed).map_err(io)?;
-                    hasher.update(&buf[..n]);
-                    hashed += n as u64;
-                }
-            }
-            Ok((Digest::from_bytes(hasher.finalize().into()), hashed))
-        });
-        Hasher { tx, handle }
-    }
-
-    fn advance(&self, prefix: u64) {
-        let _ = self.tx.send(prefix);
-    }
-
-    async fn finish(self) -> Result<(Digest, u64), DownloadError> {
-        drop(self.tx);
-        self.handle
-            .await
-            .map_err(|e| DownloadError::Io { path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })?
-    }
 }
 
 #[cfg(unix)]

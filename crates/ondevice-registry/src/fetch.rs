@@ -65,6 +65,22 @@ pub enum FetchError {
         /// The status.
         status: StatusCode,
     },
+    /// The server refused access (401 or 403): no credential for this host, or a wrong one.
+    #[error("{url}: server answered {status}: {}", if *sent_token {
+        format!("the token of [registry.credentials.{host:?}] was refused; check the secret it refers to")
+    } else {
+        format!("if this source needs a token, set [registry.credentials.{host:?}] token = \"env:NAME\"")
+    })]
+    Refused {
+        /// The URL (redacted).
+        url: String,
+        /// 401 or 403.
+        status: StatusCode,
+        /// The host asked.
+        host: String,
+        /// Whether a configured credential was sent.
+        sent_token: bool,
+    },
     /// Too many redirects, or a redirect without a usable `Location`.
     #[error("{url}: {reason}")]
     Redirect {
@@ -145,7 +161,8 @@ impl Fetcher {
                 req = req.header(RANGE, format!("bytes={start}-{end}"));
             }
             let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-            if let Some(c) = self.credentials.iter().find(|c| c.host == host) {
+            let credential = self.credentials.iter().find(|c| c.host == host);
+            if let Some(c) = credential {
                 req = req.header(AUTHORIZATION, c.header.clone());
             }
             let resp =
@@ -159,6 +176,10 @@ impl Fetcher {
                 tracing::debug!(from = %redact_url(&url), to = %redact_url(&next), "following redirect");
                 url = next;
                 continue;
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                let sent_token = credential.is_some();
+                return Err(FetchError::Refused { url: redact_url(&url), status, host, sent_token });
             }
             if !status.is_success() {
                 return Err(FetchError::Status { url: redact_url(&url), status });

@@ -619,12 +619,18 @@ async fn execute(
         progress,
         cancel: job.cancel.clone(),
     };
+    let started = Instant::now();
     let done = dl.run(chunks).await;
+    let downloaded = started.elapsed();
     ticker.abort();
     let done = done.map_err(|source| PullError::Download { model: spec.model.clone(), source })?;
     let (reg, m, src, lic) = (inner.registry.clone(), model, spec.source.clone(), spec.license.clone());
     let p = path.clone();
+    let started = Instant::now();
     blocking(move || reg.register_download(&p, done.digest, &m, &src, lic)).await?;
+    // Where a slow pull spent its time: the transfer (hashed as it goes), or making the blob
+    // durable and registering it.
+    tracing::debug!(job = %id, bytes = done.size, ?downloaded, registered = ?started.elapsed(), "pull timings");
     Ok(done.digest)
 }
 

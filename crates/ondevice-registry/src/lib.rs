@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod download;
 pub mod fetch;
 pub mod jobs;
+pub mod layout;
 pub mod quota;
 pub mod reference;
 pub mod safety;
@@ -27,11 +28,15 @@ use ondevice_gguf::{GgufError, GgufFile};
 use ondevice_store::{BlobRow, ModelRow, Store, StoreError};
 
 pub use blobs::{BlobError, BlobStore, Stored};
+pub use layout::{Layout, LayoutFile, SAFETENSORS_FORMAT};
 pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
 
 /// Temporary and partial files younger than this are left alone by [`Registry::gc`]: they may
 /// belong to an import or download in progress.
 pub const STALE_PARTIAL_AGE: Duration = Duration::from_secs(3600);
+
+/// [`Registry::touch`] writes a model's use time at most this often (seconds).
+pub const TOUCH_INTERVAL_S: i64 = 60;
 
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,23 @@ pub enum RegistryError {
         path: PathBuf,
         /// What is wrong with it.
         source: GgufError,
+    },
+    /// The directory to import is not a valid Hugging Face safetensors directory; nothing was
+    /// written.
+    #[error("cannot import {}: {reason}", path.display())]
+    InvalidModelDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A multi-file model's layout is malformed, or names files that are not there.
+    #[error("{}: {reason}", path.display())]
+    InvalidLayout {
+        /// The directory imported, or the layout blob.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// No model matches the reference.
     #[error("model {reference} not found: see `ondevice models list`")]
@@ -161,8 +183,10 @@ impl ModelRecord {
 pub struct VerifyReport {
     /// `name:tag`.
     pub model: String,
-    /// The blob.
+    /// The blob checked: the model's own, or the first failing file of a multi-file model.
     pub digest: Digest,
+    /// For a multi-file model whose file failed: that file's path in the layout.
+    pub file: Option<String>,
     /// What was found.
     pub status: VerifyStatus,
 }
@@ -235,9 +259,13 @@ impl Registry {
         self.partials.join(format!("{job_id}{}", blobs::PARTIAL_SUFFIX))
     }
 
-    /// The blobs a model needs.
+    /// The blobs a model needs: its file, or its layout and every file the layout lists.
     pub(crate) fn referenced_blobs(&self, m: &ModelRecord) -> Result<Vec<Digest>, RegistryError> {
-        Ok(vec![m.digest])
+        let mut blobs = vec![m.digest];
+        if let Some(layout) = self.layout(m)? {
+            blobs.extend(layout.digests());
+        }
+        Ok(blobs)
     }
 
     /// Registers a verified download: the partial file is validated as GGUF (nothing is
@@ -307,17 +335,43 @@ impl Registry {
             last_used_at: None,
             pinned: false,
         };
-        let blob_row = BlobRow { digest: stored.digest.to_string(), size: record.to_row().size, created_at: now };
-        let written = self.store.insert_blob(&blob_row).and_then(|()| self.store.insert_model(&record.to_row()));
-        if let Err(e) = written {
-            if !stored.existed {
-                let _ = self.store.delete_blob(&blob_row.digest);
-                let _ = self.blobs.remove(&stored.digest);
-            }
-            return Err(e.into());
-        }
+        let record = self.write_rows(record, &[stored])?;
         tracing::info!(model = %record.reference(), digest = %record.digest, "registered model");
         Ok(record)
+    }
+
+    /// Writes the blob rows and the model row (keeping the pin of a model it replaces); on
+    /// failure the blobs this operation added are removed. The caller holds the write lock.
+    fn write_rows(&self, mut record: ModelRecord, stored: &[Stored]) -> Result<ModelRecord, RegistryError> {
+        let written = (|| {
+            if let Some(old) = self.store.get_model(&record.name, &record.tag)? {
+                record.pinned = old.pinned;
+            }
+            for s in stored {
+                let size = i64::try_from(s.size).unwrap_or(i64::MAX);
+                self.store.insert_blob(&BlobRow {
+                    digest: s.digest.to_string(),
+                    size,
+                    created_at: record.created_at,
+                })?;
+            }
+            self.store.insert_model(&record.to_row())
+        })();
+        if let Err(e) = written {
+            for s in stored.iter().filter(|s| !s.existed) {
+                let _ = self.store.delete_blob(&s.digest.to_string());
+            }
+            self.forget_new(stored);
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+
+    /// Removes the blob files an unfinished operation added (those that did not exist before).
+    fn forget_new(&self, stored: &[Stored]) {
+        for s in stored.iter().filter(|s| !s.existed) {
+            let _ = self.blobs.remove(&s.digest);
+        }
     }
 
     /// The blob store.
@@ -359,9 +413,43 @@ impl Registry {
         Ok(record)
     }
 
-    /// Imports a local file: a bundle written by `export` (tar), else a GGUF file.
+    /// Imports a local path: a Hugging Face safetensors directory, a bundle written by `export`
+    /// (tar), else a GGUF file.
     pub fn import_path(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
-        if bundle::is_bundle(path) { self.import_bundle(path, name) } else { self.import_gguf(path, name) }
+        if path.is_dir() {
+            self.import_hf_dir(path, name)
+        } else if bundle::is_bundle(path) {
+            self.import_bundle(path, name)
+        } else {
+            self.import_gguf(path, name)
+        }
+    }
+
+    /// Pins (never evicted) or unpins the models a reference names; returns them as they are now.
+    pub fn set_pinned(&self, r: &ModelRef, pinned: bool) -> Result<Vec<ModelRecord>, RegistryError> {
+        let _guard = self.lock();
+        let found = self.resolve(r)?;
+        if found.is_empty() {
+            return Err(RegistryError::NotFound { reference: r.to_string() });
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for mut m in found {
+            self.store.set_model_pinned(&m.name, &m.tag, pinned)?;
+            m.pinned = pinned;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Records that `m` was used now (for least-recently-used eviction). Writes at most once a
+    /// minute per model, so a busy model does not cost a database write per request.
+    pub fn touch(&self, m: &ModelRecord) -> Result<(), RegistryError> {
+        let now = now();
+        if m.last_used_at.is_some_and(|t| (0..TOUCH_INTERVAL_S).contains(&(now - t))) {
+            return Ok(());
+        }
+        self.store.touch_model(&m.name, &m.tag, now)?;
+        Ok(())
     }
 
     /// Every model, by name then tag.
@@ -410,21 +498,46 @@ impl Registry {
             None => self.list()?,
         };
         let mut seen: HashMap<Digest, VerifyStatus> = HashMap::new();
-        let mut reports = Vec::with_capacity(models.len());
-        for m in models {
-            let status = seen
-                .entry(m.digest)
-                .or_insert_with(|| match self.blobs.verify(&m.digest) {
+        let mut check = |d: &Digest| {
+            seen.entry(*d)
+                .or_insert_with(|| match self.blobs.verify(d) {
                     Ok(()) => VerifyStatus::Ok,
                     Err(BlobError::Missing { .. }) => VerifyStatus::Missing,
                     Err(BlobError::Corrupt { actual, .. }) => VerifyStatus::Corrupt { actual },
                     Err(e) => VerifyStatus::Unreadable { error: e.to_string() },
                 })
-                .clone();
-            if status != VerifyStatus::Ok {
-                tracing::warn!(model = %m.reference(), digest = %m.digest, ?status, "blob failed verification");
+                .clone()
+        };
+        let mut reports = Vec::with_capacity(models.len());
+        for m in models {
+            // The model's own blob (its file, or its layout), then each file of a layout.
+            let mut report =
+                VerifyReport { model: m.reference(), digest: m.digest, file: None, status: check(&m.digest) };
+            if report.status == VerifyStatus::Ok {
+                match self.layout(&m) {
+                    Ok(None) => {}
+                    Ok(Some(layout)) => {
+                        for f in &layout.files {
+                            let Ok(d) = f.digest.parse::<Digest>() else { continue };
+                            let status = check(&d);
+                            if status != VerifyStatus::Ok {
+                                report = VerifyReport {
+                                    model: m.reference(),
+                                    digest: d,
+                                    file: Some(f.path.clone()),
+                                    status,
+                                };
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => report.status = VerifyStatus::Unreadable { error: e.to_string() },
+                }
             }
-            reports.push(VerifyReport { model: m.reference(), digest: m.digest, status });
+            if report.status != VerifyStatus::Ok {
+                tracing::warn!(model = %m.reference(), digest = %report.digest, file = ?report.file, status = ?report.status, "blob failed verification");
+            }
+            reports.push(report);
         }
         Ok(reports)
     }

@@ -65,16 +65,33 @@ pub fn human(bytes: u64) -> String {
     if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
-/// Free bytes on the filesystem holding `path`, if the platform says.
+/// Free bytes on the filesystem holding `path`, if the platform says. `None` means "unknown": the
+/// caller skips the free-space check (the quota still applies).
 pub fn free_space(path: &Path) -> Option<u64> {
     #[cfg(unix)]
     {
-        let st = nix::sys::statvfs::statvfs(path).ok()?;
-        Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+        match nix::sys::statvfs::statvfs(path) {
+            // The field types differ by platform (32-bit block counts on macOS).
+            #[allow(clippy::unnecessary_cast)]
+            Ok(st) => Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read free disk space; pulls skip the free-space check");
+                None
+            }
+        }
     }
+    // No dependency in the workspace reads free space portably (no fs4/fs2/sysinfo in
+    // Cargo.lock), so elsewhere the check is skipped, said once in the log; `[registry] quota`
+    // still bounds what pulls may write.
     #[cfg(not(unix))]
     {
-        let _ = path;
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                path = %path.display(),
+                "free disk space is not checked on this platform; set [registry] quota to bound pulls"
+            );
+        });
         None
     }
 }
@@ -98,8 +115,15 @@ impl Registry {
         else {
             return Ok(None);
         };
+        let blobs = self.referenced_blobs(&victim)?;
         self.store().delete_model(&victim.name, &victim.tag)?;
-        for d in self.referenced_blobs(&victim)? {
+        // Blobs are shared (same content under two names, or one file in two layouts): keep
+        // what the remaining models still use.
+        let mut still_used = std::collections::BTreeSet::new();
+        for m in self.list()? {
+            still_used.extend(self.referenced_blobs(&m)?);
+        }
+        for d in blobs.into_iter().filter(|d| !still_used.contains(d)) {
             if self.store().delete_blob(&d.to_string())? {
                 match self.blobs().remove(&d) {
                     Ok(_) => {}

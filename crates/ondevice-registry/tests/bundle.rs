@@ -2,8 +2,11 @@
 //! fresh one keeps its digest and bytes; hostile archives (links, traversal names, unlisted or
 //! corrupted entries) are refused with nothing registered or left in the blob store.
 
+#[path = "support/tar.rs"]
+mod tar;
 use std::path::Path;
 use std::sync::Arc;
+use tar::entry;
 
 use ondevice_gguf::writer::GgufWriter;
 use ondevice_gguf::{GgmlType, Value};
@@ -21,27 +24,6 @@ fn gguf() -> Vec<u8> {
         .metadata("general.license", Value::String("mit".into()))
         .tensor("w", &[256], GgmlType::F32, (0..1024).map(|i| i as u8).collect())
         .to_bytes()
-}
-
-/// A ustar header (the test's own writer, so hostile entries can be made).
-fn header(name: &str, size: u64, kind: u8) -> Vec<u8> {
-    let mut h = vec![0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(b"0000644");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[156] = kind;
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
-}
-
-fn entry(name: &str, data: &[u8], kind: u8) -> Vec<u8> {
-    let mut v = header(name, data.len() as u64, kind);
-    v.extend_from_slice(data);
-    v.resize(v.len().div_ceil(512) * 512, 0);
-    v
 }
 
 fn blob_files(home: &Path) -> usize {

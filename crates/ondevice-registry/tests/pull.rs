@@ -17,7 +17,7 @@ use ondevice_registry::catalog::CatalogSource;
 use ondevice_registry::download::Tuning;
 use ondevice_registry::fetch::Fetcher;
 use ondevice_registry::jobs::{JobInfo, JobState, Jobs, PullConfig, PullError};
-use ondevice_registry::quota::{QuotaError, QuotaPolicy};
+use ondevice_registry::quota::QuotaPolicy;
 use ondevice_registry::safety::HostPolicy;
 use ondevice_registry::{ModelRef, Registry};
 use ondevice_store::Store;
@@ -227,7 +227,40 @@ async fn a_quota_too_small_refuses_before_writing_anything() {
     assert!(files_in(e.registry.partials_dir()).is_empty());
     assert!(files_in(e.registry.blobs().dir()).is_empty());
     assert!(server.bytes_sent() <= 1, "only the probe byte: {}", server.bytes_sent());
-    let _ = QuotaError::Exceeded { model: String::new(), needed: 0, available: 0, quota: 0 };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_evict_a_pull_removes_the_least_recently_used_unpinned_model_only() {
+    let server = RangeServer::start().await;
+    let (new, newer) = (gguf(20, 128 << 10), gguf(21, 128 << 10));
+    server.put("/new.gguf", Served::bytes(new.clone()));
+    server.put("/newer.gguf", Served::bytes(newer.clone()));
+    // Room for two models of this size, not three.
+    let mut cfg = config(None, Some(300 << 10));
+    cfg.quota.evict = true;
+    let e = env(&["127.0.0.1"], cfg).await;
+    for (name, seed) in [("keep", 10u8), ("spare", 11)] {
+        let f = e.home.path().join(format!("{name}.gguf"));
+        std::fs::write(&f, gguf(seed, 128 << 10)).unwrap();
+        e.registry.import_gguf(&f, Some(name.parse().unwrap())).unwrap();
+    }
+    e.registry.set_pinned(&"keep".parse().unwrap(), true).unwrap();
+
+    let done = finish(&e.jobs, &e.jobs.pull(&server.url("/new.gguf"), None).await.unwrap()).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let names: Vec<String> = e.registry.list().unwrap().iter().map(|m| m.reference()).collect();
+    assert_eq!(names, ["keep:latest", "new:latest"], "the unpinned model made room");
+    assert!(e.registry.blob_bytes().unwrap() <= 300 << 10);
+
+    // Everything left is pinned: the next pull is refused and writes nothing.
+    e.registry.set_pinned(&"new".parse().unwrap(), true).unwrap();
+    let blobs_before = files_in(e.registry.blobs().dir()).len();
+    let done = finish(&e.jobs, &e.jobs.pull(&server.url("/newer.gguf"), None).await.unwrap()).await;
+    assert_eq!(done.state, JobState::Failed);
+    assert!(done.error.as_deref().unwrap_or_default().contains("quota"), "{done:?}");
+    assert_eq!(files_in(e.registry.blobs().dir()).len(), blobs_before);
+    assert!(files_in(e.registry.partials_dir()).is_empty());
+    assert_eq!(e.registry.list().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,4 +318,25 @@ async fn cancel_removes_the_partial() {
     assert!(matches!(e.jobs.cancel(&job.id).await, Err(PullError::Finished { .. })));
     assert!(matches!(e.jobs.get("nope").await, Err(PullError::NoSuchJob(_))));
     let _: ModelRef = "x".parse().unwrap();
+}
+
+/// A server whose connections drop every 20 KiB: each retry continues its chunk where the last
+/// attempt stopped, so the pull succeeds with every byte fetched once (plus the probe's), and the
+/// digest (hashed from the received frames) matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropping_connection_continues_its_chunk_and_fetches_each_byte_once() {
+    let server = RangeServer::start().await;
+    let data = gguf(8, 300 << 10);
+    server.put("/flaky.gguf", Served { cut_after: Some(20 << 10), ..Served::bytes(data.clone()) });
+    // One retry allowed, four attempts per 64 KiB chunk needed: an attempt that made progress
+    // does not count against the retries.
+    let e = env(&["127.0.0.1"], config(None, None)).await;
+    let job = e.jobs.pull(&server.url("/flaky.gguf"), Some("flaky:1".parse().unwrap())).await.unwrap();
+    let done = finish(&e.jobs, &job).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.digest.unwrap(), format!("sha256:{}", sha(&data)));
+    assert_eq!(server.bytes_sent(), data.len() as u64 + 1, "each byte once, plus the probe byte");
+    let chunk = 64 << 10;
+    assert!(server.requests() > data.len() as u64 / chunk + 1, "the connections did drop: {}", server.requests());
+    e.registry.verify(None).unwrap().iter().for_each(|r| assert_eq!(r.status, ondevice_registry::VerifyStatus::Ok));
 }

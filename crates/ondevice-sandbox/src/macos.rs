@@ -99,7 +99,7 @@ impl Sandbox for MacSandbox {
                 _ => None,
             };
             if let Some((res, v, name)) = rl {
-                hook.rlimits.push((res as i32, v));
+                hook.rlimits.push((res, v));
                 p.enforce(limit, Mechanism::Rlimit, format!("{name} = {v}"));
             } else if matches!(limit, Limit::Filesystem | Limit::Network) {
                 if self.caps.sandbox_exec.is_some() {

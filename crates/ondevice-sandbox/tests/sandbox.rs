@@ -1,5 +1,6 @@
-//! Sandbox crate tests: cgroup v2 file writing against a fake root, the v2-first choice,
-//! mountinfo parsing, the seccomp program, the null sandbox, and detection on this host.
+//! Sandbox crate tests: cgroup v2 file writing against a fake root, the v2-first choice, the
+//! removal of stale cgroups, mountinfo parsing, the seccomp program, the null sandbox, and
+//! detection on this host.
 
 #[cfg(target_os = "linux")]
 use std::fs;
@@ -96,6 +97,27 @@ fn full_cgroup_v2_host_is_used_first_for_every_limit() {
     }
     prepared.release();
     assert!(!leaf.exists());
+}
+
+/// Leaves of dead daemons go; leaves of a live process, and directories that are not leaves, stay.
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_cgroups_of_dead_daemons_are_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("ondevice");
+    // Above any pid_max (at most 2^22), so no such process exists.
+    let dead = 4_999_999;
+    let me = std::process::id();
+    for name in [format!("w.{dead}.0"), format!("w.{me}.1"), "daemon".into(), format!("w.x.{dead}")] {
+        fs::create_dir_all(base.join(name)).unwrap();
+    }
+    let removed = linux::remove_stale_cgroups(std::slice::from_ref(&base));
+    assert_eq!(removed, [base.join(format!("w.{dead}.0"))]);
+    let mut left: Vec<String> =
+        fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["daemon".to_string(), format!("w.{me}.1"), format!("w.x.{dead}")]);
+    assert!(linux::remove_stale_cgroups(&[root.path().join("missing")]).is_empty());
 }
 
 #[cfg(target_os = "linux")]

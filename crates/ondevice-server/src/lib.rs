@@ -70,6 +70,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .route_layer(guarded(Scope::Infer));
     let models = OpenApiRouter::new()
         .routes(routes!(routes::models::remove))
+        .routes(routes!(routes::models::pin))
         .routes(routes!(routes::models::import))
         .routes(routes!(routes::models::verify))
         .routes(routes!(routes::models::gc))

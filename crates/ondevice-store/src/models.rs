@@ -133,6 +133,25 @@ impl Store {
         self.with(|c| c.execute("DELETE FROM models WHERE name = ?1 AND tag = ?2", params![name, tag])).map(|n| n > 0)
     }
 
+    /// Sets `last_used_at` of `name:tag` to `at` (Unix seconds); returns whether the model exists.
+    pub fn touch_model(&self, name: &str, tag: &str, at: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("UPDATE models SET last_used_at = ?3 WHERE name = ?1 AND tag = ?2", params![name, tag, at])
+        })
+        .map(|n| n > 0)
+    }
+
+    /// Pins or unpins `name:tag` (pinned models are never evicted); returns whether it exists.
+    pub fn set_model_pinned(&self, name: &str, tag: &str, pinned: bool) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE models SET pinned = ?3 WHERE name = ?1 AND tag = ?2",
+                params![name, tag, i64::from(pinned)],
+            )
+        })
+        .map(|n| n > 0)
+    }
+
     /// Records a blob; a digest already present is left as it is.
     pub fn insert_blob(&self, b: &BlobRow) -> Result<(), StoreError> {
         self.with(|c| {
@@ -227,6 +246,25 @@ mod tests {
         store.insert_model(&changed).unwrap();
         assert_eq!(store.get_model("a", "latest").unwrap(), Some(changed));
         assert_eq!(store.list_models().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn touch_and_pin_update_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ondevice.db")).unwrap();
+        store.insert_blob(&blob(D1)).unwrap();
+        store.insert_model(&model("a", D1)).unwrap();
+        store.insert_model(&model("b", D1)).unwrap();
+        assert!(store.touch_model("a", "latest", 500).unwrap());
+        assert!(store.set_model_pinned("b", "latest", true).unwrap());
+        assert!(!store.touch_model("c", "latest", 500).unwrap());
+        assert!(!store.set_model_pinned("c", "latest", true).unwrap());
+        let a = store.get_model("a", "latest").unwrap().unwrap();
+        let b = store.get_model("b", "latest").unwrap().unwrap();
+        assert_eq!((a.last_used_at, a.pinned), (Some(500), false));
+        assert_eq!((b.last_used_at, b.pinned), (None, true));
+        assert!(store.set_model_pinned("b", "latest", false).unwrap());
+        assert!(!store.get_model("b", "latest").unwrap().unwrap().pinned);
     }
 
     #[test]

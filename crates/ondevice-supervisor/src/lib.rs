@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use config::{ConfigError, sandbox_policy};
 pub use hooks::HookEvent;
 pub use logs::{LogRotation, RotatingLog};
-pub use process::spawn_detached;
+pub use process::{process_alive, spawn_detached};
 pub use spec::{Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec};
 pub use status::{Event, EventKind, ExitInfo, ProbeFailures, WorkerState, WorkerStatus};
 

@@ -1,4 +1,4 @@
-//! Probe checks (HTTP GET, TCP, Unix socket, exec, gRPC health) and the Kubernetes-style driver
+//! Probe checks (HTTP GET, TCP, Unix socket or Windows named pipe, exec, gRPC health) and the Kubernetes-style driver
 //! that turns check results into startup/liveness/readiness verdicts.
 
 use std::time::Duration;
@@ -53,7 +53,17 @@ async fn check_inner(clients: &Clients, check: &ProbeCheck, timeout: Duration) -
                     .map(drop)
                     .map_err(|e| format!("connect {}: {e}", path.display()))
             }
-            #[cfg(not(unix))]
+            // On Windows the path is a named pipe (`\\.\pipe\NAME`); a busy pipe has a live server.
+            #[cfg(windows)]
+            {
+                const ERROR_PIPE_BUSY: i32 = 231;
+                match tokio::net::windows::named_pipe::ClientOptions::new().open(path) {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => Ok(()),
+                    Err(e) => Err(format!("open {}: {e}", path.display())),
+                }
+            }
+            #[cfg(not(any(unix, windows)))]
             {
                 Err(format!("unix socket probes are not supported on this platform: {}", path.display()))
             }

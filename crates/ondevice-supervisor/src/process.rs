@@ -1,5 +1,28 @@
 //! Every process spawn of ondevice happens in this file: workers (in their own process group,
 //! sandboxed), exec probes and hooks, and the detached daemon.
+//!
+//! # Children die with the daemon
+//!
+//! A supervised child (worker, probe, hook) must not outlive the daemon, even one killed with
+//! SIGKILL that cleans up nothing:
+//!
+//! * **Linux**: the child asks for `PR_SET_PDEATHSIG = SIGKILL` between fork and exec, after any
+//!   change of user (which would clear it), and fails to start if the daemon is already gone by
+//!   then (`ondevice_sandbox::linux::die_with_parent`). The kernel sends that signal when the
+//!   *thread* that forked the child exits (prctl(2)), and tokio's threads come and go, so every
+//!   such child is forked by one dedicated thread that lives as long as the process
+//!   (`spawn_on_spawner_thread`). The setting survives exec of a normal binary, `unshare` of a
+//!   user or network namespace, landlock and seccomp; bubblewrap passes the death on to the
+//!   sandboxed command (`--die-with-parent`), and firejail run by a root daemon ends its sandbox
+//!   when it dies. It is cleared when a non-root daemon executes a set-user-ID wrapper (firejail,
+//!   which has no die-with-parent option), and it only reaches the direct child: grandchildren
+//!   stay, in the worker's cgroup, until the next daemon start removes the cgroups of dead daemons
+//!   (`ondevice_sandbox::linux::LinuxSandbox::new`).
+//! * **Windows**: the worker's Job Object is created with kill-on-close and its only handle is
+//!   the daemon's, so when the daemon dies the job closes and every process in it is killed. No job
+//!   exists in sandbox mode `off`, and a process the worker creates before it is assigned to the
+//!   job (right after spawn) escapes it.
+//! * **macOS** has no equivalent of either: children of a killed daemon keep running.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -60,6 +83,8 @@ pub(crate) fn spawn_worker(
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         let hook = prepared.child_hook();
+        #[cfg(target_os = "linux")]
+        let daemon = std::process::id();
         // SAFETY: the closure only makes async-signal-safe system calls on data prepared before
         // fork (see ondevice_sandbox::ChildHook) and does not allocate.
         unsafe {
@@ -71,6 +96,8 @@ pub(crate) fn spawn_worker(
                 if !user.is_none_or(switch) {
                     return Err(std::io::Error::last_os_error());
                 }
+                #[cfg(target_os = "linux")]
+                ondevice_sandbox::linux::die_with_parent(daemon)?;
                 hook.restrict()
             });
         }
@@ -81,7 +108,7 @@ pub(crate) fn spawn_worker(
     // Last resort if the supervising task is dropped without a stop (runtime shut down): the
     // leader is killed, and dropping the Prepared kills what is left in its cgroup.
     cmd.kill_on_drop(true);
-    cmd.spawn()
+    spawn(cmd)
 }
 
 /// Spawn a short-lived helper (exec probe or hook) with extra environment; killed if dropped.
@@ -95,7 +122,78 @@ pub(crate) fn spawn_helper(argv: &[OsString], env: &[(&str, String)]) -> std::io
     }
     #[cfg(unix)]
     cmd.process_group(0);
-    cmd.spawn()
+    #[cfg(target_os = "linux")]
+    {
+        let daemon = std::process::id();
+        // SAFETY: die_with_parent is async-signal-safe and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || ondevice_sandbox::linux::die_with_parent(daemon));
+        }
+    }
+    spawn(cmd)
+}
+
+/// Spawns `cmd` (on Linux from the spawner thread).
+fn spawn(cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    #[cfg(target_os = "linux")]
+    {
+        spawn_on_spawner_thread(cmd)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut cmd = cmd;
+        cmd.spawn()
+    }
+}
+
+/// A request to the spawner thread: the command, the runtime the child belongs to, the answer.
+#[cfg(target_os = "linux")]
+type SpawnRequest = (
+    tokio::process::Command,
+    tokio::runtime::Handle,
+    std::sync::mpsc::SyncSender<std::io::Result<tokio::process::Child>>,
+);
+
+/// Forks `cmd` on the one thread of this process that never exits, so that `PR_SET_PDEATHSIG`
+/// fires when the daemon dies rather than when some tokio thread retires. The caller blocks for
+/// the fork and exec, as it would spawning itself; the child is registered with the caller's
+/// runtime.
+#[cfg(target_os = "linux")]
+fn spawn_on_spawner_thread(cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        let thread = std::thread::Builder::new().name("ondevice-spawner".into()).spawn(move || {
+            for (mut cmd, runtime, reply) in rx {
+                let _entered = runtime.enter();
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        thread.ok().map(|_| tx)
+    });
+    let spawner = spawner.as_ref().ok_or_else(|| std::io::Error::other("cannot start the spawner thread"))?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+    let (reply, answer) = mpsc::sync_channel(1);
+    spawner.send((cmd, runtime, reply)).map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer.recv().map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// Whether process `pid` is still running. On Unix a child of ours that has exited is reaped first
+/// (`ondevice daemon start` watches the daemon it started this way).
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::sys::wait::{WaitPidFlag, waitpid};
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+        nix::sys::signal::kill(pid, None).is_ok()
+    }
+    #[cfg(windows)]
+    {
+        ondevice_sandbox::windows::process_alive(pid)
+    }
 }
 
 /// Send `sig` to the process group `pgid` (unix). Errors (group gone) are ignored.

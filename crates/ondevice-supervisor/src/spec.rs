@@ -80,7 +80,8 @@ pub enum ProbeCheck {
     Http(String),
     /// TCP connect to `host:port`.
     Tcp(String),
-    /// Unix-domain socket connect.
+    /// Unix-domain socket connect; on Windows, open of the named pipe at this path
+    /// (`\\.\pipe\NAME`).
     Unix(PathBuf),
     /// Run a command; exit code 0 is success.
     Exec(Vec<OsString>),

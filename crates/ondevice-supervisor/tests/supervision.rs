@@ -1,5 +1,7 @@
 //! Supervision with real processes: restarts with backoff and an open circuit, hooks, probes,
-//! graceful stop of a process tree, logs, the detached spawn.
+//! graceful stop of a process tree, logs, the detached spawn. Unix: POSIX shells, signals and
+//! Unix sockets; the tree kill (cgroups, `setsid`, /proc) and the user switch (root, as in CI) only
+//! on Linux.
 #![cfg(unix)]
 
 mod common;
@@ -8,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{process_gone, supervisor, wait_event, wait_status};
+use common::{supervisor, wait_event, wait_status};
 use ondevice_supervisor::{
     Backoff, EventKind, Hook, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec, WorkerState,
 };
@@ -94,6 +96,20 @@ fn one_request_server() -> (String, std::thread::JoinHandle<String>) {
         }
     });
     (url, h)
+}
+
+/// On Linux children are forked by the supervisor's spawner thread while the calling runtime
+/// thread waits; a single-threaded runtime must still get its children and their exits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_current_thread_runtime_spawns_and_reaps() {
+    let (sup, _dir) = supervisor();
+    let mut spec = sh("once", "exit 3");
+    spec.restart = RestartPolicy::Never;
+    spec.hooks.on_exit = vec![Hook::Exec(vec!["/bin/sh".into(), "-c".into(), "exit 0".into()])];
+    sup.add(spec).await.unwrap();
+    let st = wait_status(&sup, "once", Duration::from_secs(10), |s| s.state == WorkerState::Exited).await;
+    assert_eq!(st.last_exit.unwrap().code, Some(3));
+    sup.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,8 +204,10 @@ async fn startup_holds_off_readiness_and_readiness_flips() {
     sup.shutdown(Duration::from_secs(1)).await;
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_kills_a_tree_that_ignores_sigterm() {
+    use common::process_gone;
     let (sup, dir) = supervisor();
     let pids = dir.path().join("pids");
     // SIGTERM is ignored by the shell and (inherited) by its children; one grandchild even leaves
@@ -421,6 +439,7 @@ async fn give_up_hook_fires_when_the_circuit_opens() {
     sup.shutdown(Duration::from_secs(1)).await;
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_runs_as_the_configured_user() {
     common::require_root("switching the worker's user");

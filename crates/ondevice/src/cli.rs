@@ -42,7 +42,7 @@ pub enum Command {
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Serve one model file on a Unix socket (started by the daemon's supervisor, not by people).
+    /// Serve one model file on a local socket (started by the daemon's supervisor, not by people).
     #[command(hide = true)]
     Worker(WorkerArgs),
     /// Write man pages and shell completions (used when building installers).
@@ -60,7 +60,8 @@ pub struct WorkerArgs {
     /// The GGUF model file (opened read-only).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
-    /// The Unix socket to create (mode 0600) and serve the worker protocol on.
+    /// The Unix socket to create (mode 0600) and serve the worker protocol on; on Windows a named
+    /// pipe path (`\\.\pipe\NAME`).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
     /// Decoding threads (default: $ONDEVICE_ENGINE_THREADS, else the number of physical cores).
@@ -235,10 +236,12 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Import a GGUF file (validated first; hardlinked into the blob store when possible) or a
-    /// bundle written by `ondevice models export`.
+    /// Import a GGUF file, a Hugging Face safetensors directory (`config.json` plus
+    /// `*.safetensors`, sharded or not) or a bundle written by `ondevice models export`. Validated
+    /// first (nothing is written for an invalid one); files are hardlinked into the blob store
+    /// when possible.
     Import {
-        /// The GGUF file.
+        /// The GGUF file, safetensors directory or bundle.
         path: PathBuf,
         /// Register it as `name[:tag]` (default: from the file's metadata or name).
         #[arg(long)]
@@ -259,6 +262,22 @@ pub enum ModelsCommand {
     Rm {
         /// `name[:tag]` or `sha256:<hex>`.
         name: String,
+    },
+    /// Pin a model: never evicted to make room for a download (`[registry] evict = true`).
+    Pin {
+        /// `name[:tag]` or `sha256:<hex>`.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unpin a model: least-recently-used eviction may remove it again.
+    Unpin {
+        /// `name[:tag]` or `sha256:<hex>`.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hash model blobs and report corruption (exit 1 if any is bad).
     Verify {

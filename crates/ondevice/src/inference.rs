@@ -23,12 +23,25 @@ impl ModelSource for RegistryModels {
             return Ok(None); // not a registry name; maybe a remote runtime's
         };
         match self.0.show(&r) {
-            Ok(m) => Ok(Some(LocalModel {
-                name: m.reference(),
-                path: self.0.blobs().path(&m.digest),
-                size_bytes: m.size,
-                context_length: m.context_length.and_then(|c| u32::try_from(c).ok()),
-            })),
+            Ok(m) if m.format != "gguf" => Err(RuntimeError::InvalidRequest {
+                message: format!(
+                    "{} is a {} model; the embedded engine runs GGUF files: convert it to GGUF first",
+                    m.reference(),
+                    m.format
+                ),
+            }),
+            Ok(m) => {
+                // Use time for least-recently-used eviction; a failed write must not fail the request.
+                if let Err(e) = self.0.touch(&m) {
+                    tracing::warn!(model = %m.reference(), error = %e, "cannot record the model's use time");
+                }
+                Ok(Some(LocalModel {
+                    name: m.reference(),
+                    path: self.0.blobs().path(&m.digest),
+                    size_bytes: m.size,
+                    context_length: m.context_length.and_then(|c| u32::try_from(c).ok()),
+                }))
+            }
             Err(RegistryError::NotFound { .. }) => Ok(None),
             Err(e) => Err(RuntimeError::Engine { message: format!("registry: {e}") }),
         }
@@ -63,12 +76,11 @@ pub struct EngineWorkers {
 impl EngineWorkers {
     /// Engine workers whose sockets live in `run_dir` (created 0700).
     pub fn new(supervisor: Supervisor, settings: &Settings, run_dir: &Path) -> anyhow::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(run_dir)
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
         let exe = std::env::current_exe().context("cannot locate the ondevice binary to start engine workers")?;
         Ok(EngineWorkers { supervisor, engine: settings.engine.clone(), run_dir: run_dir.to_path_buf(), exe })
     }
@@ -80,10 +92,16 @@ impl EngineWorkers {
     }
 
     /// The socket of a model's worker. Unix socket paths are short (108 bytes), so the name is a hash.
+    /// On Windows a named pipe; pipe names are machine-wide, so the run directory (per user and
+    /// home) is hashed in too.
     fn socket(&self, model: &str) -> PathBuf {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         model.hash(&mut h);
+        if cfg!(windows) {
+            self.run_dir.hash(&mut h);
+            return PathBuf::from(format!(r"\\.\pipe\ondevice-engine-{:016x}", h.finish()));
+        }
         self.run_dir.join(format!("engine-{:016x}.sock", h.finish()))
     }
 
@@ -98,6 +116,7 @@ impl EngineWorkers {
         if self.supervisor.worker_status(&name).is_some() {
             return Ok(socket);
         }
+        #[cfg(unix)]
         let _ = std::fs::remove_file(&socket);
         let ctx = spec.context_length.map_or(self.engine.context_length, |c| c.min(self.engine.context_length));
         let mut command: Vec<std::ffi::OsString> = vec![
@@ -138,6 +157,7 @@ impl EngineWorkers {
         if let Err(e) = self.supervisor.remove(&name, Duration::from_secs(5)).await {
             tracing::debug!(worker = %name, error = %e, "engine worker already gone");
         }
+        #[cfg(unix)]
         let _ = std::fs::remove_file(self.socket(model));
     }
 

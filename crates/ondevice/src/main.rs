@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod inference;
 mod logging;
+mod signals;
 mod supervision;
 
 use std::process::ExitCode;

@@ -2,6 +2,9 @@
 //! `127.0.0.1:0` with a temporary `ONDEVICE_HOME` and config, and talks to it over HTTP,
 //! WebSocket, gRPC and the CLI like a user would. This file holds the CLI, config and lifecycle
 //! tests; the surfaces are in `e2e/`.
+// The harness stops daemons with SIGTERM and checks Unix file modes and sockets; on Windows
+// (no signals, named pipes) only the portable unit and worker tests run.
+#![cfg(unix)]
 
 mod common;
 #[path = "e2e/fallback.rs"]

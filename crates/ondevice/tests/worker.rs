@@ -1,6 +1,7 @@
 //! `ondevice worker` as the supervisor runs it: a real process with no config and no home.
 //! A corrupt model makes it exit non-zero (never hang); with the real model
-//! (`$ONDEVICE_TEST_MODELS_DIR`, skipped when unset) it serves its socket and stops on SIGTERM.
+//! (`$ONDEVICE_TEST_MODELS_DIR`, skipped when unset) it serves its socket and stops on SIGTERM
+//! (Unix only).
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -65,6 +66,8 @@ fn a_corrupt_model_makes_the_worker_exit_non_zero() {
     assert!(!socket.exists(), "no socket without a model");
 }
 
+// A Unix socket and SIGTERM.
+#[cfg(unix)]
 #[test]
 fn the_worker_serves_its_socket_and_stops_on_sigterm() {
     let Some(models) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {

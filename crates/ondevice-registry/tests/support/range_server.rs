@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 file server for download tests (and the pull benchmark), bound to
 //! `127.0.0.1:0`: serves files from memory or disk with single `Range` requests (206 +
 //! `Content-Range`), and per-file behaviours a test needs: ignore ranges, corrupt the content,
-//! throttle, redirect. It counts the body bytes it sent so tests can bound re-downloads.
+//! throttle, redirect, require a bearer token. It counts the body bytes it sent, and records each
+//! request's range and bytes sent, so tests can bound re-downloads.
 //! Shared by the registry tests, the e2e tests and `examples/range_server.rs` via `#[path]`.
 
 #![allow(dead_code)]
@@ -42,6 +43,11 @@ pub struct Served {
     pub redirect_to: Option<String>,
     /// Answer this status (for example 500) instead.
     pub fail_with: Option<u16>,
+    /// Answer 401 unless the request carries `Authorization: Bearer <this>`.
+    pub bearer: Option<String>,
+    /// End every response body after this many bytes (short of its `Content-Length`), as a
+    /// connection that keeps dropping.
+    pub cut_after: Option<u64>,
 }
 
 impl Served {
@@ -54,6 +60,8 @@ impl Served {
             throttle: 0,
             redirect_to: None,
             fail_with: None,
+            bearer: None,
+            cut_after: None,
         }
     }
 
@@ -70,6 +78,21 @@ impl Served {
     }
 }
 
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The path asked for.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// First byte of the body sent (the range start, or 0).
+    pub start: u64,
+    /// End (exclusive) of the range or file sent.
+    pub end: u64,
+    /// Body bytes sent so far, from `start` on.
+    pub sent: u64,
+}
+
 /// The running server.
 #[derive(Clone)]
 pub struct RangeServer {
@@ -77,7 +100,7 @@ pub struct RangeServer {
     pub addr: SocketAddr,
     files: Arc<Mutex<HashMap<String, Served>>>,
     sent: Arc<AtomicU64>,
-    requests: Arc<AtomicU64>,
+    transfers: Arc<Mutex<Vec<Transfer>>>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -95,7 +118,7 @@ impl RangeServer {
             addr: listener.local_addr().expect("addr"),
             files: Arc::default(),
             sent: Arc::default(),
-            requests: Arc::default(),
+            transfers: Arc::default(),
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -134,17 +157,40 @@ impl RangeServer {
 
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.transfers.lock().unwrap().len() as u64
+    }
+
+    /// Every request so far, in the order they arrived.
+    pub fn transfers(&self) -> Vec<Transfer> {
+        self.transfers.lock().unwrap().clone()
     }
 
     fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let served = self.files.lock().unwrap().get(req.uri().path()).cloned();
-        let Some(served) = served else { return simple(StatusCode::NOT_FOUND) };
+        let path = req.uri().path().to_owned();
+        let record = |status: StatusCode, start: u64, end: u64| {
+            let mut t = self.transfers.lock().unwrap();
+            t.push(Transfer { path: path.clone(), status: status.as_u16(), start, end, sent: 0 });
+            t.len() - 1
+        };
+        let served = self.files.lock().unwrap().get(&path).cloned();
+        let Some(served) = served else {
+            record(StatusCode::NOT_FOUND, 0, 0);
+            return simple(StatusCode::NOT_FOUND);
+        };
+        if let Some(token) = &served.bearer {
+            let expected = format!("Bearer {token}");
+            if req.headers().get(hyper::header::AUTHORIZATION).is_none_or(|v| v.as_bytes() != expected.as_bytes()) {
+                record(StatusCode::UNAUTHORIZED, 0, 0);
+                return simple(StatusCode::UNAUTHORIZED);
+            }
+        }
         if let Some(code) = served.fail_with {
-            return simple(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            record(status, 0, 0);
+            return simple(status);
         }
         if let Some(to) = &served.redirect_to {
+            record(StatusCode::FOUND, 0, 0);
             let mut r = simple(StatusCode::FOUND);
             r.headers_mut().insert(hyper::header::LOCATION, to.parse().unwrap());
             return r;
@@ -160,6 +206,7 @@ impl RangeServer {
             Some((a, b)) => (a, b, StatusCode::PARTIAL_CONTENT),
             None => (0, len, StatusCode::OK),
         };
+        let id = record(status, start, end);
         let mut builder = Response::builder()
             .status(status)
             .header(hyper::header::CONTENT_LENGTH, end - start)
@@ -167,24 +214,31 @@ impl RangeServer {
         if status == StatusCode::PARTIAL_CONTENT {
             builder = builder.header(hyper::header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end.max(1) - 1));
         }
-        let sent = self.sent.clone();
+        let (sent, transfers) = (self.sent.clone(), self.transfers.clone());
         let stream = futures_util::stream::unfold((served, start), move |(served, pos)| {
-            let sent = sent.clone();
+            let (sent, transfers) = (sent.clone(), transfers.clone());
             async move {
-                if pos >= end {
+                let stop = served.cut_after.map_or(end, |c| end.min(start + c));
+                if pos >= stop {
+                    if stop < end {
+                        // Let hyper flush what was sent, then end the body early: it closes the
+                        // connection, and the client sees the body cut short.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     return None;
                 }
                 let step = if served.throttle > 0 { (served.throttle / 20).max(1024) } else { 1 << 20 };
-                let n = (end - pos).min(step);
+                let n = (stop - pos).min(step);
                 let mut bytes = match &served.content {
                     Content::Memory(d) => d[pos as usize..(pos + n) as usize].to_vec(),
                     Content::File(p) => {
                         let p = p.clone();
                         tokio::task::spawn_blocking(move || {
-                            use std::os::unix::fs::FileExt;
-                            let f = std::fs::File::open(p).expect("open served file");
+                            use std::io::{Read, Seek};
+                            let mut f = std::fs::File::open(p).expect("open served file");
                             let mut buf = vec![0u8; n as usize];
-                            f.read_exact_at(&mut buf, pos).expect("read served file");
+                            f.seek(std::io::SeekFrom::Start(pos)).expect("seek served file");
+                            f.read_exact(&mut buf).expect("read served file");
                             buf
                         })
                         .await
@@ -199,6 +253,7 @@ impl RangeServer {
                     tokio::time::sleep(Duration::from_secs_f64(n as f64 / served.throttle as f64)).await;
                 }
                 sent.fetch_add(n, Ordering::Relaxed);
+                transfers.lock().unwrap()[id].sent += n;
                 Some((Ok::<_, Infallible>(Frame::data(Bytes::from(bytes))), (served, pos + n)))
             }
         });

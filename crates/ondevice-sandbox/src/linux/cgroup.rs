@@ -50,19 +50,31 @@ pub fn procs(dir: &Path) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// SIGKILL every process listed in `dir`, repeating (bounded) while new ones appear.
+/// SIGKILL every process listed in `dir`, repeating (bounded) while new ones appear. A process of
+/// another pid namespace is listed as 0 and skipped (`kill(0, …)` would hit our own group).
 fn kill_listed(dir: &Path) {
     for _ in 0..100 {
         let pids = procs(dir);
         if pids.is_empty() {
             return;
         }
-        for pid in pids {
+        for pid in pids.into_iter().filter(|&p| p > 0) {
             // SAFETY: plain system call.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+}
+
+/// Kill every process in the cgroup directory `dir` (`cgroup.kill` when the file exists, then
+/// SIGKILL to each listed pid) and remove it (bounded retries).
+pub fn kill_and_remove(dir: &Path) -> io::Result<()> {
+    let kill = dir.join("cgroup.kill");
+    if kill.exists() {
+        let _ = write_file(&kill, "1");
+    }
+    kill_listed(dir);
+    remove_dir(dir)
 }
 
 /// Remove a cgroup directory, retrying briefly (bounded: about one second) while the kernel

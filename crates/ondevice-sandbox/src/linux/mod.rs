@@ -187,14 +187,108 @@ pub struct LinuxSandbox {
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl LinuxSandbox {
-    /// Detect the host and build the sandbox.
+    /// Detect the host, remove the worker cgroups that dead daemons left behind
+    /// ([`remove_stale_cgroups`]), and build the sandbox.
     pub fn new(opts: LinuxOptions) -> LinuxSandbox {
-        LinuxSandbox { caps: detect(), opts }
+        let caps = detect();
+        if caps.cgroup_writable {
+            for dir in remove_stale_cgroups(&cgroup_bases(&caps, &opts.cgroup_base)) {
+                tracing::info!(dir = %dir.display(), "removed the cgroup of a worker whose daemon is gone");
+            }
+        }
+        LinuxSandbox { caps, opts }
     }
 
     /// Build with given capabilities (tests; or to disable a mechanism by hand).
     pub fn with_capabilities(caps: Capabilities, opts: LinuxOptions) -> LinuxSandbox {
         LinuxSandbox { caps, opts }
+    }
+}
+
+/// For the child between fork and exec (async-signal-safe, allocates nothing): have the kernel
+/// SIGKILL this process when its parent dies (`PR_SET_PDEATHSIG`), and fail with `ESRCH` if the
+/// parent, process `parent`, is already gone, since then no signal will come. Call it after any
+/// change of user, which clears the setting. The signal comes when the parent *thread* exits
+/// (prctl(2)), so the parent must fork from a thread that lives as long as the process.
+pub fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    // SAFETY: plain system calls without pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// The directories that hold the workers' cgroups: `<base>` in the daemon's own cgroup v2 and in
+/// each cgroup v1 hierarchy.
+pub fn cgroup_bases(caps: &Capabilities, base: &str) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(v2) = &caps.cgroup_v2 {
+        dirs.push(v2.mount.join(v2.own.strip_prefix("/").unwrap_or(&v2.own)).join(base));
+    }
+    if let Some(v1) = &caps.cgroup_v1 {
+        for mount in [&v1.memory, &v1.pids, &v1.cpu].into_iter().flatten() {
+            let dir = mount.join(base);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
+}
+
+/// Removes the worker cgroups (`<base dir>/<worker>.<daemon pid>.<n>`) whose daemon is no longer
+/// running: a daemon killed with SIGKILL cleans up nothing, and while its workers die with it
+/// (`PR_SET_PDEATHSIG`), their own children do not. What still runs in such a cgroup is killed,
+/// then the directory is removed. Cgroups of a running process (a live daemon, or a pid reused
+/// since) and cgroups with processes of another pid namespace (listed as pid 0) are left alone.
+/// Returns the directories removed.
+pub fn remove_stale_cgroups(base_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for base in base_dirs {
+        let Ok(entries) = fs::read_dir(base) else { continue };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let name = entry.file_name();
+            let Some(daemon) = name.to_str().and_then(leaf_daemon) else { continue };
+            if !dir.is_dir() || daemon == std::process::id() || pid_running(daemon) {
+                continue;
+            }
+            if cgroup::procs(&dir).contains(&0) {
+                continue;
+            }
+            match cgroup::kill_and_remove(&dir) {
+                Ok(()) => removed.push(dir),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a stale cgroup"),
+            }
+        }
+    }
+    removed
+}
+
+/// The daemon pid in a leaf name made by [`leaf_name`].
+fn leaf_daemon(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(3, '.');
+    let (seq, pid, worker) = (parts.next()?, parts.next()?, parts.next()?);
+    let valid = !worker.is_empty() && seq.parse::<u64>().is_ok();
+    pid.parse::<u32>().ok().filter(|&p| valid && p > 0)
+}
+
+/// Whether process `pid` exists in our pid namespace and is not a zombie (a dead daemon its parent
+/// has not reaped yet).
+fn pid_running(pid: u32) -> bool {
+    let Ok(raw) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists.
+    if unsafe { libc::kill(raw, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
 

@@ -249,8 +249,12 @@ pub async fn events(
                 changed = r.changed() => {
                     changed.ok()?;
                     if !r.borrow().state.is_terminal() {
-                        // At most four events a second; the newest value wins.
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        // At most four progress events a second, the newest value winning; the
+                        // end of the job is sent at once.
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            _ = r.wait_for(|j| j.state.is_terminal()) => {}
+                        }
                     }
                     let j = r.borrow_and_update().clone();
                     let end = j.state.is_terminal();

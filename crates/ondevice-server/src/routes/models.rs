@@ -1,4 +1,4 @@
-//! `/api/v1/models`: the local model registry (list, show, import, remove, verify, gc).
+//! `/api/v1/models`: the local model registry (list, show, import, remove, pin, verify, gc).
 //! Reads need `read`; writes need `models`. Registry work (hashing, copying) runs off the async
 //! runtime.
 
@@ -39,6 +39,8 @@ pub struct ModelView {
     pub license: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// Unix seconds of the last request that used it (recorded at most once a minute).
+    pub last_used_at: Option<i64>,
     /// Never evicted when pinned.
     pub pinned: bool,
 }
@@ -57,6 +59,7 @@ impl From<ModelRecord> for ModelView {
             source: m.source,
             license: m.license,
             created_at: m.created_at,
+            last_used_at: m.last_used_at,
             pinned: m.pinned,
         }
     }
@@ -66,8 +69,9 @@ impl From<ModelRecord> for ModelView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
-    /// Absolute path of a GGUF file or of a bundle written by `ondevice models export`, on the
-    /// daemon's machine and readable by the daemon's user.
+    /// Absolute path of a GGUF file, a Hugging Face safetensors directory (`config.json` plus
+    /// `*.safetensors`) or a bundle written by `ondevice models export`, on the daemon's machine
+    /// and readable by the daemon's user.
     #[schema(value_type = String)]
     pub path: PathBuf,
     /// `name[:tag]` to register it as (default: from the file's metadata or name).
@@ -87,8 +91,10 @@ pub struct VerifyRequest {
 pub struct VerifyView {
     /// `name:tag`.
     pub model: String,
-    /// Expected digest.
+    /// The blob checked: the model's digest, or the failing file's for a directory model.
     pub digest: String,
+    /// For a directory model whose file failed: that file's path.
+    pub file: Option<String>,
     /// `ok`, `missing`, `corrupt` or `unreadable`.
     pub status: String,
     /// For `corrupt`: the digest of what is on disk; for `unreadable`: why.
@@ -109,9 +115,11 @@ pub struct GcView {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Ref(_) | RegistryError::InvalidModelFile { .. } | RegistryError::Bundle(_) => {
-                ApiError::InvalidRequest(e.to_string())
-            }
+            RegistryError::Ref(_)
+            | RegistryError::InvalidModelFile { .. }
+            | RegistryError::InvalidModelDir { .. }
+            | RegistryError::InvalidLayout { .. }
+            | RegistryError::Bundle(_) => ApiError::InvalidRequest(e.to_string()),
             RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
@@ -202,6 +210,36 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
+/// Body of `PUT /api/v1/models/{name}/pin`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// `true`: never evicted to make room for a download; `false`: evictable again.
+    pub pinned: bool,
+}
+
+/// Pins or unpins a model (pinned models are never evicted when `[registry] evict = true`).
+#[utoipa::path(put, path = "/api/v1/models/{name}/pin", tag = "models",
+    security(("bearer" = ["models"])),
+    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    request_body = PinRequest,
+    responses(
+        (status = 200, description = "The models as they are now", body = Vec<ModelView>),
+        (status = 400, description = "Invalid name", body = crate::error::ErrorBody),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
+pub async fn pin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<PinRequest>,
+) -> Result<Json<Vec<ModelView>>, ApiError> {
+    let r = parse_ref(&name)?;
+    let changed = blocking(&state, move |reg| reg.set_pinned(&r, req.pinned)).await?;
+    tracing::info!(model = %name, pinned = req.pinned, "model pin changed");
+    Ok(Json(changed.into_iter().map(ModelView::from).collect()))
+}
+
 /// Re-hashes model blobs and reports corruption.
 #[utoipa::path(post, path = "/api/v1/models/verify", tag = "models",
     security(("bearer" = ["models"])),
@@ -227,7 +265,13 @@ pub async fn verify(
                     VerifyStatus::Corrupt { actual } => ("corrupt", Some(actual.to_string())),
                     VerifyStatus::Unreadable { error } => ("unreadable", Some(error)),
                 };
-                VerifyView { model: r.model, digest: r.digest.to_string(), status: status.to_owned(), detail }
+                VerifyView {
+                    model: r.model,
+                    digest: r.digest.to_string(),
+                    file: r.file,
+                    status: status.to_owned(),
+                    detail,
+                }
             })
             .collect(),
     ))

@@ -78,10 +78,7 @@ async fn start(resolved: &Resolved, args: &DaemonStartArgs, overrides: &Override
 }
 
 fn alive(pid: u32) -> bool {
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    // Reap it if it is our zombie child, then probe.
-    let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-    nix::sys::signal::kill(pid, None).is_ok()
+    ondevice_supervisor::process_alive(pid)
 }
 
 async fn stop(resolved: &Resolved, args: &DaemonStopArgs) -> anyhow::Result<ExitCode> {

@@ -86,10 +86,13 @@ fn with_runtime<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F)
 
 /// Client commands exit quietly when their output pipe closes (`ondevice models list | head`),
 /// like other Unix tools. The daemon keeps Rust's default (SIGPIPE ignored): a client that goes
-/// away must never kill it.
+/// away must never kill it. Windows has no SIGPIPE.
 fn restore_default_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: called on the main thread before any other thread exists; SIG_DFL installs no
-    // Rust code as a handler.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: called on the main thread before any other thread exists; SIG_DFL installs no
+        // Rust code as a handler.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
 }

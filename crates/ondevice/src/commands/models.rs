@@ -1,4 +1,4 @@
-//! `ondevice models list | show | pull | import | export | rm | verify | gc`: the registry through
+//! `ondevice models list | show | pull | import | export | rm | pin | unpin | verify | gc`: the registry through
 //! the daemon's API. `pull` follows the job's Server-Sent Events and draws a progress bar on a
 //! terminal (plain progress lines otherwise).
 
@@ -56,6 +56,8 @@ fn print_one(m: &ModelView) {
     println!("size:           {} ({} bytes)", human_size(m.size), m.size);
     println!("source:         {}", m.source);
     println!("license:        {}", m.license.as_deref().unwrap_or("-"));
+    println!("pinned:         {}", if m.pinned { "yes" } else { "no" });
+    println!("last used:      {}", m.last_used_at.map_or("never".to_owned(), |t| format!("{t} (unix seconds)")));
 }
 
 pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
@@ -171,6 +173,8 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
             std::fs::rename(&tmp, &output).with_context(|| format!("cannot write {}", output.display()))?;
             println!("exported {name} to {} ({})", output.display(), human_size(written));
         }
+        ModelsCommand::Pin { name, json } => set_pinned(&client, &name, true, json).await?,
+        ModelsCommand::Unpin { name, json } => set_pinned(&client, &name, false, json).await?,
         ModelsCommand::Rm { name } => {
             let removed: Vec<ModelView> =
                 client.call(Method::DELETE, &format!("/api/v1/models/{}", segment(&name)), None).await?;
@@ -187,7 +191,8 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
             } else {
                 for r in &reports {
                     let detail = r.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-                    println!("{:<36} {}{}", r.model, r.status, detail);
+                    let file = r.file.as_deref().map(|f| format!(" {f}")).unwrap_or_default();
+                    println!("{:<36} {}{file}{detail}", r.model, r.status);
                 }
             }
             if bad > 0 {
@@ -210,6 +215,21 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `models pin|unpin NAME`.
+async fn set_pinned(client: &Client, name: &str, pinned: bool, json: bool) -> anyhow::Result<()> {
+    let body = serde_json::json!({"pinned": pinned});
+    let changed: Vec<ModelView> =
+        client.call(Method::PUT, &format!("/api/v1/models/{}/pin", segment(name)), Some(&body)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changed)?);
+    } else {
+        for m in changed {
+            println!("{} {}", if pinned { "pinned" } else { "unpinned" }, m.model);
+        }
+    }
+    Ok(())
 }
 
 /// Follows a job's events until it finishes, drawing progress on stderr; reconnects a few times

@@ -1,15 +1,14 @@
 //! `ondevice serve`: wires the store, the verifier and the edge, then serves until SIGTERM/SIGINT
-//! or a stop request on the control socket, and stops gracefully.
+//! (Ctrl+C on Windows) or a stop request on the control socket, and stops gracefully.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use nix::fcntl::{Flock, FlockArg};
+use anyhow::Context;
 use ondevice_auth::{Bootstrap, Verifier};
 use ondevice_config::Resolved;
 use ondevice_registry::Registry;
@@ -18,6 +17,7 @@ use ondevice_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::signals::StopSignals;
 use crate::supervision::SupervisedWorkers;
 
 pub fn run(resolved: Resolved) -> anyhow::Result<ExitCode> {
@@ -120,27 +120,26 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let _ = flusher.await;
     let _ = control_task.await;
     let _ = std::fs::remove_file(paths.listen_file());
+    #[cfg(unix)]
     let _ = std::fs::remove_file(paths.control_socket());
     tracing::info!("ondevice stopped");
     Ok(())
 }
 
 async fn stop_on_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
+    let mut signals = match StopSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return;
+        }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping gracefully (again to force)"),
+        name = signals.recv() => tracing::info!("{name}: stopping gracefully (again to force)"),
         () = shutdown.cancelled() => return,
     }
     shutdown.cancel();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.recv().await;
     tracing::warn!("second signal: exiting now");
     std::process::exit(130);
 }
@@ -164,43 +163,69 @@ async fn flush_last_used(verifier: Arc<Verifier>, shutdown: CancellationToken) {
     }
 }
 
-/// Creates the data directory readable only by its owner.
+/// Creates the data directory readable only by its owner. On Windows it inherits the ACL of its
+/// parent, which for the default home (in the user's profile) is private to the user.
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     if !path.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(path).with_context(|| format!("cannot create {}", path.display()))?;
     }
     Ok(())
 }
 
-/// The pid file, locked for the daemon's lifetime so two daemons never share a home.
+/// The pid file, locked for the daemon's lifetime so two daemons never share a home: an exclusive
+/// `flock` on Unix; on Windows the file is held open without write sharing, so a second daemon
+/// cannot open it for writing.
 struct PidLock {
-    _lock: Flock<File>,
+    #[cfg(unix)]
+    _lock: nix::fcntl::Flock<File>,
+    #[cfg(windows)]
+    _lock: File,
 }
 
 impl PidLock {
     fn acquire(path: &Path, home: &Path) -> anyhow::Result<PidLock> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((mut f, _)) => {
-                let mut pid = String::new();
-                let _ = f.read_to_string(&mut pid);
-                bail!(
-                    "another ondevice daemon (pid {}) is running with home {}: stop it with `ondevice daemon stop`",
-                    pid.trim(),
-                    home.display()
-                );
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::OpenOptionsExt;
+            const FILE_SHARE_READ: u32 = 1;
+            options.share_mode(FILE_SHARE_READ);
+        }
+        let taken = |pid: String| {
+            anyhow::anyhow!(
+                "another ondevice daemon (pid {}) is running with home {}: stop it with `ondevice daemon stop`",
+                pid.trim(),
+                home.display()
+            )
+        };
+        #[cfg(unix)]
+        let mut lock = {
+            use nix::fcntl::{Flock, FlockArg};
+            use std::io::Read;
+            let file = options.open(path).with_context(|| format!("cannot open {}", path.display()))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((mut f, _)) => {
+                    let mut pid = String::new();
+                    let _ = f.read_to_string(&mut pid);
+                    return Err(taken(pid));
+                }
+            }
+        };
+        #[cfg(windows)]
+        let mut lock = {
+            const ERROR_SHARING_VIOLATION: i32 = 32;
+            match options.open(path) {
+                Ok(file) => file,
+                Err(e) if e.raw_os_error() == Some(ERROR_SHARING_VIOLATION) => {
+                    return Err(taken(std::fs::read_to_string(path).unwrap_or_default()));
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             }
         };
         lock.set_len(0)?;

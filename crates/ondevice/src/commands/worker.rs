@@ -1,5 +1,5 @@
-//! `ondevice worker` (hidden): serves one GGUF model on a Unix socket for the daemon, speaking
-//! `ondevice_runtime::wire`. Started and sandboxed by the supervisor; needs no config file and no
+//! `ondevice worker` (hidden): serves one GGUF model on a Unix socket (a named pipe on Windows) for
+//! the daemon, speaking `ondevice_runtime::wire`. Started and sandboxed by the supervisor; needs no config file and no
 //! home directory. Logs go to stderr, which the supervisor captures. Exits non-zero when the model
 //! cannot be loaded; SIGTERM or SIGINT stop it gracefully.
 
@@ -68,17 +68,13 @@ pub fn run(_: &WorkerArgs, _: Option<LogFormat>, _: Option<&str>) -> anyhow::Res
     anyhow::bail!("this ondevice was built without the embedded engine: rebuild with --features engine-llama")
 }
 
-/// Completes on the first SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT (Ctrl+C or Ctrl+Break on Windows).
 #[cfg(feature = "engine-llama")]
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let mut signals = crate::signals::StopSignals::install()?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight"),
-        }
+        let name = signals.recv().await;
+        tracing::info!("{name}: finishing requests in flight");
     })
 }
 

@@ -189,10 +189,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `ondevice serve` and waits until it prints its listen address and token path.
     pub fn start(home: Home) -> Daemon {
+        Daemon::start_with_env(home, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (such as secrets referenced by the
+    /// config as `env:NAME`).
+    pub fn start_with_env(home: Home, env: &[(&str, &str)]) -> Daemon {
         let n = std::fs::read_dir(home.root()).map_or(0, |d| d.count());
         let stderr = home.root().join(format!("serve-{n}.stderr"));
         let mut cmd = home.command(&["serve"]);
-        cmd.env("ONDEVICE_LISTEN", "127.0.0.1:0")
+        cmd.envs(env.iter().copied())
+            .env("ONDEVICE_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("create stderr file"));
         let mut child = cmd.spawn().expect("spawn ondevice serve");

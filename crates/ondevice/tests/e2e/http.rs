@@ -120,12 +120,16 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             crate::common::write_small_gguf(&file, 1);
             plain(Some(json!({"path": file, "name": "coverage:import"})))
         }
-        "GET /api/v1/models/{name}" | "DELETE /api/v1/models/{name}" | "GET /api/v1/models/{name}/export" => {
-            let export = op.path.ends_with("/export");
-            let name = match (export, op.method == Method::GET) {
-                (true, _) => "coverage:export",
-                (false, true) => "coverage:show",
-                (false, false) => "coverage:delete",
+        "GET /api/v1/models/{name}"
+        | "DELETE /api/v1/models/{name}"
+        | "GET /api/v1/models/{name}/export"
+        | "PUT /api/v1/models/{name}/pin" => {
+            let suffix = op.path.rsplit_once('}').map_or("", |(_, s)| s);
+            let name = match (suffix, op.method == Method::GET) {
+                ("/export", _) => "coverage:export",
+                ("/pin", _) => "coverage:pin",
+                (_, true) => "coverage:show",
+                (_, false) => "coverage:delete",
             };
             let file = daemon.home().root().join(format!("{}.gguf", name.replace(':', "-")));
             crate::common::write_small_gguf(&file, 2);
@@ -137,8 +141,8 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
                 .expect("import");
             assert_eq!(resp.status(), StatusCode::CREATED, "fixture import of {name}");
             Fixture {
-                path: format!("/api/v1/models/{}{}", name.replace(':', "%3A"), if export { "/export" } else { "" }),
-                body: None,
+                path: format!("/api/v1/models/{}{suffix}", name.replace(':', "%3A")),
+                body: (suffix == "/pin").then(|| json!({"pinned": true})),
                 expect: None,
             }
         }

@@ -169,6 +169,10 @@ async fn greedy_chat_names_paris_on_every_surface() {
     let (text, adapter) = openai_chat(&daemon, key).await;
     assert!(text.contains("Paris"), "{text}");
     assert!(!adapter.is_empty());
+    // The request recorded the model's use time (least-recently-used eviction reads it).
+    let (status, m) = daemon.get("/api/v1/models/smollm2", Some(daemon.admin_key())).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{m}");
+    assert!(m["last_used_at"].as_i64().is_some_and(|t| t >= m["created_at"].as_i64().unwrap()), "{m}");
 
     assert_eq!(openai_stream(&daemon, key).await, text, "SSE");
     assert_eq!(ollama_stream(&daemon, key).await, text, "NDJSON");
@@ -429,7 +433,8 @@ async fn ondevice_run_prints_the_answer() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ondevice models list"), "{}", describe(&out));
 }
 
-/// Process ids of this daemon's engine workers (`ondevice worker --socket HOME/...`).
+/// Process ids of this daemon's engine workers (`ondevice worker --socket HOME/...`), from /proc.
+#[cfg(target_os = "linux")]
 fn worker_pids(home: &Home) -> Vec<i32> {
     let marker = home.dir().to_string_lossy().into_owned();
     let mut pids = Vec::new();
@@ -444,6 +449,7 @@ fn worker_pids(home: &Home) -> Vec<i32> {
     pids
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_stream_gives_a_clean_error_and_the_next_request_succeeds() {
     let Some(Setup { daemon, infer }) = setup("a_worker_killed_mid_stream").await else { return };
@@ -478,6 +484,28 @@ async fn a_worker_killed_mid_stream_gives_a_clean_error_and_the_next_request_suc
 
     let (answer, _) = openai_chat(&daemon, key).await;
     assert!(answer.contains("Paris"), "{answer}");
+}
+
+/// The engine worker of a daemon killed with SIGKILL dies with it (`PR_SET_PDEATHSIG`, see
+/// `ondevice-supervisor/src/process.rs`): no model stays loaded in an orphan process.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_workers_die_with_a_killed_daemon() {
+    let Some(Setup { daemon, infer }) = setup("engine_workers_die_with_a_killed_daemon").await else { return };
+    let body = json!({"model": "smollm2", "messages": messages(), "max_tokens": 1});
+    assert_eq!(post(&daemon, "/v1/chat/completions", Some(&infer.secret), &body).await.status(), StatusCode::OK);
+    let pids = worker_pids(daemon.home());
+    assert!(!pids.is_empty(), "no engine worker found for {}", daemon.home().dir().display());
+    let _home = daemon.kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let running = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])))
+    };
+    while pids.iter().any(running) {
+        assert!(std::time::Instant::now() < deadline, "engine workers {pids:?} outlived the killed daemon");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,7 @@
 //! The model registry through the real daemon and CLI: import (hardlinked, deduplicated),
 //! list/show with `--json`, hostile files and names refused with nothing written, verify
-//! catching a corrupted blob, remove + gc freeing the blob.
+//! catching a corrupted blob, remove + gc freeing the blob; a Hugging Face safetensors directory
+//! imported, pinned, exported to another home and refused by the GGUF engine with a clear error.
 
 use crate::common::{Daemon, Home, describe, write_small_gguf};
 
@@ -87,4 +88,65 @@ async fn the_real_demo_model_imports_with_its_published_digest() {
     assert_eq!(m["digest"], "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
     assert_eq!(m["quantization"], "Q4_1");
     assert_eq!(m["parameter_count"], 134_515_008);
+}
+
+#[tokio::test]
+async fn a_safetensors_directory_imports_pins_moves_between_homes_and_is_refused_by_the_engine() {
+    let Some(models) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
+        println!("skipped: set ONDEVICE_TEST_MODELS_DIR (scripts/test.sh does) for the all-MiniLM-L6-v2 directory");
+        return;
+    };
+    let dir = std::path::Path::new(&models).join("all-MiniLM-L6-v2");
+    let daemon = Daemon::start(Home::new());
+    let home = daemon.home();
+    let m = json(home, &["models", "import", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(m["model"], "all-minilm-l6-v2:latest", "{m}");
+    assert_eq!(m["format"], "safetensors");
+    assert_eq!(m["architecture"], "BertModel");
+    assert_eq!(m["context_length"], 512);
+    assert_eq!(m["pinned"], false);
+    let digest = m["digest"].as_str().unwrap().to_owned();
+    // Every file is a blob, plus the layout naming them.
+    fn visible_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .map(|p| if p.is_dir() { visible_files(&p) } else { 1 })
+            .sum()
+    }
+    assert_eq!(blobs(home).len(), visible_files(&dir) + 1, "{:?}", blobs(home));
+
+    // Pin and unpin, through the CLI (PUT /api/v1/models/{name}/pin).
+    let out = home.run_ok(&["models", "pin", "all-minilm-l6-v2"]);
+    assert!(out.contains("pinned all-minilm-l6-v2:latest"), "{out}");
+    assert_eq!(json(home, &["models", "show", "all-minilm-l6-v2", "--json"])["pinned"], true);
+    let show = home.run_ok(&["models", "show", "all-minilm-l6-v2"]);
+    assert!(show.contains("pinned:         yes"), "{show}");
+    json(home, &["models", "unpin", "all-minilm-l6-v2", "--json"]);
+    assert_eq!(json(home, &["models", "show", "all-minilm-l6-v2", "--json"])["pinned"], false);
+    let out = home.run(&["models", "pin", "nope"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", describe(&out));
+
+    // The engine runs GGUF: a clear 400, not a crash or a worker start.
+    let infer = daemon.key(&["infer"]).await;
+    let resp = daemon
+        .request(reqwest::Method::POST, "/v1/embeddings", Some(&infer.secret))
+        .json(&serde_json::json!({"model": "all-minilm-l6-v2", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("convert it to GGUF"), "{body}");
+
+    // Export, then import on another home: same digest, verified.
+    let bundle = home.root().join("minilm.tar");
+    home.run_ok(&["models", "export", "all-minilm-l6-v2", "--output", bundle.to_str().unwrap()]);
+    let other = Daemon::start(Home::new());
+    let restored = json(other.home(), &["models", "import", bundle.to_str().unwrap(), "--json"]);
+    assert_eq!(restored["digest"], digest.as_str());
+    assert_eq!(restored["format"], "safetensors");
+    let verify = json(other.home(), &["models", "verify", "--json"]);
+    assert_eq!(verify[0]["status"], "ok", "{verify}");
 }

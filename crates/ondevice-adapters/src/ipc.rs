@@ -1,6 +1,7 @@
-//! A minimal HTTP/1.1 client over a Unix-domain socket (hyper), one connection per request, used to talk
-//! to `ondevice worker` processes. The connection task is aborted when its [`ConnGuard`] is dropped, so
-//! dropping a streamed answer closes the socket and the worker cancels the generation.
+//! A minimal HTTP/1.1 client over the local socket of an `ondevice worker` (hyper), one connection per
+//! request: a Unix-domain socket, or on Windows the named pipe whose path the launcher returned. The
+//! connection task is aborted when its [`ConnGuard`] is dropped, so dropping a streamed answer closes
+//! the socket and the worker cancels the generation.
 
 use std::path::Path;
 
@@ -72,7 +73,7 @@ pub(crate) async fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> Result<Answer, Failure> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(Failure::Connect)?;
+    let stream = connect(socket).await.map_err(Failure::Connect)?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(Failure::Http)?;
     let guard = ConnGuard(tokio::spawn(async move {
@@ -87,4 +88,26 @@ pub(crate) async fn request(
     let resp = sender.send_request(req).await.map_err(Failure::Http)?;
     let status = resp.status();
     Ok(Answer { status, body: resp.into_body(), guard })
+}
+
+#[cfg(unix)]
+async fn connect(socket: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    tokio::net::UnixStream::connect(socket).await
+}
+
+/// Opens the worker's named pipe, waiting (bounded) while every instance is busy: the worker creates
+/// the next instance as soon as one is taken.
+#[cfg(windows)]
+async fn connect(pipe: &Path) -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeClient> {
+    use std::time::{Duration, Instant};
+    const ERROR_PIPE_BUSY: i32 = 231;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::windows::named_pipe::ClientOptions::new().open(pipe) {
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
 }
