@@ -484,6 +484,13 @@ impl Download<'_> {
                     let reason = format!("server answered {} to a range request", resp.status());
                     return Err(Failure::Fetch(FetchError::Network { url: redact_url(url), reason }, false));
                 }
+                // The bytes go to the offset asked for: a server answering another range would
+                // corrupt the file.
+                let range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
+                if range.and_then(parse_content_range) != Some((start, end - 1)) {
+                    let reason = format!("asked for bytes {start}-{}, server answered range {range:?}", end - 1);
+                    return Err(Failure::Fetch(FetchError::Network { url: redact_url(url), reason }, false));
+                }
                 self.copy_body(resp, sink, Some(end - start)).await.map(drop)
             };
             let result = tokio::select! {
@@ -577,6 +584,15 @@ impl Download<'_> {
     }
 }
 
+/// `bytes A-B/TOTAL` (or `/*`) → `(A, B)`.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let v = v.trim();
+    let rest = v.get(..5).filter(|unit| unit.eq_ignore_ascii_case("bytes")).and(v.get(5..))?;
+    let (range, _total) = rest.trim().split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -664,5 +680,14 @@ mod tests {
         assert_eq!(s.range(2), (20, 25));
         let empty = ChunkState { total: Some(0), chunk_size: 10, done: Vec::new() };
         assert_eq!((empty.chunks(), empty.prefix()), (0, 0));
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 99)));
+        assert_eq!(parse_content_range(" Bytes 5-9/*"), Some((5, 9)));
+        for bad in ["bytes */1000", "items 0-9/10", "bytes 0-/10", "bytes=0-9", ""] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
     }
 }
