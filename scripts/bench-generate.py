@@ -12,7 +12,11 @@ and print the ratios ondevice / llama.cpp. The peer is llama.cpp's server from P
 (its build info is printed); ondevice's engine build is described in
 crates/ondevice-engine-llama/src/lib.rs.
 
-Usage: scripts/bench-generate.py [--threads N] [--tokens N] [--runs N] [--binary PATH] [--model GGUF]
+With --json both servers constrain the answer to the same JSON schema (`response_format` of type
+`json_schema`; both turn it into a grammar with llama.cpp's converter), which measures
+grammar-constrained sampling.
+
+Usage: scripts/bench-generate.py [--threads N] [--tokens N] [--runs N] [--json] [--binary PATH] [--model GGUF]
 """
 
 import argparse
@@ -28,31 +32,24 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = "You are a helpful assistant."
 QUESTION = "Write a long story about a dragon who learns to cook."
-
-import sys, time, xllamacpp as x
-model, threads, ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-p = x.CommonParams()
-p.model.path = model
-p.port = 0
-p.cpuparams.n_threads = threads
-p.cpuparams_batch.n_threads = threads
-p.n_ctx = ctx
-p.n_parallel = 1
-p.use_jinja = True
-s = x.Server(p)
-print("LISTEN", s.listening_address, flush=True)
-sys.stdin.read()  # runs until the benchmark closes our stdin
-"""
+JSON_QUESTION = "List ten dragons as JSON objects with their name, age, colour and favourite dish."
+DRAGON = {"type": "object", "required": ["name", "age", "colour", "dish"],
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                         "colour": {"type": "string"}, "dish": {"type": "string"}}}
+DRAGONS = {"type": "object", "required": ["dragons"],
+           "properties": {"dragons": {"type": "array", "items": DRAGON}}}
 
 
-def stream_chat(base, key, model, max_tokens):
+def stream_chat(base, key, model, max_tokens, json_mode=False):
     body = {
         "model": model,
         "stream": True,
         "temperature": 0,
         "max_tokens": max_tokens,
-        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": JSON_QUESTION if json_mode else QUESTION}],
     }
+    if json_mode:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "dragons", "schema": DRAGONS}}
     req = urllib.request.Request(
         base + "/v1/chat/completions",
         data=json.dumps(body).encode(),
@@ -86,8 +83,8 @@ def stream_chat(base, key, model, max_tokens):
 
 
 def measure(name, base, key, model, args):
-    stream_chat(base, key, model, 8)  # warm-up: loads the model, fills caches
-    runs = [stream_chat(base, key, model, args.tokens) for _ in range(args.runs)]
+    stream_chat(base, key, model, 8, args.json)  # warm-up: loads the model, fills caches
+    runs = [stream_chat(base, key, model, args.tokens, args.json) for _ in range(args.runs)]
     ttft = statistics.median(r["ttft_ms"] for r in runs)
     tps = statistics.median(r["tps"] for r in runs)
     print(f"{name:10s} ttft {ttft:7.1f} ms   {tps:7.1f} tokens/s   ({runs[0]['tokens']} tokens per run, {args.runs} runs)")
@@ -100,12 +97,14 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--json", action="store_true", help="constrain both to JSON (grammar sampling)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/ondevice"))
     ap.add_argument("--model", default=os.path.join(REPO, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
     import xllamacpp
 
-    print(f"model {os.path.basename(args.model)}, {args.threads} threads, ctx {args.ctx}, greedy, max_tokens {args.tokens}")
+    print(f"model {os.path.basename(args.model)}, {args.threads} threads, ctx {args.ctx}, greedy, max_tokens {args.tokens}"
+          + (", JSON-constrained" if args.json else ""))
     print(f"llama.cpp peer: xllamacpp {getattr(xllamacpp, '__version__', '?')}: {xllamacpp.get_system_info().strip()}")
 
     peer = subprocess.Popen(
@@ -143,6 +142,10 @@ def main():
         print(f"added time to first token: {o_ttft - p_ttft:+.1f} ms (target <= 5 ms)")
         same = "same" if o_text == p_text else "different"
         print(f"greedy outputs are {same} text ({len(o_text)} vs {len(p_text)} chars)")
+        if o_text != p_text:
+            at = next((i for i, (a, b) in enumerate(zip(o_text, p_text)) if a != b), min(len(o_text), len(p_text)))
+            print(f"  first difference at char {at}: ondevice {o_text[max(0, at - 40):at + 40]!r}")
+            print(f"  {'':29s}llama.cpp {p_text[max(0, at - 40):at + 40]!r}")
     finally:
         peer.stdin.close()
         daemon.terminate()

@@ -16,10 +16,12 @@ targets=$(sed -n 's/^name = "\(.*\)"/\1/p' Cargo.toml | grep -v '^ondevice-fuzz$
 for t in $targets; do
   corpus="target/corpus/$t"
   mkdir -p "$corpus"
+  seeds=()
+  [ -d "seeds/$t" ] && seeds=("seeds/$t")  # committed valid inputs to start from (read-only)
   echo "== fuzz $t for ${secs}s"
   log="target/fuzz-$t.log"
   if ! "target/cov/$triple/release/$t" -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -artifact_prefix="target/artifacts-$t-" -print_final_stats=1 "$corpus" >"$log" 2>&1; then
+    -artifact_prefix="target/artifacts-$t-" -print_final_stats=1 "$corpus" "${seeds[@]}" >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz target $t found a failure: input saved as fuzz/target/artifacts-$t-*" >&2
     exit 1

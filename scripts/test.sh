@@ -41,8 +41,10 @@ export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"
 export ONDEVICE_TEST_MODELS_DIR="$ONDEVICE_MODELS_CACHE"
 scripts/fetch-demo-models.sh
 
-step "cargo fmt --check"
+step "cargo fmt --check; scripts compile"
 cargo fmt --all -- --check
+python3 -c "import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]" scripts/*.py
+for f in scripts/*.sh packaging/*.sh .ci/run; do bash -n "$f"; done
 
 step "cargo clippy -D warnings"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings

@@ -14,7 +14,6 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use ondevice_runtime::{Event, FinishReason, RuntimeError, Timings, Usage};
 use tokio::sync::mpsc;
@@ -22,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::EngineError;
 use crate::embed::Embedder;
 use crate::engine::{Command, EngineConfig, Loaded, ModelInfo, Pending, Shared, Ticket};
-use crate::sampling::TextOut;
+use crate::sampling::{Sampler, TextOut};
 
 /// Default context per slot when neither the caller nor a smaller training context says otherwise.
 const DEFAULT_CTX: u32 = 2048;
@@ -114,7 +113,7 @@ struct Sequence {
     reused: u32,
     /// Index in the current batch whose logits are this sequence's.
     logits_at: Option<i32>,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     text: TextOut,
     max_tokens: u32,
     generated: u32,
@@ -375,7 +374,7 @@ impl<'m> Scheduler<'m> {
         let vocab = self.model.vocab();
         let ctx_per_slot = self.ctx_per_slot as i32;
         let seq = self.slots[id].as_mut()?;
-        let token = seq.sampler.sample(&self.ctx, at);
+        let token = seq.sampler.sample(&self.ctx, at, vocab.eos());
         seq.first_token.get_or_insert_with(Instant::now);
         seq.generated += 1;
         if vocab.is_eog(token) {

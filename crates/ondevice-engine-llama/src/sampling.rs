@@ -1,13 +1,18 @@
 //! Per-request sampling: validation of the request's parameters, the llama.cpp sampler chain, and
 //! the text side of a sequence (incremental UTF-8 decoding and stop strings).
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use ondevice_runtime::{Constraint, RuntimeError, Sampling};
 
-/// Any JSON value, whitespace limited to single spaces so a small model cannot pad forever.
+/// A JSON object (what OpenAI's `json_object` mode and Ollama's `format: "json"` promise), any
+/// JSON inside it, whitespace limited to single spaces so a small model cannot pad forever.
 /// Adapted from llama.cpp's `grammars/json.gbnf`.
-pub const JSON_GBNF: &str = r#"root   ::= ws value
+pub const JSON_GBNF: &str = r#"root   ::= ws object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws
 object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
 array  ::= "[" ws ( value ("," ws value)* )? "]" ws
@@ -88,15 +93,16 @@ impl Plan {
         })
     }
 
-    /// The sampler chain: grammar, repeat penalty, then greedy (temperature 0) or
-    /// top-k → top-p → min-p → temperature → seeded draw.
-    pub(crate) fn sampler(&self, model: &LlamaModel) -> Result<LlamaSampler, RuntimeError> {
-        let mut chain = Vec::new();
-        if let Some(grammar) = &self.grammar {
-            chain.push(LlamaSampler::grammar(model, grammar, "root").map_err(|e| {
+    /// The samplers of one sequence: the chain (repeat penalty, then greedy at temperature 0 or
+    /// top-k → top-p → min-p → temperature → seeded draw) and, for constrained output, the grammar.
+    pub(crate) fn sampler(&self, model: &LlamaModel) -> Result<Sampler, RuntimeError> {
+        let grammar = match &self.grammar {
+            Some(grammar) => Some(LlamaSampler::grammar(model, grammar, "root").map_err(|e| {
                 invalid(format!("the grammar does not parse ({e}): check the GBNF syntax and that it has a root rule"))
-            })?);
-        }
+            })?),
+            None => None,
+        };
+        let mut chain = Vec::new();
         if self.repeat_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(model.n_vocab(), 64, self.repeat_penalty, 0.0, 0.0));
         }
@@ -111,8 +117,62 @@ impl Plan {
             chain.push(LlamaSampler::temp(self.temperature));
             chain.push(LlamaSampler::dist(self.seed));
         }
-        Ok(LlamaSampler::chain_simple(chain))
+        Ok(Sampler { chain: LlamaSampler::chain_simple(chain), grammar, candidates: Vec::new() })
     }
+}
+
+/// Picks each token of one sequence.
+///
+/// With a grammar, filtering the whole vocabulary through it every step costs far more than the
+/// model on small models. So, as llama.cpp's own sampler does, the chain picks first from the raw
+/// logits; only when the grammar rejects that token is the vocabulary filtered and the pick made
+/// again. A greedy pick is therefore the same either way: the best token the grammar allows.
+pub(crate) struct Sampler {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+    /// Reused candidate buffer (one entry per vocabulary token).
+    candidates: Vec<LlamaTokenData>,
+}
+
+impl Sampler {
+    /// Samples from batch output `at` and accepts the token into the samplers' state. `eos` ends
+    /// the sequence when the grammar allows no token at all.
+    pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32, eos: LlamaToken) -> LlamaToken {
+        let Some(grammar) = self.grammar.as_mut() else {
+            // llama.cpp samples and accepts in one call.
+            return self.chain.sample(ctx, at);
+        };
+        let logits = ctx.get_logits_ith(at);
+        let mut pick = |filter: Option<&mut LlamaSampler>, buf: &mut Vec<LlamaTokenData>| {
+            buf.clear();
+            buf.extend(logits.iter().enumerate().map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)));
+            let mut array = LlamaTokenDataArray::new(std::mem::take(buf), false);
+            if let Some(filter) = filter {
+                array.apply_sampler(filter);
+            }
+            array.apply_sampler(&mut self.chain);
+            let token = array.selected_token();
+            *buf = array.data;
+            token
+        };
+        let mut token = pick(None, &mut self.candidates);
+        if !token.is_some_and(|t| allows(grammar, t)) {
+            token = pick(Some(grammar), &mut self.candidates);
+        }
+        let token = token.unwrap_or(eos);
+        // A token the grammar cannot take (only the end-of-sequence fallback above) would make
+        // llama.cpp throw; the exception-safe accept reports it instead, and the sequence ends on it.
+        let _ = grammar.try_accept(token);
+        self.chain.accept(token);
+        token
+    }
+}
+
+/// Whether the grammar, in its current state, allows `token` next.
+fn allows(grammar: &mut LlamaSampler, token: LlamaToken) -> bool {
+    let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(token, 1.0, 0.0)], false);
+    single.apply_sampler(grammar);
+    single.data.first().is_some_and(|d| d.logit() != f32::NEG_INFINITY)
 }
 
 /// A seed from the clock and the address space layout; good enough to vary unseeded sampling.

@@ -6,8 +6,10 @@
 //! - **Hot load/unload** with keep-alive (a sweeper unloads idle models), a cap on loaded models and
 //!   an optional memory budget; the least recently used idle model is evicted to make room.
 //! - **Fallback** with a circuit breaker per runtime ([`breaker`]): a runtime that is unavailable is
-//!   skipped and the next in the chain answers; answers name their runtime. While a breaker is open or
-//!   a fallback answered recently the daemon reports itself degraded.
+//!   skipped and the next in the chain answers; answers name their runtime. A generation counts as
+//!   answered once its first event arrives, so a runtime failing before any output falls back too
+//!   and a bad request fails with its own error rather than inside a stream. While a breaker is open
+//!   or a fallback answered recently the daemon reports itself degraded.
 //! - **Admission**: at most `max_concurrent` generations run; `queue_depth` more may wait; beyond that
 //!   requests get [`RuntimeError::Overloaded`] (503 with `Retry-After`).
 //!
@@ -170,6 +172,13 @@ impl Orchestrator {
         });
         tokio::spawn(sweeper(Arc::downgrade(&inner)));
         Orchestrator { inner }
+    }
+
+    /// A function naming the models loaded right now (for the registry, which must not evict
+    /// them). It holds no strong reference: once the orchestrator is gone it reports none.
+    pub fn loaded_names(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move || inner.upgrade().map_or_else(Vec::new, |i| i.lock().loaded.iter().map(|l| l.model.clone()).collect())
     }
 
     /// Unloads every loaded model (daemon shutdown).
@@ -491,7 +500,7 @@ impl Inference for Orchestrator {
             let name = request.model.clone();
             let (events, adapter, model) = with_fallback(&self.inner, &name, keep, |step| {
                 let req = request.clone();
-                Box::pin(async move { step.runtime.generate(&step.spec, req).await })
+                Box::pin(async move { stream::first_event(step.runtime.generate(&step.spec, req).await?).await })
             })
             .await?;
             self.inner.touch_loaded(&model, &adapter, keep, 1);

@@ -18,6 +18,8 @@ struct Scripted {
     loads: AtomicU32,
     unloads: Mutex<Vec<String>>,
     tokens: Vec<&'static str>,
+    /// When set, generations are accepted but their stream fails with this before any token.
+    fails_first: Mutex<Option<RuntimeError>>,
 }
 
 impl Scripted {
@@ -28,6 +30,7 @@ impl Scripted {
             loads: AtomicU32::new(0),
             unloads: Mutex::new(Vec::new()),
             tokens: vec!["Par", "is"],
+            fails_first: Mutex::new(None),
         })
     }
     fn check(&self) -> Result<(), RuntimeError> {
@@ -73,6 +76,10 @@ impl Runtime for Scripted {
     ) -> BoxFuture<'_, Result<ondevice_runtime::EventStream, RuntimeError>> {
         Box::pin(async move {
             self.check()?;
+            if let Some(e) = self.fails_first.lock().unwrap().clone() {
+                let s: ondevice_runtime::EventStream = Box::pin(futures_util::stream::iter([Err(e)]));
+                return Ok(s);
+            }
             let mut events: Vec<Result<Event, RuntimeError>> =
                 self.tokens.iter().map(|t| Ok(Event::Token((*t).to_owned()))).collect();
             events.push(Ok(Event::Done {
@@ -194,6 +201,39 @@ async fn a_request_error_does_not_fall_back() {
 }
 
 #[tokio::test]
+async fn a_failure_before_the_first_token_is_the_request_error_or_falls_back() {
+    let (a, b) = (Scripted::new("a"), Scripted::new("b"));
+    let mut routes = BTreeMap::new();
+    routes.insert("m:latest".to_owned(), Route { runtimes: vec!["a".into(), "b".into()], upstream: None });
+    let o = orchestrator(&[a.clone(), b.clone()], vec![local("m:latest", 1)], Options { routes, ..Options::default() });
+
+    // A bad request (say, a grammar that does not parse) is the request's error, not a stream line,
+    // and it neither falls back nor counts against the runtime.
+    *a.fails_first.lock().unwrap() = Some(RuntimeError::InvalidRequest { message: "bad grammar".into() });
+    match o.generate(request("m")).await {
+        Err(RuntimeError::InvalidRequest { message }) => assert_eq!(message, "bad grammar"),
+        other => panic!("expected the request error, got {:?}", other.map(|g| g.adapter)),
+    }
+    let status = o.runtimes().await;
+    assert_eq!(status.iter().find(|s| s.name == "a").unwrap().failures, 0);
+
+    // A runtime that dies before its first token falls back to the next one.
+    *a.fails_first.lock().unwrap() =
+        Some(RuntimeError::Unavailable { adapter: "a".into(), reason: "worker died".into() });
+    let g = o.generate(request("m")).await.unwrap();
+    assert_eq!(g.adapter, "b");
+    assert_eq!(text_of(g).await, "Paris");
+    let status = o.runtimes().await;
+    assert_eq!(status.iter().find(|s| s.name == "a").unwrap().failures, 1);
+
+    // Healthy again: the first event is handed on with the rest of the stream.
+    *a.fails_first.lock().unwrap() = None;
+    let g = o.generate(request("m")).await.unwrap();
+    assert_eq!(g.adapter, "a");
+    assert_eq!(text_of(g).await, "Paris");
+}
+
+#[tokio::test]
 async fn the_least_recently_used_idle_model_is_evicted() {
     let a = Scripted::new("embedded");
     let models = vec![local("one:latest", 1), local("two:latest", 1), local("three:latest", 1)];
@@ -208,6 +248,12 @@ async fn the_least_recently_used_idle_model_is_evicted() {
     assert_eq!(*a.unloads.lock().unwrap(), vec!["two:latest".to_owned()]);
     let loaded: Vec<String> = o.loaded().await.into_iter().map(|l| l.name).collect();
     assert_eq!(loaded.len(), 2);
+    // The registry's view (it must not evict these from disk) agrees.
+    let names = o.loaded_names();
+    let (mut seen, mut want) = (names(), loaded.clone());
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want);
     assert!(loaded.contains(&"one:latest".to_owned()) && loaded.contains(&"three:latest".to_owned()));
     // Both loaded models busy: a third cannot be made room for.
     let busy3 = o.generate(request("three")).await.unwrap();

@@ -230,7 +230,21 @@ pub struct Registry {
     /// Serialises imports with `gc`, so gc never sees a blob between its rename and its row.
     /// (In-process only; a second process on the same home is not yet coordinated.)
     write_lock: Mutex<()>,
+    /// Names the models a runtime is serving right now; eviction skips them.
+    in_use: InUseHook,
 }
+
+#[derive(Default)]
+struct InUseHook(std::sync::RwLock<Option<InUse>>);
+
+impl std::fmt::Debug for InUseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InUseHook")
+    }
+}
+
+/// Reports the `name:tag` of every model currently loaded (see [`Registry::set_in_use`]).
+pub type InUse = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl Registry {
     /// A registry using `store` and the blobs under `<home>/blobs`.
@@ -241,7 +255,25 @@ impl Registry {
             path: partials.clone(),
             source,
         })?;
-        Ok(Registry { store, blobs: BlobStore::open(home)?, partials, write_lock: Mutex::new(()) })
+        Ok(Registry {
+            store,
+            blobs: BlobStore::open(home)?,
+            partials,
+            write_lock: Mutex::new(()),
+            in_use: InUseHook::default(),
+        })
+    }
+
+    /// Tells the registry which models are loaded, so eviction leaves them alone: a worker maps
+    /// its model's blob, so deleting it would free no space until the model is unloaded, and the
+    /// next load would fail.
+    pub fn set_in_use(&self, in_use: InUse) {
+        *self.in_use.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(in_use);
+    }
+
+    /// The models loaded right now (empty without [`Registry::set_in_use`]).
+    pub(crate) fn in_use(&self) -> Vec<String> {
+        self.in_use.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map_or_else(Vec::new, |f| f())
     }
 
     /// The store.

@@ -102,14 +102,15 @@ impl Registry {
         Ok(self.blobs().scan()?.blobs.iter().map(|(_, s)| s).sum())
     }
 
-    /// Removes the least recently used unpinned model (and its blob when nothing else uses it);
-    /// returns it, or `None` when nothing can be evicted.
+    /// Removes the least recently used model that is neither pinned nor loaded (and its blobs
+    /// when nothing else uses them); returns it, or `None` when nothing can be evicted.
     pub fn evict_lru(&self) -> Result<Option<ModelRecord>, RegistryError> {
+        let in_use = self.in_use();
         let _guard = self.lock();
         let models = self.list()?;
         let Some(victim) = models
             .iter()
-            .filter(|m| !m.pinned)
+            .filter(|m| !m.pinned && !in_use.contains(&m.reference()))
             .min_by_key(|m| (m.last_used_at.unwrap_or(m.created_at), m.created_at))
             .cloned()
         else {

@@ -268,7 +268,7 @@ fn write_bundle(path: &Path, layout: &[u8], file: &[u8]) {
 }
 
 #[test]
-fn eviction_skips_pinned_models_prefers_the_least_recently_used_and_keeps_shared_blobs() {
+fn eviction_skips_pinned_and_loaded_models_prefers_the_least_recently_used_and_keeps_shared_blobs() {
     let home = tempfile::tempdir().unwrap();
     let reg = registry(home.path());
     let dir = hf_dir(home.path(), "tiny", 9);
@@ -285,7 +285,13 @@ fn eviction_skips_pinned_models_prefers_the_least_recently_used_and_keeps_shared
     reg.touch(&before).unwrap();
     assert_eq!(reg.show(&named("used")).unwrap().last_used_at, before.last_used_at);
 
-    // `old` was never used: evicted first, but its blobs are `used`'s too and stay.
+    // `old` was never used, so it goes first, unless it is loaded right now.
+    let loaded = std::sync::Arc::new(std::sync::Mutex::new(vec![old.reference(), used.reference()]));
+    let seen = loaded.clone();
+    reg.set_in_use(std::sync::Arc::new(move || seen.lock().unwrap().clone()));
+    assert_eq!(reg.evict_lru().unwrap(), None, "loaded models are not evicted");
+    loaded.lock().unwrap().clear();
+    // Evicted, but its blobs are `used`'s too and stay.
     assert_eq!(reg.evict_lru().unwrap().map(|m| m.reference()), Some(old.reference()));
     assert!(reg.verify(None).unwrap().iter().all(|r| r.status == VerifyStatus::Ok));
     assert!(reg.blobs().contains(&used.digest));

@@ -126,7 +126,7 @@ pub struct Sampling {
 pub enum Constraint {
     /// A GBNF grammar (llama.cpp syntax).
     Grammar(String),
-    /// Any JSON value.
+    /// A JSON object (OpenAI's `json_object`, Ollama's `format: "json"`).
     Json,
     /// JSON matching this JSON schema.
     JsonSchema(serde_json::Value),

@@ -81,6 +81,14 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// The file cannot be created or its permissions set.
+    #[error("database {path}: {source}")]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The file was written by a newer ondevice.
     #[error(
         "database {path} has schema version {found}, newer than this ondevice supports ({supported}): upgrade ondevice"
@@ -105,6 +113,25 @@ pub enum StoreError {
     },
 }
 
+/// Makes the database readable by its owner only (it holds key hashes and model use): creates it
+/// with mode 0600, or narrows an existing file. SQLite gives its `-wal` and `-shm` files the mode
+/// of the database.
+#[cfg(unix)]
+fn restrict_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict_mode(_path: &Path) -> std::io::Result<()> {
+    // The database lives under the user's profile, whose ACL is private.
+    Ok(())
+}
+
 /// The SQLite database (WAL mode), shared by the daemon's services.
 pub struct Store {
     path: PathBuf,
@@ -121,6 +148,7 @@ impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let sql = |source| StoreError::Sqlite { path: path.to_path_buf(), source };
+        restrict_mode(path).map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?;
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
@@ -281,6 +309,27 @@ mod tests {
         let v = Verifier::new(store, true).unwrap();
         assert!(v.authorize(&presented, Scope::Read).is_err());
         assert!(v.list_keys()[0].revoked_at.is_some());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("ondevice.db");
+        let store = Store::open(&db).unwrap();
+        store.schema_version().unwrap();
+        assert_eq!(mode(&db), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            let side = dir.path().join(format!("ondevice.db{suffix}"));
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+        drop(store);
+        // A database left world-readable by an older version is narrowed on open.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
     }
 
     #[test]

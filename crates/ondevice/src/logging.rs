@@ -1,6 +1,7 @@
 //! Logging setup: stderr in text or JSON, plus (for the daemon) daily-rotated JSON files under
 //! `$ONDEVICE_HOME/logs`.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context;
@@ -18,8 +19,10 @@ pub fn init(settings: &LogSettings, file_dir: Option<&Path>) -> anyhow::Result<L
     let filter = EnvFilter::try_new(&settings.level).with_context(|| {
         format!("invalid log level {:?}: use e.g. info, debug or info,ondevice_server=debug", settings.level)
     })?;
+    // Colours only for a person at a terminal: not in files, journald or pipes, nor with NO_COLOR.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let stderr = match settings.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     let (file, guard) = match file_dir {

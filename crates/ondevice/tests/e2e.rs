@@ -85,6 +85,11 @@ async fn bootstrap_token_is_private_reused_and_rotated_by_deleting_it() {
     let bootstrap: Vec<&Value> = keys.as_array().expect("list").iter().filter(|k| k["name"] == "bootstrap").collect();
     assert_eq!(bootstrap.len(), 2, "{keys}");
     assert_eq!(bootstrap.iter().filter(|k| k["revoked_at"].is_null()).count(), 1, "one live bootstrap key: {keys}");
+
+    // Logs written to a file (not a terminal) carry no colour escapes.
+    let log = daemon.stderr();
+    assert!(log.contains("ondevice ready"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escapes in a non-terminal log:\n{log}");
 }
 
 #[tokio::test]
@@ -131,6 +136,23 @@ async fn cli_finds_a_daemon_started_on_port_zero() {
     let daemon = Daemon::start(Home::new());
     let out = daemon.home().run_with(&["keys", "list", "--json"], &[("ONDEVICE_LISTEN", "127.0.0.1:0")]);
     assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// Without a running daemon, client commands say how to start one: on a home no daemon ever used,
+/// and on one whose daemon has stopped.
+#[tokio::test]
+async fn cli_without_a_daemon_says_how_to_start_one() {
+    let home = Home::new();
+    let out = home.run(&["models", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`ondevice daemon start`"), "{}", describe(&out));
+    assert!(stderr.contains("no ondevice daemon has run with home"), "{}", describe(&out));
+
+    let (status, home) = Daemon::start(home).stop();
+    assert!(status.success());
+    let out = home.run(&["models", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("is it running?"), "{}", describe(&out));
 }
 
 /// Config files that must be refused, with the line the error must name.

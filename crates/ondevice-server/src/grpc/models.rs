@@ -1,5 +1,5 @@
 //! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. The service's interceptor
-//! requires `read`; the writes (PullModel, RemoveModel, CancelJob) check `models` here, on the
+//! requires `read`; the writes (PullModel, RemoveModel, PinModel, CancelJob) check `models` here, on the
 //! principal the interceptor attached. Domain errors map through `ApiError` like HTTP.
 
 use std::pin::Pin;
@@ -52,6 +52,7 @@ fn model(m: ModelRecord) -> pb::Model {
         license: m.license.unwrap_or_default(),
         created_at: m.created_at,
         pinned: m.pinned,
+        last_used_at: m.last_used_at.unwrap_or(0),
     }
 }
 
@@ -139,6 +140,15 @@ impl ModelsService for ModelsImpl {
         let r = parse_ref(&req.into_inner().name)?;
         let removed = blocking(&self.state, move |reg| reg.remove(&r)).await?;
         Ok(Response::new(pb::RemoveModelResponse { removed: removed.into_iter().map(model).collect() }))
+    }
+
+    async fn pin_model(&self, req: Request<pb::PinModelRequest>) -> Result<Response<pb::PinModelResponse>, Status> {
+        require_models(&req)?;
+        let req = req.into_inner();
+        let r = parse_ref(&req.name)?;
+        let models = blocking(&self.state, move |reg| reg.set_pinned(&r, req.pinned)).await?;
+        tracing::info!(model = %req.name, pinned = req.pinned, "model pin changed");
+        Ok(Response::new(pb::PinModelResponse { models: models.into_iter().map(model).collect() }))
     }
 
     async fn list_jobs(&self, _req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {

@@ -23,12 +23,20 @@ impl Client {
             Some(k) => k.trim().to_owned(),
             None => {
                 let path = resolved.paths.bootstrap_token();
-                std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).with_context(|| {
-                    format!(
-                        "no api key: set {ENV_API_KEY}, or run as the daemon's user so {} is readable",
+                match std::fs::read_to_string(&path) {
+                    Ok(s) => s.trim().to_owned(),
+                    // No token file at all: no daemon has ever started on this home.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                        "no ondevice daemon has run with home {} (no {}): start one with `ondevice serve` or \
+                         `ondevice daemon start`, or set {ENV_API_KEY} to reach another",
+                        resolved.paths.home.display(),
                         path.display()
-                    )
-                })?
+                    ),
+                    Err(e) => bail!(
+                        "no api key: set {ENV_API_KEY}, or run as the daemon's user so {} is readable ({e})",
+                        path.display()
+                    ),
+                }
             }
         };
         let base = base_url(resolved, &env);

@@ -74,6 +74,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         workers.supervisor().clone(),
         &paths.home.join("run"),
     )?;
+    // Eviction to make room for a pull leaves loaded models alone.
+    registry.set_in_use(Arc::new(orchestrator.loaded_names()));
     // Model pulls: resumes unfinished ones; stopped (and left resumable) by the shutdown token.
     let jobs = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
     let state = AppState::new(verifier.clone(), registry, options, workers.clone(), shutdown.clone())

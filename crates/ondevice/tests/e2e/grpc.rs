@@ -32,9 +32,10 @@ const NOT_SERVED_YET: [&str; 0] = [];
 const INFER_SERVICES: [&str; 1] = ["ondevice.v1.InferenceService"];
 /// Methods of read services that write and check the `models` scope themselves: a read key gets
 /// PERMISSION_DENIED, a models key reaches the method (an empty request is invalid or names nothing).
-const MODELS_WRITES: [&str; 3] = [
+const MODELS_WRITES: [&str; 4] = [
     "/ondevice.v1.ModelsService/PullModel",
     "/ondevice.v1.ModelsService/RemoveModel",
+    "/ondevice.v1.ModelsService/PinModel",
     "/ondevice.v1.ModelsService/CancelJob",
 ];
 

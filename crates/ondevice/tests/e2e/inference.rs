@@ -526,3 +526,57 @@ async fn inference_needs_a_valid_key_with_the_infer_scope() {
     let err = client.chat(grpc_chat_request()).await.expect_err("read key on gRPC Chat");
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn constrained_output_follows_its_schema_and_early_failures_get_a_status() {
+    let Some(Setup { daemon, infer }) =
+        setup("constrained_output_follows_its_schema_and_early_failures_get_a_status").await
+    else {
+        return;
+    };
+    let key = Some(infer.secret.as_str());
+
+    // A JSON schema constrains the answer (sampled, not greedy, so the grammar has to reject picks).
+    let schema = json!({"type": "object", "properties": {"country": {"type": "string"}, "capital": {"type": "string"}},
+        "required": ["country", "capital"], "additionalProperties": false});
+    let body = json!({"model": "smollm2", "messages": messages(), "temperature": 1.0, "seed": 7, "max_tokens": 60,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}});
+    let resp = post(&daemon, "/v1/chat/completions", key, &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.expect("JSON");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().expect("content");
+    let answer: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content:?}"));
+    // The fields come in the schema's order (the schema's property order survives to the grammar).
+    let fields: Vec<&String> = answer.as_object().expect("an object").keys().collect();
+    assert_eq!(fields, ["country", "capital"], "{answer}");
+    assert!(answer["capital"].is_string() && answer["country"].is_string(), "{answer}");
+
+    // A prompt longer than the context fails before any token: a 400 with the JSON error, on the
+    // streaming and non-streaming forms of both APIs, not an error line inside a 200 stream.
+    let long = "hello ".repeat(6000);
+    let too_long = json!([{"role": "user", "content": long}]);
+    for (path, body) in [
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": too_long, "max_tokens": 4})),
+        ("/v1/chat/completions", json!({"model": "smollm2", "messages": too_long, "max_tokens": 4, "stream": true})),
+        ("/api/chat", json!({"model": "smollm2", "messages": too_long, "stream": false})),
+        ("/api/chat", json!({"model": "smollm2", "messages": too_long})),
+    ] {
+        let resp = post(&daemon, path, key, &body).await;
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} stream={}: {text}", body["stream"]);
+        let err: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("context"), "{err}");
+    }
+    // gRPC says INVALID_ARGUMENT before any message.
+    let mut client = grpc_client(&daemon, &infer.secret).await;
+    let mut request = grpc_chat_request();
+    request.messages[1].content = long;
+    let err = client.chat(request).await.expect_err("an over-long prompt");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // The daemon is fine afterwards.
+    let (text, _) = openai_chat(&daemon, &infer.secret).await;
+    assert!(text.contains("Paris"), "{text}");
+}

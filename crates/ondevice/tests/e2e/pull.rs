@@ -283,7 +283,7 @@ async fn two_concurrent_pulls_share_one_download_and_gc_keeps_live_partials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_pull_streams_the_job_and_lists_models() {
     use ondevice_proto::v1::models_service_client::ModelsServiceClient;
-    use ondevice_proto::v1::{ListJobsRequest, ListModelsRequest, PullModelRequest};
+    use ondevice_proto::v1::{ListJobsRequest, ListModelsRequest, PinModelRequest, PullModelRequest};
     let data = generated_gguf(6, 2 << 20);
     let server = RangeServer::start().await;
     server.put("/g.gguf", Served { throttle: 4 << 20, ..Served::bytes(data.clone()) });
@@ -308,7 +308,24 @@ async fn grpc_pull_streams_the_job_and_lists_models() {
     assert_eq!((last.state.as_str(), last.digest.as_str()), ("succeeded", sha256(&data).as_str()), "{last:?}");
     let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
     assert_eq!(models.iter().map(|m| m.model.as_str()).collect::<Vec<_>>(), ["grpc:pulled"]);
+    assert!(!models[0].pinned && models[0].last_used_at == 0, "{:?}", models[0]);
     assert_eq!(client.list_jobs(ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+
+    // Pinning over gRPC is what the HTTP API and the CLI see.
+    let pinned = client
+        .pin_model(PinModelRequest { name: "grpc:pulled".into(), pinned: true })
+        .await
+        .expect("PinModel")
+        .into_inner()
+        .models;
+    assert_eq!(pinned.iter().map(|m| (m.model.as_str(), m.pinned)).collect::<Vec<_>>(), [("grpc:pulled", true)]);
+    let (_, shown) = daemon.get("/api/v1/models/grpc:pulled", Some(daemon.admin_key())).await;
+    assert_eq!(shown["pinned"], true, "{shown}");
+    client.pin_model(PinModelRequest { name: "grpc:pulled".into(), pinned: false }).await.expect("unpin");
+    let (_, shown) = daemon.get("/api/v1/models/grpc:pulled", Some(daemon.admin_key())).await;
+    assert_eq!(shown["pinned"], false, "{shown}");
+    let missing = client.pin_model(PinModelRequest { name: "no:such".into(), pinned: true }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }
 
 #[tokio::test]
