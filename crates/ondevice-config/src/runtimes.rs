@@ -336,6 +336,15 @@ pub(crate) fn validate(rt: &RuntimeConfig) -> Result<(), (String, String)> {
     if rt.connect_timeout_s == 0 {
         return Err(("connect_timeout_s".into(), "must be at least 1".into()));
     }
+    for (key, value) in [
+        ("period_s", rt.health.period_s),
+        ("timeout_s", rt.health.timeout_s),
+        ("failure_threshold", u64::from(rt.health.failure_threshold)),
+    ] {
+        if value == 0 {
+            return Err((format!("health.{key}"), "must be at least 1".into()));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for m in &rt.models {
         if !seen.insert(m.name()) {

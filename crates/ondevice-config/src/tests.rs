@@ -188,6 +188,12 @@ fn runtime_errors_name_the_line() {
     assert_error("[runtimes.r]\nkind = \"vllm\"\nbase_url = \"http://h:1\"\n", 2, "unknown variant `vllm`");
     assert_error(&format!("{head}models = [\"a\", \"a\"]\n"), 4, "listed twice");
     assert_error(&format!("{head}timeout_s = 0\n"), 4, "runtimes.r.timeout_s: must be at least 1");
+    assert_error(&format!("{head}health = {{ period_s = 0 }}\n"), 4, "runtimes.r.health.period_s: must be at least 1");
+    assert_error(
+        &format!("{head}[runtimes.r.health]\ntimeout_s = 2\nfailure_threshold = 0\n"),
+        6,
+        "runtimes.r.health.failure_threshold: must be at least 1",
+    );
     assert_error(&format!("{head}models = [{{ name = \"a\" }}]\n"), 4, "missing field `upstream`");
     assert_error(&format!("{head}[runtimes.r.generate]\npath = \"/x\"\ntext = \"/t\"\n"), 4, "only kind = \"rest\"");
     let rest = "[runtimes.r]\nkind = \"rest\"\nbase_url = \"http://h:1\"\n";

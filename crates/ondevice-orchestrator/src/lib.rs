@@ -10,6 +10,8 @@
 //!   answered once its first event arrives, so a runtime failing before any output falls back too
 //!   and a bad request fails with its own error rather than inside a stream. While a breaker is open
 //!   or a fallback answered recently the daemon reports itself degraded.
+//! - **Health**: runtimes with a [`HealthPolicy`] are checked periodically; one that fails
+//!   `failure_threshold` checks in a row is skipped (and reported degraded) until a check passes.
 //! - **Admission**: at most `max_concurrent` generations run; `queue_depth` more may wait; beyond that
 //!   requests get [`RuntimeError::Overloaded`] (503 with `Retry-After`).
 //!
@@ -91,6 +93,21 @@ pub struct Options {
     pub degraded_window: Duration,
     /// How often the keep-alive sweeper runs.
     pub sweep_every: Duration,
+    /// Periodic health checks, by runtime name (runtimes without one are checked on demand).
+    pub health: BTreeMap<String, HealthPolicy>,
+}
+
+/// How a runtime's health is watched: a check every `period`, each allowed `timeout`; after
+/// `failure_threshold` failures in a row the runtime is skipped (requests go straight to the next
+/// in the chain) until a check succeeds again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// Time between checks.
+    pub period: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive failed checks that make the runtime unhealthy.
+    pub failure_threshold: u32,
 }
 
 impl Default for Options {
@@ -107,6 +124,7 @@ impl Default for Options {
             routes: BTreeMap::new(),
             degraded_window: Duration::from_secs(60),
             sweep_every: Duration::from_secs(1),
+            health: BTreeMap::new(),
         }
     }
 }
@@ -132,8 +150,24 @@ struct Inner {
 struct State {
     loaded: Vec<Loaded>,
     breakers: HashMap<String, Breaker>,
+    /// The last periodic health check of each watched runtime.
+    watched: HashMap<String, Watched>,
     /// The last time a fallback runtime answered: (model, runtime that answered, why the first failed).
     last_fallback: Option<(Instant, String, String, String)>,
+}
+
+/// A watched runtime's health: its last check and the failures in a row before it.
+#[derive(Debug, Clone)]
+struct Watched {
+    last: Health,
+    failures: u32,
+    threshold: u32,
+}
+
+impl Watched {
+    fn unhealthy(&self) -> bool {
+        self.failures >= self.threshold.max(1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +205,11 @@ impl Orchestrator {
             opts,
         });
         tokio::spawn(sweeper(Arc::downgrade(&inner)));
+        for (name, policy) in &inner.opts.health {
+            if inner.runtimes.contains_key(name) {
+                tokio::spawn(watch(Arc::downgrade(&inner), name.clone(), *policy));
+            }
+        }
         Orchestrator { inner }
     }
 
@@ -295,9 +334,39 @@ impl Inner {
         None
     }
 
-    fn allow(&self, runtime: &str) -> bool {
+    /// Whether requests may go to `runtime`: its circuit is not open and its health checks (if
+    /// watched) have not failed `failure_threshold` times in a row.
+    fn allow(&self, runtime: &str) -> Result<(), String> {
         let mut st = self.lock();
-        st.breakers.get_mut(runtime).is_none_or(|b| b.allow(Instant::now()))
+        if let Some(w) = st.watched.get(runtime).filter(|w| w.unhealthy()) {
+            return Err(format!("failed its last {} health checks: {}", w.failures, w.last.reason().unwrap_or("")));
+        }
+        if st.breakers.get_mut(runtime).is_some_and(|b| !b.allow(Instant::now())) {
+            return Err("circuit open after repeated failures".into());
+        }
+        Ok(())
+    }
+
+    /// Records the result of a periodic health check; logs when the runtime changes state.
+    fn note_health(&self, runtime: &str, health: Health, threshold: u32) {
+        let mut st = self.lock();
+        let w = st.watched.entry(runtime.to_owned()).or_insert(Watched { last: Health::Ready, failures: 0, threshold });
+        let was_unhealthy = w.unhealthy();
+        w.failures = if health == Health::Ready { 0 } else { w.failures.saturating_add(1) };
+        w.last = health;
+        let now_unhealthy = w.unhealthy();
+        let reason = w.last.reason().unwrap_or("").to_owned();
+        if now_unhealthy && !was_unhealthy {
+            tracing::warn!(runtime, reason, "runtime failed its health checks; requests skip it until it recovers");
+            // A runtime that went away no longer holds its models.
+            st.loaded.retain(|l| !(l.runtime == runtime && l.active == 0));
+        } else if was_unhealthy && !now_unhealthy {
+            tracing::info!(runtime, "runtime healthy again");
+            // Healthy again: traffic resumes now rather than when the breaker would try it.
+            if let Some(b) = st.breakers.get_mut(runtime) {
+                b.success();
+            }
+        }
     }
 
     fn record(&self, runtime: &str, result: Result<(), &RuntimeError>) {
@@ -441,6 +510,22 @@ async fn sweeper(inner: Weak<Inner>) {
     }
 }
 
+/// Checks one runtime's health every `policy.period` (the first check right away) until the
+/// orchestrator is dropped.
+async fn watch(inner: Weak<Inner>, name: String, policy: HealthPolicy) {
+    loop {
+        let Some(rt) = inner.upgrade().and_then(|i| i.runtimes.get(&name).cloned()) else { return };
+        let health = match tokio::time::timeout(policy.timeout, rt.health()).await {
+            Ok(h) => h,
+            Err(_) => Health::Unhealthy(format!("no answer to the health check within {:?}", policy.timeout)),
+        };
+        let Some(i) = inner.upgrade() else { return };
+        i.note_health(&name, health, policy.failure_threshold);
+        drop(i);
+        tokio::time::sleep(policy.period).await;
+    }
+}
+
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
@@ -461,11 +546,9 @@ where
     let mut last: Option<RuntimeError> = None;
     for step in &steps {
         let rt = step.runtime.name().to_owned();
-        if !inner.allow(&rt) {
-            let why = format!("runtime {rt:?} skipped: circuit open");
-            first_error.get_or_insert(why.clone());
-            last =
-                Some(RuntimeError::Unavailable { adapter: rt, reason: "circuit open after repeated failures".into() });
+        if let Err(reason) = inner.allow(&rt) {
+            first_error.get_or_insert(format!("runtime {rt:?} skipped: {reason}"));
+            last = Some(RuntimeError::Unavailable { adapter: rt, reason });
             continue;
         }
         let result = match inner.ensure_loaded(step, keep_alive).await {
@@ -596,9 +679,13 @@ impl Inference for Orchestrator {
         Box::pin(async move {
             let mut out = Vec::new();
             for (name, rt) in &self.inner.runtimes {
-                let health = match tokio::time::timeout(Duration::from_secs(2), rt.health()).await {
-                    Ok(h) => h,
-                    Err(_) => Health::Unhealthy("health check timed out after 2s".into()),
+                let watched = self.inner.lock().watched.get(name).map(|w| w.last.clone());
+                let health = match watched {
+                    Some(h) => h,
+                    None => match tokio::time::timeout(Duration::from_secs(2), rt.health()).await {
+                        Ok(h) => h,
+                        Err(_) => Health::Unhealthy("health check timed out after 2s".into()),
+                    },
                 };
                 let st = self.inner.lock();
                 let now = Instant::now();
@@ -668,6 +755,13 @@ impl Inference for Orchestrator {
                 format!("runtime {name:?} circuit {}: {}", b.state(now), b.last_error().unwrap_or("repeated failures"))
             })
             .collect();
+        for (name, w) in st.watched.iter().filter(|(_, w)| w.unhealthy()) {
+            reasons.push(format!(
+                "runtime {name:?} unhealthy ({} failed health checks): {}",
+                w.failures,
+                w.last.reason().unwrap_or("")
+            ));
+        }
         if let Some((at, model, answered, why)) = &st.last_fallback {
             if at.elapsed() < self.inner.opts.degraded_window {
                 reasons.push(format!("model {model:?} served by fallback runtime {answered:?} ({why})"));

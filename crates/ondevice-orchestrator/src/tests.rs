@@ -193,6 +193,48 @@ async fn falls_back_names_the_answering_runtime_and_opens_the_circuit() {
 }
 
 #[tokio::test]
+async fn a_runtime_failing_its_health_checks_is_skipped_until_it_recovers() {
+    let (a, b) = (Scripted::new("a"), Scripted::new("b"));
+    let mut routes = BTreeMap::new();
+    routes.insert("m:latest".to_owned(), Route { runtimes: vec!["a".into(), "b".into()], upstream: None });
+    let policy =
+        HealthPolicy { period: Duration::from_millis(10), timeout: Duration::from_secs(1), failure_threshold: 2 };
+    let opts = Options {
+        routes,
+        health: BTreeMap::from([("a".to_owned(), policy)]),
+        degraded_window: Duration::ZERO,
+        ..Options::default()
+    };
+    let o = orchestrator(&[a.clone(), b.clone()], vec![local("m:latest", 1)], opts);
+    assert_eq!(o.generate(request("m")).await.unwrap().adapter, "a");
+
+    a.down.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while o.degraded().is_none() {
+        assert!(Instant::now() < deadline, "the failed checks were never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let why = o.degraded().unwrap();
+    assert!(why.contains("\"a\" unhealthy") && why.contains("down"), "{why}");
+    let status = o.runtimes().await;
+    assert!(matches!(&status.iter().find(|s| s.name == "a").unwrap().health, Health::Unhealthy(_)));
+    // Requests go straight to the next runtime: `a` is not even asked to load, and no request
+    // failure is counted against it.
+    let loads = a.loads.load(Ordering::SeqCst);
+    assert_eq!(o.generate(request("m")).await.unwrap().adapter, "b");
+    assert_eq!(a.loads.load(Ordering::SeqCst), loads);
+    assert_eq!(status.iter().find(|s| s.name == "a").unwrap().failures, 0);
+
+    // A passing check puts it back in front.
+    a.down.store(false, Ordering::SeqCst);
+    while o.degraded().is_some() {
+        assert!(Instant::now() < deadline, "the recovery was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(o.generate(request("m")).await.unwrap().adapter, "a");
+}
+
+#[tokio::test]
 async fn a_request_error_does_not_fall_back() {
     let (a, b) = (Scripted::new("a"), Scripted::new("b"));
     let o = orchestrator(&[a, b], vec![], Options::default());

@@ -276,6 +276,15 @@ impl Health {
             Health::Unhealthy(_) => "unhealthy",
         }
     }
+
+    /// Why it is not ready; `None` when ready.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Health::Ready => None,
+            Health::Starting => Some("starting"),
+            Health::Unhealthy(why) => Some(why),
+        }
+    }
 }
 
 /// A model a client can name.

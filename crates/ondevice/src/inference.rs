@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ondevice_config::Settings;
 use ondevice_config::inference::KeepAlive;
-use ondevice_orchestrator::{LocalModel, ModelSource, Options, Orchestrator, Route};
+use ondevice_orchestrator::{HealthPolicy, LocalModel, ModelSource, Options, Orchestrator, Route};
 use ondevice_registry::{ModelRef, Registry, RegistryError};
 use ondevice_runtime::{BoxFuture, ModelEntry, ModelSpec, Runtime, RuntimeError};
 use ondevice_supervisor::{ProbeCheck, ProbeSpec, RestartPolicy, Supervisor, WorkerSpec};
@@ -208,6 +208,18 @@ pub fn options(settings: &Settings) -> anyhow::Result<Options> {
             .models
             .iter()
             .map(|(k, v)| (k.clone(), Route { runtimes: v.runtimes.clone(), upstream: v.upstream.clone() }))
+            .collect(),
+        health: settings
+            .runtimes
+            .iter()
+            .map(|(name, r)| {
+                let policy = HealthPolicy {
+                    period: Duration::from_secs(r.health.period_s),
+                    timeout: Duration::from_secs(r.health.timeout_s),
+                    failure_threshold: r.health.failure_threshold,
+                };
+                (name.clone(), policy)
+            })
             .collect(),
         ..Options::default()
     })

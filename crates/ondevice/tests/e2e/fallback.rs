@@ -1,5 +1,6 @@
 //! Fallback chains through the real daemon: the first runtime of a model's chain fails, the next
-//! answers, the answer names it, the breaker opens and `/readyz` reports the degraded state.
+//! answers, the answer names it, the breaker opens and `/readyz` reports the degraded state; a
+//! runtime nobody uses is found dead by its periodic health checks.
 //!
 //! The answering runtime is a real llama.cpp server (PyPI `xllamacpp`, as in the adapter tests)
 //! serving the real SmolLM2 GGUF; the failing one is an OpenAI-compatible runtime whose address has
@@ -72,6 +73,11 @@ kind = "llama-server"
 base_url = "{url}"
 timeout_s = 120
 
+[runtimes.watched]
+kind = "openai"
+base_url = "http://127.0.0.1:{dead}"
+health = {{ period_s = 1, timeout_s = 1, failure_threshold = 2 }}
+
 [inference.breaker]
 failures = 2
 open_s = 600
@@ -128,5 +134,20 @@ runtimes = ["crashed", "llama"]
     let (adapter, text) = ask().await;
     assert_eq!(adapter.as_deref(), Some("llama"));
     assert!(text.contains("Paris"), "{text:?}");
+
+    // A runtime no request ever used is found dead by its periodic health checks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = daemon.get("/readyz", Some(&infer.secret)).await;
+        let why = body["details"]["degraded"].as_str().unwrap_or_default().to_owned();
+        if why.contains("\"watched\" unhealthy (2 failed health checks)") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the dead runtime was never reported: {why}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, runtimes) = daemon.get("/api/v1/runtimes", Some(&infer.secret)).await;
+    let watched = runtimes["runtimes"].as_array().unwrap().iter().find(|r| r["name"] == "watched").cloned();
+    assert_eq!(watched.as_ref().map(|w| w["health"].clone()), Some(json!("unhealthy")), "{runtimes}");
     drop(server);
 }
