@@ -78,8 +78,20 @@ impl Remote {
     }
 
     /// Sends a request whose body is streamed (only the read timeout between chunks applies).
+    ///
+    /// A server may close an idle keep-alive connection just as a request goes out on it (llama.cpp's
+    /// server does); the request then fails before any answer. It is sent once more on a fresh
+    /// connection: an inference request has no side effect a second copy could repeat.
     pub(crate) async fn send_stream(&self, rb: RequestBuilder) -> Result<Response, RuntimeError> {
-        let resp = rb.send().await.map_err(|e| self.transport(e))?;
+        let again = rb.try_clone();
+        let resp = match (rb.send().await, again) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(again)) if closed_before_answer(&e) => {
+                tracing::debug!(runtime = %self.name, error = %chain(&e), "connection closed under the request; sending it again");
+                again.send().await.map_err(|e| self.transport(e))?
+            }
+            (Err(e), _) => return Err(self.transport(e)),
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -213,6 +225,22 @@ pub(crate) fn without_userinfo(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Whether `e` is a connection the server closed before sending any answer (a stale pooled
+/// connection), as opposed to a refused connection, a timeout or a broken answer.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    if e.is_timeout() || e.is_connect() || e.is_status() || e.is_body() || e.is_decode() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 //! one.
 //!
 //! Durability: a finished chunk's pages are handed to the kernel for writeback at once
-//! (`sync_file_range` on Linux), which only moves disk writes earlier; the guarantee is still the
-//! fsync in [`crate::blobs::BlobStore::adopt`] before the blob is renamed into place. The chunk
-//! bitmap survives the daemon being killed (the page cache keeps the written chunks), not a power
-//! loss before that fsync.
+//! (`sync_file_range` on Linux), which only moves disk writes earlier; the guarantee is the fsync
+//! in [`crate::blobs::BlobStore::adopt`] before the blob is renamed into place. The chunk bitmap
+//! survives the daemon being killed (the page cache keeps the written chunks). Across a power
+//! loss: with a known digest a chunk the loss undid makes the final hash fail (the file is then
+//! fetched again); without one, each chunk is synced to disk before it is recorded.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -429,6 +430,7 @@ impl Download<'_> {
     /// unrecorded at any time: that is what a restart fetches again.
     async fn ranged(&self, url: &Url, file: Arc<File>, state: &mut ChunkState) -> Result<Digest, RunError> {
         let total = state.total.unwrap_or(0);
+        let verified = self.source.digest.is_some();
         let pending: VecDeque<usize> = (0..state.chunks()).filter(|&i| !state.is_done(i)).collect();
         let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), state.prefix());
         let conns = self.tuning.connections.clamp(1, pending.len().max(1));
@@ -445,13 +447,21 @@ impl Download<'_> {
                 sink.flush().await.map_err(RunError::Fatal)?;
                 // Recorded under the lock, so the table never goes back to an older bitmap.
                 let (shared, hooks, feed) = (shared.clone(), self.hooks.clone(), feed.clone());
+                let durable = (!verified).then(|| file.clone());
                 blocking(move || {
+                    // Without a known digest nothing would catch a recorded chunk that a power
+                    // loss undid: its bytes reach the disk before the record does.
+                    if let Some(f) = durable {
+                        f.sync_data()?;
+                    }
                     let mut s = lock(&shared);
                     s.0.set_done(i);
                     feed.finished(s.0.prefix());
                     hooks.chunk_done(&s.0);
+                    Ok(())
                 })
-                .await;
+                .await
+                .map_err(|source| RunError::Fatal(DownloadError::Io { path: self.path.to_path_buf(), source }))?;
                 start_writeback(file.clone(), start, end).await;
             }
         };

@@ -70,7 +70,8 @@ async fn bootstrap_token_is_private_reused_and_rotated_by_deleting_it() {
     std::fs::remove_file(&token_file).expect("delete token");
     let (status, home) = daemon.stop();
     assert!(status.success(), "clean stop: {status}");
-    let daemon = Daemon::start(home);
+    // (NO_COLOR empty counts as unset: colour would be allowed, but stderr is not a terminal.)
+    let daemon = Daemon::start_with_env(home, &[("NO_COLOR", "")]);
     let second = std::fs::read_to_string(&token_file).expect("new token");
     assert!(well_formed_key(second.trim()));
     assert_ne!(second, first, "deleting the token rotates it");

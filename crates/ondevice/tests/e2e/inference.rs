@@ -580,3 +580,81 @@ async fn constrained_output_follows_its_schema_and_early_failures_get_a_status()
     let (text, _) = openai_chat(&daemon, &infer.secret).await;
     assert!(text.contains("Paris"), "{text}");
 }
+
+/// Drives `ondevice run MODEL` in a pseudo-terminal (Python's `pty`): the interactive chat.
+const PTY_CHAT: &str = r#"
+import json, os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out, pos = b"", 0  # everything read; where the next search starts
+def until(token, timeout=120):
+    global out, pos
+    deadline = time.time() + timeout
+    while token not in out[pos:]:
+        if time.time() > deadline:
+            raise SystemExit(f"timed out waiting for {token!r}; output so far:\n{out.decode(errors='replace')}")
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                raise SystemExit(f"terminal closed waiting for {token!r}:\n{out.decode(errors='replace')}")
+    pos = out.index(token, pos) + len(token)
+until(b">>> ")
+os.write(fd, b"What is the capital of France?\r")
+until(b"Paris")
+until(b">>> ")
+# Ctrl-C during a long answer stops it and the chat goes on.
+os.write(fd, b"Count from one to five hundred, one number per line.\r")
+until(b"\n")  # the terminal's echo of the question
+mark, deadline = pos, time.time() + 120
+while len(out) < mark + 16:  # then the answer has started
+    if time.time() > deadline:
+        raise SystemExit(f"no answer streamed:\n{out.decode(errors='replace')}")
+    if select.select([fd], [], [], 0.5)[0]:
+        out += os.read(fd, 4096)
+os.write(fd, b"\x03")
+until(b"(answer cancelled)")
+until(b">>> ")
+os.write(fd, b"/help\r")
+until(b"/clear forgets")
+os.write(fd, b"/bye\r")
+_, status = os.waitpid(pid, 0)
+try:
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        out += chunk
+except OSError:
+    pass
+print(json.dumps({"code": os.waitstatus_to_exitcode(status), "out": out.decode(errors="replace")}))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ondevice_run_chats_interactively_on_a_terminal() {
+    let Some(Setup { daemon, .. }) = setup("ondevice_run_chats_interactively_on_a_terminal").await else { return };
+    let args = ["run", "smollm2", "--system", SYSTEM, "--temperature", "0", "--max-tokens", "400"];
+    #[allow(clippy::disallowed_methods)] // the terminal driver; it execs the real binary
+    let mut py = std::process::Command::new("python3");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ONDEVICE_") {
+            py.env_remove(name);
+        }
+    }
+    py.args(["-c", PTY_CHAT, env!("CARGO_BIN_EXE_ondevice")])
+        .args(args)
+        .env("ONDEVICE_HOME", daemon.home().dir())
+        .env("ONDEVICE_CONFIG", daemon.home().config())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    let out = tokio::task::block_in_place(|| py.output()).expect("python3");
+    assert!(out.status.success(), "terminal session: {}", describe(&out));
+    let v: Value = serde_json::from_slice(out.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap_or(&[]))
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    let transcript = v["out"].as_str().unwrap_or_default();
+    assert_eq!(v["code"], 0, "exit code: {transcript}");
+    assert!(transcript.contains("Chatting with smollm2"), "{transcript}");
+    assert!(transcript.matches(">>> ").count() >= 4, "a prompt before each input: {transcript}");
+}
