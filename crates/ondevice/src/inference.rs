@@ -70,6 +70,7 @@ pub struct EngineWorkers {
     supervisor: Supervisor,
     engine: ondevice_config::inference::EngineSettings,
     run_dir: PathBuf,
+    /// The worker program: this binary or the worker build for a higher or lower CPU level.
     exe: PathBuf,
 }
 
@@ -81,8 +82,25 @@ impl EngineWorkers {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
         dir.create(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let exe = std::env::current_exe().context("cannot locate the ondevice binary to start engine workers")?;
-        Ok(EngineWorkers { supervisor, engine: settings.engine.clone(), run_dir: run_dir.to_path_buf(), exe })
+        let me = std::env::current_exe().context("cannot locate the ondevice binary to start engine workers")?;
+        let build = crate::cpu::choose_worker(
+            &me,
+            crate::cpu::own_level(),
+            crate::cpu::host_level(),
+            &crate::cpu::search_dirs(&me),
+        );
+        tracing::info!(
+            program = %build.program.display(),
+            kernels = build.level.map_or(crate::cpu::own_build(), crate::cpu::Level::name),
+            host = crate::cpu::host_level().map_or("-", crate::cpu::Level::name),
+            "engine workers run this build"
+        );
+        Ok(EngineWorkers {
+            supervisor,
+            engine: settings.engine.clone(),
+            run_dir: run_dir.to_path_buf(),
+            exe: build.program,
+        })
     }
 
     fn worker_name(model: &str) -> String {

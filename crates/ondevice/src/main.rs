@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod cpu;
 mod inference;
 mod logging;
 mod signals;

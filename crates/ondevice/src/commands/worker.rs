@@ -37,28 +37,22 @@ pub fn run(args: &WorkerArgs, format: Option<LogFormat>, level: Option<&str>) ->
     })
 }
 
-/// The engine's kernels are built for x86-64-v3 (see `.cargo/config.toml`); on an older CPU they
-/// would die of SIGILL mid-load, so refuse up front with a message the daemon logs.
+/// The engine's kernels are built for one x86-64 level (`crate::cpu`); on an older CPU they would
+/// die of SIGILL mid-load, so refuse up front with a message the daemon logs.
 #[cfg(feature = "engine-llama")]
 fn check_cpu() -> anyhow::Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let missing: Vec<&str> = [
-            ("avx", std::arch::is_x86_feature_detected!("avx")),
-            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-            ("fma", std::arch::is_x86_feature_detected!("fma")),
-            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
-        ]
-        .into_iter()
-        .filter_map(|(name, ok)| (!ok).then_some(name))
-        .collect();
-        if !missing.is_empty() {
-            anyhow::bail!(
-                "this CPU lacks {} which this build of the embedded engine needs (x86-64-v3): use an external runtime ([runtimes.NAME]) or a build without these GGML_* options",
-                missing.join(", ")
-            );
-        }
+    let Some(level) = crate::cpu::own_level() else { return Ok(()) };
+    let missing = level.missing_on_host();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "this CPU lacks {} which this build of the embedded engine needs ({}): install the package's {} \
+             worker build beside ondevice, or use an external runtime ([runtimes.NAME])",
+            missing.join(", "),
+            level.name(),
+            crate::cpu::variant_file(crate::cpu::Level::V2),
+        );
     }
+    tracing::debug!(build = level.name(), "engine kernels match this CPU");
     Ok(())
 }
 

@@ -31,6 +31,8 @@ pub const GARBAGE_KEY: &str = "not-a-key";
 /// creates itself). Removed when dropped.
 pub struct Home {
     root: tempfile::TempDir,
+    /// The `ondevice` binary its commands run (the one cargo built, unless replaced).
+    program: PathBuf,
 }
 
 impl Home {
@@ -42,7 +44,7 @@ impl Home {
     /// A home whose config file holds `toml`.
     pub fn with_config(toml: &str) -> Home {
         let root = tempfile::Builder::new().prefix("ondevice-e2e-").tempdir().expect("create temp dir");
-        let home = Home { root };
+        let home = Home { root, program: PathBuf::from(env!("CARGO_BIN_EXE_ondevice")) };
         std::fs::write(home.config(), toml).expect("write config.toml");
         home
     }
@@ -67,11 +69,16 @@ impl Home {
         self.dir().join(name)
     }
 
+    /// Runs `program` (a copy of the binary in another layout) instead of the one cargo built.
+    pub fn use_program(&mut self, program: PathBuf) {
+        self.program = program;
+    }
+
     /// `ondevice ARGS` with this home and config and no other `ONDEVICE_*` variable from the
     /// test's environment (`ONDEVICE_API_KEY` in particular). The only place the tests spawn.
     #[allow(clippy::disallowed_methods)]
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ondevice"));
+        let mut cmd = Command::new(&self.program);
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("ONDEVICE_") {
                 cmd.env_remove(name);

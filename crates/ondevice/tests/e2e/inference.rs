@@ -658,3 +658,65 @@ async fn ondevice_run_chats_interactively_on_a_terminal() {
     assert!(transcript.contains("Chatting with smollm2"), "{transcript}");
     assert!(transcript.matches(">>> ").count() >= 4, "a prompt before each input: {transcript}");
 }
+
+/// Whether this CPU has the features of x86-64 `level` (`x86-64-v4` …), from /proc/cpuinfo.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn host_runs(level: &str) -> bool {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> =
+        flags.lines().find(|l| l.starts_with("flags")).map_or(vec![], |l| l.split_whitespace().collect());
+    let needs: &[&str] = match level {
+        "x86-64-v4" => &["avx2", "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"],
+        "x86-64-v3" => &["avx2", "fma", "f16c", "bmi2"],
+        _ => &["sse4_2", "ssse3", "popcnt"],
+    };
+    needs.iter().all(|f| flags.contains(f))
+}
+
+/// Packages may put builds of the worker for other CPU levels in `../lib/ondevice`; the daemon
+/// starts workers from the highest one this CPU runs (the binary itself is the x86-64-v3 build).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_run_the_best_build_for_this_cpu() {
+    let Some(file) = test_model() else {
+        eprintln!("skipped: workers_run_the_best_build_for_this_cpu needs the test model");
+        return;
+    };
+    // An installed layout: bin/ondevice and lib/ondevice/ondevice-worker-x86-64-v{2,4}. The
+    // "builds" are copies of this binary: what is under test is the choice, not the kernels.
+    let mut home = Home::new();
+    let bin = home.root().join("bin");
+    let lib = home.root().join("lib/ondevice");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&lib).unwrap();
+    let me = std::path::Path::new(env!("CARGO_BIN_EXE_ondevice"));
+    let place = |to: &std::path::Path| {
+        if std::fs::hard_link(me, to).is_err() {
+            std::fs::copy(me, to).unwrap();
+        }
+    };
+    place(&bin.join("ondevice"));
+    place(&lib.join("ondevice-worker-x86-64-v2"));
+    place(&lib.join("ondevice-worker-x86-64-v4"));
+    home.use_program(bin.join("ondevice"));
+    let daemon = Daemon::start(home);
+    let out = daemon.home().run(&["models", "import", file.to_str().unwrap(), "--name", "smollm2"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let infer = daemon.key(&["infer"]).await;
+    let (text, _) = openai_chat(&daemon, &infer.secret).await;
+    assert!(text.contains("Paris"), "{text}");
+
+    let pids = worker_pids(daemon.home());
+    assert_eq!(pids.len(), 1, "one engine worker");
+    let program = std::fs::read_link(format!("/proc/{}/exe", pids[0])).expect("worker executable");
+    let want = if host_runs("x86-64-v4") {
+        lib.join("ondevice-worker-x86-64-v4")
+    } else if host_runs("x86-64-v3") {
+        bin.join("ondevice")
+    } else {
+        lib.join("ondevice-worker-x86-64-v2")
+    };
+    // /proc names the file the worker was started from (a hardlink shows as its own path).
+    assert_eq!(program.canonicalize().unwrap(), want.canonicalize().unwrap(), "{}", daemon.stderr());
+    assert!(daemon.stderr().contains("engine workers run this build"), "{}", daemon.stderr());
+}
