@@ -10,6 +10,10 @@
 #   ONDEVICE_BIN=PATH          that file (e.g. a binary built by the release workflow)
 #   ONDEVICE_REUSE_BUILD=1     the existing $CARGO_TARGET_DIR/release/ondevice (CI: the test build), stripped here
 #   otherwise                  `cargo build --profile dist --locked -p ondevice` (LTO, stripped)
+# Engine worker builds for other x86-64 levels (deb, rpm): ONDEVICE_WORKER_BUILDS=DIR packs
+# DIR/ondevice-worker-x86-64-v* (made by packaging/build-worker.sh) into /usr/lib/ondevice/, where
+# the daemon picks the best one for the CPU (crates/ondevice/src/cpu.rs). Without it the package
+# has the x86-64-v3 binary only.
 # msi: the Windows binary comes from ONDEVICE_WINDOWS_EXE. Without it the MSI cannot be real; with
 # ONDEVICE_MSI_STRUCTURAL_TEST=1 the Linux binary is packed under the name ondevice.exe only to test
 # the WiX source and the MSI tables, written to target/packaging/msi-test/, never to target/dist/.
@@ -75,6 +79,20 @@ fi
 assets_bin=${ONDEVICE_ASSETS_BIN:-$stage/ondevice}
 "$assets_bin" generate-assets --out "$stage" >/dev/null
 gzip -9n "$stage"/man/*.1
+mkdir -p "$stage/workers"
+cp packaging/common/workers-README "$stage/workers/README"
+if [ -n "${ONDEVICE_WORKER_BUILDS:-}" ]; then
+  found=0
+  for w in "$ONDEVICE_WORKER_BUILDS"/ondevice-worker-x86-64-v*; do
+    [ -f "$w" ] || continue
+    cp "$w" "$stage/workers/"
+    chmod 755 "$stage/workers/$(basename "$w")"
+    command -v strip >/dev/null && strip -s "$stage/workers/$(basename "$w")" 2>/dev/null || true
+    found=$((found + 1))
+  done
+  [ "$found" -gt 0 ] || { echo "error: no ondevice-worker-x86-64-v* in ONDEVICE_WORKER_BUILDS=$ONDEVICE_WORKER_BUILDS" >&2; exit 1; }
+  say "worker builds: $(cd "$stage/workers" && echo ondevice-worker-*)"
+fi
 cp packaging/common/config.toml "$stage/config.toml"
 "$assets_bin" config check "$stage/config.toml" >/dev/null
 cp README.md "$stage/README.md"

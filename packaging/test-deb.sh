@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installer test on this machine (Debian/Ubuntu, root), run by CI after the cargo tests so that
 # target/release/ondevice exists (it is reused, not rebuilt):
-#   .deb: build, dpkg -i, installed `ondevice --version`, unit file check, start the installed
+#   .deb: build (with a stand-in worker build), dpkg -i, installed `ondevice --version` and worker
+#         build, unit file check, start the installed
 #         daemon the way ondevice.service does (user ondevice, no new privileges, ONDEVICE_HOME),
 #         GET /healthz, SIGTERM, dpkg --purge, every installed path gone but the state directory;
 #   .rpm: build, rpm -qpi / -qlp / -qpc / --scripts;
@@ -126,7 +127,12 @@ pass
 
 step "build the .deb (reusing $bin)"
 rm -f target/dist/ondevice_*.deb
-ONDEVICE_REUSE_BUILD=1 packaging/build.sh deb
+# A stand-in worker build for x86-64-v4 (a copy of the v3 binary: building the real one compiles
+# llama.cpp again, which the release workflow does) checks that the package carries and the
+# installed daemon chooses worker builds.
+mkdir -p "$work/worker-builds"
+cp "$bin" "$work/worker-builds/ondevice-worker-x86-64-v4"
+ONDEVICE_REUSE_BUILD=1 ONDEVICE_WORKER_BUILDS="$work/worker-builds" packaging/build.sh deb
 deb=$(ls target/dist/ondevice_*.deb)
 deb_size=$(stat -c %s "$deb")
 pass "$deb, $((deb_size / 1024)) KiB"
@@ -143,8 +149,10 @@ dpkg -L ondevice | grep -v '^/\.$' >"$work/installed"
 pass "$(wc -l <"$work/installed") paths"
 
 step "installed files"
-version=$(/usr/bin/ondevice --version)
+version=$(/usr/bin/ondevice -V)
 [ "$version" = "ondevice $(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)" ] || fail "unexpected version: $version"
+/usr/bin/ondevice --version | grep -q '(llama.cpp kernels: x86-64-v3)' || fail "--version does not name the kernels: $(/usr/bin/ondevice --version)"
+[ -x /usr/lib/ondevice/ondevice-worker-x86-64-v4 ] || fail "the packed worker build is not in /usr/lib/ondevice"
 /usr/bin/ondevice config check /etc/ondevice/config.toml
 dpkg-query -W -f='${Conffiles}\n' ondevice | grep -q '/etc/ondevice/config.toml' || fail "config.toml is not a conffile"
 for f in /usr/share/man/man1/ondevice.1.gz /usr/share/man/man1/ondevice-serve.1.gz \
@@ -193,7 +201,14 @@ kill -0 "$daemon_pid" 2>/dev/null && fail "the daemon did not stop within 30 s o
 wait "$daemon_pid" || rc=$?
 daemon_pid=""
 [ "$rc" = 0 ] || { cat "$work/daemon.log"; fail "the daemon exited with $rc after SIGTERM"; }
-pass "http://$addr/healthz: $health; /metrics without key: 401; SIGTERM: exit 0"
+if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo && grep -qw avx512cd /proc/cpuinfo; then
+  chosen="program=/usr/bin/../lib/ondevice/ondevice-worker-x86-64-v4 "
+else
+  chosen="program=/usr/bin/ondevice "
+fi
+grep 'engine workers run this build' "$work/daemon.log" | grep -qF "$chosen" ||
+  { cat "$work/daemon.log"; fail "the daemon did not choose $chosen for engine workers"; }
+pass "http://$addr/healthz: $health; /metrics without key: 401; SIGTERM: exit 0; workers: ${chosen#program=}"
 
 step "dpkg --purge leaves only the state directory"
 dpkg --purge ondevice

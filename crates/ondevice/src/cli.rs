@@ -5,9 +5,14 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use ondevice_config::{ListenAddr, LogFormat};
 
+/// `ondevice --version`: the version and the CPU level of the embedded engine's kernels
+/// (`ondevice -V`: the version only).
+const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (llama.cpp kernels: ", env!("ONDEVICE_ENGINE_CPU"), ")");
+
 /// Run AI models privately on your own machine.
 #[derive(Debug, Parser)]
-#[command(name = "ondevice", version, about, long_about = None, propagate_version = true)]
+#[command(name = "ondevice", version, long_version = LONG_VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Config file (default: $ONDEVICE_CONFIG, else <platform config dir>/ondevice/config.toml).
     #[arg(long, global = true, value_name = "FILE")]
