@@ -79,8 +79,11 @@ fn section(root: &Value, node: &Value, defaults: &Value, prefix: &str, out: &mut
     for (key, prop) in props {
         let target = resolve(root, prop);
         let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        // The value in the parent's defaults, else the schema's own default for the key (keys of
+        // tables inside maps such as `[runtimes.NAME.health]` have no parent default).
+        let default = defaults.get(key).filter(|v| !v.is_null()).or_else(|| prop.get("default")).cloned();
         if target.get("properties").is_some() {
-            tables.push((full, prop, defaults.get(key).cloned().unwrap_or(Value::Null)));
+            tables.push((full, prop, default.unwrap_or(Value::Null)));
         } else if let Some(value) =
             target.get("additionalProperties").filter(|v| resolve(root, v).get("properties").is_some())
         {
@@ -93,7 +96,7 @@ fn section(root: &Value, node: &Value, defaults: &Value, prefix: &str, out: &mut
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .replace('\n', " ");
-            let default = match defaults.get(key) {
+            let default = match default {
                 Some(Value::Null) | None => "—".to_owned(),
                 Some(v) => format!("`{v}`"),
             };
