@@ -3,7 +3,7 @@
 
 Both servers get the same model file, thread count, context size and one sequence slot; both are
 asked the same chat question over the OpenAI-compatible streaming API (greedy, fixed max_tokens),
-from this one client. Per server we measure, over several runs after a warm-up:
+from this one client, in alternating runs. Per server we measure, over several runs after a warm-up:
 
   time to first token  request sent -> first content chunk received
   tokens/s             generated tokens after the first / time from first to last chunk
@@ -82,13 +82,24 @@ def stream_chat(base, key, model, max_tokens, json_mode=False):
     return {"ttft_ms": (first - t0) * 1000, "tps": tps, "tokens": chunks, "text": "".join(text)}
 
 
-def measure(name, base, key, model, args):
-    stream_chat(base, key, model, 8, args.json)  # warm-up: loads the model, fills caches
-    runs = [stream_chat(base, key, model, args.tokens, args.json) for _ in range(args.runs)]
-    ttft = statistics.median(r["ttft_ms"] for r in runs)
-    tps = statistics.median(r["tps"] for r in runs)
-    print(f"{name:10s} ttft {ttft:7.1f} ms   {tps:7.1f} tokens/s   ({runs[0]['tokens']} tokens per run, {args.runs} runs)")
-    return ttft, tps, runs[0]["text"]
+def measure(servers, args):
+    """Runs the servers in turn (peer, ondevice, peer, ...) so drifting machine load hits both
+    alike; returns per server (median ttft, median tokens/s, text of the first run)."""
+    for _, base, key, model in servers:
+        stream_chat(base, key, model, 8, args.json)  # warm-up: loads the model, fills caches
+    runs = {name: [] for name, *_ in servers}
+    for _ in range(args.runs):
+        for name, base, key, model in servers:
+            runs[name].append(stream_chat(base, key, model, args.tokens, args.json))
+    out = []
+    for name, *_ in servers:
+        r = runs[name]
+        ttft = statistics.median(x["ttft_ms"] for x in r)
+        tps = statistics.median(x["tps"] for x in r)
+        spread = ", ".join(f"{x['tps']:.0f}" for x in r)
+        print(f"{name:10s} ttft {ttft:7.1f} ms   {tps:7.1f} tokens/s   ({r[0]['tokens']} tokens per run, runs: {spread})")
+        out.append((ttft, tps, r[0]["text"]))
+    return out
 
 
 def main():
@@ -106,6 +117,9 @@ def main():
     print(f"model {os.path.basename(args.model)}, {args.threads} threads, ctx {args.ctx}, greedy, max_tokens {args.tokens}"
           + (", JSON-constrained" if args.json else ""))
     print(f"llama.cpp peer: xllamacpp {getattr(xllamacpp, '__version__', '?')}: {xllamacpp.get_system_info().strip()}")
+    version = subprocess.run([args.binary, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"ondevice: {version} (a worker build for another level beside the binary would be used instead;"
+          " the daemon logs it)")
 
     peer = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "scripts/llama_server.py"), args.model,
@@ -136,8 +150,8 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
         key = open(os.path.join(home, "bootstrap.token")).read().strip()
 
-        p_ttft, p_tps, p_text = measure("llama.cpp", peer_base, None, "any", args)
-        o_ttft, o_tps, o_text = measure("ondevice", base, key, "bench:latest", args)
+        (p_ttft, p_tps, p_text), (o_ttft, o_tps, o_text) = measure(
+            [("llama.cpp", peer_base, None, "any"), ("ondevice", base, key, "bench:latest")], args)
         print(f"ratio tokens/s ondevice/llama.cpp: {o_tps / p_tps:.3f}x (target >= 0.97x)")
         print(f"added time to first token: {o_ttft - p_ttft:+.1f} ms (target <= 5 ms)")
         same = "same" if o_text == p_text else "different"
