@@ -234,8 +234,9 @@ pub struct Registry {
     in_use: InUseHook,
 }
 
+/// Set once, when the daemon wires the registry to the orchestrator.
 #[derive(Default)]
-struct InUseHook(std::sync::RwLock<Option<InUse>>);
+struct InUseHook(std::sync::OnceLock<InUse>);
 
 impl std::fmt::Debug for InUseHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -266,14 +267,14 @@ impl Registry {
 
     /// Tells the registry which models are loaded, so eviction leaves them alone: a worker maps
     /// its model's blob, so deleting it would free no space until the model is unloaded, and the
-    /// next load would fail.
+    /// next load would fail. Only the first call takes effect.
     pub fn set_in_use(&self, in_use: InUse) {
-        *self.in_use.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(in_use);
+        let _ = self.in_use.0.set(in_use);
     }
 
     /// The models loaded right now (empty without [`Registry::set_in_use`]).
     pub(crate) fn in_use(&self) -> Vec<String> {
-        self.in_use.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map_or_else(Vec::new, |f| f())
+        self.in_use.0.get().map_or_else(Vec::new, |f| f())
     }
 
     /// The store.

@@ -114,17 +114,16 @@ pub struct WorkerBuild {
 pub fn choose_worker(exe: &Path, own: Option<Level>, host: Option<Level>, dirs: &[PathBuf]) -> WorkerBuild {
     let mine = WorkerBuild { program: exe.to_path_buf(), level: own };
     let (Some(own), Some(host)) = (own, host) else { return mine };
-    let mut best = (own <= host).then_some(mine.clone());
-    for level in Level::ALL.into_iter().filter(|l| *l <= host) {
-        if best.as_ref().is_some_and(|b| b.level >= Some(level)) {
-            continue;
+    for level in Level::ALL.into_iter().rev().filter(|l| *l <= host) {
+        if level == own {
+            return mine;
         }
         if let Some(program) = dirs.iter().map(|d| d.join(variant_file(level))).find(|p| p.is_file()) {
-            best = Some(WorkerBuild { program, level: Some(level) });
+            return WorkerBuild { program, level: Some(level) };
         }
     }
     // Nothing the host can run: keep this binary, whose worker says what the CPU lacks.
-    best.unwrap_or(mine)
+    mine
 }
 
 /// Where worker builds are looked for, given this binary's path.

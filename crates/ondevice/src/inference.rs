@@ -83,16 +83,12 @@ impl EngineWorkers {
         std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
         dir.create(run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
         let me = std::env::current_exe().context("cannot locate the ondevice binary to start engine workers")?;
-        let build = crate::cpu::choose_worker(
-            &me,
-            crate::cpu::own_level(),
-            crate::cpu::host_level(),
-            &crate::cpu::search_dirs(&me),
-        );
+        let host = crate::cpu::host_level();
+        let build = crate::cpu::choose_worker(&me, crate::cpu::own_level(), host, &crate::cpu::search_dirs(&me));
         tracing::info!(
             program = %build.program.display(),
             kernels = build.level.map_or(crate::cpu::own_build(), crate::cpu::Level::name),
-            host = crate::cpu::host_level().map_or("-", crate::cpu::Level::name),
+            host = host.map_or("-", crate::cpu::Level::name),
             "engine workers run this build"
         );
         Ok(EngineWorkers {
