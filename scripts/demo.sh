@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+echo "== prerequisites (scripts/prereqs.sh: cmake, clang, libclang for llama.cpp)"
+scripts/prereqs.sh build
+
 echo "== building (cargo build --release)"
 cargo build --release --locked -p ondevice
 bin="$PWD/target/release/ondevice"

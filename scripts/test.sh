@@ -2,31 +2,16 @@
 # The whole test suite, as CI runs it (`bash .ci/run` calls this):
 #   system packages -> demo models -> fmt -> clippy -D warnings -> all tests (release profile)
 #   -> installer build/install/purge -> fuzz smoke.
-# Runs as root on Debian/Ubuntu to install packages; elsewhere install them yourself
-# (bubblewrap, firejail) and the script skips that step.
+# Runs as root on Debian/Ubuntu to install packages; elsewhere scripts/prereqs.sh names what to
+# install and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 
-step "system packages"
-need=()
-command -v bwrap >/dev/null || need+=(bubblewrap)
-command -v firejail >/dev/null || need+=(firejail)
-# llama.cpp (crate llama-cpp-2) is built with cmake; its bindings need libclang.
-command -v cmake >/dev/null || need+=(cmake)
-command -v clang >/dev/null || need+=(clang)
-[ -n "$(ls /usr/lib/llvm-*/lib/libclang.so* 2>/dev/null)" ] || need+=(libclang-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  else
-    echo "missing ${need[*]}: install them (the sandbox tests use them)" >&2
-    exit 1
-  fi
-fi
-command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+step "system packages and cargo tools (scripts/prereqs.sh test)"
+# cmake/clang/libclang for llama.cpp, bubblewrap/firejail for the sandbox tests, cargo-nextest.
+scripts/prereqs.sh test
 
 step "python peers (PyPI, pinned): llama.cpp server, openai and ollama clients"
 # The llama-server/OpenAI adapter tests run a real llama.cpp server (xllamacpp); the API tests
