@@ -1,4 +1,5 @@
-//! Errors from reading GGUF files.
+//! Errors from reading GGUF files ([`GgufError`]) and from writing them
+//! ([`GgufWriteError`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -226,5 +227,165 @@ pub enum GgufError {
         first: String,
         /// The tensor that starts inside it.
         second: String,
+    },
+}
+
+/// Why the streaming writer refused a declaration or a write.
+///
+/// Declaration errors ([`crate::GgufHeader`]) leave the header as it was.
+/// Errors while data is written (a short or long tensor, a failing source or
+/// output) leave the output incomplete: the writer then refuses everything with
+/// [`GgufWriteError::Poisoned`], and the output must be discarded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GgufWriteError {
+    /// A declaration is over a cap (key or name length, counts, dimensions,
+    /// string or array lengths, nesting).
+    #[error("{what} {count} of {item:?} is over the limit of {max}")]
+    LimitExceeded {
+        /// Which cap.
+        what: Limit,
+        /// The metadata key or tensor name concerned (cut to 64 bytes).
+        item: String,
+        /// The declared value.
+        count: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The metadata key is already declared.
+    #[error("duplicate metadata key {key:?}: each key may be declared once")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// A well-known metadata key has a value of the wrong type.
+    #[error("metadata key {key:?} must be {expected}, found {found}")]
+    WrongMetadataType {
+        /// The key.
+        key: String,
+        /// What the key must hold.
+        expected: &'static str,
+        /// What it was given.
+        found: ValueType,
+    },
+    /// `general.alignment` is zero or not a power of two.
+    #[error("invalid general.alignment {alignment}: it must be a non-zero power of two")]
+    InvalidAlignment {
+        /// The declared alignment.
+        alignment: u64,
+    },
+    /// The tensor name is already declared.
+    #[error("duplicate tensor name {name:?}: each tensor may be declared once")]
+    DuplicateTensor {
+        /// The name.
+        name: String,
+    },
+    /// A dimension, the element count, the byte size or the data section
+    /// would not fit in 63 bits.
+    #[error("tensor {tensor:?} is too large: its dimensions, element count, byte size or offset overflow")]
+    TensorSizeOverflow {
+        /// The tensor.
+        tensor: String,
+    },
+    /// The first dimension is not a multiple of the type's block size.
+    #[error(
+        "tensor {tensor:?} of type {ggml_type} has a row of {row} elements, not a multiple of the block size {block_size}"
+    )]
+    RowNotBlockAligned {
+        /// The tensor.
+        tensor: String,
+        /// Its type.
+        ggml_type: GgmlType,
+        /// Its first dimension (1 for a scalar).
+        row: u64,
+        /// The type's block size.
+        block_size: u64,
+    },
+    /// Data was supplied for a name that was never declared.
+    #[error("tensor {name:?} was not declared: declare every tensor before writing")]
+    UnknownTensor {
+        /// The name.
+        name: String,
+    },
+    /// Data was supplied for a tensor declared later than the next one due.
+    #[error("tensor {found:?} supplied out of order: tensor {expected:?} comes first (declaration order)")]
+    OutOfOrder {
+        /// The next tensor due.
+        expected: String,
+        /// The tensor supplied.
+        found: String,
+    },
+    /// Data was supplied twice for the same tensor.
+    #[error("tensor {tensor:?} was already written")]
+    AlreadyWritten {
+        /// The tensor.
+        tensor: String,
+    },
+    /// More bytes were supplied than the tensor's declared size.
+    #[error("tensor {tensor:?} got more than its declared {declared} bytes (at output byte {offset})")]
+    TensorTooLong {
+        /// The tensor.
+        tensor: String,
+        /// Its size from its shape and type.
+        declared: u64,
+        /// Absolute output position where the tensor's data ends.
+        offset: u64,
+    },
+    /// The source ended, or the next tensor began, before the declared size.
+    #[error("tensor {tensor:?} got {supplied} of its declared {declared} bytes (at output byte {offset})")]
+    TensorTooShort {
+        /// The tensor.
+        tensor: String,
+        /// Its size from its shape and type.
+        declared: u64,
+        /// Bytes supplied.
+        supplied: u64,
+        /// Absolute output position where the data stopped.
+        offset: u64,
+    },
+    /// `finish` was called before every declared tensor was written.
+    #[error("{remaining} declared tensors were not written, starting with {next:?}")]
+    MissingTensors {
+        /// The first tensor not written.
+        next: String,
+        /// How many were not written.
+        remaining: usize,
+    },
+    /// Reading a tensor's source failed.
+    #[error("reading the data of tensor {tensor:?} failed after {read} bytes: {source}")]
+    Source {
+        /// The tensor.
+        tensor: String,
+        /// Bytes of the tensor read before the failure.
+        read: u64,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Writing the output failed.
+    #[error("writing the gguf output failed at byte {offset}: {source}")]
+    Io {
+        /// Absolute output position of the failed write.
+        offset: u64,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An earlier error left the output incomplete.
+    #[error("the gguf output is incomplete after an earlier error: discard it and write again")]
+    Poisoned,
+    /// The temporary file beside the destination could not be created.
+    #[error("cannot create a temporary file beside {}: {source}", path.display())]
+    CreateTemp {
+        /// The destination.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Syncing or renaming the finished file into place failed.
+    #[error("cannot move the finished gguf file into place at {}: {source}", path.display())]
+    Commit {
+        /// The destination.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
 }

@@ -1,4 +1,4 @@
-//! Defensive readers for untrusted model files.
+//! Defensive readers for untrusted model files, and a streaming GGUF writer.
 //!
 //! Model files come from the internet and are parsed before anything else has
 //! looked at them, so every reader here treats its input as hostile:
@@ -9,6 +9,10 @@
 //!   `.safetensors` file.
 //! - [`HfModelDir`] reads a Hugging Face model directory (`config.json` plus one
 //!   or more safetensors files) and sums up what it holds.
+//! - [`GgufHeader`] and [`GgufStreamWriter`] write GGUF files: metadata and
+//!   tensor infos are declared and validated up front, then each tensor's data
+//!   is streamed to any [`std::io::Write`] without holding the model in memory
+//!   ([`GgufHeader::write_atomic`] writes a file atomically).
 //! - [`writer::GgufWriter`] writes GGUF files, valid or deliberately broken, for
 //!   tests.
 //!
@@ -19,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+mod atomic;
 mod error;
 mod ggml;
 mod gguf;
@@ -26,12 +31,15 @@ mod hf;
 pub mod limits;
 mod reader;
 mod safetensors;
+mod stream;
 mod value;
 pub mod writer;
 
-pub use error::{GgufError, Limit};
+pub use atomic::AtomicFile;
+pub use error::{GgufError, GgufWriteError, Limit};
 pub use ggml::{GgmlType, file_type_name};
 pub use gguf::{DEFAULT_ALIGNMENT, GgufFile, TensorInfo};
 pub use hf::{HfDirError, HfModelDir};
 pub use safetensors::{Dtype, SafetensorsError, SafetensorsHeader, SafetensorsTensor};
+pub use stream::{Finished, GgufHeader, GgufStreamWriter, TensorLayout, TensorWriter};
 pub use value::{Array, Value, ValueType};

@@ -2,7 +2,9 @@
 //!
 //! Each cap is far above what any real model uses and far below what would let
 //! a hostile file exhaust memory or stack. A file over a cap is rejected with
-//! [`GgufError::LimitExceeded`](crate::GgufError::LimitExceeded).
+//! [`GgufError::LimitExceeded`](crate::GgufError::LimitExceeded); the
+//! streaming writer refuses such a declaration with
+//! [`GgufWriteError::LimitExceeded`](crate::GgufWriteError::LimitExceeded).
 
 /// Longest metadata key, in bytes (the GGUF spec allows `2^16 - 1`).
 pub const MAX_KEY_LEN: u64 = 65_535;
@@ -27,6 +29,10 @@ pub const MAX_DIMS: u64 = 4;
 
 /// Longest tensor name, in bytes (`GGML_MAX_NAME`).
 pub const MAX_TENSOR_NAME_LEN: u64 = 64;
+
+/// Longest tensor name the streaming writer accepts, in bytes: llama.cpp
+/// refuses names of `GGML_MAX_NAME` (64) bytes or more (it keeps room for a NUL).
+pub const MAX_WRITTEN_TENSOR_NAME_LEN: u64 = MAX_TENSOR_NAME_LEN - 1;
 
 /// Largest accepted safetensors JSON header, in bytes.
 pub const MAX_SAFETENSORS_HEADER_LEN: u64 = 100 * 1024 * 1024;

@@ -1,4 +1,5 @@
-//! Writes GGUF files, mostly to build test models and hostile test inputs.
+//! Writes GGUF files in memory, to build test models and hostile test inputs
+//! (real output goes through the validating, streaming [`crate::GgufHeader`]).
 //!
 //! The writer does not validate: it writes what it is told, so tests can build
 //! broken files (misaligned or overlapping tensors, unknown types, bad
