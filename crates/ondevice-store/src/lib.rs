@@ -1,6 +1,7 @@
 //! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
 //! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
-//! model registry's `models` and `blobs` tables (`models.rs`) and its background jobs (`jobs.rs`).
+//! model registry's `models` and `blobs` tables (`models.rs`), its GC roots (`roots.rs`) and its
+//! background jobs (`jobs.rs`).
 
 #![warn(missing_docs)]
 
@@ -12,9 +13,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 mod jobs;
 mod models;
+mod roots;
 
 pub use jobs::JobRow;
 pub use models::{BlobRow, ModelRow};
+pub use roots::RootRow;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -68,6 +71,16 @@ const MIGRATIONS: &[&str] = &[
         updated_at  INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX jobs_by_state ON jobs (state);",
+    // 4: GC roots: blobs held by something other than a model (prompt packs, vector collections,
+    // quantization inputs and receipts); gc and eviction keep them (`roots.rs`).
+    "CREATE TABLE blob_roots (
+        digest     TEXT NOT NULL REFERENCES blobs (digest),
+        owner_kind TEXT NOT NULL,
+        owner_id   TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (digest, owner_kind, owner_id)
+    ) STRICT;
+    CREATE INDEX blob_roots_by_owner ON blob_roots (owner_kind, owner_id);",
 ];
 
 /// A database failure, with the file it concerns.

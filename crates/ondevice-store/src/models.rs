@@ -1,4 +1,5 @@
-//! Persistence for the model registry: the `models` and `blobs` tables (migration 2).
+//! Persistence for the model registry: the `models` and `blobs` tables (migration 2). A blob is
+//! referenced while a model or a GC root (`roots.rs`) names it.
 //!
 //! Rows are plain data; `ondevice-registry` validates names and digests before they get here and
 //! turns rows into its domain types.
@@ -163,9 +164,16 @@ impl Store {
         .map(drop)
     }
 
-    /// Whether any model refers to the blob.
+    /// Whether any model or GC root (`roots.rs`) refers to the blob.
     pub fn blob_referenced(&self, digest: &str) -> Result<bool, StoreError> {
-        self.with(|c| c.query_row("SELECT EXISTS (SELECT 1 FROM models WHERE digest = ?1)", [digest], |r| r.get(0)))
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM models WHERE digest = ?1)
+                     OR EXISTS (SELECT 1 FROM blob_roots WHERE digest = ?1)",
+                [digest],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// Every recorded blob, ordered by digest.
@@ -176,12 +184,14 @@ impl Store {
         })
     }
 
-    /// Deletes the blob's row unless a model still refers to it (checked in the same statement);
-    /// returns whether a row was deleted.
+    /// Deletes the blob's row unless a model or a GC root still refers to it (checked in the same
+    /// statement); returns whether a row was deleted.
     pub fn delete_blob(&self, digest: &str) -> Result<bool, StoreError> {
         self.with(|c| {
             c.execute(
-                "DELETE FROM blobs WHERE digest = ?1 AND NOT EXISTS (SELECT 1 FROM models WHERE digest = ?1)",
+                "DELETE FROM blobs WHERE digest = ?1
+                   AND NOT EXISTS (SELECT 1 FROM models WHERE digest = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM blob_roots WHERE digest = ?1)",
                 [digest],
             )
         })
