@@ -30,7 +30,7 @@ pub const MAX_LAYOUT_DEPTH: usize = 8;
 /// Longest relative path in a layout, in bytes.
 pub const MAX_LAYOUT_PATH: usize = 512;
 /// Largest layout blob read back (a layout of [`MAX_LAYOUT_FILES`] entries is far smaller).
-const MAX_LAYOUT_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_LAYOUT_BYTES: u64 = 4 << 20;
 
 /// The files of a multi-file model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

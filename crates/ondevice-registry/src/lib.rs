@@ -2,7 +2,8 @@
 //! (content-addressed blobs under `<home>/blobs/`).
 //!
 //! It imports local GGUF files (validated by `ondevice-gguf` before anything is written), lists,
-//! shows and removes models, re-hashes blobs (`verify`) and collects garbage (`gc`). Pulls come
+//! shows and removes models, re-hashes blobs (`verify`) and collects garbage (`gc`, which keeps
+//! blobs held by [`roots`]). Pulls come
 //! from the [`catalog`] or a URL through the [`jobs`] queue and the resumable, verified
 //! [`download`] engine, guarded by [`safety`] (SSRF) and [`quota`].
 
@@ -17,6 +18,7 @@ pub mod jobs;
 pub mod layout;
 pub mod quota;
 pub mod reference;
+pub mod roots;
 pub mod safety;
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,6 +32,7 @@ use ondevice_store::{BlobRow, ModelRow, Store, StoreError};
 pub use blobs::{BlobError, BlobStore, Stored};
 pub use layout::{Layout, LayoutFile, SAFETENSORS_FORMAT};
 pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
+pub use roots::{BlobRoot, RootOwner, RootOwnerError};
 
 /// Temporary and partial files younger than this are left alone by [`Registry::gc`]: they may
 /// belong to an import or download in progress.
@@ -213,7 +216,7 @@ pub enum VerifyStatus {
 /// What [`Registry::gc`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
-    /// Blobs no model refers to.
+    /// Blobs neither a model nor a GC root refers to.
     pub removed_blobs: Vec<Digest>,
     /// Stale temporary and partial files.
     pub removed_partials: Vec<PathBuf>,
@@ -575,8 +578,8 @@ impl Registry {
         Ok(reports)
     }
 
-    /// Deletes blobs no model refers to (rows and files) and temporary/partial files in `blobs/`
-    /// older than [`STALE_PARTIAL_AGE`].
+    /// Deletes blobs neither a model nor a GC root ([`roots`]) refers to (rows and files) and
+    /// temporary/partial files in `blobs/` older than [`STALE_PARTIAL_AGE`].
     pub fn gc(&self) -> Result<GcReport, RegistryError> {
         self.gc_older_than(STALE_PARTIAL_AGE)
     }
@@ -585,7 +588,7 @@ impl Registry {
     pub fn gc_older_than(&self, partial_age: Duration) -> Result<GcReport, RegistryError> {
         let _guard = self.lock();
         let mut report = GcReport::default();
-        let mut referenced: BTreeSet<Digest> = BTreeSet::new();
+        let mut referenced: BTreeSet<Digest> = self.rooted_blobs()?;
         for m in self.list()? {
             referenced.extend(self.referenced_blobs(&m)?);
         }

@@ -102,15 +102,17 @@ impl Registry {
         Ok(self.blobs().scan()?.blobs.iter().map(|(_, s)| s).sum())
     }
 
-    /// Removes the least recently used model that is neither pinned nor loaded (and its blobs
-    /// when nothing else uses them); returns it, or `None` when nothing can be evicted.
+    /// Removes the least recently used model that is neither pinned, nor loaded, nor held by a GC
+    /// root (removing it would free nothing), and its blobs when no other model and no root uses
+    /// them; returns it, or `None` when nothing can be evicted.
     pub fn evict_lru(&self) -> Result<Option<ModelRecord>, RegistryError> {
         let in_use = self.in_use();
         let _guard = self.lock();
+        let rooted = self.rooted_blobs()?;
         let models = self.list()?;
         let Some(victim) = models
             .iter()
-            .filter(|m| !m.pinned && !in_use.contains(&m.reference()))
+            .filter(|m| !m.pinned && !in_use.contains(&m.reference()) && !rooted.contains(&m.digest))
             .min_by_key(|m| (m.last_used_at.unwrap_or(m.created_at), m.created_at))
             .cloned()
         else {
@@ -118,9 +120,9 @@ impl Registry {
         };
         let blobs = self.referenced_blobs(&victim)?;
         self.store().delete_model(&victim.name, &victim.tag)?;
-        // Blobs are shared (same content under two names, or one file in two layouts): keep
-        // what the remaining models still use.
-        let mut still_used = std::collections::BTreeSet::new();
+        // Blobs are shared (same content under two names, or one file in two layouts) and may be
+        // rooted: keep what the remaining models and the roots still use.
+        let mut still_used = rooted;
         for m in self.list()? {
             still_used.extend(self.referenced_blobs(&m)?);
         }
