@@ -11,6 +11,9 @@ use ondevice_gguf::{GgmlType, Value};
 use ondevice_registry::{ModelRef, Registry, RegistryError, VerifyStatus};
 use ondevice_store::Store;
 
+#[path = "support/models.rs"]
+mod models;
+
 fn registry(home: &Path) -> Registry {
     let store = Arc::new(Store::open(&home.join("ondevice.db")).unwrap());
     Registry::new(store, home).unwrap()
@@ -193,11 +196,7 @@ fn missing_blob_is_reported() {
 
 #[test]
 fn real_smollm2_import() {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: ONDEVICE_TEST_MODELS_DIR is not set");
-        return;
-    };
-    let src = Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(src) = models::models_entry("real_smollm2_import", "SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
     let home = tempfile::tempdir().unwrap();
     let reg = registry(home.path());
     let m = reg.import_gguf(&src, None).unwrap();

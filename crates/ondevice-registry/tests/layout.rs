@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/models.rs"]
+mod models;
 #[path = "support/tar.rs"]
 mod tar;
 
@@ -309,13 +311,10 @@ fn eviction_skips_pinned_and_loaded_models_prefers_the_least_recently_used_and_k
 
 #[test]
 fn real_minilm_directory_imports() {
-    let Some(models) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        eprintln!("ONDEVICE_TEST_MODELS_DIR is not set: run scripts/fetch-demo-models.sh");
-        return;
-    };
+    let Some(minilm) = models::models_entry("real_minilm_directory_imports", "all-MiniLM-L6-v2") else { return };
     let home = tempfile::tempdir().unwrap();
     let reg = registry(home.path());
-    let m = reg.import_path(&Path::new(&models).join("all-MiniLM-L6-v2"), None).unwrap();
+    let m = reg.import_path(&minilm, None).unwrap();
     assert_eq!(m.reference(), "all-minilm-l6-v2:latest");
     assert_eq!(m.architecture.as_deref(), Some("BertModel"));
     assert_eq!(m.context_length, Some(512));
