@@ -7,6 +7,10 @@
 //! the circuit after too many restarts ([`MaxRestarts`]) until [`Supervisor::restart_worker`], fire
 //! [`Hooks`], and report [`WorkerStatus`] and [`Event`]s as plain data.
 //!
+//! [`Supervisor::run_task`] runs a one-shot [`TaskSpec`] (a converter, quantizer or indexer) under
+//! the same sandbox and spawn path, and reports a [`TaskOutcome`]: exit code or signal, OOM kill,
+//! timeout, cancellation, the tail of stderr (module `task`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), ondevice_supervisor::SupervisorError> {
 //! use ondevice_supervisor::{Supervisor, SupervisorOptions, WorkerSpec};
@@ -25,6 +29,7 @@ mod probe;
 mod process;
 mod spec;
 mod status;
+mod task;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -34,6 +39,7 @@ use std::time::Duration;
 
 use ondevice_sandbox::Sandbox;
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, sandbox_policy};
 pub use hooks::HookEvent;
@@ -41,6 +47,7 @@ pub use logs::{LogRotation, RotatingLog};
 pub use process::{process_alive, spawn_detached};
 pub use spec::{Backoff, Hook, Hooks, MaxRestarts, ProbeCheck, ProbeSpec, RestartPolicy, WorkerSpec};
 pub use status::{Event, EventKind, ExitInfo, ProbeFailures, WorkerState, WorkerStatus};
+pub use task::{MAX_LINE, TaskError, TaskLine, TaskOutcome, TaskSpec, TaskStdout, TaskStream};
 
 /// Errors of the supervisor.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +255,20 @@ impl Supervisor {
     /// Subscribe to the event stream (state changes, starts, exits, probe failures, give-ups).
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    /// Run `spec` once, sandboxed like a worker (this supervisor's sandbox), and report how it
+    /// ended. The process is forked by the spawner thread with the parent-death signal, so it dies
+    /// with a killed daemon, and runs in its own process group and cgroup, both killed when it
+    /// ends (background children included) and the cgroup removed.
+    ///
+    /// `cancel` stops it (SIGTERM to the group, [`TaskSpec::stop_grace`], SIGKILL to the group and
+    /// the cgroup) and the outcome says `cancelled`; [`TaskSpec::timeout`] does the same with
+    /// `timed_out`. Dropping the returned future kills it too. Errors are failures to start: an
+    /// invalid spec, a missing program, an unknown user, a sandbox that cannot be set up (or, in
+    /// mode `on`, cannot enforce the policy), a failed spawn, or `cancel` fired before the spawn.
+    pub async fn run_task(&self, spec: TaskSpec, cancel: CancellationToken) -> Result<TaskOutcome, TaskError> {
+        task::run(self.inner.sandbox.clone(), spec, cancel).await
     }
 
     /// Stop every worker (in parallel) with `grace` before SIGKILL, and forget them.

@@ -1,9 +1,9 @@
-//! Every process spawn of ondevice happens in this file: workers (in their own process group,
-//! sandboxed), exec probes and hooks, and the detached daemon.
+//! Every process spawn of ondevice happens in this file: workers and one-shot tasks (in their own
+//! process group, sandboxed), exec probes and hooks, and the detached daemon.
 //!
 //! # Children die with the daemon
 //!
-//! A supervised child (worker, probe, hook) must not outlive the daemon, even one killed with
+//! A supervised child (worker, task, probe, hook) must not outlive the daemon, even one killed with
 //! SIGKILL that cleans up nothing:
 //!
 //! * **Linux**: the child asks for `PR_SET_PDEATHSIG = SIGKILL` between fork and exec, after any
@@ -70,11 +70,40 @@ pub(crate) fn spawn_worker(
     user: Option<RunAs>,
     prepared: &Prepared,
 ) -> std::io::Result<tokio::process::Child> {
+    let launch = Launch { argv, env, clear_env: false, cwd, user, stdin: Stdio::null(), stdout: Stdio::piped() };
+    spawn_sandboxed(launch, prepared)
+}
+
+/// What to start with [`spawn_sandboxed`] (a worker or a one-shot task).
+pub(crate) struct Launch<'a> {
+    /// Program and arguments (before the sandbox's wrapper prefix).
+    pub(crate) argv: &'a [OsString],
+    /// Extra environment variables.
+    pub(crate) env: &'a BTreeMap<OsString, OsString>,
+    /// Start from an empty environment instead of the daemon's.
+    pub(crate) clear_env: bool,
+    /// Working directory.
+    pub(crate) cwd: Option<&'a Path>,
+    /// User to switch to.
+    pub(crate) user: Option<RunAs>,
+    /// Standard input.
+    pub(crate) stdin: Stdio,
+    /// Standard output (stderr is always piped).
+    pub(crate) stdout: Stdio,
+}
+
+/// Spawn a sandboxed child: its own process group, stderr piped, the sandbox hook applied between
+/// fork and exec, the parent-death signal set (Linux), killed if the handle is dropped.
+pub(crate) fn spawn_sandboxed(launch: Launch<'_>, prepared: &Prepared) -> std::io::Result<tokio::process::Child> {
+    let Launch { argv, env, clear_env, cwd, user, stdin, stdout } = launch;
     let argv = prepared.wrap_argv(argv);
     let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     #[allow(clippy::disallowed_methods)]
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if clear_env {
+        cmd.env_clear();
+    }
+    cmd.args(args).envs(env).stdin(stdin).stdout(stdout).stderr(Stdio::piped());
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }

@@ -84,7 +84,7 @@ fn exit_info(st: std::process::ExitStatus, started: Instant, oom: bool, killed_b
 
 /// Stop a process gracefully: SIGTERM to its group, wait `grace`, then SIGKILL the group and the
 /// sandbox's cgroup/job. Returns the exit status.
-async fn terminate(
+pub(crate) async fn terminate(
     child: &mut tokio::process::Child,
     prepared: &Prepared,
     grace: Duration,
@@ -106,7 +106,7 @@ async fn terminate(
 }
 
 /// SIGKILL whatever is left of the worker's process group and cgroup.
-fn kill_rest(pgid: u32, prepared: &Prepared) {
+pub(crate) fn kill_rest(pgid: u32, prepared: &Prepared) {
     #[cfg(unix)]
     crate::process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
     #[cfg(not(unix))]
