@@ -2,23 +2,33 @@
 //! while it downloads.
 //!
 //! Servers that answer ranges get several connections, each fetching fixed-size chunks at their
-//! offsets; a bitmap of finished chunks is handed to the caller after each chunk so it can persist
-//! it (the job table), and a restarted download skips those chunks: at most the chunk each
-//! connection was in the middle of is fetched again. A failed attempt at a chunk is retried from
-//! where it stopped. Received frames are written without copying and hashed from memory in file
-//! order by a hashing thread (`download/pipeline.rs`), so the digest is known as soon as the last chunk
-//! lands. Transient failures are retried with exponential backoff and jitter; a mirror that keeps
-//! failing, serves another size, or whose bytes hash to the wrong digest is dropped for the next
-//! one.
+//! offsets. The resume bookkeeping ([`ChunkState`]: finished chunks, and how far each unfinished
+//! one is written) is handed to the caller to persist ([`Hooks::checkpoint`]) when a chunk
+//! finishes and, at most every 250 ms, as connections write inside their chunks
+//! (`download/checkpoint.rs`). A restarted download skips finished chunks and continues the others
+//! from their recorded offset (`Range: bytes=offset-end`): a connection fetches again about what it
+//! received since its last checkpoint, about 2 MiB (more on links faster than 4 MiB/s per
+//! connection); a download stopped by its cancel token (daemon shutdown) first writes and records
+//! what it received, and loses almost nothing. A failed attempt at a chunk is retried from where it
+//! stopped. Received frames are written without copying and hashed from memory in file order by a
+//! hashing thread (`download/pipeline.rs`), which reads back from the file what an earlier attempt
+//! wrote, so the digest is known as soon as the last chunk lands. Transient failures are retried
+//! with exponential backoff and jitter; a mirror that keeps failing, serves another size, or whose
+//! bytes hash to the wrong digest is dropped for the next one.
 //!
-//! Durability: a finished chunk's pages are handed to the kernel for writeback at once
-//! (`sync_file_range` on Linux), which only moves disk writes earlier; the guarantee is the fsync
-//! in [`crate::blobs::BlobStore::adopt`] before the blob is renamed into place. The chunk bitmap
-//! survives the daemon being killed (the page cache keeps the written chunks). Across a power
-//! loss: with a known digest a chunk the loss undid makes the final hash fail (the file is then
-//! fetched again); without one, each chunk is synced to disk before it is recorded.
+//! A server that does not answer ranges (or does not say the size in `Content-Range`) is read in
+//! one stream with no resume: an interrupted download of it starts over.
+//!
+//! Durability: a recorded offset is never ahead of what was written, so the bookkeeping survives
+//! the daemon being killed (the page cache keeps the written data). A finished chunk's pages are
+//! handed to the kernel for writeback at once (`sync_file_range` on Linux), which only moves disk
+//! writes earlier; the guarantee is the fsync in [`crate::blobs::BlobStore::adopt`] before the blob
+//! is renamed into place. Across a power loss: with a known digest, progress inside a chunk is
+//! written to the disk before it is recorded (`sync_file_range` with waits on Linux; data, not the
+//! metadata mapping it), and data the loss undid anyway makes the final hash fail (the mirror is
+//! then dropped and the file fetched again from the next); without a digest nothing would catch
+//! that, so data is `fdatasync`ed before any record (a finished chunk or a checkpoint).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -32,11 +42,14 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use self::checkpoint::ChunkState;
+use self::checkpoint::Ledger;
 use self::pipeline::{Hasher, Sink, start_writeback};
 use crate::fetch::{FetchError, Fetcher, describe};
 use crate::reference::Digest;
 use crate::safety::redact_url;
 
+mod checkpoint;
 mod pipeline;
 
 /// Bytes [`hash_file`] reads at a time.
@@ -118,62 +131,22 @@ impl Default for Tuning {
     }
 }
 
-/// The resume bookkeeping of one download.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChunkState {
-    /// File size, once known.
-    pub total: Option<u64>,
-    /// Chunk size of `done`; 0 when the server does not answer ranges (no resume).
-    pub chunk_size: u64,
-    /// Bitmap of finished chunks.
-    pub done: Vec<u8>,
-}
-
-impl ChunkState {
-    fn is_done(&self, i: usize) -> bool {
-        self.done.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
-    }
-
-    fn set_done(&mut self, i: usize) {
-        if self.done.len() <= i / 8 {
-            self.done.resize(i / 8 + 1, 0);
-        }
-        self.done[i / 8] |= 1 << (i % 8);
-    }
-
-    fn chunks(&self) -> usize {
-        match (self.total, self.chunk_size) {
-            (Some(t), c) if c > 0 => t.div_ceil(c) as usize,
-            _ => 0,
-        }
-    }
-
-    fn range(&self, i: usize) -> (u64, u64) {
-        let total = self.total.unwrap_or(0);
-        let start = i as u64 * self.chunk_size;
-        (start, (start + self.chunk_size).min(total))
-    }
-
-    /// Bytes in finished chunks.
-    pub fn done_bytes(&self) -> u64 {
-        (0..self.chunks()).filter(|&i| self.is_done(i)).map(|i| self.range(i).1 - self.range(i).0).sum()
-    }
-
-    /// End of the contiguous finished prefix.
-    fn prefix(&self) -> u64 {
-        let n = self.chunks();
-        let first_missing = (0..n).find(|&i| !self.is_done(i)).unwrap_or(n);
-        if first_missing == n { self.total.unwrap_or(0) } else { first_missing as u64 * self.chunk_size }
-    }
-}
-
 /// What the download reports to its owner (the job): blocking calls, run off the async runtime.
 pub trait Hooks: Send + Sync {
     /// The size is known (or grew, for servers that do not say); reserve space or refuse.
     /// Called before the partial file is created or grown.
     fn reserve(&self, bytes: u64) -> Result<(), String>;
-    /// A chunk finished and its bytes are written: persist the bookkeeping.
+    /// The bookkeeping changed: persist it. Only called through the default
+    /// [`Hooks::checkpoint`], for owners written before it; an owner that implements
+    /// `checkpoint` may leave this empty.
     fn chunk_done(&self, state: &ChunkState);
+    /// Persist `state` (the whole of it, to hand back to [`Download::run`]): called when a chunk
+    /// finishes, and at most every 250 ms while unfinished chunks progress. What it records is on
+    /// disk (see the durability notes of this module), never ahead. Calls are serialised and never
+    /// go back to an older state. By default, [`Hooks::chunk_done`].
+    fn checkpoint(&self, state: &ChunkState) {
+        self.chunk_done(state);
+    }
 }
 
 /// Live counters for progress reporting.
@@ -315,7 +288,7 @@ impl Download<'_> {
                 if resumed {
                     tracing::info!(mirror = %shown, "cannot resume from the recorded chunks; starting over");
                 }
-                state = ChunkState { total: probe.total, chunk_size, done: Vec::new() };
+                state = ChunkState { total: probe.total, chunk_size, ..ChunkState::default() };
                 resumed = false;
             }
             let reserve = probe.total.unwrap_or(0);
@@ -425,53 +398,75 @@ impl Download<'_> {
         Ok(Probe { total, ranged: false, body: Some(resp) })
     }
 
-    /// Several connections over the missing chunks. Each connection finishes (writes and
-    /// records) its chunk before it takes the next, so at most one chunk per connection is
-    /// unrecorded at any time: that is what a restart fetches again.
+    /// Several connections over the missing chunks, each continuing a chunk from what an earlier
+    /// attempt left on disk. Progress is recorded when a chunk finishes and, in between, by
+    /// checkpoints of what the connections wrote (`download/checkpoint.rs`), so an interruption
+    /// loses about what each connection received since the last checkpoint. A connection that
+    /// fails stops the others; a stopped or failed attempt first writes what it received and
+    /// records it, for the next mirror or a resume.
     async fn ranged(&self, url: &Url, file: Arc<File>, state: &mut ChunkState) -> Result<Digest, RunError> {
         let total = state.total.unwrap_or(0);
         let verified = self.source.digest.is_some();
-        let pending: VecDeque<usize> = (0..state.chunks()).filter(|&i| !state.is_done(i)).collect();
-        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), state.prefix());
-        let conns = self.tuning.connections.clamp(1, pending.len().max(1));
-        let shared = Arc::new(Mutex::new((state.clone(), pending)));
+        state.tidy();
+        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), state.prefix(), state.partial_regions());
+        let ledger = Arc::new(Ledger::new(state.clone(), self.hooks.clone(), file.clone(), !verified));
+        let conns = self.tuning.connections.clamp(1, ledger.pending().max(1));
         let writes = TaskTracker::new();
-        let worker = || async {
+        let stop = CancellationToken::new();
+        let recording = CancellationToken::new();
+        let io = |source| RunError::Fatal(DownloadError::Io { path: self.path.to_path_buf(), source });
+        let connection = || async {
             let feed = hasher.feed();
-            loop {
-                let next = lock(&shared).1.pop_front();
-                let Some(i) = next else { return Ok::<(), RunError>(()) };
-                let (start, end) = lock(&shared).0.range(i);
-                let mut sink = Sink::new(writes.clone(), file.clone(), self.path.to_path_buf(), feed.clone(), start);
-                self.fetch_chunk(url, &mut sink, end).await?;
-                sink.flush().await.map_err(RunError::Fatal)?;
-                // Recorded under the lock, so the table never goes back to an older bitmap.
-                let (shared, hooks, feed) = (shared.clone(), self.hooks.clone(), feed.clone());
-                let durable = (!verified).then(|| file.clone());
-                blocking(move || {
-                    // Without a known digest nothing would catch a recorded chunk that a power
-                    // loss undid: its bytes reach the disk before the record does.
-                    if let Some(f) = durable {
-                        f.sync_data()?;
-                    }
-                    let mut s = lock(&shared);
-                    s.0.set_done(i);
-                    feed.finished(s.0.prefix());
-                    hooks.chunk_done(&s.0);
-                    Ok(())
-                })
-                .await
-                .map_err(|source| RunError::Fatal(DownloadError::Io { path: self.path.to_path_buf(), source }))?;
-                start_writeback(file.clone(), start, end).await;
+            while let Some(chunk) = ledger.claim() {
+                let path = self.path.to_path_buf();
+                let mut sink =
+                    Sink::new(writes.clone(), file.clone(), path, feed.clone(), chunk.from).with_mark(chunk.mark);
+                let fetched = tokio::select! {
+                    r = self.fetch_chunk(url, &mut sink, chunk.end) => Some(r),
+                    () = stop.cancelled() => None,
+                };
+                // Stopped or not, what was received is written (and recorded by the checkpoint
+                // after a failure).
+                let flushed = sink.flush().await;
+                match fetched {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(())) => flushed.map_err(RunError::Fatal)?,
+                }
+                let (l, f, i) = (ledger.clone(), feed.clone(), chunk.index);
+                blocking(move || l.finish(i, &f)).await.map_err(io)?;
+                start_writeback(file.clone(), chunk.start, chunk.end).await;
             }
+            Ok(())
         };
-        let result = futures_util::future::try_join_all((0..conns).map(|_| worker())).await;
-        // A failed connection stops the others mid-chunk: let their last writes land before the
-        // file is truncated or written by the next mirror.
+        let connections = async {
+            let results = futures_util::future::join_all((0..conns).map(|_| async {
+                let r = connection().await;
+                if r.is_err() {
+                    stop.cancel();
+                }
+                r
+            }))
+            .await;
+            recording.cancel();
+            results
+        };
+        let (results, ()) = tokio::join!(connections, ledger.clone().record_progress(recording.clone()));
+        // A stopped connection may leave a write running: let the last writes land before the
+        // file is recorded, truncated or written by the next mirror.
         writes.close();
         writes.wait().await;
-        *state = lock(&shared).0.clone();
-        result?;
+        let failed = results.into_iter().find_map(Result::err);
+        if failed.is_some() {
+            let l = ledger.clone();
+            if let Err(e) = blocking(move || l.checkpoint()).await {
+                tracing::warn!(error = %e, "cannot make download progress durable; resuming from the last checkpoint");
+            }
+        }
+        *state = ledger.state();
+        if let Some(e) = failed {
+            return Err(e);
+        }
         let (digest, hashed) = hasher.finish().await.map_err(RunError::Fatal)?;
         if hashed != total {
             return Err(RunError::Mirror(format!("{}: hashed {hashed} of {total} bytes", redact_url(url))));
@@ -566,7 +561,7 @@ impl Download<'_> {
         file: Arc<File>,
         body: Option<reqwest::Response>,
     ) -> Result<(Digest, u64), RunError> {
-        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), 0);
+        let hasher = Hasher::start(file.clone(), self.path.to_path_buf(), 0, Vec::new());
         let resp = match body {
             Some(r) => r,
             None => self.retrying(|| async { self.fetcher.get(url, None).await.map_err(transient) }).await?,
@@ -675,22 +670,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_bookkeeping() {
-        let mut s = ChunkState { total: Some(25), chunk_size: 10, done: Vec::new() };
-        assert_eq!(s.chunks(), 3);
-        assert_eq!((s.prefix(), s.done_bytes()), (0, 0));
-        s.set_done(1);
-        assert_eq!((s.prefix(), s.done_bytes()), (0, 10));
-        s.set_done(0);
-        assert_eq!(s.prefix(), 20);
-        s.set_done(2);
-        assert_eq!((s.prefix(), s.done_bytes()), (25, 25));
-        assert_eq!(s.range(2), (20, 25));
-        let empty = ChunkState { total: Some(0), chunk_size: 10, done: Vec::new() };
-        assert_eq!((empty.chunks(), empty.prefix()), (0, 0));
-    }
 
     #[test]
     fn content_ranges() {

@@ -2,21 +2,24 @@
 //! with a real store and blob directory in a temp home: URL and catalog pulls, mirror fallback on
 //! corruption, the SSRF guard on first hop and on redirects, quota refusal writing nothing, shared
 //! concurrent pulls, cancel, servers without ranges, and resume after a stop re-fetching at most
-//! one chunk per connection.
+//! one chunk per connection. The download engine alone: an interrupted download (dropped as a
+//! killed daemon would, or stopped by its cancel token) resumes inside its chunks.
 
 #[path = "support/range_server.rs"]
 mod range_server;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ondevice_gguf::writer::GgufWriter;
 use ondevice_gguf::{GgmlType, Value};
+use ondevice_jobs::{JobError, JobSnapshot as JobInfo, JobState, JobsConfig};
 use ondevice_registry::catalog::CatalogSource;
-use ondevice_registry::download::Tuning;
+use ondevice_registry::download::{ChunkState, Download, Hooks, Progress, Source, Tuning, hash_file};
 use ondevice_registry::fetch::Fetcher;
-use ondevice_registry::jobs::{JobInfo, JobState, Jobs, PullConfig, PullError};
+use ondevice_registry::jobs::{PullConfig, PullDetail, PullError, Pulls};
 use ondevice_registry::quota::QuotaPolicy;
 use ondevice_registry::safety::HostPolicy;
 use ondevice_registry::{ModelRef, Registry};
@@ -45,7 +48,7 @@ struct Env {
     home: tempfile::TempDir,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
-    jobs: Jobs,
+    jobs: Pulls,
 }
 
 fn config(catalog: Option<&Path>, quota: Option<u64>) -> PullConfig {
@@ -58,7 +61,6 @@ fn config(catalog: Option<&Path>, quota: Option<u64>) -> PullConfig {
             backoff_max: Duration::from_millis(20),
             max_size: 1 << 30,
         },
-        max_concurrent_jobs: 2,
         quota: QuotaPolicy { quota, evict: false, min_free: 0 },
         catalogs: catalog.map(|p| vec![CatalogSource::File(p.to_path_buf())]).unwrap_or_default(),
     }
@@ -69,7 +71,7 @@ async fn env_in(home: tempfile::TempDir, allow: &[&str], config: PullConfig) -> 
     let registry = Arc::new(Registry::new(store, home.path()).unwrap());
     let fetcher = Fetcher::new(HostPolicy::new(allow), Vec::new()).unwrap();
     let shutdown = CancellationToken::new();
-    let jobs = Jobs::start(registry.clone(), fetcher, config, shutdown.clone()).await.unwrap();
+    let jobs = Pulls::start(registry.clone(), fetcher, config, JobsConfig::default(), shutdown.clone()).await.unwrap();
     Env { home, registry, shutdown, jobs }
 }
 
@@ -77,8 +79,8 @@ async fn env(allow: &[&str], config: PullConfig) -> Env {
     env_in(tempfile::tempdir().unwrap(), allow, config).await
 }
 
-async fn finish(jobs: &Jobs, job: &JobInfo) -> JobInfo {
-    let mut rx = jobs.watch(&job.id).expect("live job");
+async fn finish(jobs: &Pulls, job: &JobInfo) -> JobInfo {
+    let mut rx = jobs.jobs().watch(&job.id).expect("live job");
     tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal()))
         .await
         .unwrap()
@@ -119,17 +121,17 @@ async fn url_pull_registers_the_verified_file_and_two_pulls_share_one_download()
     let (a, b) = tokio::join!(e.jobs.pull(&url, None), e.jobs.pull(&url, None));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.id, b.id, "a second pull of the same model joins the first");
-    assert_eq!(a.model, "tiny-model:latest");
+    assert_eq!(PullDetail::of(&a).model, "tiny-model:latest");
     let done = finish(&e.jobs, &a).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(done.digest.as_deref(), Some(format!("sha256:{}", sha(&data)).as_str()));
+    assert_eq!(PullDetail::of(&done).digest.as_deref(), Some(format!("sha256:{}", sha(&data)).as_str()));
     assert!(server.bytes_sent() <= data.len() as u64 + 2, "one download: {} bytes sent", server.bytes_sent());
     let m = e.registry.show(&"tiny-model".parse().unwrap()).unwrap();
     assert_eq!((m.size, m.architecture.as_deref()), (data.len() as u64, Some("llama")));
     assert!(m.source.starts_with("http://127.0.0.1:"), "{}", m.source);
     assert_eq!(std::fs::read(e.registry.blobs().path(&m.digest)).unwrap(), data);
     assert!(files_in(e.registry.partials_dir()).is_empty());
-    assert_eq!(e.jobs.get(&a.id).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(e.jobs.jobs().get(&a.id).await.unwrap().state, JobState::Succeeded);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,13 +274,13 @@ async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
     let (chunk, conns) = (cfg.tuning.chunk_size, cfg.tuning.connections as u64);
     let e = env(&["127.0.0.1"], cfg.clone()).await;
     let job = e.jobs.pull(&server.url("/big.gguf"), Some("big:1".parse().unwrap())).await.unwrap();
-    let mut rx = e.jobs.watch(&job.id).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > data.len() as u64 / 3))
+    let mut rx = e.jobs.jobs().watch(&job.id).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.progress.done > data.len() as u64 / 3))
         .await
         .unwrap()
         .unwrap();
     e.shutdown.cancel();
-    e.jobs.wait().await;
+    e.jobs.jobs().wait().await;
     assert!(e.registry.list().unwrap().is_empty());
     let home = e.home;
     drop((e.jobs, e.registry));
@@ -286,7 +288,7 @@ async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
     assert!(before < data.len() as u64, "stopped midway");
 
     let e = env_in(home, &["127.0.0.1"], cfg).await;
-    let live = e.jobs.watch(&job.id).expect("the job resumed on start");
+    let live = e.jobs.jobs().watch(&job.id).expect("the job resumed on start");
     let mut rx = live;
     let done = tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal()))
         .await
@@ -294,7 +296,7 @@ async fn a_stopped_pull_resumes_refetching_at_most_one_chunk_per_connection() {
         .unwrap()
         .clone();
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(done.digest.unwrap(), format!("sha256:{}", sha(&data)));
+    assert_eq!(PullDetail::of(&done).digest.unwrap(), format!("sha256:{}", sha(&data)));
     let total = server.bytes_sent();
     assert!(
         total <= data.len() as u64 + conns * chunk + 2,
@@ -310,13 +312,13 @@ async fn cancel_removes_the_partial() {
     server.put("/slow.gguf", Served { throttle: 256 << 10, ..Served::bytes(data) });
     let e = env(&["127.0.0.1"], config(None, None)).await;
     let job = e.jobs.pull(&server.url("/slow.gguf"), None).await.unwrap();
-    let mut rx = e.jobs.watch(&job.id).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.done_bytes > 0)).await.unwrap().unwrap();
-    let info = e.jobs.cancel(&job.id).await.unwrap();
+    let mut rx = e.jobs.jobs().watch(&job.id).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.progress.done > 0)).await.unwrap().unwrap();
+    let info = e.jobs.jobs().cancel(&job.id).await.unwrap();
     assert_eq!(info.state, JobState::Cancelled);
     assert!(files_in(e.registry.partials_dir()).is_empty());
-    assert!(matches!(e.jobs.cancel(&job.id).await, Err(PullError::Finished { .. })));
-    assert!(matches!(e.jobs.get("nope").await, Err(PullError::NoSuchJob(_))));
+    assert!(matches!(e.jobs.jobs().cancel(&job.id).await, Err(JobError::Finished { .. })));
+    assert!(matches!(e.jobs.jobs().get("nope").await, Err(JobError::NotFound(_))));
     let _: ModelRef = "x".parse().unwrap();
 }
 
@@ -334,9 +336,206 @@ async fn a_dropping_connection_continues_its_chunk_and_fetches_each_byte_once() 
     let job = e.jobs.pull(&server.url("/flaky.gguf"), Some("flaky:1".parse().unwrap())).await.unwrap();
     let done = finish(&e.jobs, &job).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(done.digest.unwrap(), format!("sha256:{}", sha(&data)));
+    assert_eq!(PullDetail::of(&done).digest.unwrap(), format!("sha256:{}", sha(&data)));
     assert_eq!(server.bytes_sent(), data.len() as u64 + 1, "each byte once, plus the probe byte");
     let chunk = 64 << 10;
     assert!(server.requests() > data.len() as u64 / chunk + 1, "the connections did drop: {}", server.requests());
     e.registry.verify(None).unwrap().iter().for_each(|r| assert_eq!(r.status, ondevice_registry::VerifyStatus::Ok));
+}
+
+/// The checkpoints a download hands to its owner, kept as the owner persists them (JSON).
+#[derive(Default)]
+struct Checkpoints {
+    last: Mutex<Option<String>>,
+    count: Mutex<u64>,
+}
+
+impl Hooks for Checkpoints {
+    fn reserve(&self, _bytes: u64) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn chunk_done(&self, _state: &ChunkState) {
+        panic!("only `checkpoint` is called when it is implemented");
+    }
+
+    fn checkpoint(&self, state: &ChunkState) {
+        *self.last.lock().unwrap() = Some(serde_json::to_string(state).unwrap());
+        *self.count.lock().unwrap() += 1;
+    }
+}
+
+impl Checkpoints {
+    fn state(&self) -> ChunkState {
+        serde_json::from_str(self.last.lock().unwrap().as_deref().expect("a checkpoint was recorded")).unwrap()
+    }
+}
+
+/// Pseudo-random bytes (xorshift), so a misplaced range cannot hash right by chance.
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn engine_tuning() -> Tuning {
+    Tuning {
+        connections: 4,
+        chunk_size: 16 << 20,
+        retries: 2,
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        max_size: 1 << 30,
+    }
+}
+
+/// Bytes the server sent in `second` that it had already sent in `first` (ranges it served
+/// twice), from the server's per-request records.
+fn sent_twice(first: &[range_server::Transfer], second: &[range_server::Transfer]) -> u64 {
+    let covered: Vec<(u64, u64)> = first.iter().map(|t| (t.start, t.start + t.sent)).collect();
+    second
+        .iter()
+        .map(|t| {
+            let (s, e) = (t.start, t.start + t.sent);
+            covered.iter().map(|&(a, b)| e.min(b).saturating_sub(s.max(a))).sum::<u64>()
+        })
+        .sum()
+}
+
+/// Runs `dl` from `state` until `progress` passes `at` bytes, then drops it mid-transfer.
+async fn interrupt_at(dl: &Download<'_>, state: ChunkState, progress: &Progress, at: u64) {
+    let passed = async {
+        while progress.done.load(Ordering::Relaxed) < at {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        r = dl.run(state) => panic!("the download ended before the interruption: {r:?}"),
+        () = passed => {}
+    }
+}
+
+/// A 96 MiB download over 4 connections of 16 MiB chunks, dropped at a third as a killed daemon
+/// would be (no chunk finished, no last checkpoint): the resume continues each chunk from its
+/// last checkpoint, so each connection fetches again at most about 2 MiB (its 1 MiB write batch
+/// being filled, and what it wrote in the 250 ms since the last checkpoint at 3 MiB/s), and the
+/// digest, hashed partly from what the first run left on disk, is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_download_resumes_inside_its_chunks() {
+    let server = RangeServer::start().await;
+    let data = noise(96 << 20, 0x9e37_79b9_7f4a_7c15);
+    let digest = format!("sha256:{}", sha(&data));
+    let throttled = Served { throttle: 3 << 20, ..Served::bytes(data.clone()) };
+    server.put("/big.bin", throttled.clone());
+    let fetcher = Fetcher::new(HostPolicy::new(["127.0.0.1"]), Vec::new()).unwrap();
+    let source = Source {
+        mirrors: vec![server.url("/big.bin").parse().unwrap()],
+        size: Some(data.len() as u64),
+        digest: Some(digest.parse().unwrap()),
+    };
+    let tuning = engine_tuning();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.partial");
+    let hooks = Arc::new(Checkpoints::default());
+    let progress = Arc::new(Progress::default());
+    let dl = Download {
+        fetcher: &fetcher,
+        source: &source,
+        tuning: &tuning,
+        path: &path,
+        hooks: hooks.clone(),
+        progress: progress.clone(),
+        cancel: CancellationToken::new(),
+    };
+    interrupt_at(&dl, ChunkState::default(), &progress, data.len() as u64 / 3).await;
+    // The dropped connections close; writes already handed to the kernel land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = server.transfers();
+    let state = hooks.state();
+    assert!(state.done.iter().all(|&b| b == 0), "no chunk finished: {state:?}");
+    assert_eq!(state.partial.len(), 4, "each connection recorded progress in its chunk: {state:?}");
+    println!(
+        "interrupted after {} bytes received, {} recorded in {} checkpoints: {:?}",
+        progress.done.load(Ordering::Relaxed),
+        state.done_bytes(),
+        hooks.count.lock().unwrap(),
+        state.partial
+    );
+
+    // Resumed unthrottled, from the last checkpoint.
+    server.put("/big.bin", Served { throttle: 0, ..throttled });
+    let progress = Arc::new(Progress::default());
+    let dl = Download { progress: progress.clone(), ..dl };
+    let done = tokio::time::timeout(Duration::from_secs(120), dl.run(state)).await.unwrap().unwrap();
+    assert_eq!((done.digest.to_string(), done.size), (digest.clone(), data.len() as u64));
+    assert_eq!(hash_file(&path).unwrap().0.to_string(), digest, "the file on disk is the content");
+
+    let all = server.transfers();
+    let twice = sent_twice(&first, &all[first.len()..]);
+    let total = server.bytes_sent();
+    println!(
+        "sent {total} bytes for {} ({} more); fetched twice: {twice} bytes ({:.2} MiB per connection)",
+        data.len(),
+        total - data.len() as u64,
+        twice as f64 / 4.0 / f64::from(1 << 20)
+    );
+    let bound = 4 * ((2 << 20) + (256 << 10));
+    assert!(twice <= bound, "fetched {twice} bytes twice, over {bound} (about 2 MiB per connection)");
+    assert!(total <= data.len() as u64 + bound + 2, "sent {total} for {} bytes", data.len());
+}
+
+/// A download without a known digest (each checkpoint `fdatasync`ed) stopped by its cancel token,
+/// as a daemon shutting down stops it: it writes and records what it received before it returns,
+/// so the resume fetches again little more than what was on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_download_records_what_it_received() {
+    let server = RangeServer::start().await;
+    let data = noise(64 << 20, 0x2545_f491_4f6c_dd1d);
+    let throttled = Served { throttle: 4 << 20, ..Served::bytes(data.clone()) };
+    server.put("/plain.bin", throttled.clone());
+    let fetcher = Fetcher::new(HostPolicy::new(["127.0.0.1"]), Vec::new()).unwrap();
+    let source = Source { mirrors: vec![server.url("/plain.bin").parse().unwrap()], size: None, digest: None };
+    let tuning = engine_tuning();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.partial");
+    let hooks = Arc::new(Checkpoints::default());
+    let progress = Arc::new(Progress::default());
+    let cancel = CancellationToken::new();
+    let dl = Download {
+        fetcher: &fetcher,
+        source: &source,
+        tuning: &tuning,
+        path: &path,
+        hooks: hooks.clone(),
+        progress: progress.clone(),
+        cancel: cancel.clone(),
+    };
+    let stop = async {
+        while progress.done.load(Ordering::Relaxed) < data.len() as u64 / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(dl.run(ChunkState::default()), stop);
+    assert!(matches!(result, Err(ondevice_registry::download::DownloadError::Cancelled)), "{result:?}");
+    let first = server.transfers();
+    let state = hooks.state();
+    let received = progress.done.load(Ordering::Relaxed);
+    assert_eq!(state.done_bytes(), received, "everything received is recorded: {state:?}");
+
+    server.put("/plain.bin", Served { throttle: 0, ..throttled });
+    let dl = Download { progress: Arc::new(Progress::default()), cancel: CancellationToken::new(), ..dl };
+    let done = tokio::time::timeout(Duration::from_secs(120), dl.run(state)).await.unwrap().unwrap();
+    assert_eq!(done.digest.to_string(), format!("sha256:{}", sha(&data)));
+    let all = server.transfers();
+    let twice = sent_twice(&first, &all[first.len()..]);
+    println!("cancelled after {received} bytes; fetched twice: {twice} bytes");
+    let bound = 4 * (512 << 10);
+    assert!(twice <= bound, "fetched {twice} bytes twice, over {bound}");
 }

@@ -2,12 +2,14 @@
 //! (positioned writes, one batch in flight per connection while the next is received), and then to
 //! the hashing thread, which hashes the file in order from those same frames. Frames that arrive
 //! ahead of the hashed position (other connections' chunks) wait in memory up to [`HASH_AHEAD`];
-//! past that they are dropped and read back from the file once their chunk is finished.
+//! past that they are dropped and read back from the file once their chunk is finished. What an
+//! earlier attempt left on disk (finished chunks, the written start of unfinished ones) is read
+//! back as well.
 //!
 //! Invariant the hasher relies on: while one [`Hasher`] lives, every byte of the file is written
-//! at most once (a retried chunk continues where the failed attempt stopped), and a region is
-//! reported as finished ([`HashFeed::finished`]) only after all its frames were handed over. So the
-//! frames it hashes are exactly what the file holds.
+//! at most once (a retried chunk continues where the failed attempt stopped, a resumed one where
+//! its recorded progress ends), and a region is reported as finished ([`HashFeed::finished`]) only
+//! after all its frames were handed over. So the frames it hashes are exactly what the file holds.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,10 +22,13 @@ use sha2::{Digest as _, Sha256};
 use tokio_util::task::TaskTracker;
 
 use super::DownloadError;
+use super::checkpoint::Mark;
 use crate::reference::Digest;
 
-/// Bytes of received frames handed to one positioned write.
-pub(super) const WRITE_BATCH: usize = 2 << 20;
+/// Bytes of received frames handed to one positioned write. It also bounds what an interrupted
+/// connection received but had not written (what a resume fetches again beyond the last
+/// checkpoint): one batch being filled, one being written.
+pub(super) const WRITE_BATCH: usize = 1 << 20;
 /// Bytes the hasher keeps in memory ahead of its position.
 pub(super) const HASH_AHEAD: usize = 64 << 20;
 /// Bytes the hasher reads back from the file at a time.
@@ -57,18 +62,21 @@ pub(super) struct Hasher {
 }
 
 impl Hasher {
-    /// Starts hashing `file` from offset 0; bytes below `finished` are already in the file.
-    pub(super) fn start(file: Arc<File>, path: PathBuf, finished: u64) -> Hasher {
-        Hasher::with_ahead(file, path, finished, HASH_AHEAD)
+    /// Starts hashing `file` from offset 0; bytes below `finished` are already in the file, and
+    /// so are the `on_disk` regions (sorted; the written start of unfinished chunks): no frames
+    /// will come for them.
+    pub(super) fn start(file: Arc<File>, path: PathBuf, finished: u64, on_disk: Vec<(u64, u64)>) -> Hasher {
+        Hasher::with_ahead(file, path, finished, on_disk, HASH_AHEAD)
     }
 
     /// [`Hasher::start`] keeping at most `ahead` bytes of frames in memory.
-    fn with_ahead(file: Arc<File>, path: PathBuf, finished: u64, ahead: usize) -> Hasher {
+    fn with_ahead(file: Arc<File>, path: PathBuf, finished: u64, on_disk: Vec<(u64, u64)>, ahead: usize) -> Hasher {
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            hash_in_order(&file, &rx, finished, ahead, &flag).map_err(|source| DownloadError::Io { path, source })
+            hash_in_order(&file, &rx, finished, &on_disk, ahead, &flag)
+                .map_err(|source| DownloadError::Io { path, source })
         });
         Hasher { feed: HashFeed { tx }, stop, handle: Some(handle) }
     }
@@ -98,11 +106,12 @@ impl Drop for Hasher {
 }
 
 /// The hashing loop: frames at the hashed position are hashed from memory; finished regions with
-/// no frame in memory are read back from the file.
+/// no frame in memory, and regions an earlier attempt wrote, are read back from the file.
 fn hash_in_order(
     file: &File,
     rx: &mpsc::Receiver<HashMsg>,
     mut finished: u64,
+    on_disk: &[(u64, u64)],
     ahead_max: usize,
     stop: &AtomicBool,
 ) -> std::io::Result<(Digest, u64)> {
@@ -124,9 +133,14 @@ fn hash_in_order(
                 hashed += hash_frames(&mut sha, &frames, hashed - at);
                 continue;
             }
-            if hashed < finished {
+            let on_file = if hashed < finished {
+                Some(finished)
+            } else {
+                on_disk.iter().find(|&&(s, e)| s <= hashed && hashed < e).map(|&(_, e)| e)
+            };
+            if let Some(limit) = on_file {
                 let next_in_memory = ahead.keys().next().copied().unwrap_or(u64::MAX);
-                let end = finished.min(next_in_memory).min(hashed + READ_BACK as u64);
+                let end = limit.min(next_in_memory).min(hashed + READ_BACK as u64);
                 let n = (end - hashed) as usize;
                 buf.resize(n, 0);
                 super::read_exact_at(file, &mut buf, hashed)?;
@@ -175,7 +189,8 @@ fn hash_frames(sha: &mut Sha256, frames: &[Bytes], mut skip: u64) -> u64 {
 /// One connection's writer: frames are batched (not copied) and written at their offsets by a
 /// blocking task while the next batch is received; each written batch is handed to the hasher.
 /// The writes are tracked by `writes`: a dropped `Sink` (a failed or cancelled attempt) may leave
-/// one running, and the caller waits for them all before the file is used again.
+/// one running, and the caller waits for them all before the file is used again. With a [`Mark`],
+/// each completed write advances it (the resume checkpoints).
 pub(super) struct Sink {
     writes: TaskTracker,
     file: Arc<File>,
@@ -187,6 +202,7 @@ pub(super) struct Sink {
     /// Offset after the last byte received.
     pos: u64,
     in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    mark: Option<Arc<Mark>>,
 }
 
 impl Sink {
@@ -202,7 +218,14 @@ impl Sink {
             batch_at: offset,
             pos: offset,
             in_flight: None,
+            mark: None,
         }
+    }
+
+    /// Advances `mark` after each completed write.
+    pub(super) fn with_mark(mut self, mark: Arc<Mark>) -> Sink {
+        self.mark = Some(mark);
+        self
     }
 
     /// Offset after the last byte received (written or about to be).
@@ -247,12 +270,15 @@ impl Sink {
         let at = self.batch_at;
         self.batch_at = self.pos;
         self.batch_len = 0;
-        let (file, feed) = (self.file.clone(), self.feed.clone());
+        let (file, feed, mark) = (self.file.clone(), self.feed.clone(), self.mark.clone());
         self.in_flight = Some(self.writes.spawn_blocking(move || {
             let mut offset = at;
             for f in &frames {
                 super::write_all_at(&file, f, offset)?;
                 offset += f.len() as u64;
+            }
+            if let Some(m) = mark {
+                m.advance(at, offset);
             }
             let _ = feed.tx.send(HashMsg::Frames(at, frames));
             Ok(())
@@ -281,31 +307,59 @@ pub(super) async fn start_writeback(file: Arc<File>, start: u64, end: u64) {
     let _ = (file, start, end);
 }
 
+/// Waits until `start..end` of `file`, written by this process, is on the disk, before it is
+/// recorded as progress (a download with a known digest; Linux: `sync_file_range` with waits,
+/// elsewhere nothing). This writes the data, not the metadata that maps it: a power loss may
+/// still undo it, and the final hash then fails. Blocking.
+pub(super) fn wait_written(file: &File, start: u64, end: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(off), Ok(len)) = (i64::try_from(start), i64::try_from(end.saturating_sub(start))) else {
+            return Ok(());
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: the descriptor is owned by `file`, alive for the call; the call only reads its
+        // arguments.
+        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, flags) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, start, end);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Frames of `data` handed over in a scrambled order (as several connections would), with
     /// finished prefixes announced as chunks complete: the digest is the file's, whether the
-    /// frames are kept in memory or dropped and read back.
+    /// frames are kept in memory or dropped and read back, and whether a resumed chunk's start
+    /// is already on disk.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn out_of_order_frames_hash_to_the_file_digest() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         let want = Digest::from_bytes(Sha256::digest(&data).into());
         let chunk = 64 << 10;
-        for ahead in [usize::MAX, 50_000, 0] {
+        for (ahead, written) in [(usize::MAX, 0), (50_000, 0), (0, 0), (usize::MAX, 10_000), (0, 10_000)] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("f");
             std::fs::write(&path, &data).unwrap();
             let file = Arc::new(File::open(&path).unwrap());
-            // Chunk 0 is already in the file (a resumed download); the others arrive in frames.
-            let hasher = Hasher::with_ahead(file, path, chunk as u64, ahead);
-            let feed = hasher.feed();
             let chunks: Vec<(usize, usize)> =
                 (chunk..data.len()).step_by(chunk).map(|s| (s, (s + chunk).min(data.len()))).collect();
+            // Chunk 0 is already in the file (a resumed download), and so are the first
+            // `written` bytes of `chunks[1]`; the rest arrives in frames.
+            let on_disk = if written > 0 { vec![(chunks[1].0 as u64, (chunks[1].0 + written) as u64)] } else { vec![] };
+            let hasher = Hasher::with_ahead(file, path, chunk as u64, on_disk, ahead);
+            let feed = hasher.feed();
             let mut done = vec![false; chunks.len()];
             for &i in &[2usize, 0, 3, 1] {
                 let (s, e) = chunks[i];
+                let s = if i == 1 { s + written } else { s };
                 // Uneven frames, two batches per chunk.
                 let mid = s + (e - s) / 3;
                 for (a, b) in [(s, mid), (mid, e)] {
@@ -318,7 +372,7 @@ mod tests {
             }
             drop(feed);
             let (digest, hashed) = hasher.finish().await.unwrap();
-            assert_eq!((digest, hashed), (want, data.len() as u64), "ahead {ahead}");
+            assert_eq!((digest, hashed), (want, data.len() as u64), "ahead {ahead}, written {written}");
         }
     }
 }
