@@ -38,7 +38,12 @@ fn model_file() -> Option<PathBuf> {
         return None;
     };
     let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "ONDEVICE_TEST_MODELS_DIR is set but {} is missing", path.display());
+    assert!(
+        path.is_file(),
+        "ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh and point the \
+         variable at the directory it prints",
+        path.display()
+    );
     Some(path)
 }
 

@@ -1,31 +1,38 @@
 //! Reads the real demo models fetched by `scripts/fetch-demo-models.sh`.
 //!
 //! Runs only when `ONDEVICE_TEST_MODELS_DIR` names the models directory (CI
-//! sets it); otherwise each test says how to enable it and returns.
+//! sets it); otherwise each test says how to enable it and returns. Set but the
+//! model missing: the test fails, naming the path.
 
 use std::path::PathBuf;
 
 use ondevice_gguf::{Dtype, GgufFile, HfModelDir};
 
-fn models_dir(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("ONDEVICE_TEST_MODELS_DIR") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => {
-            println!(
-                "skipped {test}: set ONDEVICE_TEST_MODELS_DIR to the directory printed by \
-                 scripts/fetch-demo-models.sh to run it"
-            );
-            None
-        }
-    }
+/// `$ONDEVICE_TEST_MODELS_DIR/NAME`: `None` (after a note) when the variable is unset; a panic
+/// naming the path when it is set and NAME is missing.
+fn models_entry(test: &str, name: &str) -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
+        println!(
+            "skipped {test}: set ONDEVICE_TEST_MODELS_DIR to the directory printed by \
+             scripts/fetch-demo-models.sh to run it"
+        );
+        return None;
+    };
+    let path = PathBuf::from(dir).join(name);
+    assert!(
+        path.exists(),
+        "{test}: ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh \
+         and point the variable at the directory it prints",
+        path.display()
+    );
+    Some(path)
 }
 
 #[test]
 fn smollm2_gguf_header() {
-    let Some(dir) = models_dir("smollm2_gguf_header") else {
+    let Some(path) = models_entry("smollm2_gguf_header", "SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
 
     let params = file.parameter_count();
@@ -59,10 +66,10 @@ fn smollm2_gguf_header() {
 
 #[test]
 fn minilm_safetensors_directory() {
-    let Some(dir) = models_dir("minilm_safetensors_directory") else {
+    let Some(dir) = models_entry("minilm_safetensors_directory", "all-MiniLM-L6-v2") else {
         return;
     };
-    let model = HfModelDir::open(dir.join("all-MiniLM-L6-v2")).unwrap_or_else(|e| panic!("{e}"));
+    let model = HfModelDir::open(&dir).unwrap_or_else(|e| panic!("{e}"));
     let params = model.parameter_count();
     println!(
         "{}: architecture {:?}, model type {:?}, context length {:?}, {} tensors, {} parameters, \

@@ -10,14 +10,20 @@ use ondevice_runtime::{ChatMessage, Event, FinishReason, Prompt, Role, RuntimeEr
 
 pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The test model, or `None` (after printing why) when the models directory is not configured.
+/// The test model, or `None` (after printing why) when the models directory is not configured; a
+/// panic naming the path when it is configured and the model is missing.
 pub fn model_path(test: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
         println!("skipped: {test}: ONDEVICE_TEST_MODELS_DIR is not set");
         return None;
     };
     let path = PathBuf::from(dir).join(MODEL);
-    assert!(path.is_file(), "ONDEVICE_TEST_MODELS_DIR is set but {} is missing", path.display());
+    assert!(
+        path.is_file(),
+        "ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh and point the \
+         variable at the directory it prints",
+        path.display()
+    );
     Some(path)
 }
 
