@@ -1,12 +1,23 @@
 //! The one place where failures become HTTP statuses and gRPC `Status` codes, always with the
 //! JSON body `{"error": {"code": "...", "message": "..."}}` on HTTP.
+//!
+//! Every domain error the edge meets (`AuthError`, `RegistryError`, `PullError`, `QuotaError`,
+//! `DownloadError`, `RuntimeError`) becomes an [`ApiError`] here, through `match`es without a
+//! catch-all arm: a new variant does not compile until someone decides how it is answered. Each
+//! [`ApiError`] has one [`Answer`] (HTTP status, gRPC code and body code together), so HTTP and
+//! gRPC cannot disagree.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ondevice_auth::AuthError;
+use ondevice_registry::download::DownloadError;
+use ondevice_registry::jobs::PullError;
+use ondevice_registry::quota::QuotaError;
+use ondevice_registry::{BlobError, RegistryError};
 use ondevice_runtime::RuntimeError;
 use serde::Serialize;
+use tonic::Code;
 use utoipa::ToSchema;
 
 /// An error answered to a client.
@@ -24,12 +35,18 @@ pub enum ApiError {
     /// The request is malformed (400).
     #[error("{0}")]
     InvalidRequest(String),
+    /// The request conflicts with the resource's state, such as cancelling a finished job (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The body exceeds `server.body_limit` (413).
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
         /// The configured limit.
         limit: u64,
     },
+    /// No room left: the registry quota, the disk, or a configured size cap (507).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Too much work at once (503 with `Retry-After`).
     #[error("the daemon is overloaded: retry after {retry_after_s} s")]
     Overloaded {
@@ -39,7 +56,10 @@ pub enum ApiError {
     /// The `Host` header is not one this daemon answers to (421 Misdirected Request).
     #[error("host {0:?} is not allowed: add it to server.allowed_hosts if you trust it")]
     HostNotAllowed(String),
-    /// A bug or an I/O failure on our side (500).
+    /// A remote server the daemon relied on failed, such as every mirror of a download (502).
+    #[error("{0}")]
+    Upstream(String),
+    /// A bug, an I/O failure or damaged data on our side (500).
     #[error("{0}")]
     Internal(String),
     /// This daemon was started without runtimes, so it cannot generate (503).
@@ -66,30 +86,63 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// How one failure is answered on every surface, decided in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub http: StatusCode,
+    /// The gRPC code.
+    pub grpc: Code,
+    /// The stable code in the JSON body.
+    pub code: &'static str,
+}
+
+const fn answer(http: StatusCode, grpc: Code, code: &'static str) -> Answer {
+    Answer { http, grpc, code }
+}
+
 impl ApiError {
+    /// The HTTP status, gRPC code and body code of this error.
+    pub fn answer(&self) -> Answer {
+        match self {
+            ApiError::Unauthenticated(_) => answer(StatusCode::UNAUTHORIZED, Code::Unauthenticated, "unauthenticated"),
+            ApiError::PermissionDenied(_) => answer(StatusCode::FORBIDDEN, Code::PermissionDenied, "permission_denied"),
+            ApiError::NotFound(_) => answer(StatusCode::NOT_FOUND, Code::NotFound, "not_found"),
+            ApiError::InvalidRequest(_) => answer(StatusCode::BAD_REQUEST, Code::InvalidArgument, "invalid_request"),
+            ApiError::Conflict(_) => answer(StatusCode::CONFLICT, Code::FailedPrecondition, "conflict"),
+            ApiError::PayloadTooLarge { .. } => {
+                answer(StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted, "payload_too_large")
+            }
+            ApiError::InsufficientStorage(_) => {
+                answer(StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage")
+            }
+            ApiError::Overloaded { .. } => answer(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "overloaded"),
+            ApiError::HostNotAllowed(_) => {
+                answer(StatusCode::MISDIRECTED_REQUEST, Code::PermissionDenied, "host_not_allowed")
+            }
+            ApiError::Upstream(_) => answer(StatusCode::BAD_GATEWAY, Code::Unavailable, "upstream_error"),
+            ApiError::Internal(_) => answer(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "internal"),
+            ApiError::NoInference => answer(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable"),
+            ApiError::Runtime(e) => {
+                let (http, grpc) = match e {
+                    RuntimeError::ModelNotFound { .. } => (StatusCode::NOT_FOUND, Code::NotFound),
+                    RuntimeError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+                    RuntimeError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, Code::Unimplemented),
+                    RuntimeError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
+                    RuntimeError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted),
+                    RuntimeError::OverBudget { .. } => (StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted),
+                    RuntimeError::Upstream { .. } => (StatusCode::BAD_GATEWAY, Code::Unavailable),
+                    RuntimeError::Engine { .. } => (StatusCode::INTERNAL_SERVER_ERROR, Code::Internal),
+                    RuntimeError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded),
+                };
+                answer(http, grpc, e.code())
+            }
+        }
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::HostNotAllowed(_) => StatusCode::MISDIRECTED_REQUEST,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::NoInference => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Runtime(e) => match e {
-                RuntimeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
-                RuntimeError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-                RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-                RuntimeError::Unavailable { .. } | RuntimeError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                RuntimeError::OverBudget { .. } => StatusCode::INSUFFICIENT_STORAGE,
-                RuntimeError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-                RuntimeError::Engine { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            },
-        }
+        self.answer().http
     }
 
     /// Seconds a client should wait before retrying, for overload answers.
@@ -105,51 +158,16 @@ impl ApiError {
 
     /// The stable code in the JSON body.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::Unauthenticated(_) => "unauthenticated",
-            ApiError::PermissionDenied(_) => "permission_denied",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::Overloaded { .. } => "overloaded",
-            ApiError::HostNotAllowed(_) => "host_not_allowed",
-            ApiError::Internal(_) => "internal",
-            ApiError::NoInference => "runtime_unavailable",
-            ApiError::Runtime(e) => e.code(),
-        }
+        self.answer().code
     }
 
-    /// The gRPC status for the same failure.
+    /// The gRPC status for the same failure (with `retry-after` metadata for overload answers).
     pub fn to_status(&self) -> tonic::Status {
-        let msg = self.to_string();
-        match self {
-            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
-            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
-            ApiError::NotFound(_) => tonic::Status::not_found(msg),
-            ApiError::InvalidRequest(_) => tonic::Status::invalid_argument(msg),
-            ApiError::PayloadTooLarge { .. } => tonic::Status::resource_exhausted(msg),
-            ApiError::Overloaded { .. } => tonic::Status::unavailable(msg),
-            ApiError::HostNotAllowed(_) => tonic::Status::permission_denied(msg),
-            ApiError::Internal(_) => tonic::Status::internal(msg),
-            ApiError::NoInference => tonic::Status::unavailable(msg),
-            ApiError::Runtime(e) => {
-                let mut status = match e {
-                    RuntimeError::ModelNotFound { .. } => tonic::Status::not_found(msg),
-                    RuntimeError::InvalidRequest { .. } => tonic::Status::invalid_argument(msg),
-                    RuntimeError::Unsupported { .. } => tonic::Status::unimplemented(msg),
-                    RuntimeError::Unavailable { .. } | RuntimeError::Upstream { .. } => tonic::Status::unavailable(msg),
-                    RuntimeError::Overloaded { .. } | RuntimeError::OverBudget { .. } => {
-                        tonic::Status::resource_exhausted(msg)
-                    }
-                    RuntimeError::Engine { .. } => tonic::Status::internal(msg),
-                    RuntimeError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
-                };
-                if let Some(s) = self.retry_after() {
-                    status.metadata_mut().insert("retry-after", s.into());
-                }
-                status
-            }
+        let mut status = tonic::Status::new(self.answer().grpc, self.to_string());
+        if let Some(s) = self.retry_after() {
+            status.metadata_mut().insert("retry-after", s.into());
         }
+        status
     }
 
     /// The JSON error envelope of this error.
@@ -169,6 +187,85 @@ impl From<AuthError> for ApiError {
             AuthError::BadName(_) | AuthError::NoScope => ApiError::InvalidRequest(e.to_string()),
             AuthError::Store(_) | AuthError::TokenFile { .. } => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+/// A write that failed because the disk is full is the client's 507, not our 500.
+fn io_failure(source: &std::io::Error, message: String) -> ApiError {
+    if source.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::InsufficientStorage(message)
+    } else {
+        ApiError::Internal(message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let message = e.to_string();
+        match e {
+            RegistryError::Ref(_)
+            | RegistryError::InvalidModelFile { .. }
+            | RegistryError::InvalidModelDir { .. }
+            | RegistryError::InvalidLayout { .. }
+            | RegistryError::Bundle(_) => ApiError::InvalidRequest(message),
+            RegistryError::NotFound { .. } => ApiError::NotFound(message),
+            // Damaged data on our side: the message says how to repair it.
+            RegistryError::BadStoredDigest { .. } => ApiError::Internal(message),
+            RegistryError::Blob(b) => match b {
+                BlobError::Io { source, .. } => io_failure(&source, message),
+                BlobError::Corrupt { .. } | BlobError::Missing { .. } => ApiError::Internal(message),
+            },
+            // Every database failure (SQLite, I/O, a newer schema, a corrupt row) is ours. The
+            // edge does not depend on the store crate, so its variants are not told apart here.
+            RegistryError::Store(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Exceeded { .. } | QuotaError::DiskFull { .. } => ApiError::InsufficientStorage(e.to_string()),
+        }
+    }
+}
+
+impl From<DownloadError> for ApiError {
+    fn from(e: DownloadError) -> Self {
+        let message = e.to_string();
+        download_failure(e, message)
+    }
+}
+
+/// How a download failure is answered; `message` is the whole story (for a pull, with the model).
+fn download_failure(e: DownloadError, message: String) -> ApiError {
+    match e {
+        DownloadError::AllMirrorsFailed { .. } => ApiError::Upstream(message),
+        DownloadError::TooLarge { .. } | DownloadError::Reserve(_) => ApiError::InsufficientStorage(message),
+        DownloadError::Io { source, .. } => io_failure(&source, message),
+        DownloadError::Cancelled => ApiError::Conflict(message),
+    }
+}
+
+impl From<PullError> for ApiError {
+    fn from(e: PullError) -> Self {
+        let message = e.to_string();
+        match e {
+            PullError::Ref(_) | PullError::Url(_) => ApiError::InvalidRequest(message),
+            PullError::NotInCatalog { .. } | PullError::NoSuchJob(_) => ApiError::NotFound(message),
+            PullError::Finished { .. } => ApiError::Conflict(message),
+            PullError::Download { source, .. } => download_failure(source, message),
+            PullError::Quota(q) => q.into(),
+            PullError::Registry(r) => r.into(),
+            PullError::Store(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+/// A blocking task that panicked or was cancelled.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::Internal(e.to_string())
     }
 }
 
@@ -235,3 +332,109 @@ where
 /// The body limit in force, put in request extensions by the limit middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ondevice_registry::{Digest, ModelRef};
+
+    use super::*;
+
+    #[track_caller]
+    fn assert_answer(e: impl Into<ApiError>, http: StatusCode, grpc: Code, code: &str) {
+        let e = e.into();
+        assert_eq!(e.answer(), Answer { http, grpc, code: e.code() }, "{e}");
+        assert_eq!((e.status(), e.to_status().code(), e.code()), (http, grpc, code), "{e}");
+    }
+
+    fn digest(byte: char) -> Digest {
+        format!("sha256:{}", byte.to_string().repeat(64)).parse().unwrap()
+    }
+
+    #[test]
+    fn auth_errors() {
+        assert_answer(AuthError::Missing, StatusCode::UNAUTHORIZED, Code::Unauthenticated, "unauthenticated");
+        assert_answer(
+            AuthError::Forbidden { required: ondevice_auth::Scope::Models },
+            StatusCode::FORBIDDEN,
+            Code::PermissionDenied,
+            "permission_denied",
+        );
+        assert_answer(AuthError::NoScope, StatusCode::BAD_REQUEST, Code::InvalidArgument, "invalid_request");
+    }
+
+    #[test]
+    fn registry_errors() {
+        let not_found = RegistryError::NotFound { reference: "nope:latest".into() };
+        assert_answer(not_found, StatusCode::NOT_FOUND, Code::NotFound, "not_found");
+        let bad_ref = RegistryError::from("../evil".parse::<ModelRef>().unwrap_err());
+        assert_answer(bad_ref, StatusCode::BAD_REQUEST, Code::InvalidArgument, "invalid_request");
+        let corrupt = RegistryError::Blob(BlobError::Corrupt { expected: digest('a'), actual: digest('b') });
+        assert_answer(corrupt, StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "internal");
+        let full = RegistryError::Blob(BlobError::Io {
+            op: "copy",
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        assert_answer(full, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+    }
+
+    #[test]
+    fn quota_and_pull_errors() {
+        let exceeded = QuotaError::Exceeded { model: "m:latest".into(), needed: 10, available: 1, quota: 5 };
+        assert_answer(exceeded, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        let disk = PullError::Quota(QuotaError::DiskFull {
+            model: "m:latest".into(),
+            needed: 10,
+            free: 1,
+            min_free: 0,
+            path: "/home".into(),
+        });
+        assert_answer(disk, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        assert_answer(PullError::NoSuchJob("j1".into()), StatusCode::NOT_FOUND, Code::NotFound, "not_found");
+        let finished = PullError::Finished { id: "j1".into(), state: "succeeded" };
+        assert_answer(finished, StatusCode::CONFLICT, Code::FailedPrecondition, "conflict");
+        let mirrors = PullError::Download {
+            model: "m:latest".into(),
+            source: DownloadError::AllMirrorsFailed { errors: vec!["https://a: 500".into()] },
+        };
+        let e = ApiError::from(mirrors);
+        assert!(e.to_string().starts_with("pull of m:latest failed"), "{e}");
+        assert_answer(e, StatusCode::BAD_GATEWAY, Code::Unavailable, "upstream_error");
+        let inner = PullError::Registry(RegistryError::NotFound { reference: "x:latest".into() });
+        assert_answer(inner, StatusCode::NOT_FOUND, Code::NotFound, "not_found");
+    }
+
+    #[test]
+    fn runtime_errors() {
+        let missing = RuntimeError::ModelNotFound { model: "m".into() };
+        assert_answer(missing, StatusCode::NOT_FOUND, Code::NotFound, "model_not_found");
+        let budget = RuntimeError::OverBudget { model: "m".into(), needed: 2, budget: 1 };
+        assert_answer(budget, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "over_budget");
+        let slow = RuntimeError::Timeout { adapter: "a".into(), after: Duration::from_secs(1) };
+        assert_answer(slow, StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded, "timeout");
+        let busy =
+            ApiError::from(RuntimeError::Overloaded { what: "queue".into(), retry_after: Duration::from_millis(1500) });
+        assert_eq!(busy.retry_after(), Some(2));
+        assert_eq!(busy.to_status().metadata().get("retry-after").unwrap(), "2");
+        assert_answer(busy, StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted, "overloaded");
+    }
+
+    #[test]
+    fn edge_errors_answer_alike_on_http_and_grpc() {
+        assert_answer(
+            ApiError::PayloadTooLarge { limit: 1 },
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            "payload_too_large",
+        );
+        assert_answer(
+            ApiError::Overloaded { retry_after_s: 1 },
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "overloaded",
+        );
+        assert_answer(ApiError::NoInference, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable");
+    }
+}

@@ -15,6 +15,7 @@ mod metrics;
 mod middleware;
 pub mod openapi;
 pub mod routes;
+mod services;
 mod state;
 
 use axum::Router;
@@ -30,6 +31,7 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use generation::ADAPTER_HEADER;
 pub use metrics::Metrics;
 pub use middleware::host_allowed;
+pub use services::{ModelService, RegistryModels};
 pub use state::{
     AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, ProbeFailuresView, StatusSource, WorkerView,
 };

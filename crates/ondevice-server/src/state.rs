@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::services::ModelService;
 
 /// One supervised worker as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -135,7 +136,7 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub verifier: Arc<Verifier>,
-    pub registry: Arc<ondevice_registry::Registry>,
+    pub models: Arc<dyn ModelService>,
     pub metrics: Metrics,
     pub options: EdgeOptions,
     pub started: Instant,
@@ -156,10 +157,10 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Wires the edge's state.
+    /// Wires the edge's state: the key verifier and the model registry (as [`ModelService`]).
     pub fn new(
         verifier: Arc<Verifier>,
-        registry: Arc<ondevice_registry::Registry>,
+        models: Arc<dyn ModelService>,
         options: EdgeOptions,
         status: Arc<dyn StatusSource>,
         shutdown: CancellationToken,
@@ -168,7 +169,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 verifier,
-                registry,
+                models,
                 metrics: Metrics::new(),
                 permits: Arc::new(Semaphore::new(options.max_concurrent_requests as usize)),
                 options,
@@ -222,8 +223,8 @@ impl AppState {
     }
 
     /// The model registry.
-    pub fn registry(&self) -> &Arc<ondevice_registry::Registry> {
-        &self.inner.registry
+    pub fn models(&self) -> &Arc<dyn ModelService> {
+        &self.inner.models
     }
 
     /// The verifier.

@@ -154,6 +154,7 @@ async fn fixture(with_inference: bool) -> Fixture {
     let (_, infer) = verifier.create_key(Some("infer"), Scopes::from_list("infer").unwrap()).unwrap();
     let (_, read) = verifier.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
     let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
+    let models = Arc::new(ondevice_server::RegistryModels::new(registry));
     let opts = EdgeOptions {
         listen: "127.0.0.1:7733".parse().unwrap(),
         allowed_hosts: vec![],
@@ -163,7 +164,7 @@ async fn fixture(with_inference: bool) -> Fixture {
         tls: false,
     };
     let scripted = Arc::new(Scripted { dropped: Arc::new(AtomicBool::new(false)), last: Default::default() });
-    let mut state = AppState::new(verifier, registry, opts, Arc::new(NoWorkers), CancellationToken::new());
+    let mut state = AppState::new(verifier, models, opts, Arc::new(NoWorkers), CancellationToken::new());
     if with_inference {
         state = state.with_inference(scripted.clone());
     }

@@ -1,15 +1,14 @@
-//! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. The service's interceptor
-//! requires `read`; the writes (PullModel, RemoveModel, PinModel, CancelJob) check `models` here, on the
-//! principal the interceptor attached. Domain errors map through `ApiError` like HTTP.
+//! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. Scopes come from the method
+//! table in `grpc.rs` (reads need `read`; PullModel, RemoveModel, PinModel and CancelJob need
+//! `models`). Domain errors map through `ApiError` like HTTP.
 
 use std::pin::Pin;
 
 use futures_util::Stream;
-use ondevice_auth::{Principal, Scope};
 use ondevice_proto::v1 as pb;
 use ondevice_proto::v1::models_service_server::ModelsService;
 use ondevice_registry::jobs::JobInfo;
-use ondevice_registry::{ModelRecord, ModelRef, Registry, RegistryError};
+use ondevice_registry::{ModelRecord, ModelRef};
 use tonic::{Request, Response, Status};
 
 use crate::error::ApiError;
@@ -23,15 +22,6 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
 fn status(e: impl Into<ApiError>) -> Status {
     e.into().to_status()
-}
-
-fn require_models<T>(req: &Request<T>) -> Result<(), Status> {
-    let ok = req.extensions().get::<Principal>().is_some_and(|p| p.scopes.satisfies(Scope::Models));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::PermissionDenied("this method needs a key with the models scope".into()).to_status())
-    }
 }
 
 fn parse_ref(s: &str) -> Result<ModelRef, Status> {
@@ -73,36 +63,24 @@ fn job(j: JobInfo) -> pb::Job {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-) -> Result<T, Status> {
-    let registry = state.registry().clone();
-    tokio::task::spawn_blocking(move || f(&registry))
-        .await
-        .map_err(|e| status(ApiError::Internal(e.to_string())))?
-        .map_err(status)
-}
-
 #[tonic::async_trait]
 impl ModelsService for ModelsImpl {
     async fn list_models(
         &self,
         _req: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
-        let models = blocking(&self.state, Registry::list).await?;
+        let models = self.state.models().list().await.map_err(status)?;
         Ok(Response::new(pb::ListModelsResponse { models: models.into_iter().map(model).collect() }))
     }
 
     async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Result<Response<pb::Model>, Status> {
         let r = parse_ref(&req.into_inner().name)?;
-        Ok(Response::new(model(blocking(&self.state, move |reg| reg.show(&r)).await?)))
+        Ok(Response::new(model(self.state.models().show(r).await.map_err(status)?)))
     }
 
     type PullModelStream = JobStream;
 
     async fn pull_model(&self, req: Request<pb::PullModelRequest>) -> Result<Response<JobStream>, Status> {
-        require_models(&req)?;
         let req = req.into_inner();
         let name = if req.name.is_empty() { None } else { Some(parse_ref(&req.name)?) };
         let jobs = self.state.require_jobs().map_err(status)?.clone();
@@ -136,17 +114,15 @@ impl ModelsService for ModelsImpl {
         &self,
         req: Request<pb::RemoveModelRequest>,
     ) -> Result<Response<pb::RemoveModelResponse>, Status> {
-        require_models(&req)?;
         let r = parse_ref(&req.into_inner().name)?;
-        let removed = blocking(&self.state, move |reg| reg.remove(&r)).await?;
+        let removed = self.state.models().remove(r).await.map_err(status)?;
         Ok(Response::new(pb::RemoveModelResponse { removed: removed.into_iter().map(model).collect() }))
     }
 
     async fn pin_model(&self, req: Request<pb::PinModelRequest>) -> Result<Response<pb::PinModelResponse>, Status> {
-        require_models(&req)?;
         let req = req.into_inner();
         let r = parse_ref(&req.name)?;
-        let models = blocking(&self.state, move |reg| reg.set_pinned(&r, req.pinned)).await?;
+        let models = self.state.models().set_pinned(r, req.pinned).await.map_err(status)?;
         tracing::info!(model = %req.name, pinned = req.pinned, "model pin changed");
         Ok(Response::new(pb::PinModelResponse { models: models.into_iter().map(model).collect() }))
     }
@@ -157,7 +133,6 @@ impl ModelsService for ModelsImpl {
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
-        require_models(&req)?;
         let id = req.into_inner().id;
         let info = self.state.require_jobs().map_err(status)?.cancel(&id).await.map_err(status)?;
         Ok(Response::new(job(info)))

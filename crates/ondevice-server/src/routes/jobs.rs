@@ -12,7 +12,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use ondevice_registry::ModelRef;
 use ondevice_registry::catalog::CatalogEntry;
-use ondevice_registry::jobs::{JobInfo, PullError};
+use ondevice_registry::jobs::JobInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -107,19 +107,6 @@ pub struct CatalogResponse {
     pub problems: Vec<String>,
 }
 
-impl From<PullError> for ApiError {
-    fn from(e: PullError) -> Self {
-        match e {
-            PullError::Ref(_) | PullError::Url(_) | PullError::Finished { .. } => {
-                ApiError::InvalidRequest(e.to_string())
-            }
-            PullError::NotInCatalog { .. } | PullError::NoSuchJob(_) => ApiError::NotFound(e.to_string()),
-            PullError::Registry(r) => r.into(),
-            _ => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
 /// Starts a pull (or joins the running pull of the same model) and returns its job.
 #[utoipa::path(post, path = "/api/v1/models/pull", tag = "models",
     security(("bearer" = ["models"])),
@@ -154,13 +141,8 @@ pub async fn pull(
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogResponse>, ApiError> {
     let catalog = state.require_jobs()?.catalog().await;
-    let registry = state.registry().clone();
-    let present: std::collections::BTreeSet<String> = tokio::task::spawn_blocking(move || registry.list())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-        .into_iter()
-        .map(|m| m.digest.to_string())
-        .collect();
+    let present: std::collections::BTreeSet<String> =
+        state.models().list().await?.into_iter().map(|m| m.digest.to_string()).collect();
     let view = |e: &CatalogEntry| CatalogView {
         model: e.name.to_string(),
         description: e.description.clone(),
@@ -204,7 +186,7 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "The cancelled job", body = JobView),
-        (status = 400, description = "The job already finished", body = crate::error::ErrorBody),
+        (status = 409, description = "The job already finished", body = crate::error::ErrorBody),
         (status = 404, description = "No such job", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]

@@ -96,9 +96,7 @@ pub async fn create(
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     let verifier = state.verifier().clone();
-    let (info, key) = tokio::task::spawn_blocking(move || verifier.create_key(req.name.as_deref(), scopes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (info, key) = tokio::task::spawn_blocking(move || verifier.create_key(req.name.as_deref(), scopes)).await??;
     tracing::info!(key_id = %info.id, name = %info.name, scopes = %info.scopes.to_list(), "api key created");
     Ok((StatusCode::CREATED, Json(CreatedKey { info: info.into(), key })))
 }
@@ -114,9 +112,7 @@ pub async fn create(
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     let verifier = state.verifier().clone();
-    let info = tokio::task::spawn_blocking(move || verifier.revoke(&id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let info = tokio::task::spawn_blocking(move || verifier.revoke(&id)).await??;
     tracing::info!(key_id = %info.id, "api key revoked");
     Ok(Json(info.into()))
 }

@@ -1,5 +1,6 @@
 //! `/api/v1/models`: the local model registry (list, show, import, remove, pin, verify, gc).
-//! Reads need `read`; writes need `models`. Registry work (hashing, copying) runs off the async
+//! Reads need `read`; writes need `models`. The registry is reached through
+//! [`crate::services::ModelService`], whose implementation keeps hashing and copying off the async
 //! runtime.
 
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use ondevice_registry::{ModelRecord, ModelRef, Registry, RegistryError, VerifyStatus};
+use ondevice_registry::{ModelRecord, ModelRef, VerifyStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -112,35 +113,8 @@ pub struct GcView {
     pub freed_bytes: u64,
 }
 
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Ref(_)
-            | RegistryError::InvalidModelFile { .. }
-            | RegistryError::InvalidModelDir { .. }
-            | RegistryError::InvalidLayout { .. }
-            | RegistryError::Bundle(_) => ApiError::InvalidRequest(e.to_string()),
-            RegistryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            _ => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
 fn parse_ref(s: &str) -> Result<ModelRef, ApiError> {
     s.parse::<ModelRef>().map_err(|e| ApiError::InvalidRequest(e.to_string()))
-}
-
-/// Runs registry work on the blocking pool.
-async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
-{
-    let registry = state.registry().clone();
-    tokio::task::spawn_blocking(move || f(&registry))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::from)
 }
 
 /// Every registered model.
@@ -151,7 +125,7 @@ where
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModelView>>, ApiError> {
-    let models = blocking(&state, Registry::list).await?;
+    let models = state.models().list().await?;
     Ok(Json(models.into_iter().map(ModelView::from).collect()))
 }
 
@@ -167,7 +141,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModelView>>,
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, ApiError> {
     let r = parse_ref(&name)?;
-    Ok(Json(blocking(&state, move |reg| reg.show(&r)).await?.into()))
+    Ok(Json(state.models().show(r).await?.into()))
 }
 
 /// Removes a model (its blob is freed by `gc` once nothing references it).
@@ -181,7 +155,7 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<ModelView>>, ApiError> {
     let r = parse_ref(&name)?;
-    let removed = blocking(&state, move |reg| reg.remove(&r)).await?;
+    let removed = state.models().remove(r).await?;
     tracing::info!(model = %name, "model removed");
     Ok(Json(removed.into_iter().map(ModelView::from).collect()))
 }
@@ -194,6 +168,7 @@ pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> 
     responses(
         (status = 201, description = "Imported", body = ModelView),
         (status = 400, description = "Not a valid GGUF file, or an invalid name; nothing was written", body = crate::error::ErrorBody),
+        (status = 507, description = "The disk is full; nothing was registered", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn import(
@@ -204,8 +179,7 @@ pub async fn import(
         return Err(ApiError::InvalidRequest(format!("{} is not an absolute path", req.path.display())));
     }
     let name = req.name.as_deref().map(parse_ref).transpose()?;
-    let path = req.path;
-    let record = blocking(&state, move |reg| reg.import_path(&path, name)).await?;
+    let record = state.models().import(req.path, name).await?;
     tracing::info!(model = %record.reference(), digest = %record.digest, "model imported");
     Ok((StatusCode::CREATED, Json(record.into())))
 }
@@ -235,7 +209,7 @@ pub async fn pin(
     ApiJson(req): ApiJson<PinRequest>,
 ) -> Result<Json<Vec<ModelView>>, ApiError> {
     let r = parse_ref(&name)?;
-    let changed = blocking(&state, move |reg| reg.set_pinned(&r, req.pinned)).await?;
+    let changed = state.models().set_pinned(r, req.pinned).await?;
     tracing::info!(model = %name, pinned = req.pinned, "model pin changed");
     Ok(Json(changed.into_iter().map(ModelView::from).collect()))
 }
@@ -254,7 +228,7 @@ pub async fn verify(
     ApiJson(req): ApiJson<VerifyRequest>,
 ) -> Result<Json<Vec<VerifyView>>, ApiError> {
     let name = req.name.as_deref().map(parse_ref).transpose()?;
-    let reports = blocking(&state, move |reg| reg.verify(name.as_ref())).await?;
+    let reports = state.models().verify(name).await?;
     Ok(Json(
         reports
             .into_iter()
@@ -285,7 +259,7 @@ pub async fn verify(
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn gc(State(state): State<AppState>) -> Result<Json<GcView>, ApiError> {
-    let report = blocking(&state, Registry::gc).await?;
+    let report = state.models().gc().await?;
     Ok(Json(GcView {
         removed_blobs: report.removed_blobs.iter().map(ToString::to_string).collect(),
         removed_partials: report.removed_partials.iter().map(|p| p.display().to_string()).collect(),
@@ -333,15 +307,14 @@ pub async fn export(
     Path(name): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     let r = parse_ref(&name)?;
-    let shown = r.clone();
-    let m = blocking(&state, move |reg| reg.show(&shown)).await?;
+    let m = state.models().show(r.clone()).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let registry = state.registry().clone();
-    tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 20) };
-        if let Err(e) = registry.export_bundle(&r, &mut w) {
+    let models = state.models().clone();
+    tokio::spawn(async move {
+        let w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(1 << 20) };
+        if let Err(e) = models.export(r, Box::new(w)).await {
             tracing::warn!(error = %e, "export failed midway");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
         }
     });
     let file = format!("{}.tar", m.reference().replace(['/', ':'], "-"));

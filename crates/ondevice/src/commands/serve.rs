@@ -12,7 +12,7 @@ use anyhow::Context;
 use ondevice_auth::{Bootstrap, Verifier};
 use ondevice_config::Resolved;
 use ondevice_registry::Registry;
-use ondevice_server::{AppState, DaemonEvent, EdgeOptions, control, listener};
+use ondevice_server::{AppState, DaemonEvent, EdgeOptions, RegistryModels, control, listener};
 use ondevice_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     registry.set_in_use(Arc::new(orchestrator.loaded_names()));
     // Model pulls: resumes unfinished ones; stopped (and left resumable) by the shutdown token.
     let jobs = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
-    let state = AppState::new(verifier.clone(), registry, options, workers.clone(), shutdown.clone())
+    let models = Arc::new(RegistryModels::new(registry));
+    let state = AppState::new(verifier.clone(), models, options, workers.clone(), shutdown.clone())
         .with_inference(Arc::new(orchestrator.clone()))
         .with_jobs(jobs.clone());
     workers.forward_events(state.clone());
