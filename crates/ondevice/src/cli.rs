@@ -44,6 +44,13 @@ pub enum Command {
     Models(ModelsCommand),
     /// Run a model: stream its answer to PROMPT, or chat interactively without PROMPT.
     Run(RunArgs),
+    /// List the models loaded now: runtime, memory, and until when keep-alive keeps them.
+    Ps(JsonFlag),
+    /// Unload a model now (needs a key with the models scope); an error if it is not loaded.
+    Stop {
+        /// `name[:tag]` or `sha256:<hex>` (see `ondevice ps`).
+        model: String,
+    },
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -1,11 +1,14 @@
 //! `ondevice worker` as the supervisor runs it: a real process with no config and no home.
 //! A corrupt model makes it exit non-zero (never hang); with the real model
-//! (`$ONDEVICE_TEST_MODELS_DIR`, skipped when unset) it serves its socket and stops on SIGTERM
+//! (`$ONDEVICE_TEST_MODELS_DIR`: skipped when unset, failed when set but missing) it serves its socket and stops on SIGTERM
 //! (Unix only).
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/models.rs"]
+mod models;
 
 /// `ondevice worker ARGS` with no `ONDEVICE_*` variable and a home and config that do not exist.
 #[allow(clippy::disallowed_methods)] // the test starts the worker binary the way the supervisor does
@@ -70,11 +73,7 @@ fn a_corrupt_model_makes_the_worker_exit_non_zero() {
 #[cfg(unix)]
 #[test]
 fn the_worker_serves_its_socket_and_stops_on_sigterm() {
-    let Some(models) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: the_worker_serves_its_socket_and_stops_on_sigterm: ONDEVICE_TEST_MODELS_DIR is not set");
-        return;
-    };
-    let model = Path::new(&models).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(model) = models::test_model("the_worker_serves_its_socket_and_stops_on_sigterm") else { return };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("w.sock");
     let mut child = worker(

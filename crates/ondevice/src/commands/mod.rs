@@ -6,8 +6,10 @@ mod config;
 mod daemon;
 mod keys;
 mod models;
+mod ps;
 mod run;
 mod serve;
+mod stop;
 mod worker;
 
 use std::process::ExitCode;
@@ -60,6 +62,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(run::run(resolved, args))
+        }
+        Command::Ps(flag) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(ps::run(resolved, flag))
+        }
+        Command::Stop { model } => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(stop::run(resolved, model))
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),

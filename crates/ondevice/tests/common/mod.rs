@@ -3,6 +3,10 @@
 //! daemon's HTTP, WebSocket and gRPC surfaces. Every test gets its own home and its own daemon on
 //! `127.0.0.1:0`, so tests run in parallel and never touch the user's config or data.
 
+pub mod models;
+
+pub use models::{models_entry, test_model};
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -454,19 +458,6 @@ pub fn write_small_gguf(path: &Path, seed: u8) {
         .tensor("out", &[3], GgmlType::F32, vec![seed.wrapping_add(1); 12])
         .to_bytes();
     std::fs::write(path, bytes).expect("write gguf");
-}
-
-/// The real test model (`$ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf`), when the
-/// environment provides it. Tests that need it print `skipped: …` and return without it.
-pub fn test_model() -> Option<PathBuf> {
-    let dir = std::env::var_os("ONDEVICE_TEST_MODELS_DIR")?;
-    let file = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    if file.is_file() {
-        Some(file)
-    } else {
-        eprintln!("ONDEVICE_TEST_MODELS_DIR is set but {} does not exist", file.display());
-        None
-    }
 }
 
 /// Imports `file` as `name` through `POST /api/v1/models/import` unless it is already there;

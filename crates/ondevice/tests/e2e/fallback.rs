@@ -4,8 +4,8 @@
 //!
 //! The answering runtime is a real llama.cpp server (PyPI `xllamacpp`, as in the adapter tests)
 //! serving the real SmolLM2 GGUF; the failing one is an OpenAI-compatible runtime whose address has
-//! nothing listening (a crashed remote). Without `$ONDEVICE_TEST_MODELS_DIR` the test prints
-//! `skipped: …` and returns; with it, a missing xllamacpp fails the test.
+//! nothing listening (a crashed remote). Without `$ONDEVICE_TEST_MODELS_DIR` the test prints a
+//! note and returns; with it, a missing model or a missing xllamacpp fails the test.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -56,10 +56,7 @@ fn dead_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_runtime_answers_when_the_first_fails_and_the_breaker_opens() {
-    let Some(model) = test_model() else {
-        eprintln!("skipped: fallback needs $ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf");
-        return;
-    };
+    let Some(model) = test_model("the_next_runtime_answers_when_the_first_fails") else { return };
     let server = llama_server(&model);
     let daemon = Daemon::with_config(&format!(
         r#"

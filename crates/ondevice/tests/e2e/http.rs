@@ -80,7 +80,7 @@ struct Fixture {
 /// The body of an inference operation, naming the test model (imported on first use) when
 /// `ONDEVICE_TEST_MODELS_DIR` provides it, else a model the daemon does not know.
 async fn inference_fixture(daemon: &Daemon, path: &str) -> Fixture {
-    let model = match crate::common::test_model() {
+    let model = match crate::common::test_model(&format!("inference fixture for {path}")) {
         Some(file) => Some(crate::common::import_model_api(daemon, &file, "smollm2:latest").await),
         None => None,
     };

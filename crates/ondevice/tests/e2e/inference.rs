@@ -3,7 +3,8 @@
 //! import`): greedy chat on every surface (OpenAI JSON and SSE, Ollama NDJSON, WebSocket, gRPC)
 //! gives the same text, the real `openai` and `ollama` Python clients work with a key, concurrent
 //! and abandoned requests, `ondevice run`, a worker killed mid-stream, and the auth checks.
-//! Without the model each test prints `skipped: …` and returns.
+//! Without `$ONDEVICE_TEST_MODELS_DIR` each test prints a note and returns; with it set, a missing
+//! model fails the test.
 
 use std::io::Write;
 use std::process::Stdio;
@@ -31,10 +32,7 @@ struct Setup {
 }
 
 async fn setup(test: &str) -> Option<Setup> {
-    let Some(file) = test_model() else {
-        eprintln!("skipped: {test} needs $ONDEVICE_TEST_MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf");
-        return None;
-    };
+    let file = test_model(test)?;
     let daemon = Daemon::start(Home::new());
     let out = daemon.home().run(&["models", "import", file.to_str().expect("utf-8 path"), "--name", "smollm2"]);
     assert!(out.status.success(), "import: {}", describe(&out));
@@ -678,10 +676,7 @@ fn host_runs(level: &str) -> bool {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_run_the_best_build_for_this_cpu() {
-    let Some(file) = test_model() else {
-        eprintln!("skipped: workers_run_the_best_build_for_this_cpu needs the test model");
-        return;
-    };
+    let Some(file) = test_model("workers_run_the_best_build_for_this_cpu") else { return };
     // An installed layout: bin/ondevice and lib/ondevice/ondevice-worker-x86-64-v{2,4}. The
     // "builds" are copies of this binary: what is under test is the choice, not the kernels.
     let mut home = Home::new();
@@ -719,4 +714,73 @@ async fn workers_run_the_best_build_for_this_cpu() {
     // /proc names the file the worker was started from (a hardlink shows as its own path).
     assert_eq!(program.canonicalize().unwrap(), want.canonicalize().unwrap(), "{}", daemon.stderr());
     assert!(daemon.stderr().contains("engine workers run this build"), "{}", daemon.stderr());
+}
+
+/// `ondevice ps` lists the model a prompt loaded (runtime, adapter, memory, keep-alive expiry),
+/// `ondevice stop` unloads it and `ps` is empty again; stopping a model that is not loaded fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn ps_lists_the_loaded_model_and_stop_unloads_it() {
+    let Some(Setup { daemon, .. }) = setup("ps_lists_the_loaded_model_and_stop_unloads_it").await else { return };
+    let home = daemon.home();
+    let run = |args: &[&str]| tokio::task::block_in_place(|| home.run(args));
+    let ps_json = || {
+        let out = run(&["ps", "--json"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+    };
+    assert_eq!(ps_json(), json!([]), "nothing is loaded before the first prompt");
+
+    let out = run(&["run", "smollm2", QUESTION, "--temperature", "0", "--max-tokens", "8"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let ps = ps_json();
+    let loaded = ps.as_array().expect("array");
+    assert_eq!(loaded.len(), 1, "{ps}");
+    let m = &loaded[0];
+    assert_eq!(m["model"], "smollm2:latest", "{ps}");
+    assert!(m["runtime"].as_str().is_some_and(|r| !r.is_empty()), "{ps}");
+    assert_eq!(m["adapter"], "embedded", "{ps}");
+    let file = std::fs::metadata(test_model("ps").expect("model")).expect("model file").len();
+    assert_eq!(m["size"].as_u64(), Some(file), "memory accounted is the model file: {ps}");
+    // The default keep-alive is 5 minutes from the last request.
+    let expires = m["expires_at"].as_i64().unwrap_or_else(|| panic!("expires_at: {ps}"));
+    assert!((now + 240..=now + 310).contains(&expires), "expires_at {expires}, now {now}: {ps}");
+    let table = String::from_utf8(run(&["ps"]).stdout).expect("utf-8");
+    assert!(table.starts_with("NAME") && table.contains("smollm2:latest"), "{table}");
+    assert!(table.contains("embedded") && table.contains("minutes from now"), "{table}");
+
+    // A read key sees it; stopping needs the models scope.
+    let read = daemon.key(&["read"]).await;
+    let out = tokio::task::block_in_place(|| home.run_with(&["ps"], &[("ONDEVICE_API_KEY", &read.secret)]));
+    assert!(out.status.success(), "{}", describe(&out));
+    let out =
+        tokio::task::block_in_place(|| home.run_with(&["stop", "smollm2"], &[("ONDEVICE_API_KEY", &read.secret)]));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("scope"), "{}", describe(&out));
+    assert_eq!(ps_json().as_array().map(Vec::len), Some(1), "a refused stop unloads nothing");
+
+    let out = run(&["stop", "smollm2"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "stopped smollm2", "{}", describe(&out));
+    assert_eq!(ps_json(), json!([]), "stopped models are not listed");
+    #[cfg(target_os = "linux")]
+    {
+        let start = std::time::Instant::now();
+        while !worker_pids(home).is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the engine worker still runs after stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // Not loaded (any more, or never): a clear error and a non-zero exit.
+    for model in ["smollm2", "no-such-model"] {
+        let out = run(&["stop", model]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("model {model} is not loaded")) && stderr.contains("ondevice ps"), "{stderr}");
+    }
+
+    // The next prompt loads it again.
+    let out = run(&["run", "smollm2", QUESTION, "--temperature", "0", "--max-tokens", "8"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(ps_json().as_array().map(Vec::len), Some(1));
 }

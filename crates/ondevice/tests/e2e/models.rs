@@ -3,7 +3,8 @@
 //! catching a corrupted blob, remove + gc freeing the blob; a Hugging Face safetensors directory
 //! imported, pinned, exported to another home and refused by the GGUF engine with a clear error.
 
-use crate::common::{Daemon, Home, describe, write_small_gguf};
+use crate::common::models::MINILM;
+use crate::common::{Daemon, Home, describe, models_entry, test_model, write_small_gguf};
 
 fn json(home: &Home, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&home.run_ok(args)).unwrap_or_else(|e| panic!("{args:?}: not JSON: {e}"))
@@ -78,11 +79,7 @@ async fn import_list_show_verify_remove_gc_through_the_cli() {
 
 #[tokio::test]
 async fn the_real_demo_model_imports_with_its_published_digest() {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: set ONDEVICE_TEST_MODELS_DIR (scripts/test.sh does) to import the real SmolLM2 GGUF");
-        return;
-    };
-    let file = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let Some(file) = test_model("the_real_demo_model_imports_with_its_published_digest") else { return };
     let daemon = Daemon::start(Home::new());
     let m = json(daemon.home(), &["models", "import", file.to_str().unwrap(), "--name", "smollm2:135m", "--json"]);
     assert_eq!(m["digest"], "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
@@ -92,11 +89,9 @@ async fn the_real_demo_model_imports_with_its_published_digest() {
 
 #[tokio::test]
 async fn a_safetensors_directory_imports_pins_moves_between_homes_and_is_refused_by_the_engine() {
-    let Some(models) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: set ONDEVICE_TEST_MODELS_DIR (scripts/test.sh does) for the all-MiniLM-L6-v2 directory");
+    let Some(dir) = models_entry("a_safetensors_directory_imports_pins_moves_between_homes", MINILM) else {
         return;
     };
-    let dir = std::path::Path::new(&models).join("all-MiniLM-L6-v2");
     let daemon = Daemon::start(Home::new());
     let home = daemon.home();
     let m = json(home, &["models", "import", dir.to_str().unwrap(), "--json"]);

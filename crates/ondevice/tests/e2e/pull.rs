@@ -98,10 +98,10 @@ fn sent_per_chunk(transfers: &[Transfer], len: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_killed_with_sigkill_resumes_and_verifies() {
-    let data = match test_model() {
+    let data = match test_model("a_pull_killed_with_sigkill_resumes_and_verifies") {
         Some(f) => std::fs::read(f).unwrap(),
         None => {
-            println!("ONDEVICE_TEST_MODELS_DIR unset: resuming a generated 12 MiB GGUF instead of SmolLM2");
+            println!("resuming a generated 12 MiB GGUF instead of SmolLM2");
             generated_gguf(1, 12 << 20)
         }
     };
@@ -331,7 +331,7 @@ async fn grpc_pull_streams_the_job_and_lists_models() {
 #[tokio::test]
 async fn export_then_import_on_another_home_gives_the_same_digest() {
     let first = Daemon::start(Home::new());
-    let file = match test_model() {
+    let file = match test_model("export_then_import_on_another_home_gives_the_same_digest") {
         Some(f) => f,
         None => {
             let f = first.home().root().join("tiny.gguf");
