@@ -1,5 +1,5 @@
 //! The worker server: [`ondevice_runtime::wire`] over HTTP/1.1 on a Unix socket (a named pipe on
-//! Windows, see `server/pipe.rs`).
+//! Windows), bound by [`ondevice_ipc::bind`].
 //!
 //! `GET /health`, `POST /generate` (NDJSON stream of [`WireEvent`]s), `POST /embed`,
 //! `POST /tokenize`; failures are a [`WireError`] body with a fitting status. When the client closes
@@ -27,9 +27,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{Engine, EngineError};
 
-#[cfg(windows)]
-mod pipe;
-
 /// The worker's routes over `engine`.
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
@@ -44,45 +41,21 @@ pub fn router(engine: Arc<Engine>) -> Router {
 }
 
 /// Serves `engine` on a new Unix socket at `socket` (mode 0600; a stale socket file there is
-/// replaced) until `shutdown` completes, then finishes the requests in flight. On Windows `socket`
-/// is a named pipe path (`\\.\pipe\NAME`) that must not exist yet.
+/// replaced, any other file refused) until `shutdown` completes, then finishes the requests in
+/// flight and removes the socket. On Windows `socket` is a named pipe path (`\\.\pipe\NAME`) that
+/// must not exist yet. See [`ondevice_ipc::bind`].
 pub async fn serve(
     engine: Arc<Engine>,
     socket: &Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EngineError> {
     let fail = |source| EngineError::Socket { path: socket.to_owned(), source };
-    let listener = bind(socket).map_err(fail)?;
+    let listener = ondevice_ipc::bind(socket).map_err(|e| fail(e.into()))?;
     tracing::info!(socket = %socket.display(), "worker listening");
     axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown).await.map_err(fail)?;
     #[cfg(unix)]
     let _ = std::fs::remove_file(socket);
     Ok(())
-}
-
-/// A new Unix socket at `socket`, mode 0600; a stale socket file there is replaced.
-#[cfg(unix)]
-fn bind(socket: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(socket) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::other("a file that is not a socket is in the way"));
-        }
-        std::fs::remove_file(socket)?;
-    }
-    // The socket is created with no group/other bits at all, then pinned to 0600 explicitly.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(socket);
-    nix::sys::stat::umask(old);
-    let listener = bound?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// A new named pipe at `socket` (`\\.\pipe\NAME`).
-#[cfg(windows)]
-fn bind(socket: &Path) -> std::io::Result<pipe::PipeListener> {
-    pipe::PipeListener::bind(socket)
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Response {

@@ -1,16 +1,14 @@
-//! The control endpoint on Windows: a named pipe (`\\.\pipe\ondevice-…`, see
-//! `ondevice_config::Paths::control_socket`) served through axum. tokio has no Unix sockets on
-//! Windows.
+//! The endpoint on Windows: a named pipe (`\\.\pipe\NAME`) served through axum. tokio has no Unix
+//! sockets on Windows, so where Unix gets a socket path the callers pass a pipe name: the daemon's
+//! control pipe (`\\.\pipe\ondevice-<hash of the home>`, see `ondevice_config::Paths::control_socket`)
+//! and each engine worker's pipe (the path the worker launcher chose).
 //!
 //! The first instance is created with `first_pipe_instance`, so a pipe of that name that already
 //! exists (another process squatting it) is an error instead of a shared endpoint; remote (SMB)
 //! clients are rejected (tokio's default). The pipe keeps Windows' default security descriptor:
 //! full control for its creator, SYSTEM and administrators, read-only for everyone else, so no
-//! other user can send a request. One instance always waits for the next client while earlier
-//! ones are being served.
-//!
-//! `ondevice-engine-llama/src/server/pipe.rs` is the same listener for engine workers (the two
-//! crates do not depend on each other).
+//! other user can send a request (which is why no peer check is made on Windows). One instance
+//! always waits for the next client while earlier ones are being served.
 
 use std::io;
 use std::path::{Path, PathBuf};
