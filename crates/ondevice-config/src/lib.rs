@@ -8,6 +8,7 @@
 
 mod error;
 pub mod inference;
+pub mod jobs;
 mod locate;
 mod redact;
 pub mod registry;
@@ -294,6 +295,7 @@ fn validate(
     validate_inference(s, &invalid)?;
     validate_runtimes(s, &invalid)?;
     s.registry.validate().map_err(|(key, message)| invalid(key, message))?;
+    s.jobs.validate().map_err(|(key, message)| invalid(key, message))?;
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
     }

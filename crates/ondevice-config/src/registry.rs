@@ -28,12 +28,12 @@ pub struct RegistrySettings {
     pub evict: bool,
     /// Disk space always left free by pulls.
     pub min_free: ByteSize,
-    /// Pulls downloading at once; more wait queued.
+    /// Pulls downloading at once (the job queue's `downloads` class); more wait queued.
     pub max_concurrent_jobs: u32,
     /// Connections per file when the server supports ranges.
     pub connections: u32,
-    /// Size of the ranges each connection fetches; a resumed pull fetches again at most one
-    /// chunk per connection.
+    /// Size of the ranges each connection fetches. Progress inside a chunk is recorded as it is
+    /// written, so a resumed pull fetches again about 1-2 MiB per connection, not whole chunks.
     pub chunk_size: ByteSize,
     /// Attempts per chunk on one source before trying the next mirror.
     pub retries: u32,

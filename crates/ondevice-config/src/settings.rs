@@ -29,6 +29,8 @@ pub struct Settings {
     pub runtimes: std::collections::BTreeMap<String, crate::runtimes::RuntimeConfig>,
     /// Model pulls: allowed private hosts, quota, download queue, catalogs and credentials.
     pub registry: crate::registry::RegistrySettings,
+    /// Background jobs: concurrency per resource class, retention of finished jobs.
+    pub jobs: crate::jobs::JobsSettings,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.

@@ -1,16 +1,19 @@
-//! The download queue: pull jobs persisted in the store, run at most `max_concurrent_jobs` at a
-//! time, deduplicated (a second pull of a model while one is queued or running joins it), with
-//! live progress for watchers, cancel, and resume of unfinished jobs when the daemon starts.
+//! Pulls as one kind of background job (`ondevice-jobs`): the `pull` kind downloads a catalog
+//! entry or a URL into the registry; [`Pulls`] resolves what to pull and submits the job. One pull
+//! per model at a time (the model name is the dedup key), in the `downloads` resource class.
+//! The download's chunk bookkeeping ([`ChunkState`]) is the job's checkpoint, so a pull resumes
+//! after a restart, even after `kill -9`, where it was.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ondevice_store::{JobRow, Store, StoreError};
+use ondevice_jobs::{
+    BoxFuture, CancelReason, JobContext, JobError, JobFailure, JobKind, JobSnapshot, Jobs, JobsConfig, ResourceClass,
+};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogSource};
@@ -22,27 +25,14 @@ use crate::safety::{UrlError, parse_url, redact_url};
 use crate::{Registry, RegistryError};
 
 /// How pulls run (from `[registry]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PullConfig {
     /// Download tuning.
     pub tuning: Tuning,
-    /// Jobs downloading at once; more wait queued.
-    pub max_concurrent_jobs: usize,
     /// Space rules.
     pub quota: QuotaPolicy,
     /// Catalogs after the bundled one.
     pub catalogs: Vec<CatalogSource>,
-}
-
-impl Default for PullConfig {
-    fn default() -> Self {
-        PullConfig {
-            tuning: Tuning::default(),
-            max_concurrent_jobs: 2,
-            quota: QuotaPolicy::default(),
-            catalogs: Vec::new(),
-        }
-    }
 }
 
 /// A pull that could not be started or did not finish.
@@ -74,218 +64,203 @@ pub enum PullError {
     /// Registering failed (for example the file is not GGUF).
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// The job table failed.
+    /// The job queue failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// No such job.
-    #[error("no job {0}: see `GET /api/v1/jobs`")]
-    NoSuchJob(String),
-    /// The job is already finished.
-    #[error("job {id} already {state}")]
-    Finished {
-        /// Job id.
-        id: String,
-        /// Its state.
-        state: &'static str,
-    },
-}
-
-/// The state of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    /// Waiting for a slot.
-    Queued,
-    /// Downloading.
-    Running,
-    /// Registered.
-    Succeeded,
-    /// Gave up; see the error.
-    Failed,
-    /// Cancelled by a user.
-    Cancelled,
-}
-
-impl JobState {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Succeeded => "succeeded",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> JobState {
-        match s {
-            "queued" => JobState::Queued,
-            "running" => JobState::Running,
-            "succeeded" => JobState::Succeeded,
-            "cancelled" => JobState::Cancelled,
-            _ => JobState::Failed,
-        }
-    }
-
-    /// Whether the job will not change any more.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-}
-
-/// What a watcher sees of a job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobInfo {
-    /// Job id.
-    pub id: String,
-    /// `pull`.
-    pub kind: &'static str,
-    /// The model being pulled (`name:tag`).
-    pub model: String,
-    /// Where from: a catalog name or a URL (redacted).
-    pub source: String,
-    /// State.
-    pub state: JobState,
-    /// Bytes to download, once known.
-    pub total_bytes: Option<u64>,
-    /// Bytes downloaded.
-    pub done_bytes: u64,
-    /// Recent speed.
-    pub bytes_per_second: u64,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// The digest registered, on success.
-    pub digest: Option<String>,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds.
-    pub updated_at: i64,
+    Jobs(#[from] JobError),
 }
 
 /// The persisted request of a pull job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct PullSpec {
-    model: String,
-    source: String,
-    urls: Vec<String>,
-    size: Option<u64>,
-    sha256: Option<String>,
-    license: Option<String>,
+pub struct PullSpec {
+    /// `name:tag` to register.
+    pub model: String,
+    /// Where from: `catalog:NAME` or the URL (redacted).
+    pub source: String,
+    /// Mirrors, tried in order.
+    pub urls: Vec<String>,
+    /// Size, when the catalog says.
+    pub size: Option<u64>,
+    /// Digest, when the catalog says.
+    pub sha256: Option<String>,
+    /// License, when the catalog says.
+    pub license: Option<String>,
 }
 
-struct Job {
-    info: watch::Sender<JobInfo>,
-    cancel: CancellationToken,
-    user_cancelled: AtomicBool,
+/// The `detail` of a pull job (JSON): what the pull API showed before jobs were generic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullDetail {
+    /// The model being pulled, `name:tag`.
+    pub model: String,
+    /// Where from: `catalog:NAME` or the URL (query hidden).
+    pub source: String,
+    /// Bytes to download, once known.
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+    /// Bytes downloaded so far.
+    #[serde(default)]
+    pub done_bytes: u64,
+    /// Recent download speed.
+    #[serde(default)]
+    pub bytes_per_second: u64,
+    /// The registered digest, on success.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
-struct Inner {
-    registry: Arc<Registry>,
-    store: Arc<Store>,
-    fetcher: Fetcher,
-    config: PullConfig,
-    slots: Arc<Semaphore>,
-    jobs: Mutex<HashMap<String, Arc<Job>>>,
-    reservations: Mutex<HashMap<String, u64>>,
-    catalog: tokio::sync::Mutex<Option<(Instant, Arc<Catalog>)>>,
-    /// Serialises the check for a running pull of a model with the start of a new one.
-    submit: tokio::sync::Mutex<()>,
-    shutdown: CancellationToken,
-    tasks: tokio_util::task::TaskTracker,
-}
-
-/// The job queue. Cheap to clone.
-#[derive(Clone)]
-pub struct Jobs {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Jobs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jobs").finish_non_exhaustive()
+impl PullDetail {
+    /// The pull detail of a job snapshot (defaults where the JSON lacks a field).
+    pub fn of(job: &JobSnapshot) -> PullDetail {
+        let mut d: PullDetail = serde_json::from_value(job.detail.clone()).unwrap_or_default();
+        d.done_bytes = job.progress.done;
+        d.total_bytes = job.progress.total;
+        d
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+struct PullShared {
+    registry: Arc<Registry>,
+    fetcher: Fetcher,
+    config: PullConfig,
+    reservations: Mutex<HashMap<String, u64>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// The `pull` job kind.
+pub struct PullKind {
+    shared: PullShared,
 }
 
-fn new_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+impl std::fmt::Debug for PullKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullKind").finish_non_exhaustive()
+    }
 }
 
-impl Jobs {
-    /// Starts the queue and resumes the jobs a previous daemon left queued or running. Running
-    /// jobs stop (and stay resumable) when `shutdown` is cancelled.
+impl PullKind {
+    /// The kind, downloading into `registry` through `fetcher`.
+    pub fn new(registry: Arc<Registry>, fetcher: Fetcher, config: PullConfig) -> Arc<PullKind> {
+        Arc::new(PullKind {
+            shared: PullShared { registry, fetcher, config, reservations: Mutex::new(HashMap::new()) },
+        })
+    }
+}
+
+impl JobKind for PullKind {
+    const KIND: &'static str = "pull";
+    type Spec = PullSpec;
+
+    fn dedup_key(&self, spec: &PullSpec) -> Option<String> {
+        Some(spec.model.clone())
+    }
+
+    fn class(&self, _spec: &PullSpec) -> ResourceClass {
+        ResourceClass::Downloads
+    }
+
+    fn initial_detail(&self, spec: &PullSpec) -> serde_json::Value {
+        let d = PullDetail {
+            model: spec.model.clone(),
+            source: spec.source.clone(),
+            total_bytes: spec.size,
+            ..PullDetail::default()
+        };
+        serde_json::to_value(d).unwrap_or_default()
+    }
+
+    async fn run(self: Arc<Self>, spec: PullSpec, ctx: JobContext) -> Result<(), JobFailure> {
+        let inner = &self.shared;
+        let chunks: ChunkState = match ctx.checkpoint() {
+            Some(bytes) => serde_json::from_slice(bytes).unwrap_or_else(|e| {
+                tracing::warn!(job = %ctx.id(), error = %e, "unreadable pull checkpoint; starting over");
+                ChunkState::default()
+            }),
+            None => ChunkState::default(),
+        };
+        if chunks.total.is_some() {
+            tracing::info!(job = %ctx.id(), model = %spec.model, done = chunks.done_bytes(), "resuming pull");
+        }
+        ctx.progress(chunks.done_bytes(), chunks.total.or(spec.size), "bytes");
+        let result = execute(&self, &spec, &ctx, chunks).await;
+        lock(&inner.reservations).remove(ctx.id());
+        match result {
+            Ok(digest) => {
+                tracing::info!(job = %ctx.id(), model = %spec.model, %digest, "pull finished");
+                ctx.update_detail(|d| {
+                    d["digest"] = serde_json::Value::String(digest.to_string());
+                    d["bytes_per_second"] = 0.into();
+                });
+                Ok(())
+            }
+            Err(PullError::Download { source: DownloadError::Cancelled, .. }) => {
+                if ctx.cancel_reason() == Some(CancelReason::User) {
+                    let partial = inner.registry.partial_path(ctx.id());
+                    let _ = blocking(move || std::fs::remove_file(partial)).await;
+                }
+                Err(JobFailure::Cancelled)
+            }
+            Err(e) => {
+                let partial = inner.registry.partial_path(ctx.id());
+                let _ = blocking(move || std::fs::remove_file(partial)).await;
+                ctx.update_detail(|d| d["bytes_per_second"] = 0.into());
+                Err(JobFailure::Failed(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The merged catalog and when it was loaded.
+type CachedCatalog = (Instant, Arc<Catalog>);
+
+/// Starts pulls: resolves a catalog name or URL into a [`PullSpec`] and submits the `pull` job.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Pulls {
+    kind: Arc<PullKind>,
+    jobs: Jobs,
+    catalog: Arc<tokio::sync::Mutex<Option<CachedCatalog>>>,
+}
+
+impl std::fmt::Debug for Pulls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pulls").finish_non_exhaustive()
+    }
+}
+
+impl Pulls {
+    /// Pulls through `jobs`, a queue `kind` is registered with.
+    pub fn new(kind: Arc<PullKind>, jobs: Jobs) -> Pulls {
+        Pulls { kind, jobs, catalog: Arc::new(tokio::sync::Mutex::new(None)) }
+    }
+
+    /// A queue of its own with only the pull kind (for tools and tests that pull without the daemon).
     pub async fn start(
         registry: Arc<Registry>,
         fetcher: Fetcher,
         config: PullConfig,
+        jobs: JobsConfig,
         shutdown: CancellationToken,
-    ) -> Result<Jobs, PullError> {
+    ) -> Result<Pulls, PullError> {
         let store = registry.store().clone();
-        let jobs = Jobs {
-            inner: Arc::new(Inner {
-                slots: Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1))),
-                registry,
-                store: store.clone(),
-                fetcher,
-                config,
-                jobs: Mutex::new(HashMap::new()),
-                reservations: Mutex::new(HashMap::new()),
-                catalog: tokio::sync::Mutex::new(None),
-                submit: tokio::sync::Mutex::new(()),
-                shutdown,
-                tasks: tokio_util::task::TaskTracker::new(),
-            }),
-        };
-        let rows = blocking(move || store.list_jobs()).await?;
-        let week_ago = now() - 7 * 86400;
-        let store = jobs.inner.store.clone();
-        let _ = blocking(move || store.prune_jobs(week_ago)).await;
-        for row in rows {
-            let state = JobState::parse(&row.state);
-            if state.is_terminal() {
-                continue;
-            }
-            let Ok(spec) = serde_json::from_str::<PullSpec>(&row.spec) else {
-                tracing::warn!(job = %row.id, "unreadable job spec; marking it failed");
-                let store = jobs.inner.store.clone();
-                let id = row.id.clone();
-                let _ =
-                    blocking(move || store.set_job_state(&id, "failed", Some("unreadable job record"), None, now()))
-                        .await;
-                continue;
-            };
-            let chunks = ChunkState {
-                total: row.total_bytes.and_then(|t| u64::try_from(t).ok()),
-                chunk_size: row.chunk_size.and_then(|c| u64::try_from(c).ok()).unwrap_or(0),
-                done: row.chunks.clone(),
-            };
-            tracing::info!(job = %row.id, model = %spec.model, done = chunks.done_bytes(), "resuming pull");
-            let info = info_from_row(&row, &spec);
-            jobs.spawn(row.id.clone(), spec, info, chunks);
-        }
-        Ok(jobs)
+        let kind = PullKind::new(registry, fetcher, config);
+        let queue = Jobs::builder(store, jobs).kind(kind.clone()).start(shutdown).await?;
+        Ok(Pulls::new(kind, queue))
+    }
+
+    /// The queue the pulls run in.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
     }
 
     /// The merged catalog (cached for a minute).
     pub async fn catalog(&self) -> Arc<Catalog> {
-        let mut cached = self.inner.catalog.lock().await;
+        let mut cached = self.catalog.lock().await;
         if let Some((at, c)) = cached.as_ref() {
             if at.elapsed() < Duration::from_secs(60) {
                 return c.clone();
             }
         }
         let mut sources = vec![CatalogSource::Bundled];
-        sources.extend(self.inner.config.catalogs.iter().cloned());
-        let c = Arc::new(Catalog::load(&sources, &self.inner.fetcher).await);
+        sources.extend(self.kind.shared.config.catalogs.iter().cloned());
+        let c = Arc::new(Catalog::load(&sources, &self.kind.shared.fetcher).await);
         *cached = Some((Instant::now(), c.clone()));
         c
     }
@@ -293,10 +268,10 @@ impl Jobs {
     /// Starts a pull of a catalog name or an http(s) URL, registered as `name` (default: the
     /// catalog name, or the URL's file name). A pull of a model that is already being pulled
     /// returns that job.
-    pub async fn pull(&self, target: &str, name: Option<ModelRef>) -> Result<JobInfo, PullError> {
+    pub async fn pull(&self, target: &str, name: Option<ModelRef>) -> Result<JobSnapshot, PullError> {
         let spec = if target.contains("://") {
             let url = parse_url(target)?;
-            self.inner.fetcher.policy().check_url(&url).await?;
+            self.kind.shared.fetcher.policy().check_url(&url).await?;
             let model = match name {
                 Some(n) => n,
                 None => {
@@ -328,107 +303,32 @@ impl Jobs {
                 license: entry.license.clone(),
             }
         };
-        // One download per model: join a job that is queued or running.
-        let _submitting = self.inner.submit.lock().await;
-        if let Some(existing) = self.active_for(&spec.model) {
-            tracing::info!(model = %spec.model, job = %existing.id, "pull joins the running job");
-            return Ok(existing);
-        }
-        let id = new_id();
-        let at = now();
-        let row = JobRow {
-            id: id.clone(),
-            kind: "pull".into(),
-            spec: serde_json::to_string(&spec).unwrap_or_default(),
-            state: "queued".into(),
-            error: None,
-            total_bytes: spec.size.and_then(|s| i64::try_from(s).ok()),
-            done_bytes: 0,
-            chunk_size: None,
-            chunks: Vec::new(),
-            result: None,
-            created_at: at,
-            updated_at: at,
-        };
-        let info = info_from_row(&row, &spec);
-        let store = self.inner.store.clone();
-        blocking(move || store.insert_job(&row)).await?;
-        tracing::info!(job = %id, model = %spec.model, source = %spec.source, "pull queued");
-        self.spawn(id, spec, info.clone(), ChunkState::default());
-        Ok(info)
+        let job = self.jobs.submit::<PullKind>(&spec).await?;
+        tracing::info!(job = %job.id, model = %spec.model, source = %spec.source, "pull submitted");
+        Ok(job)
+    }
+}
+
+/// What the edge needs to start pulls (object-safe; the daemon wires [`Pulls`]).
+pub trait PullService: Send + Sync {
+    /// See [`Pulls::pull`].
+    fn pull<'a>(&'a self, target: &'a str, name: Option<ModelRef>) -> BoxFuture<'a, Result<JobSnapshot, PullError>>;
+    /// See [`Pulls::catalog`].
+    fn catalog(&self) -> BoxFuture<'_, Arc<Catalog>>;
+}
+
+impl PullService for Pulls {
+    fn pull<'a>(&'a self, target: &'a str, name: Option<ModelRef>) -> BoxFuture<'a, Result<JobSnapshot, PullError>> {
+        Box::pin(Pulls::pull(self, target, name))
     }
 
-    fn active_for(&self, model: &str) -> Option<JobInfo> {
-        let jobs = lock(&self.inner.jobs);
-        jobs.values().map(|j| j.info.borrow().clone()).find(|i| i.model == model && !i.state.is_terminal())
+    fn catalog(&self) -> BoxFuture<'_, Arc<Catalog>> {
+        Box::pin(Pulls::catalog(self))
     }
+}
 
-    fn spawn(&self, id: String, spec: PullSpec, info: JobInfo, chunks: ChunkState) {
-        let (tx, _) = watch::channel(info);
-        let job = Arc::new(Job {
-            info: tx,
-            cancel: self.inner.shutdown.child_token(),
-            user_cancelled: AtomicBool::new(false),
-        });
-        lock(&self.inner.jobs).insert(id.clone(), job.clone());
-        let inner = self.inner.clone();
-        self.inner.tasks.spawn(async move { run(inner, id, spec, job, chunks).await });
-    }
-
-    /// Every job this daemon knows: live ones and finished ones from the table, oldest first.
-    pub async fn list(&self) -> Result<Vec<JobInfo>, PullError> {
-        let store = self.inner.store.clone();
-        let rows = blocking(move || store.list_jobs()).await?;
-        let live = lock(&self.inner.jobs);
-        Ok(rows
-            .iter()
-            .map(|r| match live.get(&r.id) {
-                Some(j) => j.info.borrow().clone(),
-                None => info_from_stored(r),
-            })
-            .collect())
-    }
-
-    /// One job.
-    pub async fn get(&self, id: &str) -> Result<JobInfo, PullError> {
-        if let Some(j) = lock(&self.inner.jobs).get(id) {
-            return Ok(j.info.borrow().clone());
-        }
-        let store = self.inner.store.clone();
-        let key = id.to_owned();
-        let row = blocking(move || store.get_job(&key)).await?;
-        row.as_ref().map(info_from_stored).ok_or_else(|| PullError::NoSuchJob(id.to_owned()))
-    }
-
-    /// Live updates of a job (the current value first); `None` for unknown or old jobs.
-    pub fn watch(&self, id: &str) -> Option<watch::Receiver<JobInfo>> {
-        lock(&self.inner.jobs).get(id).map(|j| j.info.subscribe())
-    }
-
-    /// Cancels a queued or running job; its partial file is removed.
-    pub async fn cancel(&self, id: &str) -> Result<JobInfo, PullError> {
-        let job = lock(&self.inner.jobs).get(id).cloned();
-        let Some(job) = job else {
-            let info = self.get(id).await?;
-            return Err(PullError::Finished { id: id.to_owned(), state: info.state.as_str() });
-        };
-        let state = job.info.borrow().state;
-        if state.is_terminal() {
-            return Err(PullError::Finished { id: id.to_owned(), state: state.as_str() });
-        }
-        job.user_cancelled.store(true, Ordering::SeqCst);
-        job.cancel.cancel();
-        let mut rx = job.info.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|i| i.state.is_terminal())).await;
-        let info = job.info.borrow().clone();
-        Ok(info)
-    }
-
-    /// Waits for running jobs to stop (after the shutdown token was cancelled).
-    pub async fn wait(&self) {
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn named(r: &ModelRef) -> Result<&ModelRef, PullError> {
@@ -440,59 +340,31 @@ fn named(r: &ModelRef) -> Result<&ModelRef, PullError> {
     }
 }
 
-fn info_from_row(row: &JobRow, spec: &PullSpec) -> JobInfo {
-    JobInfo {
-        id: row.id.clone(),
-        kind: "pull",
-        model: spec.model.clone(),
-        source: spec.source.clone(),
-        state: JobState::parse(&row.state),
-        total_bytes: row.total_bytes.and_then(|t| u64::try_from(t).ok()),
-        done_bytes: u64::try_from(row.done_bytes).unwrap_or(0),
-        bytes_per_second: 0,
-        error: row.error.clone(),
-        digest: row.result.clone(),
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    }
-}
-
-fn info_from_stored(row: &JobRow) -> JobInfo {
-    let spec = serde_json::from_str::<PullSpec>(&row.spec).unwrap_or(PullSpec {
-        model: String::new(),
-        source: String::new(),
-        urls: Vec::new(),
-        size: None,
-        sha256: None,
-        license: None,
-    });
-    info_from_row(row, &spec)
-}
-
 struct JobHooks {
-    inner: Arc<Inner>,
-    id: String,
+    kind: Arc<PullKind>,
+    ctx: JobContext,
     model: String,
 }
 
 impl Hooks for JobHooks {
     fn reserve(&self, bytes: u64) -> Result<(), String> {
-        reserve(&self.inner, &self.id, &self.model, bytes).map_err(|e| e.to_string())
+        reserve(&self.kind.shared, self.ctx.id(), &self.model, bytes).map_err(|e| e.to_string())
     }
 
     fn chunk_done(&self, state: &ChunkState) {
-        let total = state.total.and_then(|t| i64::try_from(t).ok());
-        let chunk = i64::try_from(state.chunk_size).ok();
-        let done = i64::try_from(state.done_bytes()).unwrap_or(i64::MAX);
-        if let Err(e) = self.inner.store.set_job_progress(&self.id, total, chunk, &state.done, done, now()) {
-            tracing::warn!(job = %self.id, error = %e, "cannot record download progress");
+        self.ctx.progress(state.done_bytes(), state.total, "bytes");
+        let saved = serde_json::to_vec(state)
+            .map_err(|e| e.to_string())
+            .and_then(|cp| self.ctx.save_checkpoint(&cp).map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::warn!(job = %self.ctx.id(), error = %e, "cannot record download progress");
         }
     }
 }
 
 /// Reserves `bytes` for a job under the quota and the free disk space, evicting least recently
 /// used models when allowed. Blocking.
-fn reserve(inner: &Inner, id: &str, model: &str, bytes: u64) -> Result<(), PullError> {
+fn reserve(inner: &PullShared, id: &str, model: &str, bytes: u64) -> Result<(), PullError> {
     let policy = &inner.config.quota;
     let mut reservations = lock(&inner.reservations);
     let others: u64 = reservations.iter().filter(|(k, _)| k.as_str() != id).map(|(_, v)| v).sum();
@@ -532,69 +404,13 @@ fn reserve(inner: &Inner, id: &str, model: &str, bytes: u64) -> Result<(), PullE
     Ok(())
 }
 
-async fn set_state(inner: &Inner, id: &str, job: &Job, state: JobState, error: Option<String>, digest: Option<String>) {
-    let store = inner.store.clone();
-    let (key, e, d) = (id.to_owned(), error.clone(), digest.clone());
-    if let Err(err) =
-        blocking(move || store.set_job_state(&key, state.as_str(), e.as_deref(), d.as_deref(), now())).await
-    {
-        tracing::warn!(job = %id, error = %err, "cannot record job state");
-    }
-    job.info.send_modify(|i| {
-        i.state = state;
-        i.error = error;
-        i.digest = digest;
-        i.updated_at = now();
-        if state == JobState::Succeeded {
-            i.done_bytes = i.total_bytes.unwrap_or(i.done_bytes);
-        }
-        i.bytes_per_second = 0;
-    });
-}
-
-async fn run(inner: Arc<Inner>, id: String, spec: PullSpec, job: Arc<Job>, chunks: ChunkState) {
-    let permit = tokio::select! {
-        p = inner.slots.clone().acquire_owned() => p.ok(),
-        () = job.cancel.cancelled() => None,
-    };
-    let result = match permit {
-        Some(_permit) => {
-            set_state(&inner, &id, &job, JobState::Running, None, None).await;
-            execute(&inner, &id, &spec, &job, chunks).await
-        }
-        None => Err(PullError::Download { model: spec.model.clone(), source: DownloadError::Cancelled }),
-    };
-    lock(&inner.reservations).remove(&id);
-    let user_cancelled = job.user_cancelled.load(Ordering::SeqCst);
-    let partial = inner.registry.partial_path(&id);
-    match result {
-        Ok(digest) => {
-            tracing::info!(job = %id, model = %spec.model, %digest, "pull finished");
-            set_state(&inner, &id, &job, JobState::Succeeded, None, Some(digest.to_string())).await;
-        }
-        Err(PullError::Download { source: DownloadError::Cancelled, .. }) if !user_cancelled => {
-            // The daemon is stopping: the job stays queued/running in the table and resumes.
-            tracing::info!(job = %id, "pull paused for shutdown");
-        }
-        Err(e) => {
-            let state = if user_cancelled { JobState::Cancelled } else { JobState::Failed };
-            let msg = if user_cancelled { None } else { Some(e.to_string()) };
-            if !user_cancelled {
-                tracing::warn!(job = %id, model = %spec.model, error = %e, "pull failed");
-            }
-            let _ = blocking(move || std::fs::remove_file(partial)).await;
-            set_state(&inner, &id, &job, state, msg, None).await;
-        }
-    }
-}
-
 async fn execute(
-    inner: &Arc<Inner>,
-    id: &str,
+    kind: &Arc<PullKind>,
     spec: &PullSpec,
-    job: &Arc<Job>,
+    ctx: &JobContext,
     chunks: ChunkState,
 ) -> Result<Digest, PullError> {
+    let (inner, id) = (&kind.shared, ctx.id());
     let model: ModelRef = spec.model.parse()?;
     let digest: Option<Digest> = spec.sha256.as_deref().map(str::parse).transpose()?;
     // Content we already hold is registered without a download.
@@ -606,10 +422,9 @@ async fn execute(
     let mirrors: Vec<Url> = spec.urls.iter().map(|u| parse_url(u)).collect::<Result<_, _>>()?;
     let source = Source { mirrors, size: spec.size, digest };
     let progress = Arc::new(Progress::default());
-    let hooks: Arc<dyn Hooks> =
-        Arc::new(JobHooks { inner: inner.clone(), id: id.to_owned(), model: spec.model.clone() });
+    let hooks: Arc<dyn Hooks> = Arc::new(JobHooks { kind: kind.clone(), ctx: ctx.clone(), model: spec.model.clone() });
     let path = inner.registry.partial_path(id);
-    let ticker = tokio::spawn(report_progress(job.clone(), progress.clone()));
+    let ticker = tokio::spawn(report_progress(ctx.clone(), progress.clone()));
     let dl = Download {
         fetcher: &inner.fetcher,
         source: &source,
@@ -617,7 +432,7 @@ async fn execute(
         path: &path,
         hooks,
         progress,
-        cancel: job.cancel.clone(),
+        cancel: ctx.cancel_token().clone(),
     };
     let started = Instant::now();
     let done = dl.run(chunks).await;
@@ -634,8 +449,8 @@ async fn execute(
     Ok(done.digest)
 }
 
-/// Publishes progress to watchers four times a second, with a smoothed speed.
-async fn report_progress(job: Arc<Job>, progress: Arc<Progress>) {
+/// Publishes progress to watchers four times a second, with a smoothed speed in the detail.
+async fn report_progress(ctx: JobContext, progress: Arc<Progress>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last = (Instant::now(), progress.done.load(Ordering::Relaxed));
     let mut speed = 0f64;
@@ -649,14 +464,8 @@ async fn report_progress(job: Arc<Job>, progress: Arc<Progress>) {
             speed = if speed == 0.0 { inst } else { 0.7 * speed + 0.3 * inst };
         }
         last = (Instant::now(), done);
-        job.info.send_if_modified(|i| {
-            let changed = i.done_bytes != done || (total > 0 && i.total_bytes != Some(total));
-            i.done_bytes = done;
-            if total > 0 {
-                i.total_bytes = Some(total);
-            }
-            i.bytes_per_second = speed as u64;
-            changed
-        });
+        let known = ctx.snapshot().progress.total;
+        ctx.progress(done, if total > 0 { Some(total) } else { known }, "bytes");
+        ctx.update_detail(|d| d["bytes_per_second"] = (speed as u64).into());
     }
 }

@@ -1,7 +1,7 @@
 //! The one place where failures become HTTP statuses and gRPC `Status` codes, always with the
 //! JSON body `{"error": {"code": "...", "message": "..."}}` on HTTP.
 //!
-//! Every domain error the edge meets (`AuthError`, `RegistryError`, `PullError`, `QuotaError`,
+//! Every domain error the edge meets (`AuthError`, `RegistryError`, `PullError`, `JobError`, `QuotaError`,
 //! `DownloadError`, `RuntimeError`) becomes an [`ApiError`] here, through `match`es without a
 //! catch-all arm: a new variant does not compile until someone decides how it is answered. Each
 //! [`ApiError`] has one [`Answer`] (HTTP status, gRPC code and body code together), so HTTP and
@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ondevice_auth::AuthError;
 use ondevice_registry::download::DownloadError;
+use ondevice_jobs::JobError;
 use ondevice_registry::jobs::PullError;
 use ondevice_registry::quota::QuotaError;
 use ondevice_registry::{BlobError, RegistryError};
@@ -252,12 +253,23 @@ impl From<PullError> for ApiError {
         let message = e.to_string();
         match e {
             PullError::Ref(_) | PullError::Url(_) => ApiError::InvalidRequest(message),
-            PullError::NotInCatalog { .. } | PullError::NoSuchJob(_) => ApiError::NotFound(message),
-            PullError::Finished { .. } => ApiError::Conflict(message),
+            PullError::NotInCatalog { .. } => ApiError::NotFound(message),
             PullError::Download { source, .. } => download_failure(source, message),
             PullError::Quota(q) => q.into(),
             PullError::Registry(r) => r.into(),
-            PullError::Store(_) => ApiError::Internal(message),
+            PullError::Jobs(j) => j.into(),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let message = e.to_string();
+        match e {
+            JobError::NotFound(_) => ApiError::NotFound(message),
+            JobError::Finished { .. } => ApiError::Conflict(message),
+            JobError::ShuttingDown => ApiError::Overloaded { retry_after_s: 5 },
+            JobError::UnknownKind(_) | JobError::Spec { .. } | JobError::Store(_) => ApiError::Internal(message),
         }
     }
 }
@@ -392,8 +404,9 @@ mod tests {
             path: "/home".into(),
         });
         assert_answer(disk, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
-        assert_answer(PullError::NoSuchJob("j1".into()), StatusCode::NOT_FOUND, Code::NotFound, "not_found");
-        let finished = PullError::Finished { id: "j1".into(), state: "succeeded" };
+        let missing = PullError::Jobs(JobError::NotFound("j1".into()));
+        assert_answer(missing, StatusCode::NOT_FOUND, Code::NotFound, "not_found");
+        let finished = JobError::Finished { id: "j1".into(), state: ondevice_jobs::JobState::Succeeded };
         assert_answer(finished, StatusCode::CONFLICT, Code::FailedPrecondition, "conflict");
         let mirrors = PullError::Download {
             model: "m:latest".into(),

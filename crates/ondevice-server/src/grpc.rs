@@ -1,10 +1,12 @@
 //! gRPC on the same listener: `ondevice.v1.StatusService`, `ondevice.v1.InferenceService`
-//! (`grpc/inference.rs`), `ondevice.v1.ModelsService` (`grpc/models.rs`), the standard
+//! (`grpc/inference.rs`), `ondevice.v1.ModelsService` (`grpc/models.rs`), `ondevice.v1.JobsService`
+//! (`grpc/jobs.rs`), the standard
 //! `grpc.health.v1.Health` (public) and server reflection (v1 and v1alpha). Every service but
 //! health is wrapped in [`ScopeGuard`], which looks the method up in [`METHOD_SCOPES`] and calls
 //! the same verifier as the HTTP layer; a method missing from the table is never served.
 
 mod inference;
+mod jobs;
 mod models;
 
 use std::convert::Infallible;
@@ -16,6 +18,7 @@ use futures_util::Stream;
 use http::HeaderMap;
 use ondevice_auth::{Presented, Principal, Scope};
 use ondevice_proto::v1::inference_service_server::InferenceServiceServer;
+use ondevice_proto::v1::jobs_service_server::JobsServiceServer;
 use ondevice_proto::v1::models_service_server::ModelsServiceServer;
 use ondevice_proto::v1::status_service_server::{StatusService, StatusServiceServer};
 use ondevice_proto::v1::{Event, GetStatusRequest, GetStatusResponse, WatchEventsRequest, WorkerStatus};
@@ -38,8 +41,10 @@ pub const METHOD_SCOPES: &[(&str, &str, Scope)] = &[
     ("ondevice.v1.ModelsService", "PullModel", Scope::Models),
     ("ondevice.v1.ModelsService", "RemoveModel", Scope::Models),
     ("ondevice.v1.ModelsService", "PinModel", Scope::Models),
-    ("ondevice.v1.ModelsService", "ListJobs", Scope::Read),
-    ("ondevice.v1.ModelsService", "CancelJob", Scope::Models),
+    ("ondevice.v1.JobsService", "List", Scope::Read),
+    ("ondevice.v1.JobsService", "Get", Scope::Read),
+    ("ondevice.v1.JobsService", "Cancel", Scope::Models),
+    ("ondevice.v1.JobsService", "Watch", Scope::Read),
     ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", Scope::Read),
     ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", Scope::Read),
 ];
@@ -218,10 +223,12 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     reporter.set_serving::<StatusServiceServer<StatusImpl>>().await;
     reporter.set_serving::<InferenceServiceServer<inference::InferenceImpl>>().await;
     reporter.set_serving::<ModelsServiceServer<models::ModelsImpl>>().await;
+    reporter.set_serving::<JobsServiceServer<jobs::JobsImpl>>().await;
     let status = ScopeGuard::new(state, StatusServiceServer::new(StatusImpl { state: state.clone() }));
     let inference =
         ScopeGuard::new(state, InferenceServiceServer::new(inference::InferenceImpl { state: state.clone() }));
     let models = ScopeGuard::new(state, ModelsServiceServer::new(models::ModelsImpl { state: state.clone() }));
+    let jobs = ScopeGuard::new(state, JobsServiceServer::new(jobs::JobsImpl { state: state.clone() }));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ondevice_proto::FILE_DESCRIPTOR_SET)
@@ -232,6 +239,7 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     router = add(router, status);
     router = add(router, inference);
     router = add(router, models);
+    router = add(router, jobs);
     if let Ok(v1) = reflection().build_v1() {
         router = add(router, ScopeGuard::new(state, v1));
     }

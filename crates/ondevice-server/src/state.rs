@@ -13,6 +13,14 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::services::ModelService;
+use ondevice_jobs::JobService;
+use ondevice_registry::jobs::PullService;
+
+/// The job queue and the pull starter, wired together.
+pub(crate) struct Jobs {
+    pub jobs: Arc<dyn JobService>,
+    pub pulls: Arc<dyn PullService>,
+}
 
 /// One supervised worker as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -147,7 +155,7 @@ pub(crate) struct Inner {
     pub openapi_json: std::sync::OnceLock<String>,
     pub tasks: tokio_util::task::TaskTracker,
     pub inference: std::sync::OnceLock<Arc<dyn ondevice_runtime::Inference>>,
-    pub jobs: std::sync::OnceLock<ondevice_registry::jobs::Jobs>,
+    pub jobs: std::sync::OnceLock<Jobs>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -204,17 +212,23 @@ impl AppState {
         self.inference().cloned().ok_or(ApiError::NoInference)
     }
 
-    /// Wires the model download queue (pulls and `/api/v1/jobs`). Without it pulls answer 503.
+    /// Wires the job queue (`/api/v1/jobs`, gRPC `JobsService`) and the pulls that run in it.
+    /// Without it job routes and pulls answer 503.
     /// The first call wins.
     #[must_use]
-    pub fn with_jobs(self, jobs: ondevice_registry::jobs::Jobs) -> AppState {
-        let _ = self.inner.jobs.set(jobs);
+    pub fn with_jobs(self, jobs: Arc<dyn JobService>, pulls: Arc<dyn PullService>) -> AppState {
+        let _ = self.inner.jobs.set(Jobs { jobs, pulls });
         self
     }
 
     /// The download queue, or the error pull and job routes answer without one.
-    pub(crate) fn require_jobs(&self) -> Result<&ondevice_registry::jobs::Jobs, ApiError> {
-        self.inner.jobs.get().ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    pub(crate) fn require_jobs(&self) -> Result<&Arc<dyn JobService>, ApiError> {
+        self.inner.jobs.get().map(|j| &j.jobs).ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    }
+
+    /// The pull starter, or the error pull routes answer without one.
+    pub(crate) fn require_pulls(&self) -> Result<&Arc<dyn PullService>, ApiError> {
+        self.inner.jobs.get().map(|j| &j.pulls).ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The status source (workers).

@@ -15,7 +15,7 @@ mod jobs;
 mod models;
 mod roots;
 
-pub use jobs::JobRow;
+pub use jobs::{JobProgressRow, JobRow};
 pub use models::{BlobRow, ModelRow};
 pub use roots::RootRow;
 
@@ -81,6 +81,44 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (digest, owner_kind, owner_id)
     ) STRICT;
     CREATE INDEX blob_roots_by_owner ON blob_roots (owner_kind, owner_id);",
+    // 5: jobs of any kind (`ondevice-jobs`): progress (done/total/unit + message), an opaque
+    // checkpoint, a dedup key, a resource class and a kind-specific JSON detail replace the
+    // pull-specific columns. Pull rows carry over: their chunk bookkeeping becomes the pull's
+    // checkpoint (`done_hex` is the old bitmap in hex), their registered digest its detail.
+    "CREATE TABLE jobs_v5 (
+        id          TEXT PRIMARY KEY NOT NULL,
+        kind        TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        dedup_key   TEXT,
+        class       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        error       TEXT,
+        done        INTEGER NOT NULL DEFAULT 0,
+        total       INTEGER,
+        unit        TEXT NOT NULL DEFAULT '',
+        message     TEXT,
+        checkpoint  BLOB,
+        detail      TEXT NOT NULL DEFAULT '{}',
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        finished_at INTEGER
+    ) STRICT;
+    INSERT INTO jobs_v5 (id, kind, spec, dedup_key, class, state, error, done, total, unit, message,
+                         checkpoint, detail, created_at, updated_at, finished_at)
+    SELECT id, kind, spec, json_extract(spec, '$.model'), 'downloads', state, error, done_bytes, total_bytes,
+           'bytes', NULL,
+           CASE WHEN chunk_size IS NULL THEN NULL ELSE CAST(json_object(
+               'total', total_bytes, 'chunk_size', chunk_size, 'done_hex', lower(hex(coalesce(chunks, x''))))
+               AS BLOB) END,
+           json_object('model', json_extract(spec, '$.model'), 'source', json_extract(spec, '$.source'),
+                       'digest', result),
+           created_at, updated_at,
+           CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN updated_at END
+    FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v5 RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs (state);
+    CREATE INDEX jobs_by_kind ON jobs (kind, dedup_key);",
 ];
 
 /// A database failure, with the file it concerns.

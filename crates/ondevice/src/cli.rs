@@ -42,6 +42,9 @@ pub enum Command {
     /// Manage the local model registry (needs a key with the models scope for changes).
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Follow and cancel background jobs: pulls and, later, quantizations, indexing, bundles.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Run a model: stream its answer to PROMPT, or chat interactively without PROMPT.
     Run(RunArgs),
     /// List the models loaded now: runtime, memory, and until when keep-alive keeps them.
@@ -218,6 +221,48 @@ pub struct ModelsListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ondevice jobs ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, oldest first (finished ones are kept for `[jobs] keep_finished_days`).
+    List {
+        /// Only jobs of this kind: pull, quantize, index, ...
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only jobs in this state: queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, progress, error and its kind's detail.
+    Show {
+        /// Job id (see `ondevice jobs list`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job until it finishes: a progress bar on a terminal, plain lines otherwise.
+    /// Exits non-zero unless the job succeeded.
+    Watch {
+        /// Job id.
+        id: String,
+        /// Print the finished job as JSON (progress still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job (needs a key with the models scope).
+    Cancel {
+        /// Job id.
+        id: String,
+        /// Print the cancelled job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `ondevice models ...`.

@@ -1,16 +1,12 @@
 //! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. Scopes come from the method
-//! table in `grpc.rs` (reads need `read`; PullModel, RemoveModel, PinModel and CancelJob need
-//! `models`). Domain errors map through `ApiError` like HTTP.
+//! table in `grpc.rs` (reads need `read`; PullModel, RemoveModel and PinModel need `models`). Domain errors map through `ApiError` like HTTP.
 
-use std::pin::Pin;
-
-use futures_util::Stream;
 use ondevice_proto::v1 as pb;
 use ondevice_proto::v1::models_service_server::ModelsService;
-use ondevice_registry::jobs::JobInfo;
 use ondevice_registry::{ModelRecord, ModelRef};
 use tonic::{Request, Response, Status};
 
+use super::jobs::JobStream;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -18,7 +14,6 @@ pub(super) struct ModelsImpl {
     pub state: AppState,
 }
 
-type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
 fn status(e: impl Into<ApiError>) -> Status {
     e.into().to_status()
@@ -46,23 +41,6 @@ fn model(m: ModelRecord) -> pb::Model {
     }
 }
 
-fn job(j: JobInfo) -> pb::Job {
-    pb::Job {
-        id: j.id,
-        kind: j.kind.to_owned(),
-        model: j.model,
-        source: j.source,
-        state: j.state.as_str().to_owned(),
-        total_bytes: j.total_bytes.unwrap_or(0),
-        done_bytes: j.done_bytes,
-        bytes_per_second: j.bytes_per_second,
-        error: j.error.unwrap_or_default(),
-        digest: j.digest.unwrap_or_default(),
-        created_at: j.created_at,
-        updated_at: j.updated_at,
-    }
-}
-
 #[tonic::async_trait]
 impl ModelsService for ModelsImpl {
     async fn list_models(
@@ -83,31 +61,8 @@ impl ModelsService for ModelsImpl {
     async fn pull_model(&self, req: Request<pb::PullModelRequest>) -> Result<Response<JobStream>, Status> {
         let req = req.into_inner();
         let name = if req.name.is_empty() { None } else { Some(parse_ref(&req.name)?) };
-        let jobs = self.state.require_jobs().map_err(status)?.clone();
-        let started = jobs.pull(&req.model, name).await.map_err(status)?;
-        let rx = jobs.watch(&started.id);
-        let shutdown = self.state.shutdown_token().clone();
-        let (tx, out) = tokio::sync::mpsc::channel(8);
-        self.state.tasks().spawn(async move {
-            let terminal = started.state.is_terminal();
-            if tx.send(Ok(job(started))).await.is_err() || terminal {
-                return;
-            }
-            let Some(mut rx) = rx else { return };
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    changed = rx.changed() => if changed.is_err() { return },
-                }
-                let j = rx.borrow_and_update().clone();
-                let end = j.state.is_terminal();
-                if tx.send(Ok(job(j))).await.is_err() || end {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))))
+        let started = self.state.require_pulls().map_err(status)?.pull(&req.model, name).await.map_err(status)?;
+        Ok(Response::new(super::jobs::watch_stream(&self.state, started).await?))
     }
 
     async fn remove_model(
@@ -125,16 +80,5 @@ impl ModelsService for ModelsImpl {
         let models = self.state.models().set_pinned(r, req.pinned).await.map_err(status)?;
         tracing::info!(model = %req.name, pinned = req.pinned, "model pin changed");
         Ok(Response::new(pb::PinModelResponse { models: models.into_iter().map(model).collect() }))
-    }
-
-    async fn list_jobs(&self, _req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.state.require_jobs().map_err(status)?.list().await.map_err(status)?;
-        Ok(Response::new(pb::ListJobsResponse { jobs: jobs.into_iter().map(job).collect() }))
-    }
-
-    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let id = req.into_inner().id;
-        let info = self.state.require_jobs().map_err(status)?.cancel(&id).await.map_err(status)?;
-        Ok(Response::new(job(info)))
     }
 }

@@ -6,64 +6,144 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
+use ondevice_jobs::{JobFilter, JobSnapshot, JobState};
 use ondevice_registry::ModelRef;
 use ondevice_registry::catalog::CatalogEntry;
-use ondevice_registry::jobs::JobInfo;
+use ondevice_registry::jobs::PullDetail;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiJson};
 use crate::state::AppState;
 
-/// A background job (a model pull).
+/// A background job of any kind.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     /// Job id.
     pub id: String,
-    /// `pull`.
+    /// `pull`, `quantize`, `index`, ...
     pub kind: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// How far it is.
+    pub progress: ProgressView,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// What the job is about; its shape depends on `kind`.
+    pub detail: JobDetail,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds, once finished.
+    pub finished_at: Option<i64>,
+}
+
+/// Progress of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProgressView {
+    /// Units done.
+    pub done: u64,
+    /// Units in all, once known.
+    pub total: Option<u64>,
+    /// What a unit is: `bytes`, `tensors`, `documents`, ...
+    pub unit: String,
+    /// What the job is doing now.
+    pub message: Option<String>,
+}
+
+/// The kind-specific detail of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobDetail {
+    /// `kind: "pull"`.
+    Pull(PullDetailView),
+    /// A kind without a typed detail yet: its JSON object as the job wrote it.
+    Other(serde_json::Map<String, serde_json::Value>),
+}
+
+/// Detail of a `pull` job (the fields a pull job showed before jobs were generic).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PullDetailView {
     /// The model being pulled, `name:tag`.
     pub model: String,
     /// Where from: `catalog:NAME` or the URL (query hidden).
     pub source: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub state: String,
     /// Bytes to download, once known.
     pub total_bytes: Option<u64>,
     /// Bytes downloaded so far.
     pub done_bytes: u64,
     /// Recent download speed.
     pub bytes_per_second: u64,
-    /// Why it failed.
-    pub error: Option<String>,
     /// The registered digest, on success.
     pub digest: Option<String>,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Unix seconds.
-    pub updated_at: i64,
 }
 
-impl From<JobInfo> for JobView {
-    fn from(j: JobInfo) -> Self {
+impl From<JobSnapshot> for JobView {
+    fn from(j: JobSnapshot) -> Self {
+        let detail = match j.kind.as_str() {
+            "pull" => {
+                let d = PullDetail::of(&j);
+                JobDetail::Pull(PullDetailView {
+                    model: d.model,
+                    source: d.source,
+                    total_bytes: d.total_bytes,
+                    done_bytes: d.done_bytes,
+                    bytes_per_second: d.bytes_per_second,
+                    digest: d.digest,
+                })
+            }
+            _ => match j.detail {
+                serde_json::Value::Object(m) => JobDetail::Other(m),
+                _ => JobDetail::Other(serde_json::Map::new()),
+            },
+        };
         JobView {
             id: j.id,
-            kind: j.kind.to_owned(),
-            model: j.model,
-            source: j.source,
+            kind: j.kind,
             state: j.state.as_str().to_owned(),
-            total_bytes: j.total_bytes,
-            done_bytes: j.done_bytes,
-            bytes_per_second: j.bytes_per_second,
+            progress: ProgressView {
+                done: j.progress.done,
+                total: j.progress.total,
+                unit: j.progress.unit,
+                message: j.progress.message,
+            },
             error: j.error,
-            digest: j.digest,
+            detail,
             created_at: j.created_at,
             updated_at: j.updated_at,
+            finished_at: j.finished_at,
         }
+    }
+}
+
+/// Filters of `GET /api/v1/jobs`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Only jobs of this kind (`pull`, `quantize`, `index`, ...).
+    pub kind: Option<String>,
+    /// Only jobs in this state: `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: Option<String>,
+}
+
+impl JobsQuery {
+    /// The queue's filter; an unknown state is a 400.
+    pub fn filter(&self) -> Result<JobFilter, ApiError> {
+        let state = match self.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "unknown job state {s:?}: use queued, running, succeeded, failed or cancelled"
+                ))
+            })?),
+        };
+        Ok(JobFilter { kind: self.kind.clone().filter(|k| !k.is_empty()), state })
     }
 }
 
@@ -121,14 +201,14 @@ pub async fn pull(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<PullRequest>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let jobs = state.require_jobs()?;
+    let pulls = state.require_pulls()?;
     let name = req
         .name
         .as_deref()
         .map(str::parse::<ModelRef>)
         .transpose()
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let job = jobs.pull(&req.model, name).await?;
+    let job = pulls.pull(&req.model, name).await?;
     Ok((StatusCode::ACCEPTED, Json(job.into())))
 }
 
@@ -140,7 +220,7 @@ pub async fn pull(
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogResponse>, ApiError> {
-    let catalog = state.require_jobs()?.catalog().await;
+    let catalog = state.require_pulls()?.catalog().await;
     let present: std::collections::BTreeSet<String> =
         state.models().list().await?.into_iter().map(|m| m.digest.to_string()).collect();
     let view = |e: &CatalogEntry| CatalogView {
@@ -156,15 +236,22 @@ pub async fn catalog(State(state): State<AppState>) -> Result<Json<CatalogRespon
     Ok(Json(CatalogResponse { models: catalog.entries().map(view).collect(), problems: catalog.problems.clone() }))
 }
 
-/// Every job, oldest first (finished jobs are kept for a week).
+/// Jobs, oldest first, optionally of one kind and/or in one state (finished jobs are kept for
+/// `[jobs] keep_finished_days`, at most `[jobs] keep_finished` of them).
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
     security(("bearer" = ["read"])),
+    params(JobsQuery),
     responses(
         (status = 200, description = "Jobs", body = Vec<JobView>),
+        (status = 400, description = "Unknown state or query parameter", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<JobView>>, ApiError> {
-    Ok(Json(state.require_jobs()?.list().await?.into_iter().map(JobView::from).collect()))
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<JobsQuery>,
+) -> Result<Json<Vec<JobView>>, ApiError> {
+    let filter = query.filter()?;
+    Ok(Json(state.require_jobs()?.list(&filter).await?.into_iter().map(JobView::from).collect()))
 }
 
 /// One job.
@@ -180,7 +267,8 @@ pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Resu
     Ok(Json(state.require_jobs()?.get(&id).await?.into()))
 }
 
-/// Cancels a queued or running job; its partial download is deleted.
+/// Cancels a queued or running job (a pull's partial download is deleted) and returns it once
+/// it stopped.
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs",
     security(("bearer" = ["models"])),
     params(("id" = String, Path, description = "Job id")),
@@ -214,7 +302,7 @@ pub async fn events(
     let first = jobs.get(&id).await?;
     let rx = jobs.watch(&id);
     let shutdown = state.shutdown_token().clone();
-    let event = |j: JobInfo| Event::default().event("job").json_data(JobView::from(j)).unwrap_or_default();
+    let event = |j: JobSnapshot| Event::default().event("job").json_data(JobView::from(j)).unwrap_or_default();
     let stream = futures_util::stream::unfold((Some(first), rx, false), move |(pending, mut rx, ended)| {
         let shutdown = shutdown.clone();
         async move {

@@ -4,6 +4,7 @@ mod assets;
 mod client;
 mod config;
 mod daemon;
+mod jobs;
 mod keys;
 mod models;
 mod ps;
@@ -58,6 +59,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(cmd) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(models::run(resolved, cmd))
+        }
+        Command::Jobs(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(jobs::run(resolved, cmd))
         }
         Command::Run(args) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ondevice_config::Resolved;
-use ondevice_server::routes::jobs::{CatalogResponse, JobView};
+use ondevice_server::routes::jobs::{CatalogResponse, JobDetail, JobView};
+
+use super::jobs::{follow, subject};
 use ondevice_server::routes::models::{GcView, ModelView, VerifyView};
 use reqwest::Method;
 
@@ -14,7 +16,7 @@ use super::client::Client;
 use crate::cli::ModelsCommand;
 
 /// A model name as one URL path segment (`/` and `:` and `%` escaped).
-fn segment(name: &str) -> String {
+pub(crate) fn segment(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
@@ -23,7 +25,7 @@ fn segment(name: &str) -> String {
         .collect()
 }
 
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = "B";
@@ -109,10 +111,7 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
                 if json {
                     println!("{}", serde_json::to_string_pretty(&job)?);
                 } else {
-                    println!(
-                        "pulling {} as job {} (follow it with GET /api/v1/jobs/{}/events)",
-                        job.model, job.id, job.id
-                    );
+                    println!("pulling {} as job {} (follow it with `ondevice jobs watch {}`)", subject(&job), job.id, job.id);
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -122,13 +121,13 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
             }
             match done.state.as_str() {
                 "succeeded" => {
-                    if !json {
-                        let size = done.total_bytes.map(human_size).unwrap_or_default();
-                        println!("pulled {} ({}, {size})", done.model, done.digest.as_deref().unwrap_or("-"));
+                    if let (false, JobDetail::Pull(p)) = (json, &done.detail) {
+                        let size = p.total_bytes.map(human_size).unwrap_or_default();
+                        println!("pulled {} ({}, {size})", p.model, p.digest.as_deref().unwrap_or("-"));
                     }
                 }
                 state => {
-                    eprintln!("pull of {} {state}: {}", done.model, done.error.as_deref().unwrap_or("no detail"));
+                    eprintln!("pull of {} {state}: {}", subject(&done), done.error.as_deref().unwrap_or("no detail"));
                     return Ok(ExitCode::FAILURE);
                 }
             }
@@ -232,107 +231,18 @@ async fn set_pinned(client: &Client, name: &str, pinned: bool, json: bool) -> an
     Ok(())
 }
 
-/// Follows a job's events until it finishes, drawing progress on stderr; reconnects a few times
-/// if the stream breaks (the daemon restarting resumes the job).
-async fn follow(client: &Client, mut job: JobView) -> anyhow::Result<JobView> {
-    let mut bar = Bar::new();
-    let mut failures = 0;
-    while !matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled") {
-        let resp = match client.get_stream(&format!("/api/v1/jobs/{}/events", segment(&job.id))).await {
-            Ok(r) => r,
-            Err(e) if failures < 30 => {
-                failures += 1;
-                tracing::debug!(error = %e, "event stream unavailable, retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let mut resp = resp;
-        let mut buf = String::new();
-        loop {
-            let chunk = match resp.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break,
-            };
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let event: String = buf.drain(..end + 2).collect();
-                for line in event.lines() {
-                    if let Some(data) = line.strip_prefix("data:") {
-                        if let Ok(j) = serde_json::from_str::<JobView>(data.trim()) {
-                            failures = 0;
-                            bar.draw(&j);
-                            job = j;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    bar.finish();
-    Ok(job)
-}
-
-/// A progress bar on a terminal, plain lines otherwise (at most one every two seconds).
-struct Bar {
-    tty: bool,
-    last_line: Option<std::time::Instant>,
-    drawn: bool,
-}
-
-impl Bar {
-    fn new() -> Bar {
-        use std::io::IsTerminal;
-        Bar { tty: std::io::stderr().is_terminal(), last_line: None, drawn: false }
-    }
-
-    fn draw(&mut self, j: &JobView) {
-        use std::io::Write;
-        let total = j.total_bytes.unwrap_or(0);
-        let pct = if total > 0 { (j.done_bytes as f64 / total as f64 * 100.0).min(100.0) } else { 0.0 };
-        let speed = format!("{}/s", human_size(j.bytes_per_second));
-        let eta = match (total, j.bytes_per_second) {
-            (t, s) if t > j.done_bytes && s > 0 => format!(" eta {}s", (t - j.done_bytes) / s),
-            _ => String::new(),
-        };
-        let sizes = format!("{}/{}", human_size(j.done_bytes), if total > 0 { human_size(total) } else { "?".into() });
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let width = 30;
-            let filled = (pct / 100.0 * width as f64) as usize;
-            let bar = format!("{}{}", "#".repeat(filled), "-".repeat(width - filled));
-            let _ = write!(err, "\r\x1b[2K{} {} [{bar}] {pct:5.1}% {sizes} {speed}{eta}", j.model, j.state);
-            let _ = err.flush();
-            self.drawn = true;
-        } else {
-            let terminal = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
-            if terminal || self.last_line.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2)) {
-                let _ = writeln!(err, "{} {} {pct:.1}% {sizes} {speed}", j.model, j.state);
-                self.last_line = Some(std::time::Instant::now());
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if self.drawn {
-            eprintln!();
-        }
-    }
-}
-
-/// The daemon's download queue from `[registry]`: the host policy, credentials resolved from
-/// their secret references (a missing secret is an error at start, naming the host), the
-/// catalogs, quota and tuning. Unfinished pulls resume now.
+/// The daemon's job queue (`[jobs]`) with its kinds, and the pulls that run in it (`[registry]`:
+/// the host policy, credentials resolved from their secret references — a missing secret is an
+/// error at start, naming the host — the catalogs, quota and tuning). Unfinished jobs resume now.
 pub(crate) async fn start_jobs(
     settings: &ondevice_config::Settings,
     registry: std::sync::Arc<ondevice_registry::Registry>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<ondevice_registry::jobs::Jobs> {
+) -> anyhow::Result<(ondevice_jobs::Jobs, ondevice_registry::jobs::Pulls)> {
     use ondevice_registry::catalog::CatalogSource;
     use ondevice_registry::download::Tuning;
     use ondevice_registry::fetch::{Credential, Fetcher};
-    use ondevice_registry::jobs::{Jobs, PullConfig};
+    use ondevice_registry::jobs::{PullConfig, PullKind, Pulls};
     use ondevice_registry::quota::QuotaPolicy;
     use ondevice_registry::safety::HostPolicy;
 
@@ -354,9 +264,19 @@ pub(crate) async fn start_jobs(
             max_size: r.max_download_size.bytes(),
             ..Tuning::default()
         },
-        max_concurrent_jobs: r.max_concurrent_jobs as usize,
         quota: QuotaPolicy { quota: r.quota.map(|q| q.bytes()), evict: r.evict, min_free: r.min_free.bytes() },
         catalogs,
     };
-    Ok(Jobs::start(registry, fetcher, config, shutdown).await?)
+    let j = &settings.jobs;
+    let jobs_config = ondevice_jobs::JobsConfig {
+        downloads: r.max_concurrent_jobs as usize,
+        cpu_heavy: j.cpu_heavy as usize,
+        io: j.io as usize,
+        keep_finished_for: std::time::Duration::from_secs(u64::from(j.keep_finished_days) * 86400),
+        keep_finished: j.keep_finished as usize,
+    };
+    let store = registry.store().clone();
+    let pull = PullKind::new(registry, fetcher, config);
+    let jobs = ondevice_jobs::Jobs::builder(store, jobs_config).kind(pull.clone()).start(shutdown).await?;
+    Ok((jobs.clone(), Pulls::new(pull, jobs)))
 }

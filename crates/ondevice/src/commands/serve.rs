@@ -76,12 +76,13 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     )?;
     // Eviction to make room for a pull leaves loaded models alone.
     registry.set_in_use(Arc::new(orchestrator.loaded_names()));
-    // Model pulls: resumes unfinished ones; stopped (and left resumable) by the shutdown token.
-    let jobs = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
+    // Background jobs (pulls, ...): resumes unfinished ones; stopped (and left resumable) by the
+    // shutdown token.
+    let (jobs, pulls) = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
     let models = Arc::new(RegistryModels::new(registry));
     let state = AppState::new(verifier.clone(), models, options, workers.clone(), shutdown.clone())
         .with_inference(Arc::new(orchestrator.clone()))
-        .with_jobs(jobs.clone());
+        .with_jobs(Arc::new(jobs.clone()), Arc::new(pulls));
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 

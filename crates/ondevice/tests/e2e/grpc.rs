@@ -36,7 +36,7 @@ const MODELS_WRITES: [&str; 4] = [
     "/ondevice.v1.ModelsService/PullModel",
     "/ondevice.v1.ModelsService/RemoveModel",
     "/ondevice.v1.ModelsService/PinModel",
-    "/ondevice.v1.ModelsService/CancelJob",
+    "/ondevice.v1.JobsService/Cancel",
 ];
 
 async fn channel(daemon: &Daemon) -> Channel {
@@ -169,7 +169,8 @@ async fn every_grpc_method_enforces_auth() {
         "/ondevice.v1.StatusService/GetStatus",
         "/ondevice.v1.ModelsService/ListModels",
         "/ondevice.v1.ModelsService/PullModel",
-        "/ondevice.v1.ModelsService/ListJobs",
+        "/ondevice.v1.JobsService/List",
+        "/ondevice.v1.JobsService/Watch",
         "/ondevice.v1.StatusService/WatchEvents",
         "/ondevice.v1.InferenceService/Chat",
         "/grpc.health.v1.Health/Check",

@@ -113,12 +113,12 @@ async fn a_pull_killed_with_sigkill_resumes_and_verifies() {
     let daemon = Daemon::with_config(&allow_config(""));
     let job = start_pull(&daemon, json!({"model": server.url("/model.gguf"), "name": "smol:resume"})).await;
     let id = job["id"].as_str().unwrap().to_owned();
-    assert_eq!(job["model"], "smol:resume");
+    assert_eq!((job["kind"].as_str(), job["detail"]["model"].as_str()), (Some("pull"), Some("smol:resume")));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, j) = daemon.get(&format!("/api/v1/jobs/{id}"), Some(daemon.admin_key())).await;
-        if j["done_bytes"].as_u64().unwrap_or(0) >= len / 3 {
+        if j["progress"]["done"].as_u64().unwrap_or(0) >= len / 3 {
             break;
         }
         assert!(Instant::now() < deadline && j["state"] != "failed", "no progress: {j}");
@@ -133,8 +133,9 @@ async fn a_pull_killed_with_sigkill_resumes_and_verifies() {
     let events = follow_events(&daemon, &id).await;
     let last = events.last().expect("events");
     assert_eq!(last["state"], "succeeded", "{events:?}");
-    assert_eq!(last["digest"], expected.as_str());
-    assert_eq!(last["done_bytes"], len);
+    assert_eq!(last["detail"]["digest"], expected.as_str());
+    assert_eq!((&last["progress"]["done"], &last["progress"]["unit"]), (&json!(len), &json!("bytes")));
+    assert_eq!(last["detail"]["done_bytes"], len, "the pull detail keeps the old fields");
     // At most one chunk per connection is sent twice. Why the design guarantees it: a
     // connection takes its next chunk only after the current one is written and recorded in the
     // job table (download.rs, `ranged`), and a retry continues a chunk where it stopped. So when
@@ -202,7 +203,10 @@ fn cli_pulls_from_the_catalog_with_mirror_fallback_and_progress() {
     let out = home.run(&["models", "pull", "demo:1", "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((job["state"].as_str(), job["digest"].as_str()), (Some("succeeded"), Some(sha256(&data).as_str())));
+    assert_eq!(
+        (job["state"].as_str(), job["detail"]["digest"].as_str()),
+        (Some("succeeded"), Some(sha256(&data).as_str()))
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().any(|l| l.starts_with("demo:1 ") && l.contains('%')), "plain progress lines: {stderr}");
     let shown: Value = serde_json::from_str(&home.run_ok(&["models", "show", "demo:1", "--json"])).unwrap();
@@ -282,8 +286,11 @@ async fn two_concurrent_pulls_share_one_download_and_gc_keeps_live_partials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_pull_streams_the_job_and_lists_models() {
+    use ondevice_proto::v1::jobs_service_client::JobsServiceClient;
     use ondevice_proto::v1::models_service_client::ModelsServiceClient;
-    use ondevice_proto::v1::{ListJobsRequest, ListModelsRequest, PinModelRequest, PullModelRequest};
+    use ondevice_proto::v1::{
+        GetJobRequest, ListJobsRequest, ListModelsRequest, PinModelRequest, PullModelRequest, job,
+    };
     let data = generated_gguf(6, 2 << 20);
     let server = RangeServer::start().await;
     server.put("/g.gguf", Served { throttle: 4 << 20, ..Served::bytes(data.clone()) });
@@ -291,10 +298,12 @@ async fn grpc_pull_streams_the_job_and_lists_models() {
     let key = daemon.key(&["models"]).await;
     let channel = tonic::transport::Endpoint::from_shared(daemon.url("")).unwrap().connect().await.unwrap();
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", key.secret).parse().unwrap();
-    let mut client = ModelsServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+    let with_key = move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", auth.clone());
         Ok(req)
-    });
+    };
+    let mut jobs = JobsServiceClient::with_interceptor(channel.clone(), with_key.clone());
+    let mut client = ModelsServiceClient::with_interceptor(channel, with_key);
     let mut stream = client
         .pull_model(PullModelRequest { model: server.url("/g.gguf"), name: "grpc:pulled".into() })
         .await
@@ -305,11 +314,27 @@ async fn grpc_pull_streams_the_job_and_lists_models() {
         last = Some(job);
     }
     let last = last.expect("job messages");
-    assert_eq!((last.state.as_str(), last.digest.as_str()), ("succeeded", sha256(&data).as_str()), "{last:?}");
+    let Some(job::Detail::Pull(pull)) = &last.detail else { panic!("a pull detail: {last:?}") };
+    assert_eq!((last.state.as_str(), pull.digest.as_str()), ("succeeded", sha256(&data).as_str()), "{last:?}");
+    assert_eq!((pull.model.as_str(), pull.done_bytes), ("grpc:pulled", data.len() as u64));
+    let progress = last.progress.clone().unwrap();
+    assert_eq!(
+        (progress.done, progress.total, progress.unit.as_str()),
+        (data.len() as u64, Some(data.len() as u64), "bytes")
+    );
     let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
     assert_eq!(models.iter().map(|m| m.model.as_str()).collect::<Vec<_>>(), ["grpc:pulled"]);
     assert!(!models[0].pinned && models[0].last_used_at == 0, "{:?}", models[0]);
-    assert_eq!(client.list_jobs(ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    let listed = jobs.list(ListJobsRequest { kind: "pull".into(), state: "succeeded".into() }).await.unwrap();
+    assert_eq!(listed.into_inner().jobs.len(), 1);
+    let none = jobs.list(ListJobsRequest { kind: "quantize".into(), state: String::new() }).await.unwrap();
+    assert!(none.into_inner().jobs.is_empty());
+    let bad = jobs.list(ListJobsRequest { kind: String::new(), state: "nope".into() }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let got = jobs.get(GetJobRequest { id: last.id.clone() }).await.unwrap().into_inner();
+    assert_eq!((got.id, got.kind.as_str()), (last.id.clone(), "pull"));
+    let finished = jobs.cancel(ondevice_proto::v1::CancelJobRequest { id: last.id.clone() }).await.unwrap_err();
+    assert_eq!(finished.code(), tonic::Code::FailedPrecondition, "cancelling a finished job: {finished:?}");
 
     // Pinning over gRPC is what the HTTP API and the CLI see.
     let pinned = client
@@ -431,7 +456,10 @@ fn credentials_go_to_their_host_only_and_never_show() {
     shown.push(describe(&out));
     assert!(out.status.success(), "{}", describe(&out));
     let job: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((job["state"].as_str(), job["digest"].as_str()), (Some("succeeded"), Some(sha256(&data).as_str())));
+    assert_eq!(
+        (job["state"].as_str(), job["detail"]["digest"].as_str()),
+        (Some("succeeded"), Some(sha256(&data).as_str()))
+    );
     shown.push(home.run_ok(&["models", "verify", "private:1"]));
     let refused = |t: &Transfer| t.status == 401;
     assert!(!server.transfers().iter().any(refused), "every request carried the token: {:?}", server.transfers());
@@ -477,4 +505,115 @@ fn credentials_go_to_their_host_only_and_never_show() {
     }
     drop((good, wrong));
     drop(rt);
+}
+
+/// Issue measurement: with the default chunking (16 MiB chunks, 4 connections) a pull killed
+/// with SIGKILL before any chunk finished used to fetch the whole file again. Progress inside a
+/// chunk is now recorded, so the restarted daemon re-fetches about 1-2 MiB per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_inside_its_chunks_refetches_little() {
+    const MIB: u64 = 1 << 20;
+    let data = generated_gguf(9, 64 << 20);
+    let len = data.len() as u64;
+    let expected = sha256(&data);
+    let server = RangeServer::start().await;
+    // Each connection at 2 MiB/s: the kill at a third comes before any 16 MiB chunk finishes.
+    server.put("/big.gguf", Served { throttle: 2 * MIB, ..Served::bytes(data) });
+    let config = "[registry]\nallow_hosts = [\"127.0.0.1\"]\nchunk_size = \"16MiB\"\nconnections = 4\n";
+    let daemon = Daemon::with_config(config);
+    let job = start_pull(&daemon, json!({"model": server.url("/big.gguf"), "name": "big:resume"})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, j) = daemon.get(&format!("/api/v1/jobs/{id}"), Some(daemon.admin_key())).await;
+        if j["progress"]["done"].as_u64().unwrap_or(0) >= len / 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline && j["state"] != "failed", "no progress: {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let home = daemon.kill9();
+    let before = server.bytes_sent();
+    let daemon = Daemon::start(home);
+    let events = follow_events(&daemon, &id).await;
+    let last = events.last().expect("events");
+    assert_eq!(
+        (last["state"].as_str(), last["detail"]["digest"].as_str()),
+        (Some("succeeded"), Some(expected.as_str()))
+    );
+    let sent: u64 = server.transfers().iter().filter(|t| !(t.start == 0 && t.end == 1)).map(|t| t.sent).sum();
+    let again = sent.saturating_sub(len);
+    println!(
+        "killed after {before} of {len} bytes were sent; fetched again: {again} bytes ({:.2} MiB per connection)",
+        again as f64 / 4.0 / MIB as f64
+    );
+    assert!(before < len / 2, "killed midway ({before} of {len})");
+    assert!(again <= 4 * (2 * MIB + MIB / 4), "fetched {again} bytes again: more than ~2 MiB per connection");
+    let out = daemon.home().run(&["models", "verify", "big:resume", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_cli_lists_filters_shows_watches_and_cancels() {
+    let fast = generated_gguf(3, 1 << 20);
+    let server = RangeServer::start().await;
+    server.put("/fast.gguf", Served::bytes(fast.clone()));
+    server.put("/slow.gguf", Served { throttle: 64 << 10, ..Served::bytes(generated_gguf(4, 8 << 20)) });
+    let daemon = Daemon::with_config(&allow_config(""));
+    let home = daemon.home();
+    let json_of = |args: &[&str]| -> Value {
+        let out = home.run(args);
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)))
+    };
+
+    let started = json_of(&["models", "pull", &server.url("/fast.gguf"), "--name", "fast:1", "--detach", "--json"]);
+    let fast_id = started["id"].as_str().unwrap().to_owned();
+    let watched = json_of(&["jobs", "watch", &fast_id, "--json"]);
+    assert_eq!((watched["state"].as_str(), watched["kind"].as_str()), (Some("succeeded"), Some("pull")), "{watched}");
+    assert_eq!(watched["detail"]["digest"], sha256(&fast).as_str());
+    assert_eq!(watched["progress"]["unit"], "bytes");
+
+    let slow = json_of(&["models", "pull", &server.url("/slow.gguf"), "--name", "slow:1", "--detach", "--json"]);
+    let slow_id = slow["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json_of(&["jobs", "show", &slow_id, "--json"])["state"] != "running" {
+        assert!(Instant::now() < deadline, "the slow pull never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&json_of(&["jobs", "list", "--json"])), [fast_id.clone(), slow_id.clone()]);
+    assert_eq!(ids(&json_of(&["jobs", "list", "--state", "running", "--json"])), [slow_id.clone()]);
+    assert_eq!(ids(&json_of(&["jobs", "list", "--kind", "pull", "--state", "succeeded", "--json"])), [fast_id.clone()]);
+    assert!(ids(&json_of(&["jobs", "list", "--kind", "quantize", "--json"])).is_empty());
+    let table = home.run_ok(&["jobs", "list"]);
+    assert!(table.contains(&slow_id) && table.contains("slow:1") && table.contains("running"), "{table}");
+    let bad = home.run(&["jobs", "list", "--state", "done"]);
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown job state"),
+        "{}",
+        describe(&bad)
+    );
+    let shown = json_of(&["jobs", "show", &slow_id, "--json"]);
+    assert_eq!((shown["detail"]["model"].as_str(), shown["kind"].as_str()), (Some("slow:1"), Some("pull")), "{shown}");
+
+    let cancelled = json_of(&["jobs", "cancel", &slow_id, "--json"]);
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let again = home.run(&["jobs", "cancel", &slow_id]);
+    assert!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already cancelled"),
+        "{}",
+        describe(&again)
+    );
+    let watch = home.run(&["jobs", "watch", &slow_id]);
+    assert_eq!(watch.status.code(), Some(1), "watching a cancelled job exits 1: {}", describe(&watch));
+    let missing = home.run(&["jobs", "show", "0000000000000000"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no job"),
+        "{}",
+        describe(&missing)
+    );
+    assert!(!home.run_ok(&["models", "list"]).contains("slow:1"), "a cancelled pull registers nothing");
 }
