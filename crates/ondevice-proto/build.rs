@@ -5,7 +5,12 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["ondevice/v1/status.proto", "ondevice/v1/inference.proto", "ondevice/v1/models.proto", "ondevice/v1/jobs.proto"];
+    let files = [
+        "ondevice/v1/status.proto",
+        "ondevice/v1/inference.proto",
+        "ondevice/v1/models.proto",
+        "ondevice/v1/jobs.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -173,7 +173,7 @@ impl Store {
         self.with(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR state = ?2)
-                 ORDER BY created_at, id"
+                 ORDER BY created_at, rowid"
             ))?;
             st.query_map(params![kind, state], job_from_row)?.collect()
         })

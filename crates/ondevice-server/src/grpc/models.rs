@@ -14,7 +14,6 @@ pub(super) struct ModelsImpl {
     pub state: AppState,
 }
 
-
 fn status(e: impl Into<ApiError>) -> Status {
     e.into().to_status()
 }

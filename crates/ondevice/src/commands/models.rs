@@ -111,7 +111,12 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
                 if json {
                     println!("{}", serde_json::to_string_pretty(&job)?);
                 } else {
-                    println!("pulling {} as job {} (follow it with `ondevice jobs watch {}`)", subject(&job), job.id, job.id);
+                    println!(
+                        "pulling {} as job {} (follow it with `ondevice jobs watch {}`)",
+                        subject(&job),
+                        job.id,
+                        job.id
+                    );
                 }
                 return Ok(ExitCode::SUCCESS);
             }
