@@ -31,7 +31,7 @@ pub async fn run(resolved: Resolved, cmd: JobsCommand) -> anyhow::Result<ExitCod
             } else if jobs.is_empty() {
                 eprintln!("no jobs");
             } else {
-                println!("{:<16} {:<9} {:<9} {:>20} {}", "ID", "KIND", "STATE", "PROGRESS", "SUBJECT");
+                println!("{:<16} {:<9} {:<9} {:>20} SUBJECT", "ID", "KIND", "STATE", "PROGRESS");
                 for j in &jobs {
                     println!("{:<16} {:<9} {:<9} {:>20} {}", j.id, j.kind, j.state, progress_text(j), subject(j));
                 }
