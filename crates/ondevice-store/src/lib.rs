@@ -1,7 +1,7 @@
 //! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
 //! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
-//! model registry's `models` and `blobs` tables (`models.rs`), its GC roots (`roots.rs`) and its
-//! background jobs (`jobs.rs`).
+//! model registry's `models` and `blobs` tables (`models.rs`), its GC roots (`roots.rs`), its
+//! background jobs (`jobs.rs`) and the embedded vector store's tables (`vector.rs`).
 
 #![warn(missing_docs)]
 
@@ -14,10 +14,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 mod jobs;
 mod models;
 mod roots;
+mod vector;
 
 pub use jobs::{JobProgressRow, JobRow};
 pub use models::{BlobRow, ModelRow};
 pub use roots::RootRow;
+pub use vector::{
+    VectorChange, VectorChunkRow, VectorCollectionRow, VectorDocInput, VectorDocRow, VectorFilterCondition,
+    VectorFilterValue, VectorWriteOutcome,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -119,6 +124,9 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs_v5 RENAME TO jobs;
     CREATE INDEX jobs_by_state ON jobs (state);
     CREATE INDEX jobs_by_kind ON jobs (kind, dedup_key);",
+    // Vector store (embedded backend): collections, documents, chunks with embeddings and the change
+    // log the HNSW index files replay (`vector.rs`).
+    vector::MIGRATION,
 ];
 
 /// A database failure, with the file it concerns.

@@ -1,0 +1,3 @@
+//! The PostgreSQL + pgvector backend (`[vector] backend = "pgvector"`).
+
+#![warn(missing_docs)]
