@@ -1,7 +1,8 @@
 //! The only crate that opens SQLite. It owns the database file under `$ONDEVICE_HOME`, its
 //! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
 //! model registry's `models` and `blobs` tables (`models.rs`), its GC roots (`roots.rs`), its
-//! background jobs (`jobs.rs`) and the embedded vector store's tables (`vector.rs`).
+//! background jobs (`jobs.rs`), the embedded vector store's tables (`vector.rs`) and prompt pack
+//! versions and labels (`prompts.rs`).
 
 #![warn(missing_docs)]
 
@@ -13,11 +14,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 mod jobs;
 mod models;
+mod prompts;
 mod roots;
 mod vector;
 
 pub use jobs::{JobProgressRow, JobRow};
 pub use models::{BlobRow, ModelRow};
+pub use prompts::{PromptLabelMove, PromptLabelRow, PromptVersionRow};
 pub use roots::RootRow;
 pub use vector::{
     VectorChange, VectorChunkRow, VectorCollectionRow, VectorDocInput, VectorDocRow, VectorFilterCondition,
@@ -127,6 +130,8 @@ const MIGRATIONS: &[&str] = &[
     // Vector store (embedded backend): collections, documents, chunks with embeddings and the change
     // log the HNSW index files replay (`vector.rs`).
     vector::MIGRATION,
+    // Prompt packs: published versions, movable labels and their history (`prompts.rs`).
+    prompts::MIGRATION,
 ];
 
 /// A database failure, with the file it concerns.
