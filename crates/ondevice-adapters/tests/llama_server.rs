@@ -33,18 +33,7 @@ impl Drop for LlamaServer {
 }
 
 fn model_file() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: ONDEVICE_TEST_MODELS_DIR is not set");
-        return None;
-    };
-    let path = PathBuf::from(dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh and point the \
-         variable at the directory it prints",
-        path.display()
-    );
-    Some(path)
+    ondevice_testkit::smollm2("llama_server")
 }
 
 fn start(model: &std::path::Path) -> LlamaServer {

@@ -4,29 +4,8 @@
 //! sets it); otherwise each test says how to enable it and returns. Set but the
 //! model missing: the test fails, naming the path.
 
-use std::path::PathBuf;
-
 use ondevice_gguf::{Dtype, GgufFile, HfModelDir};
-
-/// `$ONDEVICE_TEST_MODELS_DIR/NAME`: `None` (after a note) when the variable is unset; a panic
-/// naming the path when it is set and NAME is missing.
-fn models_entry(test: &str, name: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!(
-            "skipped {test}: set ONDEVICE_TEST_MODELS_DIR to the directory printed by \
-             scripts/fetch-demo-models.sh to run it"
-        );
-        return None;
-    };
-    let path = PathBuf::from(dir).join(name);
-    assert!(
-        path.exists(),
-        "{test}: ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh \
-         and point the variable at the directory it prints",
-        path.display()
-    );
-    Some(path)
-}
+use ondevice_testkit::models_entry;
 
 #[test]
 fn smollm2_gguf_header() {

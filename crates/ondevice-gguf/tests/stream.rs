@@ -574,11 +574,10 @@ fn output_and_source_errors_name_where_they_happened() {
 /// and the model is missing.
 #[test]
 fn a_real_model_rewritten_by_the_streaming_writer_is_byte_identical() {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: set ONDEVICE_TEST_MODELS_DIR to the directory printed by scripts/fetch-demo-models.sh");
+    let Some(path) = ondevice_testkit::smollm2("a_real_model_rewritten_by_the_streaming_writer_is_byte_identical")
+    else {
         return;
     };
-    let path = std::path::Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e} (run scripts/fetch-demo-models.sh)"));
     let mut header = GgufHeader::new();
     for (key, value) in file.metadata() {

@@ -101,6 +101,23 @@ pub async fn connect(endpoint: &Path) -> io::Result<ClientStream> {
     tokio::net::UnixStream::connect(endpoint).await
 }
 
+/// Whether a server is accepting connections at `endpoint` (a liveness probe): connects and
+/// closes at once. On Windows a pipe whose every instance is busy also has a live server.
+pub async fn probe(endpoint: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        tokio::net::UnixStream::connect(endpoint).await.map(drop)
+    }
+    #[cfg(windows)]
+    {
+        const ERROR_PIPE_BUSY: i32 = 231;
+        match tokio::net::windows::named_pipe::ClientOptions::new().open(endpoint) {
+            Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
 /// Opens the named pipe `endpoint`, waiting (up to 5 s) while every instance is busy: the server
 /// creates the next instance as soon as one is taken.
 #[cfg(windows)]

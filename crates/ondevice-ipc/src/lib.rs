@@ -23,7 +23,7 @@ mod listener;
 #[cfg(windows)]
 mod pipe;
 
-pub use client::{Answer, ClientStream, ConnGuard, RequestError, connect, request};
+pub use client::{Answer, ClientStream, ConnGuard, RequestError, connect, probe, request};
 pub use listener::{BindError, Connection, Listener, bind};
 #[cfg(unix)]
 pub use listener::{PeerUid, peer_uid};

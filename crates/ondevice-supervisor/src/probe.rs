@@ -45,28 +45,9 @@ async fn check_inner(clients: &Clients, check: &ProbeCheck, timeout: Duration) -
         ProbeCheck::Tcp(addr) => {
             tokio::net::TcpStream::connect(addr.as_str()).await.map(drop).map_err(|e| format!("connect {addr}: {e}"))
         }
+        // A Unix socket, or a named pipe (`\\.\pipe\NAME`) on Windows.
         ProbeCheck::Unix(path) => {
-            #[cfg(unix)]
-            {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("connect {}: {e}", path.display()))
-            }
-            // On Windows the path is a named pipe (`\\.\pipe\NAME`); a busy pipe has a live server.
-            #[cfg(windows)]
-            {
-                const ERROR_PIPE_BUSY: i32 = 231;
-                match tokio::net::windows::named_pipe::ClientOptions::new().open(path) {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) => Ok(()),
-                    Err(e) => Err(format!("open {}: {e}", path.display())),
-                }
-            }
-            #[cfg(not(any(unix, windows)))]
-            {
-                Err(format!("unix socket probes are not supported on this platform: {}", path.display()))
-            }
+            ondevice_ipc::probe(path).await.map_err(|e| format!("connect {}: {e}", path.display()))
         }
         ProbeCheck::Exec(argv) => {
             let mut child = crate::process::spawn_helper(argv, &[]).map_err(|e| format!("exec {argv:?}: {e}"))?;

@@ -8,23 +8,12 @@ use std::time::Duration;
 use ondevice_engine_llama::{Engine, EngineConfig, GenerationEvents};
 use ondevice_runtime::{ChatMessage, Event, FinishReason, Prompt, Role, RuntimeError, Usage};
 
-pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const MODEL: &str = ondevice_testkit::SMOLLM2;
 
-/// The test model, or `None` (after printing why) when the models directory is not configured; a
-/// panic naming the path when it is configured and the model is missing.
+/// The test model, as `ondevice-testkit` finds it (unset: `None` after a note; set but missing:
+/// a panic naming the path).
 pub fn model_path(test: &str) -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("ONDEVICE_TEST_MODELS_DIR") else {
-        println!("skipped: {test}: ONDEVICE_TEST_MODELS_DIR is not set");
-        return None;
-    };
-    let path = PathBuf::from(dir).join(MODEL);
-    assert!(
-        path.is_file(),
-        "ONDEVICE_TEST_MODELS_DIR is set but {} is missing: run scripts/fetch-demo-models.sh and point the \
-         variable at the directory it prints",
-        path.display()
-    );
-    Some(path)
+    ondevice_testkit::smollm2(test)
 }
 
 pub fn engine(path: PathBuf, parallel: u32, queue: usize) -> Engine {
