@@ -7,7 +7,8 @@
 //! - generate = `POST /generate`, NDJSON lines → [`Event`]s; dropping the stream closes the connection so
 //!   the worker cancels; a worker that dies mid-stream yields one `Unavailable` item, a silent one a
 //!   `Timeout` item after [`EmbeddedOptions::idle_timeout`];
-//! - embed = `POST /embed`, tokenize = `POST /tokenize`.
+//! - embed = `POST /embed` (with the per-input token limit and this call's deadline: the worker stops
+//!   computing when the deadline passes or the connection closes), tokenize = `POST /tokenize`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ pub struct EmbeddedOptions {
     pub request_timeout: Duration,
     /// Delay between `/health` polls while loading.
     pub poll_interval: Duration,
+    /// Tokens one embedding input may have (`[inference] max_embed_input_tokens`); the worker
+    /// refuses longer inputs with `TooLarge` before computing anything.
+    pub max_embed_input_tokens: Option<u32>,
 }
 
 impl Default for EmbeddedOptions {
@@ -58,6 +62,7 @@ impl Default for EmbeddedOptions {
             idle_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_millis(100),
+            max_embed_input_tokens: None,
         }
     }
 }
@@ -203,6 +208,9 @@ impl EmbeddedAdapter {
     /// be up but still loading), the entry is dropped, the adapter waits until the worker reports
     /// ready again (bounded by the load timeout) and the request is sent once more.
     async fn call_model(&self, model: &ModelSpec, path: &str, body: Vec<u8>) -> Result<Answer, RuntimeError> {
+        if body.len() > ondevice_runtime::wire::MAX_BODY {
+            return Err(too_big());
+        }
         let socket = self.socket(model).await?;
         match self.call(&socket, Method::POST, path, Some(body.clone())).await {
             Err(RuntimeError::Unavailable { reason, .. }) => {
@@ -216,15 +224,29 @@ impl EmbeddedAdapter {
     }
 }
 
+/// A request larger than the worker protocol carries.
+fn too_big() -> RuntimeError {
+    RuntimeError::InvalidRequest {
+        message: format!(
+            "the request is larger than the worker accepts ({} bytes): send a shorter prompt or fewer inputs",
+            ondevice_runtime::wire::MAX_BODY
+        ),
+    }
+}
+
 /// A non-2xx answer's [`WireError`] as the contract's error.
 fn wire_error(status: StatusCode, body: &[u8]) -> RuntimeError {
     let Ok(WireError { code, message }) = serde_json::from_slice::<WireError>(body) else {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return too_big();
+        }
         let text = String::from_utf8_lossy(body);
         return RuntimeError::Engine { message: format!("worker answered {status}: {}", text.trim()) };
     };
     match code.as_str() {
         "model_not_found" => RuntimeError::ModelNotFound { model: message },
         "unsupported" => RuntimeError::Unsupported { adapter: "embedded".into(), what: message },
+        "timeout" => RuntimeError::Engine { message: format!("the worker gave up: {message}") },
         _ => match (WireEvent::Error { code, message }).into_event() {
             Err(e) => e,
             Ok(_) => RuntimeError::Engine { message: format!("worker answered {status}") },
@@ -326,7 +348,14 @@ impl Runtime for EmbeddedAdapter {
     fn embed(&self, model: &ModelSpec, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, RuntimeError>> {
         let model = model.clone();
         Box::pin(async move {
-            let body = EmbedBody { input: request.input.clone(), normalize: request.normalize };
+            // The worker stops computing when this call gives up (its deadline) or the caller goes
+            // away (the connection closes), so an abandoned request never keeps the model busy.
+            let body = EmbedBody {
+                input: request.input.clone(),
+                normalize: request.normalize,
+                max_input_tokens: self.options.max_embed_input_tokens,
+                timeout_ms: Some(u64::try_from(self.options.request_timeout.as_millis()).unwrap_or(u64::MAX)),
+            };
             let reply: EmbedReply = self.post(&model, "/embed", &body).await?;
             if reply.embeddings.len() != request.input.len() {
                 return Err(RuntimeError::Engine {

@@ -55,6 +55,17 @@ pub struct InferenceSettings {
     pub max_concurrent: u32,
     /// Requests that may wait for a free slot; beyond it the daemon answers 503 with `Retry-After`.
     pub queue_depth: u32,
+    /// Most tokens one generation may produce, on every surface (OpenAI, Ollama, WebSocket,
+    /// gRPC). A request that asks for more, or sets no limit, is clamped to it: the answer then ends
+    /// with finish reason `length`. (`/v1/completions` without `max_tokens` generates 16, as
+    /// OpenAI documents.)
+    pub max_tokens: u32,
+    /// Most inputs one embeddings request may have; more answers 413 naming this limit.
+    pub max_embed_inputs: u32,
+    /// Most tokens one embeddings input may have (embedded engine); longer inputs answer 413
+    /// naming this limit before any work is done. The engine embeds at most 2048 tokens (or the
+    /// model's training context) at once whatever this says.
+    pub max_embed_input_tokens: u32,
     /// Runtimes tried, in order, for registry models without their own `[inference.models]` entry.
     /// `embedded` is the built-in llama.cpp engine.
     pub default_runtimes: Vec<String>,
@@ -72,6 +83,9 @@ impl Default for InferenceSettings {
             memory_budget: None,
             max_concurrent: 16,
             queue_depth: 64,
+            max_tokens: 4096,
+            max_embed_inputs: 2048,
+            max_embed_input_tokens: 2048,
             default_runtimes: vec!["embedded".to_owned()],
             breaker: BreakerSettings::default(),
             models: BTreeMap::new(),

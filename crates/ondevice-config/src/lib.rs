@@ -328,6 +328,15 @@ fn validate_inference(s: &Settings, invalid: &dyn Fn(&str, String) -> ConfigErro
     if i.max_concurrent == 0 {
         return Err(invalid("inference.max_concurrent", "must be at least 1".to_owned()));
     }
+    for (key, value) in [
+        ("inference.max_tokens", i.max_tokens),
+        ("inference.max_embed_inputs", i.max_embed_inputs),
+        ("inference.max_embed_input_tokens", i.max_embed_input_tokens),
+    ] {
+        if value == 0 {
+            return Err(invalid(key, "must be at least 1".to_owned()));
+        }
+    }
     if i.breaker.failures == 0 {
         return Err(invalid("inference.breaker.failures", "must be at least 1".to_owned()));
     }

@@ -13,7 +13,12 @@ pub(crate) fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                if is_secret_key(k) && !matches!(v, toml::Value::Table(_)) {
+                // Numbers and booleans are never secrets (`max_tokens` counts tokens, it is not one).
+                let plain = matches!(
+                    v,
+                    toml::Value::Table(_) | toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)
+                );
+                if is_secret_key(k) && !plain {
                     *v = toml::Value::String(REDACTED.to_owned());
                 } else {
                     redact(v);

@@ -16,12 +16,14 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use ondevice_runtime::{Event, FinishReason, RuntimeError, Timings, Usage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::EngineError;
+use crate::contention::ThreadController;
 use crate::embed::Embedder;
-use crate::engine::{Command, EngineConfig, Loaded, ModelInfo, Pending, Shared, Ticket};
+use crate::engine::{Command, EmbedLimits, EmbedResult, EngineConfig, Loaded, ModelInfo, Pending, Shared, Ticket};
 use crate::sampling::{Sampler, TextOut};
+use crate::template::{Rendered, Segment};
 
 /// Default context per slot when neither the caller nor a smaller training context says otherwise.
 const DEFAULT_CTX: u32 = 2048;
@@ -57,13 +59,20 @@ pub(crate) fn run(
         .with_kv_unified(false)
         .with_n_threads(threads_i32)
         .with_n_threads_batch(threads_i32);
-    let ctx = match model.new_context(backend, ctx_params) {
+    let mut ctx = match model.new_context(backend, ctx_params) {
         Ok(c) => c,
         Err(e) => {
             let _ = loaded.send(Err(EngineError::Context { what: "generation", reason: e.to_string() }));
             return;
         }
     };
+    // The controller needs `llama_set_n_threads`; check once that this context accepts it.
+    let adaptive = config.adapt_threads && threads > 1 && crate::contention::set_threads(&mut ctx, threads);
+    if config.adapt_threads && threads > 1 && !adaptive {
+        tracing::warn!("cannot change the decode thread count of this llama.cpp build; it stays at {threads}");
+    }
+    shared.adaptive.store(adaptive, Ordering::Release);
+    shared.threads.store(threads as u32, Ordering::Release);
     let vocab = model.vocab();
     let special = |t: LlamaToken| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
     let name = config.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -91,6 +100,8 @@ pub(crate) fn run(
         cached: (0..config.parallel).map(|_| Vec::new()).collect(),
         waiting: VecDeque::new(),
         embedder: Embedder::new(backend, threads_i32, n_ctx_train),
+        embeds: VecDeque::new(),
+        threads: adaptive.then(|| ThreadController::new(threads, Instant::now())),
         shared,
     };
     scheduler.serve(&commands);
@@ -134,13 +145,27 @@ struct Scheduler<'m> {
     cached: Vec<Vec<LlamaToken>>,
     waiting: VecDeque<Pending>,
     embedder: Embedder<'m>,
+    /// Embedding requests, served one input per loop turn between generation steps.
+    embeds: VecDeque<EmbedJob>,
+    /// Fewer decode threads while the CPU is contended; `None`: a fixed thread count.
+    threads: Option<ThreadController>,
     shared: Arc<Shared>,
+}
+
+/// An embedding request in progress.
+struct EmbedJob {
+    inputs: Vec<Vec<LlamaToken>>,
+    normalize: bool,
+    deadline: Option<Instant>,
+    reply: oneshot::Sender<EmbedResult>,
+    vectors: Vec<Vec<f32>>,
+    tokens: u32,
 }
 
 impl<'m> Scheduler<'m> {
     fn serve(&mut self, commands: &std_mpsc::Receiver<Command>) {
         loop {
-            let idle = self.slots.iter().all(Option::is_none) && self.waiting.is_empty();
+            let idle = self.slots.iter().all(Option::is_none) && self.waiting.is_empty() && self.embeds.is_empty();
             if idle {
                 // Nothing to decode: sleep until a command arrives.
                 match commands.recv() {
@@ -175,6 +200,7 @@ impl<'m> Scheduler<'m> {
             self.admit();
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
             self.step();
+            self.embed_step();
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
         }
         for seq in self.slots.iter_mut().filter_map(Option::take) {
@@ -182,6 +208,9 @@ impl<'m> Scheduler<'m> {
         }
         for pending in self.waiting.drain(..) {
             let _ = pending.events.send(Err(RuntimeError::Engine { message: "the engine is shutting down".into() }));
+        }
+        while let Some(job) = self.drop_embed(0) {
+            let _ = job.reply.send(Err(RuntimeError::Engine { message: "the engine is shutting down".into() }));
         }
     }
 
@@ -193,12 +222,113 @@ impl<'m> Scheduler<'m> {
                 let tokens = self.model.vocab().tokenize(text.as_bytes(), true, true);
                 let _ = reply.send(Ok(tokens.into_iter().map(|t| t.0 as u32).collect()));
             }
-            Command::Embed { input, normalize, reply } => {
-                let _ = reply.send(self.embedder.embed(self.model, &input, normalize));
+            Command::TokenizePrompt { prompt, reply } => {
+                let tokens = tokenize_rendered(self.model, &prompt);
+                let _ = reply.send(Ok(tokens.into_iter().map(|t| t.0 as u32).collect()));
             }
+            Command::Embed { input, normalize, limits, reply } => match self.tokenize_inputs(&input, limits) {
+                Ok(inputs) => {
+                    self.shared.embed_backlog.fetch_add(inputs.len() as u32, Ordering::AcqRel);
+                    self.embeds.push_back(EmbedJob {
+                        vectors: Vec::with_capacity(inputs.len()),
+                        inputs,
+                        normalize,
+                        deadline: limits.deadline,
+                        reply,
+                        tokens: 0,
+                    })
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
             Command::Shutdown => return false,
         }
         true
+    }
+
+    /// Tokenizes embedding inputs (as text: special-token texts are not parsed) and checks them
+    /// against the limits before any work is done.
+    fn tokenize_inputs(&self, input: &[String], limits: EmbedLimits) -> Result<Vec<Vec<LlamaToken>>, RuntimeError> {
+        let vocab = self.model.vocab();
+        let cap = self.embedder.max_tokens();
+        let limit = limits.max_input_tokens.map_or(cap, |l| l.min(cap));
+        let mut out = Vec::with_capacity(input.len());
+        for (i, text) in input.iter().enumerate() {
+            let tokens = vocab.tokenize(text.as_bytes(), true, false);
+            if tokens.is_empty() {
+                return Err(RuntimeError::InvalidRequest { message: format!("input {i} is empty") });
+            }
+            if tokens.len() > limit as usize {
+                let which = if limit < cap {
+                    "the limit of tokens per input ([inference] max_embed_input_tokens)"
+                } else {
+                    "what this model can embed at once"
+                };
+                return Err(RuntimeError::TooLarge {
+                    message: format!(
+                        "input {i} has {} tokens but {which} is {limit}: split it into shorter texts",
+                        tokens.len()
+                    ),
+                });
+            }
+            out.push(tokens);
+        }
+        Ok(out)
+    }
+
+    /// Embeds the next input of the oldest embedding request (one decode, so generations keep
+    /// their pace), after dropping requests whose caller went away or whose deadline passed.
+    fn embed_step(&mut self) {
+        // Every request whose caller went away or whose deadline passed leaves now, queued or not.
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.embeds.len() {
+            let job = &self.embeds[i];
+            let (done, inputs) = (job.vectors.len(), job.inputs.len());
+            if job.reply.is_closed() {
+                tracing::info!(done, inputs, "embedding stopped: the client went away");
+            } else if job.deadline.is_some_and(|d| now >= d) {
+                tracing::info!(done, inputs, "embedding stopped: its deadline passed");
+            } else {
+                i += 1;
+                continue;
+            }
+            if let Some(job) = self.drop_embed(i) {
+                let _ = job.reply.send(Err(RuntimeError::Engine {
+                    message: format!("the embedding deadline passed after {done} of {inputs} inputs"),
+                }));
+            }
+        }
+        let Some(job) = self.embeds.front_mut() else { return };
+        let next = job.vectors.len();
+        let result = self.embedder.embed_one(self.model, &job.inputs[next], job.normalize);
+        match result {
+            Ok(v) => {
+                job.tokens += job.inputs[next].len() as u32;
+                job.vectors.push(v);
+                self.shared.embed_backlog.fetch_sub(1, Ordering::AcqRel);
+                if job.vectors.len() == job.inputs.len() {
+                    if let Some(job) = self.embeds.pop_front() {
+                        let _ = job.reply.send(Ok((job.vectors, job.tokens)));
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some(job) = self.drop_embed(0) {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Removes embedding request `index` (0: the oldest), taking its inputs not yet embedded off
+    /// the backlog.
+    fn drop_embed(&mut self, index: usize) -> Option<EmbedJob> {
+        let job = self.embeds.remove(index)?;
+        let left = (job.inputs.len() - job.vectors.len()) as u32;
+        self.shared.embed_backlog.fetch_sub(left, Ordering::AcqRel);
+        Some(job)
     }
 
     /// Frees the slots of generations whose receiver was dropped (the client went away).
@@ -253,11 +383,7 @@ impl<'m> Scheduler<'m> {
         &self,
         p: Pending,
     ) -> Result<Sequence, (mpsc::UnboundedSender<Result<Event, RuntimeError>>, RuntimeError)> {
-        let vocab = self.model.vocab();
-        let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
-        // A template that already wrote the BOS text must not get a second BOS token.
-        let add_special = bos.is_empty() || !p.prompt.starts_with(&bos);
-        let prompt = vocab.tokenize(p.prompt.as_bytes(), add_special, true);
+        let prompt = tokenize_rendered(self.model, &p.prompt);
         let fail = |e: RuntimeError| (p.events.clone(), e);
         if prompt.is_empty() {
             return Err(fail(RuntimeError::InvalidRequest { message: "the prompt is empty".into() }));
@@ -347,7 +473,17 @@ impl<'m> Scheduler<'m> {
         if self.batch.n_tokens() == 0 {
             return;
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        // A decode-only step (one token per running sequence) is timed for the thread controller.
+        let decode_only = self.slots.iter().flatten().all(|s| s.fed == s.prompt.len());
+        let tokens = u32::try_from(self.batch.n_tokens()).unwrap_or(u32::MAX);
+        let threads = self.choose_threads(decode_only.then_some(tokens));
+        let started = Instant::now();
+        let decoded = self.ctx.decode(&mut self.batch);
+        if let (Some(controller), Some(threads), true, Ok(())) = (self.threads.as_mut(), threads, decode_only, &decoded)
+        {
+            controller.observe(Instant::now(), threads, tokens, started.elapsed());
+        }
+        if let Err(e) = decoded {
             tracing::error!(error = %e, "decode failed");
             let in_batch: Vec<usize> = (0..self.slots.len())
                 .filter(|&id| self.slots[id].as_ref().is_some_and(|s| s.logits_at.is_some() || s.fed > 0))
@@ -367,6 +503,26 @@ impl<'m> Scheduler<'m> {
                 self.finish(id, finish);
             }
         }
+    }
+
+    /// The controller's thread count for the next step, applied to both contexts when it changed;
+    /// `None` without a controller. A context whose thread count cannot be set turns it off.
+    fn choose_threads(&mut self, decode_tokens: Option<u32>) -> Option<usize> {
+        let controller = self.threads.as_mut()?;
+        let choice = controller.choose(Instant::now(), decode_tokens);
+        if choice.changed {
+            self.shared.threads.store(choice.threads as u32, Ordering::Release);
+            let applied = crate::contention::set_threads(&mut self.ctx, choice.threads)
+                && self.embedder.context().is_none_or(|c| crate::contention::set_threads(c, choice.threads));
+            if !applied {
+                tracing::warn!("cannot change the decode thread count of this llama.cpp context; keeping it fixed");
+                if let Some(c) = self.threads.take() {
+                    let _ = crate::contention::set_threads(&mut self.ctx, c.max());
+                }
+                return None;
+            }
+        }
+        Some(choice.threads)
     }
 
     /// Samples sequence `id` from batch output `at`; `Some` when the generation is over.
@@ -414,6 +570,25 @@ impl<'m> Scheduler<'m> {
         }
         self.free(id);
     }
+}
+
+/// Tokens of a rendered prompt: markup with special-token parsing, untrusted text without it (so
+/// `<|im_end|>` written in a message is text, never the control token). The model's BOS token is
+/// added in front unless the template already wrote the BOS text.
+pub(crate) fn tokenize_rendered(model: &LlamaModel, prompt: &Rendered) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let bos = String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+    let wrote_bos =
+        matches!(prompt.segments.first(), Some(Segment::Markup(m)) if !bos.is_empty() && m.starts_with(&bos));
+    let mut tokens = Vec::new();
+    if vocab.should_add_bos() && !wrote_bos {
+        tokens.push(vocab.bos());
+    }
+    for segment in &prompt.segments {
+        let parse_special = matches!(segment, Segment::Markup(_));
+        vocab.tokenize_into(segment.as_str().as_bytes(), &mut tokens, false, parse_special);
+    }
+    tokens
 }
 
 /// Length of the common prefix of two token lists.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::EngineError;
 use crate::sampling::Plan;
-use crate::template::{CHATML, ChatTemplate};
+use crate::template::{CHATML, ChatTemplate, Rendered};
 
 /// The events of one generation: tokens, then exactly one `Done`, or an `Err`. Dropping the
 /// receiver cancels the generation at the next step and frees its slot.
@@ -35,12 +35,22 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Tokens per decode step (prompt chunks of all sequences share it).
     pub batch: u32,
+    /// Use fewer threads while other processes compete for the CPU (see [`crate::contention`]).
+    pub adapt_threads: bool,
 }
 
 impl EngineConfig {
-    /// Defaults for `model`: 4 slots, 16 waiting requests, 512-token steps.
+    /// Defaults for `model`: 4 slots, 16 waiting requests, 512-token steps, adaptive threads.
     pub fn new(model: impl Into<PathBuf>) -> Self {
-        Self { model: model.into(), threads: None, parallel: 4, ctx_per_slot: None, queue: 16, batch: 512 }
+        Self {
+            model: model.into(),
+            threads: None,
+            parallel: 4,
+            ctx_per_slot: None,
+            queue: 16,
+            batch: 512,
+            adapt_threads: true,
+        }
     }
 }
 
@@ -66,17 +76,28 @@ pub struct ModelInfo {
 /// Vectors and the number of tokens processed.
 pub(crate) type EmbedResult = Result<(Vec<Vec<f32>>, u32), RuntimeError>;
 
+/// Limits of one embedding request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedLimits {
+    /// Tokens one input may have (the engine's own cap, 2048 or the training context, applies too).
+    pub max_input_tokens: Option<u32>,
+    /// When the caller stops waiting: the engine stops computing the request then and answers
+    /// `Timeout`. (When the caller drops the future, the engine stops too, at the next input.)
+    pub deadline: Option<std::time::Instant>,
+}
+
 /// Work for the engine thread.
 pub(crate) enum Command {
     Generate(Pending),
-    Embed { input: Vec<String>, normalize: bool, reply: oneshot::Sender<EmbedResult> },
+    Embed { input: Vec<String>, normalize: bool, limits: EmbedLimits, reply: oneshot::Sender<EmbedResult> },
     Tokenize { text: String, reply: oneshot::Sender<Result<Vec<u32>, RuntimeError>> },
+    TokenizePrompt { prompt: Rendered, reply: oneshot::Sender<Result<Vec<u32>, RuntimeError>> },
     Shutdown,
 }
 
 /// A generation waiting for a slot.
 pub(crate) struct Pending {
-    pub(crate) prompt: String,
+    pub(crate) prompt: Rendered,
     pub(crate) plan: Plan,
     pub(crate) events: mpsc::UnboundedSender<Result<Event, RuntimeError>>,
     pub(crate) ticket: Ticket,
@@ -95,6 +116,12 @@ impl Drop for Ticket {
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub(crate) busy: AtomicU32,
+    /// Embedding inputs accepted and not yet embedded (or dropped).
+    pub(crate) embed_backlog: AtomicU32,
+    /// Threads the last decode step used.
+    pub(crate) threads: AtomicU32,
+    /// Whether the thread count follows CPU contention.
+    pub(crate) adaptive: std::sync::atomic::AtomicBool,
 }
 
 /// What the thread reports once the model is loaded.
@@ -204,22 +231,57 @@ impl Engine {
         self.shared.busy.load(Ordering::Acquire)
     }
 
+    /// Embedding inputs accepted and still to be computed. Requests whose caller went away or
+    /// whose deadline passed leave it at the engine's next loop turn.
+    pub fn embed_backlog(&self) -> u32 {
+        self.shared.embed_backlog.load(Ordering::Acquire)
+    }
+
+    /// Threads the last decode step used (fewer than [`ModelInfo::threads`] while the CPU is
+    /// contended).
+    pub fn decode_threads(&self) -> u32 {
+        self.shared.threads.load(Ordering::Acquire)
+    }
+
+    /// Whether the decode thread count follows CPU contention (on with more than one thread,
+    /// unless [`EngineConfig::adapt_threads`] is off or llama.cpp's context refused the change).
+    pub fn adaptive_threads(&self) -> bool {
+        self.shared.adaptive.load(Ordering::Acquire)
+    }
+
     /// The text the model will continue: chats and non-raw text go through the chat template.
     pub fn render_prompt(&self, prompt: &Prompt) -> Result<String, RuntimeError> {
+        Ok(self.render_segments(prompt)?.text())
+    }
+
+    /// The prompt as the engine tokenizes it: the template's markup (special-token texts are
+    /// special tokens) and message content (always plain text, so a message cannot forge a turn).
+    /// A raw prompt (`/v1/completions`, Ollama `raw: true`) is markup as a whole: its author
+    /// writes the template, special tokens included.
+    pub fn render_segments(&self, prompt: &Prompt) -> Result<Rendered, RuntimeError> {
         match prompt {
-            Prompt::Chat(messages) => self.template.render(messages),
-            Prompt::Text { prompt, raw: true } => Ok(prompt.clone()),
+            Prompt::Chat(messages) => self.template.render_segments(messages),
+            Prompt::Text { prompt, raw: true } => Ok(Rendered::markup(prompt.clone())),
             Prompt::Text { prompt, raw: false } => self
                 .template
-                .render(&[ondevice_runtime::ChatMessage::new(ondevice_runtime::Role::User, prompt.clone())]),
+                .render_segments(&[ondevice_runtime::ChatMessage::new(ondevice_runtime::Role::User, prompt.clone())]),
         }
+    }
+
+    /// Token ids of `prompt` exactly as a generation would see them (BOS included when the model
+    /// adds one; special tokens only from markup).
+    pub async fn tokenize_prompt(&self, prompt: &Prompt) -> Result<Vec<u32>, RuntimeError> {
+        let prompt = self.render_segments(prompt)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::TokenizePrompt { prompt, reply })?;
+        answer.await.map_err(|_| EngineError::Stopped)?
     }
 
     /// Starts a generation. It joins the running batch at the next step, or waits for a slot;
     /// when the wait queue is full too the answer is `Overloaded`.
     pub fn generate(&self, prompt: &Prompt, sampling: &Sampling) -> Result<GenerationEvents, RuntimeError> {
         let plan = Plan::new(sampling)?;
-        let prompt = self.render_prompt(prompt)?;
+        let prompt = self.render_segments(prompt)?;
         let ticket = self.admit()?;
         let (events, receiver) = mpsc::unbounded_channel();
         self.send(Command::Generate(Pending { prompt, plan, events, ticket }))?;
@@ -229,11 +291,24 @@ impl Engine {
     /// Mean-pooled embeddings of each input (a separate embeddings context, created on first use).
     /// Returns the vectors and the number of tokens processed.
     pub async fn embed(&self, input: Vec<String>, normalize: bool) -> Result<(Vec<Vec<f32>>, u32), RuntimeError> {
+        self.embed_with(input, normalize, EmbedLimits::default()).await
+    }
+
+    /// [`Engine::embed`] with limits. The engine thread embeds one input at a time between
+    /// generation steps, so a large request never holds up running generations; dropping the
+    /// returned future (the client went away) or passing the deadline stops the work at the next
+    /// input. An input longer than the limit is refused with `TooLarge` before any work is done.
+    pub async fn embed_with(
+        &self,
+        input: Vec<String>,
+        normalize: bool,
+        limits: EmbedLimits,
+    ) -> Result<(Vec<Vec<f32>>, u32), RuntimeError> {
         if input.is_empty() {
             return Err(RuntimeError::InvalidRequest { message: "input must hold at least one text".into() });
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Embed { input, normalize, reply })?;
+        self.send(Command::Embed { input, normalize, limits, reply })?;
         answer.await.map_err(|_| EngineError::Stopped)?
     }
 

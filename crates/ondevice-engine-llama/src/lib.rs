@@ -9,7 +9,10 @@
 //! - [`template`]: faithful chat-template rendering (the GGUF's `tokenizer.chat_template`) with
 //!   minijinja, bounded by fuel and an output cap, without filesystem access.
 //! - [`server`]: the worker protocol over HTTP/1.1 on a Unix socket (axum).
-//! - [`threads::physical_cores`]: the default thread count.
+//! - [`threads::physical_cores`]: the default thread count; [`contention`]: fewer threads while
+//!   another process competes for the cores (per-step latency against the engine's own baseline).
+//! - Embeddings run on the same thread, one input per loop turn between generation steps, and stop
+//!   when their caller goes away or their deadline passes.
 //!
 //! # CPU features of the llama.cpp build (a deliberate choice)
 //!
@@ -47,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod contention;
 mod embed;
 mod engine;
 mod error;
@@ -55,5 +59,5 @@ pub mod server;
 pub mod template;
 pub mod threads;
 
-pub use engine::{Engine, EngineConfig, GenerationEvents, ModelInfo};
+pub use engine::{EmbedLimits, Engine, EngineConfig, GenerationEvents, ModelInfo};
 pub use error::EngineError;

@@ -25,7 +25,7 @@ use ondevice_runtime::{Prompt, RuntimeError, Sampling};
 use serde::de::DeserializeOwned;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use crate::{Engine, EngineError};
+use crate::{EmbedLimits, Engine, EngineError};
 
 /// The worker's routes over `engine`.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -37,6 +37,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .fallback(|| async {
             error(StatusCode::NOT_FOUND, "not_found", "unknown path: use /health, /generate, /embed or /tokenize")
         })
+        // The daemon bounds public bodies; this limit agrees with it (see `wire::MAX_BODY`).
+        .layer(axum::extract::DefaultBodyLimit::max(ondevice_runtime::wire::MAX_BODY))
         .with_state(engine)
 }
 
@@ -99,7 +101,13 @@ async fn embed(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match engine.embed(body.input, body.normalize).await {
+    let limits = EmbedLimits {
+        max_input_tokens: body.max_input_tokens,
+        deadline: body.timeout_ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms)),
+    };
+    // When the daemon closes the connection, hyper drops this future and with it the engine's
+    // reply channel: the engine notices before its next input and stops.
+    match engine.embed_with(body.input, body.normalize, limits).await {
         Ok((embeddings, prompt_tokens)) => axum::Json(EmbedReply { embeddings, prompt_tokens }).into_response(),
         Err(e) => runtime_error(&e),
     }
@@ -126,6 +134,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
 fn runtime_error(e: &RuntimeError) -> Response {
     let status = match e {
         RuntimeError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+        RuntimeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         RuntimeError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
         RuntimeError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
         RuntimeError::Overloaded { .. } | RuntimeError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

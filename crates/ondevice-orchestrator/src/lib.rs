@@ -81,6 +81,11 @@ pub struct Options {
     pub max_concurrent: usize,
     /// Requests that may wait.
     pub queue_depth: usize,
+    /// Most tokens one generation may produce; a request asking for more, or for no limit, is
+    /// clamped to it (`None`: no server-side maximum).
+    pub max_tokens: Option<u32>,
+    /// Most inputs one embeddings request may have; more is refused with `TooLarge`.
+    pub max_embed_inputs: Option<usize>,
     /// Chain for registry models without a route.
     pub default_runtimes: Vec<String>,
     /// Consecutive failures that open a runtime's circuit.
@@ -118,6 +123,8 @@ impl Default for Options {
             memory_budget: None,
             max_concurrent: 16,
             queue_depth: 64,
+            max_tokens: None,
+            max_embed_inputs: None,
             default_runtimes: vec!["embedded".to_owned()],
             breaker_failures: 3,
             breaker_open: Duration::from_secs(30),
@@ -530,6 +537,28 @@ fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Applies the server-side maximum of generated tokens: a request without a limit, or above it,
+/// gets the maximum.
+fn clamp_max_tokens(sampling: &mut ondevice_runtime::Sampling, max: Option<u32>) {
+    if let Some(max) = max {
+        sampling.max_tokens = Some(sampling.max_tokens.map_or(max, |n| n.min(max)));
+    }
+}
+
+/// Refuses an embeddings request with more inputs than allowed, before any work.
+fn check_embed_inputs(request: &EmbedRequest, max: Option<usize>) -> Result<(), RuntimeError> {
+    match max {
+        Some(max) if request.input.len() > max => Err(RuntimeError::TooLarge {
+            message: format!(
+                "the request has {} inputs but at most {max} are allowed per request ([inference] \
+                 max_embed_inputs): send them in several requests",
+                request.input.len()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `attempt` on each step of the chain until one succeeds or fails for a reason that is not
 /// the runtime's fault.
 async fn with_fallback<T, F>(
@@ -576,8 +605,9 @@ where
 }
 
 impl Inference for Orchestrator {
-    fn generate(&self, request: GenerateRequest) -> BoxFuture<'_, Result<Generation, RuntimeError>> {
+    fn generate(&self, mut request: GenerateRequest) -> BoxFuture<'_, Result<Generation, RuntimeError>> {
         Box::pin(async move {
+            clamp_max_tokens(&mut request.sampling, self.inner.opts.max_tokens);
             let permit = self.inner.admit().await?;
             let keep = request.keep_alive;
             let name = request.model.clone();
@@ -594,6 +624,7 @@ impl Inference for Orchestrator {
 
     fn embed(&self, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, RuntimeError>> {
         Box::pin(async move {
+            check_embed_inputs(&request, self.inner.opts.max_embed_inputs)?;
             let _permit = self.inner.admit().await?;
             let name = request.model.clone();
             let (mut out, adapter, model) = with_fallback(&self.inner, &name, None, |step| {

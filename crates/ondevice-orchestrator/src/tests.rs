@@ -20,6 +20,8 @@ struct Scripted {
     tokens: Vec<&'static str>,
     /// When set, generations are accepted but their stream fails with this before any token.
     fails_first: Mutex<Option<RuntimeError>>,
+    /// The `max_tokens` of every generation it received.
+    max_tokens: Mutex<Vec<Option<u32>>>,
 }
 
 impl Scripted {
@@ -31,6 +33,7 @@ impl Scripted {
             unloads: Mutex::new(Vec::new()),
             tokens: vec!["Par", "is"],
             fails_first: Mutex::new(None),
+            max_tokens: Mutex::new(Vec::new()),
         })
     }
     fn check(&self) -> Result<(), RuntimeError> {
@@ -72,10 +75,11 @@ impl Runtime for Scripted {
     fn generate(
         &self,
         _model: &ModelSpec,
-        _request: GenerateRequest,
+        request: GenerateRequest,
     ) -> BoxFuture<'_, Result<ondevice_runtime::EventStream, RuntimeError>> {
         Box::pin(async move {
             self.check()?;
+            self.max_tokens.lock().unwrap().push(request.sampling.max_tokens);
             if let Some(e) = self.fails_first.lock().unwrap().clone() {
                 let s: ondevice_runtime::EventStream = Box::pin(futures_util::stream::iter([Err(e)]));
                 return Ok(s);
@@ -377,4 +381,22 @@ async fn hot_load_unload_and_embeddings() {
     assert!(o.unload("m").await.unwrap());
     assert!(!o.unload("m").await.unwrap());
     assert!(o.loaded().await.is_empty());
+}
+
+#[tokio::test]
+async fn generated_tokens_are_clamped_and_embedding_inputs_limited() {
+    let a = Scripted::new("embedded");
+    let opts = Options { max_tokens: Some(100), max_embed_inputs: Some(3), ..Options::default() };
+    let o = orchestrator(std::slice::from_ref(&a), vec![local("m:latest", 1)], opts);
+    for asked in [None, Some(20), Some(100), Some(5000)] {
+        let mut r = request("m");
+        r.sampling.max_tokens = asked;
+        text_of(o.generate(r).await.unwrap()).await;
+    }
+    assert_eq!(*a.max_tokens.lock().unwrap(), vec![Some(100), Some(20), Some(100), Some(100)]);
+
+    let embed = |n: usize| EmbedRequest { model: "m".into(), input: vec!["x".into(); n], normalize: true };
+    assert_eq!(o.embed(embed(3)).await.unwrap().vectors.len(), 3);
+    let err = o.embed(embed(4)).await.unwrap_err();
+    assert!(matches!(&err, RuntimeError::TooLarge { message } if message.contains("max_embed_inputs")), "{err:?}");
 }

@@ -17,6 +17,13 @@ pub enum RuntimeError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The request exceeds a configured limit (inputs per request, tokens per input, ...); the
+    /// message names the limit and how to stay within it. HTTP 413.
+    #[error("{message}")]
+    TooLarge {
+        /// Which limit, how far over it, and what to do.
+        message: String,
+    },
     /// The adapter cannot do this (for example embeddings on a chat-only remote).
     #[error("runtime {adapter:?} does not support {what}")]
     Unsupported {
@@ -91,6 +98,7 @@ impl RuntimeError {
         match self {
             RuntimeError::ModelNotFound { .. } => "model_not_found",
             RuntimeError::InvalidRequest { .. } => "invalid_request",
+            RuntimeError::TooLarge { .. } => "too_large",
             RuntimeError::Unsupported { .. } => "unsupported",
             RuntimeError::Unavailable { .. } => "runtime_unavailable",
             RuntimeError::Overloaded { .. } => "overloaded",

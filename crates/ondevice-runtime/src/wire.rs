@@ -14,6 +14,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The largest request body a worker accepts, in bytes. The daemon's public limit
+/// (`server.body_limit`) is at most [`MAX_PUBLIC_BODY`], and a request re-encoded for the worker
+/// is never much larger than the body it came in, so whatever the daemon accepted the worker accepts
+/// too: a too-long prompt is refused by the engine with a status saying why, not by the socket.
+pub const MAX_BODY: usize = MAX_PUBLIC_BODY + (64 << 20);
+
+/// The largest public body limit the daemon can be configured with (`server.body_limit`), 1 GiB.
+pub const MAX_PUBLIC_BODY: usize = 1 << 30;
+
 use crate::{ChatMessage, Constraint, Event, FinishReason, Prompt, Role, RuntimeError, Sampling, Timings, Usage};
 
 /// `GET /health`.
@@ -143,7 +152,8 @@ pub enum WireEvent {
     },
 }
 
-/// `POST /embed`.
+/// `POST /embed`. The worker embeds one input at a time between generation steps and stops when
+/// the connection closes or `timeout_ms` has passed (answering `timeout`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedBody {
     /// Texts.
@@ -151,6 +161,12 @@ pub struct EmbedBody {
     /// Unit-length vectors.
     #[serde(default)]
     pub normalize: bool,
+    /// Tokens one input may have; more is refused (`too_large`) before any work is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u32>,
+    /// Milliseconds the daemon waits for the answer; the worker stops computing after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Answer to `POST /embed`.
@@ -298,6 +314,7 @@ impl WireEvent {
             }
             WireEvent::Error { code, message } => Err(match code.as_str() {
                 "invalid_request" => RuntimeError::InvalidRequest { message },
+                "too_large" => RuntimeError::TooLarge { message },
                 "overloaded" => {
                     RuntimeError::Overloaded { what: message, retry_after: std::time::Duration::from_secs(1) }
                 }

@@ -128,6 +128,7 @@ impl ApiError {
                 let (http, grpc) = match e {
                     RuntimeError::ModelNotFound { .. } => (StatusCode::NOT_FOUND, Code::NotFound),
                     RuntimeError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, Code::InvalidArgument),
+                    RuntimeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Code::InvalidArgument),
                     RuntimeError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, Code::Unimplemented),
                     RuntimeError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable),
                     RuntimeError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted),
@@ -312,6 +313,36 @@ where
             Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge { limit }),
             Err(rej) => Err(ApiError::InvalidRequest(rej.body_text())),
         }
+    }
+}
+
+/// An optional JSON body: no body at all (or `null`) is `None` (a `POST` whose fields all have
+/// defaults may send nothing); anything else must be JSON. Rejections use the error envelope.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T, S> axum::extract::FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        // `null` counts as no body, as it does for an optional request body in the schema.
+        serde_json::from_slice::<Option<T>>(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
     }
 }
 

@@ -215,6 +215,8 @@ pub fn options(settings: &Settings) -> anyhow::Result<Options> {
         memory_budget: i.memory_budget.map(|b| b.bytes()),
         max_concurrent: i.max_concurrent as usize,
         queue_depth: i.queue_depth as usize,
+        max_tokens: Some(i.max_tokens),
+        max_embed_inputs: Some(i.max_embed_inputs as usize),
         default_runtimes: i.default_runtimes.clone(),
         breaker_failures: i.breaker.failures,
         breaker_open: Duration::from_secs(i.breaker.open_s),
@@ -250,6 +252,7 @@ pub fn orchestrator(
     let launcher = Arc::new(EngineWorkers::new(supervisor, settings, run_dir)?);
     let embedded_options = ondevice_adapters::embedded::EmbeddedOptions {
         load_timeout: Duration::from_secs(settings.engine.load_timeout_s),
+        max_embed_input_tokens: Some(settings.inference.max_embed_input_tokens),
         ..Default::default()
     };
     let mut runtimes: Vec<Arc<dyn Runtime>> =

@@ -9,12 +9,17 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::generation::{OneOrMany, check_sampling};
 
+/// `max_tokens` of a `/v1/completions` request that sets none: OpenAI's documented default.
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
 /// Body of `POST /v1/chat/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     /// Model name (`name[:tag]`).
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation.
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessageIn>,
     /// Stream server-sent events.
     #[serde(default)]
@@ -482,7 +487,8 @@ impl CompletionRequest {
         (self.stream.unwrap_or(false), self.stream_options.as_ref().is_some_and(|o| o.include_usage))
     }
 
-    /// The domain request: the prompt is sent raw, without a chat template.
+    /// The domain request: the prompt is sent raw, without a chat template (special-token texts
+    /// in it are special tokens: the caller writes the whole prompt, markup included).
     pub fn into_domain(self) -> Result<GenerateRequest, ApiError> {
         only_one_choice(self.n)?;
         if self.echo == Some(true) {
@@ -500,7 +506,7 @@ impl CompletionRequest {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             seed: self.seed,
-            max_tokens: self.max_tokens,
+            max_tokens: Some(self.max_tokens.unwrap_or(COMPLETIONS_DEFAULT_MAX_TOKENS)),
             stop: self.stop,
         }
         .into_domain(None)?;
@@ -583,5 +589,14 @@ mod tests {
         let req: CompletionRequest =
             serde_json::from_value(serde_json::json!({"model": "m", "prompt": ["a", "b"]})).unwrap();
         assert!(req.into_domain().is_err());
+    }
+
+    #[test]
+    fn completions_default_to_16_tokens_as_openai_documents() {
+        let req: CompletionRequest = serde_json::from_value(serde_json::json!({"model": "m", "prompt": "a"})).unwrap();
+        assert_eq!(req.into_domain().unwrap().sampling.max_tokens, Some(16));
+        let req: CompletionRequest =
+            serde_json::from_value(serde_json::json!({"model": "m", "prompt": "a", "max_tokens": 300})).unwrap();
+        assert_eq!(req.into_domain().unwrap().sampling.max_tokens, Some(300));
     }
 }
