@@ -316,36 +316,6 @@ where
     }
 }
 
-/// An optional JSON body: no body at all (or `null`) is `None` (a `POST` whose fields all have
-/// defaults may send nothing); anything else must be JSON. Rejections use the error envelope.
-pub struct OptionalJson<T>(pub Option<T>);
-
-impl<T, S> axum::extract::FromRequest<S> for OptionalJson<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
-            Ok(b) => b,
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
-        };
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(None));
-        }
-        // `null` counts as no body, as it does for an optional request body in the schema.
-        serde_json::from_slice::<Option<T>>(&bytes)
-            .map(OptionalJson)
-            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
-    }
-}
-
 /// A JSON body read whatever its `Content-Type`, as Ollama and OpenAI-compatible servers do
 /// (`curl -d '{...}'` sends a form content type); rejections use the error envelope.
 pub struct AnyJson<T>(pub T);
