@@ -9,6 +9,9 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::generation::{OneOrMany, check_sampling};
 
+/// `max_tokens` of a `/v1/completions` request that sets none: OpenAI's documented default.
+pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
+
 /// Body of `POST /v1/chat/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
