@@ -24,8 +24,7 @@ use std::sync::{Arc, Mutex};
 use ondevice_store::{Store, VectorDocInput, VectorFilterValue};
 use ondevice_vector::{
     BoxFuture, CollectionRecord, CollectionSpec, DocumentWrite, Filter, Hit, Metadata, Scalar, StoredDocument,
-    VectorBackend, VectorError, VectorQuery, check_vector, validate_collection_name, validate_document_id,
-    validate_query,
+    VectorBackend, VectorError, VectorQuery, check_vector, validate_document_id, validate_query,
 };
 
 pub use index::IndexOpen;
@@ -317,7 +316,7 @@ impl VectorBackend for EmbeddedBackend {
         let this = self.clone();
         let spec = spec.clone();
         Box::pin(blocking(move || {
-            validate_collection_name(&spec.name)?;
+            ondevice_vector::validate_stored_name(&spec.name)?;
             if spec.dimension == 0 || spec.dimension > 16_384 {
                 return Err(VectorError::InvalidRequest(format!(
                     "dimension {} is out of range: use 1 to 16384",

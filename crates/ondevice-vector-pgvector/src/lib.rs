@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ondevice_vector::{
     BoxFuture, CollectionRecord, CollectionSpec, Distance, DocumentWrite, Filter, Hit, Metadata, StoredDocument,
-    VectorBackend, VectorError, VectorQuery, check_vector, validate_collection_name, validate_document_id,
-    validate_query,
+    VectorBackend, VectorError, VectorQuery, check_vector, validate_document_id, validate_query,
 };
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, GenericClient, NoTls, Transaction};
@@ -204,7 +203,7 @@ impl PgVectorBackend {
     }
 
     async fn create(&self, spec: &CollectionSpec) -> Result<CollectionRecord, VectorError> {
-        validate_collection_name(&spec.name)?;
+        ondevice_vector::validate_stored_name(&spec.name)?;
         if spec.dimension == 0 || spec.dimension > 2000 {
             return Err(VectorError::InvalidRequest(format!(
                 "dimension {} is out of range: pgvector indexes 1 to 2000 dimensions",

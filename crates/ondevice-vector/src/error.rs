@@ -62,6 +62,20 @@ pub enum VectorError {
         #[source]
         source: RuntimeError,
     },
+    /// The model a collection was built with now names other weights.
+    #[error(
+        "collection {collection:?} was built with {model} at {pinned}, but {model} is now {current}: re-embed it with `ondevice collections set-model {collection} {model}` or name the pinned digest"
+    )]
+    ModelChanged {
+        /// The collection.
+        collection: String,
+        /// The model name.
+        model: String,
+        /// The digest the collection pinned.
+        pinned: String,
+        /// The digest the name resolves to now.
+        current: String,
+    },
     /// The collection's backend is not configured in this daemon.
     #[error("vector backend {0:?} is not configured: set [vector] backend and url in the config")]
     BackendUnavailable(String),

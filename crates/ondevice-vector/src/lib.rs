@@ -5,19 +5,29 @@
 //!   truth + a usearch HNSW file per collection) and `ondevice-vector-pgvector` (PostgreSQL).
 //! - Domain types ([`CollectionSpec`], [`DocumentWrite`], [`Filter`], [`Hit`]) and the typed
 //!   [`VectorError`] the server maps to statuses.
+//! - [`Collections`] ([`VectorService`]): the service the daemon's surfaces call: chunking
+//!   (`chunk`), embeddings through the daemon's `Inference` (`embed`), and the `index` and
+//!   `reembed` job kinds (`job`).
 //! - `testing` (feature `testing`): the contract test suite both backends run.
 
 #![warn(missing_docs)]
 
 mod backend;
 pub mod chunk;
+pub mod embed;
 mod error;
+pub mod job;
+mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod types;
 
 pub use backend::VectorBackend;
 pub use error::VectorError;
+pub use service::{
+    Collections, CreateCollection, DocumentInput, QueryInput, QueryRequest, UpsertOutcome, VectorService, VectorStats,
+    content_hash,
+};
 pub use types::*;
 
 /// A boxed future, for the object-safe async methods of the contracts.
@@ -37,6 +47,15 @@ pub fn validate_collection_name(name: &str) -> Result<(), VectorError> {
             value: name.chars().take(80).collect(),
             rule: "use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
         })
+    }
+}
+
+/// Checks a name a backend stores: a collection name, or an internal one starting with `_` (the
+/// re-embed job's shadow collections, which no user name can collide with).
+pub fn validate_stored_name(name: &str) -> Result<(), VectorError> {
+    match name.strip_prefix('_') {
+        Some(rest) if !rest.is_empty() && rest.len() < 64 => validate_collection_name(rest),
+        _ => validate_collection_name(name),
     }
 }
 
