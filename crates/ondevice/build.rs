@@ -22,4 +22,35 @@ fn main() {
         "x86-64-v3"
     };
     println!("cargo:rustc-env=ONDEVICE_ENGINE_CPU={level}");
+    build_facts();
+}
+
+/// Build facts for `ondevice diag bundle` and crash reports: the llama.cpp bindings' version (from
+/// Cargo.lock) and the git commit (from `.git`, read as files: no process is spawned; `ONDEVICE_BUILD_COMMIT` overrides).
+fn build_facts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
+    let llama = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"llama-cpp-sys-2\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_owned)))
+        .map_or_else(|| "unknown".to_owned(), |v| format!("llama-cpp-sys-2 {v}"));
+    println!("cargo:rustc-env=ONDEVICE_LLAMA_CPP={llama}");
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    let git = root.join(".git");
+    let head = std::fs::read_to_string(git.join("HEAD")).unwrap_or_default();
+    let commit = match head.trim().strip_prefix("ref: ") {
+        Some(r) => {
+            std::fs::read_to_string(git.join(r)).ok().map(|s| s.trim().to_owned()).or_else(|| {
+                let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap_or_default();
+                packed.lines().find(|l| l.ends_with(r)).and_then(|l| l.split(' ').next()).map(str::to_owned)
+            })
+        }
+        None => Some(head.trim().to_owned()).filter(|s| !s.is_empty()),
+    };
+    // No rerun on new commits (that would rebuild the binary crate on every commit): the commit is
+    // the one of the last run of this script, exact in clean (release, CI, package) builds.
+    println!("cargo:rerun-if-env-changed=ONDEVICE_BUILD_COMMIT");
+    let commit = std::env::var("ONDEVICE_BUILD_COMMIT").ok().or(commit).unwrap_or_default();
+    println!("cargo:rustc-env=ONDEVICE_COMMIT={}", commit.chars().take(40).collect::<String>());
 }

@@ -160,7 +160,8 @@ impl BundleWriter {
 
     /// Records something left out and why.
     pub fn omit(&mut self, name: &str, reason: impl Into<String>) {
-        self.omitted.push(Omitted { name: name.to_owned(), reason: reason.into() });
+        let reason = self.redactor.text(&reason.into(), &mut Redactions::new());
+        self.omitted.push(Omitted { name: self.redactor.text(name, &mut Redactions::new()), reason });
     }
 
     /// Adds the tail of a log file (whole lines, at most `caps.per_log_file` bytes), each line

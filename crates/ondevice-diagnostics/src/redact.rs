@@ -54,6 +54,12 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
     ]
 });
 
+/// In plain-text log lines: a content field and everything after it on the line.
+static TEXT_CONTENT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)(\b(?:prompts?|messages|content|completion|outputs?|response|inputs?|query)\s*[:=]\s*).+$"#)
+        .expect("valid content pattern")
+});
+
 static OTHER_HOMES: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(/home/|/Users/|(?i:[A-Z]:\\Users\\))[^/\\\s\x22':]+").expect("valid home pattern"));
 
@@ -200,7 +206,17 @@ impl Redactor {
                 return self.text(&v.to_string(), counts);
             }
         }
-        self.text(line, counts)
+        // Plain text (a worker's stderr, tracing's text format): a content field takes the rest of
+        // the line with it.
+        let mut n = 0;
+        let out = TEXT_CONTENT.replace(line, |c: &Captures<'_>| {
+            n += 1;
+            format!("{}[REDACTED:content]", &c[1])
+        });
+        if n > 0 {
+            *counts.entry("content").or_default() += n;
+        }
+        self.text(&out, counts)
     }
 
     /// Redacts a JSON value: content fields are dropped, secret-named fields replaced, every
@@ -331,6 +347,10 @@ mod tests {
         assert_eq!(c["content"], 2);
         // A plain line is redacted as text.
         assert_eq!(r.log_line("plain Bearer abcdefghijkl", &mut c), "plain Bearer [REDACTED:token]");
+        assert_eq!(
+            r.log_line("[stderr] 2026 DEBUG generate prompt=\"my diary\" n=3", &mut c),
+            "[stderr] 2026 DEBUG generate prompt=[REDACTED:content]"
+        );
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum Command {
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Diagnostics: a redacted support bundle, checks with fixes, crash reports.
+    #[command(subcommand)]
+    Diag(DiagCommand),
     /// Serve one model file on a local socket (started by the daemon's supervisor, not by people).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -346,4 +349,24 @@ pub enum ModelsCommand {
     },
     /// Delete blobs no model references and stale partial files.
     Gc(JsonFlag),
+}
+
+/// `ondevice diag ...`.
+#[derive(Debug, Subcommand)]
+pub enum DiagCommand {
+    /// Write a redacted support bundle (.tar.gz with manifest.json): build, system, config,
+    /// environment, daemon status, metrics, logs, crash reports, registry and jobs. Never keys,
+    /// tokens, passwords, URL credentials, your home path, prompts or outputs.
+    Bundle {
+        /// Where to write it (default: ./ondevice-diagnostics-<time>.tar.gz).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this installation; each problem comes with its fix (exit 1 when a check fails).
+    Doctor(JsonFlag),
+    /// List the crash reports of the daemon and its workers, newest first.
+    Crashes(JsonFlag),
 }

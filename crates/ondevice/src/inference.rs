@@ -155,6 +155,10 @@ impl EngineWorkers {
         let mut readiness = ProbeSpec::new(ProbeCheck::Unix(socket.clone()));
         readiness.period = Duration::from_millis(500);
         ws.readiness = Some(readiness);
+        if let Some(digest) = ondevice_diagnostics::crash::digest_of_blob_path(&path) {
+            // Crash reports of this worker name the model.
+            ondevice_diagnostics::crash::tag_worker_model(&name, &digest);
+        }
         let mut sandbox = self.engine.sandbox.clone();
         // The model is read-only for the worker; only its runtime directory is writable.
         sandbox.fs_read.push(path);

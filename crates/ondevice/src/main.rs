@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod cpu;
+mod diagnostics;
 mod inference;
 mod logging;
 mod signals;

@@ -4,6 +4,7 @@ mod assets;
 mod client;
 mod config;
 mod daemon;
+mod diag;
 mod jobs;
 mod keys;
 mod models;
@@ -75,6 +76,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { model } => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(stop::run(resolved, model))
+        }
+        Command::Diag(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(diag::run(resolved, cmd))
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),

@@ -25,6 +25,7 @@ pub fn run(resolved: Resolved) -> anyhow::Result<ExitCode> {
     create_private_dir(&paths.home)?;
     let _log = crate::logging::init(&resolved.settings.log, Some(&paths.logs()))?;
     let _lock = PidLock::acquire(&paths.pid_file(), &paths.home)?;
+    crate::diagnostics::install_daemon_panic_hook(&paths.home);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ondevice-edge")
@@ -69,6 +70,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     };
     let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
     let orchestrator = crate::inference::orchestrator(
+    crate::diagnostics::watch_worker_crashes(workers.supervisor(), &paths.home);
         settings,
         registry.clone(),
         workers.supervisor().clone(),

@@ -18,12 +18,19 @@ pub fn run(args: &WorkerArgs, format: Option<LogFormat>, level: Option<&str>) ->
     use ondevice_engine_llama::{Engine, EngineConfig};
 
     init_logging(format, level)?;
+    // Sandboxed: the report goes to stderr, which the daemon captures and files (`diag crashes`).
+    ondevice_diagnostics::crash::install_panic_hook(
+        ondevice_diagnostics::crash::HookTarget::Stderr,
+        "worker",
+        crate::diagnostics::build_tag(),
+    );
     check_cpu()?;
     let mut config = EngineConfig::new(&args.model);
     config.threads = args.threads;
     config.ctx_per_slot = args.ctx;
     config.parallel = args.parallel;
     let engine = Arc::new(Engine::load(config)?);
+    crash_for_tests();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,6 +61,26 @@ fn check_cpu() -> anyhow::Result<()> {
     }
     tracing::debug!(build = level.name(), "engine kernels match this CPU");
     Ok(())
+}
+
+/// Tests of crash capture make a worker die after loading its model, the way a crash inside
+/// llama.cpp would: `ONDEVICE_TEST_WORKER_CRASH=abort|segv|panic` (inherited from the daemon).
+/// Unset in normal use; any other value is ignored.
+#[cfg(feature = "engine-llama")]
+fn crash_for_tests() {
+    match std::env::var("ONDEVICE_TEST_WORKER_CRASH").as_deref() {
+        Ok("abort") => {
+            eprintln!("ONDEVICE_TEST_WORKER_CRASH=abort: aborting");
+            std::process::abort();
+        }
+        #[cfg(unix)]
+        Ok("segv") => {
+            eprintln!("ONDEVICE_TEST_WORKER_CRASH=segv: raising SIGSEGV");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSEGV);
+        }
+        Ok("panic") => panic!("ONDEVICE_TEST_WORKER_CRASH=panic: panicking"),
+        _ => {}
+    }
 }
 
 /// Without the engine compiled in, the worker cannot run.

@@ -1,0 +1,289 @@
+//! `ondevice diag bundle | doctor | crashes`: a redacted support bundle, checks with their fixes,
+//! and the crash reports of the daemon and its workers.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use ondevice_config::Resolved;
+use ondevice_diagnostics::CrashStore;
+use ondevice_diagnostics::doctor::{self, Check, CheckStatus};
+use reqwest::Method;
+
+use crate::cli::DiagCommand;
+use crate::commands::client::Client;
+use crate::diagnostics::{DaemonData, assemble, default_output, jobs_summary};
+
+pub async fn run(resolved: Resolved, cmd: DiagCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DiagCommand::Bundle { output, json } => bundle(resolved, output, json).await,
+        DiagCommand::Doctor(flag) => doctor(resolved, flag.json).await,
+        DiagCommand::Crashes(flag) => crashes(&resolved, flag.json),
+    }
+}
+
+async fn bundle(resolved: Resolved, output: Option<std::path::PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let out = output.unwrap_or_else(default_output);
+    if !json {
+        eprintln!("collecting diagnostics ...");
+    }
+    let daemon = daemon_data(&resolved).await;
+    let target = out.clone();
+    let summary = tokio::task::spawn_blocking(move || assemble(&resolved, daemon, &target))
+        .await
+        .context("the bundle task failed")??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {} ({} bytes, {} files, {} redactions, sha256 {})",
+            out.display(),
+            summary.size,
+            summary.files,
+            summary.redactions,
+            summary.sha256
+        );
+        println!("its manifest.json lists every file and what was redacted: review it before sharing");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Status, metrics and jobs from the running daemon, if one answers within a few seconds.
+async fn daemon_data(resolved: &Resolved) -> DaemonData {
+    let client = match Client::new(resolved) {
+        Ok(c) => c,
+        Err(e) => return DaemonData { missing: Some(format!("no daemon: {e}")), ..DaemonData::default() },
+    };
+    let limit = Duration::from_secs(10);
+    let status =
+        tokio::time::timeout(limit, client.call::<serde_json::Value>(Method::GET, "/api/v1/status", None)).await;
+    let status = match status {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return DaemonData { missing: Some(format!("no daemon: {e:#}")), ..DaemonData::default() },
+        Err(_) => {
+            return DaemonData {
+                missing: Some("the daemon did not answer within 10 s".into()),
+                ..DaemonData::default()
+            };
+        }
+    };
+    let metrics = match tokio::time::timeout(limit, client.get_stream("/metrics")).await {
+        Ok(Ok(r)) => r.text().await.ok(),
+        _ => None,
+    };
+    let jobs =
+        match tokio::time::timeout(limit, client.call::<serde_json::Value>(Method::GET, "/api/v1/jobs", None)).await {
+            Ok(Ok(j)) => Some(jobs_summary(&j)),
+            _ => None,
+        };
+    DaemonData { status: Some(status), metrics, jobs, missing: None }
+}
+
+async fn doctor(resolved: Resolved, json: bool) -> anyhow::Result<ExitCode> {
+    let daemon = daemon_data(&resolved).await;
+    let mut checks = vec![cpu_check()];
+    checks.push(sandbox_check(daemon.status.as_ref()));
+    let home = resolved.paths.home.clone();
+    checks.push(doctor::disk_space(&home));
+    checks.push(doctor::listen_port(resolved.settings.server.listen.0, daemon.status.is_some()));
+    checks.extend(doctor::permissions(&home, &resolved.paths.bootstrap_token()));
+    let r2 = resolved.clone();
+    checks.push(tokio::task::spawn_blocking(move || models_check(&r2)).await.context("the models check failed")?);
+    checks.push(runtimes_check(&resolved, daemon.status.is_some()).await);
+    checks.push(doctor::clock(&home));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": checks }))?);
+    } else {
+        print!("{}", doctor::render(&checks));
+    }
+    let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The engine build the daemon would start for this CPU, and whether the CPU runs it.
+fn cpu_check() -> Check {
+    use crate::cpu;
+    const NAME: &str = "cpu features";
+    let Ok(exe) = std::env::current_exe() else { return Check::skip(NAME, "the program's own path is unknown") };
+    let (own, host) = (cpu::own_level(), cpu::host_level());
+    let chosen = cpu::choose_worker(&exe, own, host, &cpu::search_dirs(&exe));
+    let features = ondevice_diagnostics::system::cpu_features().join(" ");
+    match chosen.level {
+        None => Check::ok(NAME, format!("engine build {} (not levelled); CPU: {features}", cpu::own_build())),
+        Some(level) => {
+            let missing = level.missing_on_host();
+            if !missing.is_empty() {
+                Check::problem(
+                    NAME,
+                    CheckStatus::Fail,
+                    format!("the engine build ({}) needs {} which this CPU lacks", level.name(), missing.join(", ")),
+                    format!(
+                        "install the package's {} worker build beside ondevice, or use an external runtime ([runtimes.NAME])",
+                        cpu::variant_file(cpu::Level::V2)
+                    ),
+                )
+            } else if host.is_some_and(|h| h > level) {
+                Check::problem(
+                    NAME,
+                    CheckStatus::Warn,
+                    format!(
+                        "workers run the {} build; this CPU could run {} ({})",
+                        level.name(),
+                        host.map_or("", |h| h.name()),
+                        features
+                    ),
+                    format!(
+                        "for faster kernels install {} beside ondevice",
+                        host.map(cpu::variant_file).unwrap_or_default()
+                    ),
+                )
+            } else {
+                Check::ok(NAME, format!("workers run the {} build, which this CPU supports", level.name()))
+            }
+        }
+    }
+}
+
+/// The sandbox layers in effect (the daemon's view when it runs, else this host's).
+fn sandbox_check(status: Option<&serde_json::Value>) -> Check {
+    const NAME: &str = "sandbox";
+    let caps = match status.and_then(|s| s.get("sandbox")).filter(|s| !s.is_null()) {
+        Some(s) => s.clone(),
+        None => serde_json::to_value(ondevice_sandbox::detect()).unwrap_or_default(),
+    };
+    let on = |k: &str| caps.get(k).is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()));
+    let layers: Vec<&str> = [
+        ("cgroup_writable", "cgroups (memory, pids, cpu limits)"),
+        ("rlimits", "rlimits"),
+        ("landlock_abi", "landlock (files)"),
+        ("seccomp", "seccomp"),
+        ("net_namespace", "network namespace"),
+        ("job_objects", "job objects"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| on(k))
+    .map(|(_, n)| n)
+    .collect();
+    let detail = if layers.is_empty() { "no isolation layer available".to_owned() } else { layers.join(", ") };
+    if cfg!(target_os = "linux") && !on("cgroup_writable") {
+        return Check::problem(
+            NAME,
+            CheckStatus::Warn,
+            format!("{detail}; memory and process limits are not enforced"),
+            "run the daemon as the packaged systemd service (Delegate=yes) or as root so workers get cgroup limits",
+        );
+    }
+    if layers.is_empty() {
+        return Check::problem(
+            NAME,
+            CheckStatus::Warn,
+            detail,
+            "workers run unconfined on this host: see docs/sandbox.md",
+        );
+    }
+    Check::ok(NAME, detail)
+}
+
+/// Re-hashes every model's files (`ondevice models verify`).
+fn models_check(resolved: &Resolved) -> Check {
+    const NAME: &str = "models";
+    let db = resolved.paths.database();
+    if !db.is_file() {
+        return Check::skip(NAME, "no registry yet");
+    }
+    let reg = match ondevice_store::Store::open(&db)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| Ok(ondevice_registry::Registry::new(std::sync::Arc::new(s), &resolved.paths.home)?))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Check::problem(
+                NAME,
+                CheckStatus::Fail,
+                format!("the registry cannot be opened: {e:#}"),
+                "see the error; `ondevice diag bundle` collects details",
+            );
+        }
+    };
+    match reg.verify(None) {
+        Ok(reports) => {
+            let bad: Vec<String> = reports
+                .iter()
+                .filter(|r| r.status != ondevice_registry::VerifyStatus::Ok)
+                .map(|r| format!("{} ({:?})", r.model, r.status))
+                .collect();
+            if bad.is_empty() {
+                Check::ok(NAME, format!("{} models verified", reports.len()))
+            } else {
+                Check::problem(
+                    NAME,
+                    CheckStatus::Fail,
+                    format!("{} of {} models failed: {}", bad.len(), reports.len(), bad.join(", ")),
+                    "remove and pull or import them again (`ondevice models rm NAME`, `ondevice models pull NAME`)",
+                )
+            }
+        }
+        Err(e) => Check::problem(NAME, CheckStatus::Fail, e.to_string(), "see `ondevice models verify`"),
+    }
+}
+
+/// The daemon's runtimes: healthy and circuits closed.
+async fn runtimes_check(resolved: &Resolved, daemon: bool) -> Check {
+    const NAME: &str = "runtimes";
+    if !daemon {
+        return Check::skip(NAME, "no daemon running: start it to check its runtimes");
+    }
+    let Ok(client) = Client::new(resolved) else { return Check::skip(NAME, "no key to ask the daemon") };
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.call::<serde_json::Value>(Method::GET, "/api/v1/runtimes", None),
+    )
+    .await;
+    let Ok(Ok(v)) = answer else { return Check::skip(NAME, "the daemon did not report its runtimes") };
+    let runtimes = v["runtimes"].as_array().cloned().unwrap_or_default();
+    let bad: Vec<String> = runtimes
+        .iter()
+        .filter(|r| r["health"] == "unhealthy" || r["circuit"] == "open")
+        .map(|r| {
+            format!(
+                "{} ({}, circuit {})",
+                r["name"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("unhealthy"),
+                r["circuit"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        Check::ok(NAME, format!("{} runtimes healthy", runtimes.len()))
+    } else {
+        Check::problem(
+            NAME,
+            CheckStatus::Warn,
+            format!("unhealthy: {}", bad.join(", ")),
+            "check the runtime's URL and that its server runs ([runtimes.NAME] in the config)",
+        )
+    }
+}
+
+fn crashes(resolved: &Resolved, json: bool) -> anyhow::Result<ExitCode> {
+    let reports = CrashStore::new(&resolved.paths.home).list();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "crashes": reports }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reports.is_empty() {
+        println!("no crash reports");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<17} {:<20} {:<8} SUMMARY", "ID", "WHEN", "PROCESS");
+    for r in &reports {
+        let when = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(r.at.max(0) as u64));
+        println!("{:<17} {:<20} {:<8} {}", r.id, when.to_string(), r.process, r.summary());
+    }
+    println!(
+        "reports in {} (kept: the newest {})",
+        CrashStore::new(&resolved.paths.home).dir().display(),
+        CrashStore::MAX_REPORTS
+    );
+    Ok(ExitCode::SUCCESS)
+}
