@@ -15,6 +15,8 @@ mod grpc;
 mod http;
 #[path = "e2e/inference.rs"]
 mod inference;
+#[path = "e2e/inference_limits.rs"]
+mod inference_limits;
 #[path = "e2e/models.rs"]
 mod models;
 #[path = "e2e/pull.rs"]
