@@ -69,6 +69,24 @@ fn keys_verify_by_scope_and_revocation_is_immediate() {
 }
 
 #[test]
+fn the_last_active_admin_key_cannot_be_revoked() {
+    let v = Verifier::new(Arc::new(MemStore::default()), true).unwrap();
+    let (first, first_key) = v.create_key(Some("first"), Scopes::admin()).unwrap();
+    let (reader, _) = v.create_key(Some("reader"), Scopes::from_list("read,models,infer").unwrap()).unwrap();
+    let err = v.revoke(&first.id.to_string()).unwrap_err();
+    assert!(matches!(err, AuthError::LastAdmin(id) if id == first.id), "{err}");
+    assert!(err.to_string().contains("last active admin key"), "{err}");
+    assert!(auth(&v, Some(&first_key), Scope::Admin).is_ok(), "still usable");
+    // Non-admin keys go freely; with a second admin, the first may go, then not the second.
+    v.revoke(&reader.id.to_string()).unwrap();
+    let (second, _) = v.create_key(Some("second"), Scopes::from_list("admin,read").unwrap()).unwrap();
+    v.revoke(&first.id.to_string()).unwrap();
+    assert!(matches!(v.revoke(&second.id.to_string()), Err(AuthError::LastAdmin(_))));
+    // Revoking an already revoked key changes nothing and is not refused.
+    v.revoke(&first.id.to_string()).unwrap();
+}
+
+#[test]
 fn last_used_is_recorded_and_flushed() {
     let store = Arc::new(MemStore::default());
     let v = Verifier::new(store.clone(), true).unwrap();

@@ -82,6 +82,11 @@ pub enum AuthError {
     /// A key must have at least one scope.
     #[error("a key needs at least one scope (admin, models, infer, read)")]
     NoScope,
+    /// Revoking this key would leave no active admin key, locking everyone out of key management.
+    #[error(
+        "api key {0} is the last active admin key: create another admin key first (`ondevice keys create --name NAME --scope admin`), then revoke this one"
+    )]
+    LastAdmin(KeyId),
     /// Persistence failed.
     #[error(transparent)]
     Store(#[from] StoreFailure),
@@ -111,6 +116,7 @@ impl AuthError {
             AuthError::Forbidden { .. } => "forbidden",
             AuthError::NotFound(_) => "not_found",
             AuthError::BadName(_) | AuthError::NoScope => "bad_request",
+            AuthError::LastAdmin(_) => "conflict",
             AuthError::Store(_) | AuthError::TokenFile { .. } => "internal",
         }
     }
@@ -265,11 +271,18 @@ impl Verifier {
         out
     }
 
-    /// Revokes a key by id; effective for the next request on every surface.
+    /// Revokes a key by id; effective for the next request on every surface. The last active
+    /// admin key cannot be revoked ([`AuthError::LastAdmin`]): without one, nobody could manage
+    /// keys until the daemon's bootstrap token file were deleted and the daemon restarted.
     pub fn revoke(&self, id: &str) -> Result<KeyInfo, AuthError> {
         let key_id: KeyId = id.parse().map_err(|_| AuthError::NotFound(id.to_owned()))?;
         let now = now_unix();
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let active_admin = |r: &KeyRecord| r.revoked_at.is_none() && r.scopes.holds(Scope::Admin);
+        let target = keys.get(&key_id).ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
+        if active_admin(&target.record) && !keys.values().any(|e| e.record.id != key_id && active_admin(&e.record)) {
+            return Err(AuthError::LastAdmin(key_id));
+        }
         let entry = keys.get_mut(&key_id).ok_or_else(|| AuthError::NotFound(id.to_owned()))?;
         if entry.record.revoked_at.is_none() {
             self.store.revoke_key(key_id, now)?;
@@ -321,11 +334,13 @@ impl Verifier {
             .filter(|k| k.name == BOOTSTRAP_KEY_NAME && k.revoked_at.is_none())
             .map(|k| k.id.to_string())
             .collect();
+        // The new key first: revoking the old one before would briefly leave no admin key, which
+        // `revoke` refuses.
+        let (_, secret) = self.create_key(Some(BOOTSTRAP_KEY_NAME), Scopes::admin())?;
+        write_private(path, format!("{secret}\n").as_bytes()).map_err(file_err)?;
         for id in old {
             self.revoke(&id)?;
         }
-        let (_, secret) = self.create_key(Some(BOOTSTRAP_KEY_NAME), Scopes::admin())?;
-        write_private(path, format!("{secret}\n").as_bytes()).map_err(file_err)?;
         Ok(Bootstrap::Created)
     }
 }

@@ -28,6 +28,9 @@ pub use settings::{AuthSettings, LogFormat, LogSettings, ServerSettings, Setting
 pub use units::{ByteSize, ByteSizeError, ListenAddr, ListenAddrError};
 
 /// Environment variable naming the data directory.
+/// The largest `server.body_limit` (1 GiB): the daemon's engine workers accept bodies this large
+/// (plus room for their own fields), so every request the daemon takes reaches the engine.
+pub const MAX_BODY_LIMIT: u64 = 1 << 30;
 pub const ENV_HOME: &str = "ONDEVICE_HOME";
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "ONDEVICE_CONFIG";
@@ -290,6 +293,9 @@ fn validate(
         return Err(invalid("server.body_limit", "must be at least 1KiB".to_owned()));
     }
     if s.server.max_concurrent_requests == 0 {
+    if s.server.body_limit.bytes() > MAX_BODY_LIMIT {
+        return Err(invalid("server.body_limit", "must be at most 1GiB".to_owned()));
+    }
         return Err(invalid("server.max_concurrent_requests", "must be at least 1".to_owned()));
     }
     validate_inference(s, &invalid)?;

@@ -45,7 +45,8 @@ pub struct ServerSettings {
     pub allowed_hosts: Vec<String>,
     /// Browser origins allowed by CORS, such as `"http://localhost:3000"`. None by default.
     pub cors_origins: Vec<String>,
-    /// Largest accepted request body; larger bodies get 413.
+    /// Largest accepted request body (1KiB to 1GiB), also the largest WebSocket message; larger
+    /// bodies get 413, larger WebSocket messages close the socket with code 1009.
     pub body_limit: ByteSize,
     /// Requests handled at once; beyond it the daemon answers 503 with `Retry-After`.
     pub max_concurrent_requests: u32,

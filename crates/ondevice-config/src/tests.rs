@@ -30,6 +30,7 @@ fn errors_name_the_line() {
     assert_error("[nope]\n", 1, "unknown field `nope`");
     assert_error("[server]\n\nlisten = \"nowhere\"\n", 3, "invalid listen address");
     assert_error("[server]\nbody_limit = \"12 parsecs\"\n", 2, "invalid size");
+    assert_error("[server]\nlisten = \"127.0.0.1:1\"\nbody_limit = \"2GiB\"\n", 3, "must be at most 1GiB");
     assert_error("[log]\nformat = \"xml\"\n", 2, "unknown variant `xml`");
     assert_error("[auth]\nenabled = \"yes\"\n", 2, "invalid type");
     assert_error("[server\n", 1, "");

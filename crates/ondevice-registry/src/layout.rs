@@ -19,7 +19,7 @@ use ondevice_gguf::HfModelDir;
 use serde::{Deserialize, Serialize};
 
 use crate::reference::{DEFAULT_TAG, sanitize_name};
-use crate::{BlobError, Digest, ModelRecord, ModelRef, RefError, Registry, RegistryError, Stored};
+use crate::{BlobError, Digest, ImportMode, ModelRecord, ModelRef, RefError, Registry, RegistryError, Stored};
 
 /// `format` of a model stored as a layout of safetensors and companion files.
 pub const SAFETENSORS_FORMAT: &str = "safetensors";
@@ -203,9 +203,19 @@ fn describe(hf: &HfModelDir, source: String, license: Option<String>) -> Describ
 impl Registry {
     /// Imports a Hugging Face safetensors directory (`config.json` plus `*.safetensors`, sharded
     /// or not) as `name` (default: the directory's name). Every header is validated first: an
-    /// invalid or hostile directory writes nothing. Each file becomes a blob (hard-linked when
-    /// possible) and the model points at their layout.
+    /// invalid or hostile directory writes nothing. Each file becomes a blob (a copy-on-write clone
+    /// or a copy; see [`Registry::import_hf_dir_with`]) and the model points at their layout.
     pub fn import_hf_dir(&self, dir: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
+        self.import_hf_dir_with(dir, name, ImportMode::default())
+    }
+
+    /// [`Registry::import_hf_dir`], each file stored as `mode` says.
+    pub fn import_hf_dir_with(
+        &self,
+        dir: &Path,
+        name: Option<ModelRef>,
+        mode: ImportMode,
+    ) -> Result<ModelRecord, RegistryError> {
         let hf = HfModelDir::open(dir)
             .map_err(|source| RegistryError::InvalidModelDir { path: dir.to_path_buf(), reason: source.to_string() })?;
         let files = collect_files(dir)?;
@@ -226,7 +236,7 @@ impl Registry {
         let result = (|| {
             let mut entries = Vec::with_capacity(files.len());
             for (rel, abs) in &files {
-                let s = self.blobs().import_file_link(abs)?;
+                let s = self.blobs().import_file(abs, mode)?;
                 stored.push(s);
                 entries.push(LayoutFile { path: rel.clone(), digest: s.digest.to_string(), size: s.size });
             }
@@ -372,7 +382,9 @@ impl Registry {
         let mut stored: Vec<Stored> = layout
             .files
             .iter()
-            .filter_map(|f| Some(Stored { digest: f.digest.parse().ok()?, size: f.size, linked: false, existed: true }))
+            .filter_map(|f| {
+                Some(Stored { digest: f.digest.parse().ok()?, size: f.size, linked: false, cloned: false, existed: true })
+            })
             .collect();
         let record = self.commit_layout(&layout, name, tag, described, &mut stored)?;
         Ok(record)

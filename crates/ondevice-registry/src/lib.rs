@@ -29,7 +29,7 @@ use std::time::Duration;
 use ondevice_gguf::{GgufError, GgufFile};
 use ondevice_store::{BlobRow, ModelRow, Store, StoreError};
 
-pub use blobs::{BlobError, BlobStore, Stored};
+pub use blobs::{BlobError, BlobStore, ImportMode, Stored};
 pub use layout::{Layout, LayoutFile, SAFETENSORS_FORMAT};
 pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
 pub use roots::{BlobRoot, RootOwner, RootOwnerError};
@@ -340,7 +340,7 @@ impl Registry {
             GgufFile::open(&path).map_err(|source| RegistryError::InvalidModelFile { path: path.clone(), source })?;
         let size = std::fs::metadata(&path).map_err(|source| BlobError::Io { op: "stat", path, source })?.len();
         let _guard = self.lock();
-        let stored = Stored { digest, size, linked: false, existed: true };
+        let stored = Stored { digest, size, linked: false, cloned: false, existed: true };
         self.record(name, tag, &gguf, stored, source.to_owned(), license)
     }
 
@@ -420,11 +420,22 @@ impl Registry {
     }
 
     /// Imports a local GGUF file as `name` (default: from `general.name`, else the file stem).
-    /// The file is validated first: an invalid or hostile file writes nothing. The blob is a hard
-    /// link to the file when possible, else a copy. An existing `name:tag` is replaced.
+    /// The file is validated first: an invalid or hostile file writes nothing. The blob is a
+    /// copy-on-write clone of the file where the filesystem offers one, else a copy. An existing
+    /// `name:tag` is replaced.
     pub fn import_gguf(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
         let gguf = GgufFile::open(path)
             .map_err(|source| RegistryError::InvalidModelFile { path: path.to_path_buf(), source })?;
+        self.import_gguf_with(path, name, ImportMode::default())
+    }
+
+    /// [`Registry::import_gguf`], the file stored as `mode` says.
+    pub fn import_gguf_with(
+        &self,
+        path: &Path,
+        name: Option<ModelRef>,
+        mode: ImportMode,
+    ) -> Result<ModelRecord, RegistryError> {
         let (name, tag) = match name {
             Some(ModelRef::Named { name, tag }) => (name, tag),
             Some(r @ ModelRef::Digest(_)) => {
@@ -443,21 +454,35 @@ impl Registry {
         let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
 
         let _guard = self.lock();
-        let stored = self.blobs.import_file_link(path)?;
+        let stored = self.blobs.import_file(path, mode)?;
         let record = self.record(&name, &tag, &gguf, stored, format!("import:{file_name}"), None)?;
-        tracing::info!(model = %record.reference(), linked = stored.linked, "imported model");
+        tracing::info!(
+            model = %record.reference(), linked = stored.linked, cloned = stored.cloned, existed = stored.existed,
+            "imported model"
+        );
         Ok(record)
     }
 
     /// Imports a local path: a Hugging Face safetensors directory, a bundle written by `export`
-    /// (tar), else a GGUF file.
+    /// (tar), else a GGUF file. Files are cloned or copied, never shared with their owner.
     pub fn import_path(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
         if path.is_dir() {
-            self.import_hf_dir(path, name)
+            self.import_hf_dir_with(path, name, mode)
+        self.import_path_with(path, name, ImportMode::default())
+    }
+
+    /// [`Registry::import_path`], files (not bundles, whose blobs are always written) stored as
+    /// `mode` says.
+    pub fn import_path_with(
+        &self,
+        path: &Path,
+        name: Option<ModelRef>,
+        mode: ImportMode,
+    ) -> Result<ModelRecord, RegistryError> {
         } else if bundle::is_bundle(path) {
             self.import_bundle(path, name)
         } else {
-            self.import_gguf(path, name)
+            self.import_gguf_with(path, name, mode)
         }
     }
 
@@ -511,6 +536,28 @@ impl Registry {
 
     /// Removes the model rows a reference names (blobs stay until [`Registry::gc`]); returns them.
     pub fn remove(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
+    /// Registers the model `from` names under the name `to` as well (same blobs, nothing copied;
+    /// Ollama's `copy`). An existing `to` is replaced, keeping its pin; returns the new record.
+    pub fn copy(&self, from: &ModelRef, to: &ModelRef) -> Result<ModelRecord, RegistryError> {
+        let ModelRef::Named { name, tag } = to else {
+            return Err(RefError { input: to.to_string(), reason: "a copy needs a name, not a digest" }.into());
+        };
+        let _guard = self.lock();
+        let source = self.show(from)?;
+        let record = ModelRecord {
+            name: name.clone(),
+            tag: tag.clone(),
+            source: format!("copy:{}", source.reference()),
+            created_at: now(),
+            last_used_at: None,
+            pinned: false,
+            ..source
+        };
+        let record = self.write_rows(record, &[])?;
+        tracing::info!(from = %from, to = %record.reference(), "copied model");
+        Ok(record)
+    }
+
         let found = self.resolve(r)?;
         if found.is_empty() {
             return Err(RegistryError::NotFound { reference: r.to_string() });

@@ -135,8 +135,8 @@ fn verify_finds_corruption_and_gc_collects_orphans() {
     let mb = reg.import_gguf(&b, None).unwrap();
     assert!(reg.verify(None).unwrap().iter().all(|r| r.status == VerifyStatus::Ok));
 
-    // Flip one byte of b's blob (a hard link to b.gguf, so this also changes the source, as an
-    // in-place edit of an imported file would).
+    // Flip one byte of b's blob (as a failing disk, or an in-place edit of a file imported with
+    // `--link`, would).
     let blob = reg.blobs().path(&mb.digest);
     let mut bytes = fs::read(&blob).unwrap();
     let last = bytes.len() - 1;
@@ -208,4 +208,73 @@ fn real_smollm2_import() {
     assert_eq!(m.size, fs::metadata(&src).unwrap().len());
     reg.verify(Some(&ModelRef::Digest(m.digest))).unwrap();
     println!("imported {} ({} bytes) as {}", src.display(), m.size, m.reference());
+}
+
+#[test]
+fn copy_registers_a_second_name_for_the_same_blob() {
+    let home = tempfile::tempdir().unwrap();
+    let reg = registry(home.path());
+    let src = home.path().join("m.gguf");
+    fs::write(&src, small_gguf(Some("m"))).unwrap();
+    let m = reg.import_gguf(&src, None).unwrap();
+    let to: ModelRef = "team/m:copy".parse().unwrap();
+    let c = reg.copy(&"m".parse().unwrap(), &to).unwrap();
+    assert_eq!((c.reference().as_str(), c.digest, c.size), ("team/m:copy", m.digest, m.size));
+    assert_eq!(c.source, "copy:m:latest");
+    assert_eq!(blob_files(home.path()), vec![m.digest.file_name()], "nothing copied");
+    // Removing the original leaves the copy whole.
+    reg.remove(&"m".parse().unwrap()).unwrap();
+    reg.gc().unwrap();
+    assert!(reg.verify(Some(&to)).unwrap().iter().all(|r| r.status == VerifyStatus::Ok));
+    let missing = reg.copy(&"nope".parse().unwrap(), &"x".parse().unwrap()).unwrap_err();
+    assert!(matches!(missing, RegistryError::NotFound { .. }), "{missing}");
+    let digest: ModelRef = m.digest.to_string().parse().unwrap();
+    assert!(matches!(reg.copy(&to, &digest), Err(RegistryError::Ref(_))));
+}
+
+/// An import into a store whose disk has no room for a copy: content the store already holds is
+/// registered without space; new content is refused with `NoSpace`, leaving nothing behind. Needs
+/// root (a 1 MiB tmpfs mounted over `blobs/`); elsewhere the unit tests in `blobs.rs` cover it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_is_reported_and_stored_content_needs_no_space() {
+    use nix::mount::{MsFlags, mount, umount};
+    let home = tempfile::tempdir().unwrap();
+    let blobs = home.path().join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    if let Err(e) = mount(Some("tmpfs"), &blobs, Some("tmpfs"), MsFlags::empty(), Some("size=1m")) {
+        println!("skipped: mounting a tmpfs needs root ({e}); blobs.rs unit tests cover the logic");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = umount(self.0);
+        }
+    }
+    let _unmount = Unmount(&blobs);
+    let reg = registry(home.path());
+    // 600 KiB of tensor data: fits once in 1 MiB, not twice.
+    let big = |seed: u8| {
+        GgufWriter::new()
+            .metadata("general.architecture", Value::String("llama".into()))
+            .tensor("w", &[150 * 1024], GgmlType::F32, vec![seed; 600 * 1024])
+            .to_bytes()
+    };
+    let a = home.path().join("a.gguf");
+    fs::write(&a, big(1)).unwrap();
+    let first = reg.import_gguf(&a, Some("a".parse().unwrap())).unwrap();
+    // Same content again, under another name, with no room for a second copy.
+    let again = reg.import_gguf(&a, Some("a2".parse().unwrap())).unwrap();
+    assert_eq!(again.digest, first.digest);
+    // Asked to link across filesystems: the copy it falls back to needs no space either.
+    let linked = reg.import_gguf_with(&a, Some("a3".parse().unwrap()), ondevice_registry::ImportMode::Link).unwrap();
+    assert_eq!(linked.digest, first.digest);
+    let b = home.path().join("b.gguf");
+    fs::write(&b, big(2)).unwrap();
+    let err = reg.import_gguf(&b, None).unwrap_err();
+    assert!(matches!(&err, RegistryError::Blob(ondevice_registry::BlobError::NoSpace { .. })), "{err}");
+    assert!(err.to_string().contains("no space left to store b.gguf"), "{err}");
+    assert!(reg.blobs().scan().unwrap().partials.is_empty(), "nothing left behind");
+    assert_eq!(reg.list().unwrap().len(), 3);
 }

@@ -14,7 +14,7 @@ mod models;
 #[path = "support/tar.rs"]
 mod tar;
 
-use ondevice_registry::{ModelRef, Registry, RegistryError, SAFETENSORS_FORMAT, VerifyStatus};
+use ondevice_registry::{ImportMode, ModelRef, Registry, RegistryError, SAFETENSORS_FORMAT, VerifyStatus};
 use ondevice_store::Store;
 
 fn registry(home: &Path) -> Registry {
@@ -138,10 +138,24 @@ fn verify_names_the_corrupt_file_of_a_directory_model() {
     let home = tempfile::tempdir().unwrap();
     let reg = registry(home.path());
     let dir = hf_dir(home.path(), "tiny", 3);
-    let m = reg.import_path(&dir, None).unwrap();
+    // The default import copies (or clones): overwriting the originals in place changes nothing.
+    let copied = reg.import_path(&dir, Some(named("copied"))).unwrap();
+    for shard in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        let path = dir.join(shard);
+        let mut bytes = fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x55;
+        fs::write(&path, &bytes).unwrap(); // truncates and rewrites the same inode
+    }
+    let r = &reg.verify(Some(&named("copied"))).unwrap()[0];
+    assert_eq!(r.status, VerifyStatus::Ok, "{r:?}");
+    reg.remove(&named("copied")).unwrap();
+    drop(copied);
+
+    let m = reg.import_path_with(&dir, None, ImportMode::Link).unwrap();
     assert!(reg.verify(None).unwrap().iter().all(|r| r.status == VerifyStatus::Ok));
 
-    // Hard-linked import: modifying the original in place corrupts the blob, and verify says which.
+    // Hard-linked import (asked for): modifying the original in place corrupts the blob, and
+    // verify says which.
     let shard = dir.join("model-00002-of-00002.safetensors");
     let layout = reg.layout(&m).unwrap().unwrap();
     let entry = layout.files.iter().find(|f| f.path == "model-00002-of-00002.safetensors").unwrap();

@@ -59,6 +59,13 @@ pub enum ApiError {
     HostNotAllowed(String),
     /// A remote server the daemon relied on failed, such as every mirror of a download (502).
     #[error("{0}")]
+    /// The path exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A documented endpoint of a compatible API (OpenAI, Ollama) that ondevice does not offer;
+    /// the message says what to use instead (501).
+    #[error("{0}")]
+    NotImplemented(String),
     Upstream(String),
     /// A bug, an I/O failure or damaged data on our side (500).
     #[error("{0}")]
@@ -123,6 +130,10 @@ impl ApiError {
             }
             ApiError::Upstream(_) => answer(StatusCode::BAD_GATEWAY, Code::Unavailable, "upstream_error"),
             ApiError::Internal(_) => answer(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "internal"),
+            ApiError::MethodNotAllowed(_) => {
+                answer(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "method_not_allowed")
+            }
+            ApiError::NotImplemented(_) => answer(StatusCode::NOT_IMPLEMENTED, Code::Unimplemented, "not_implemented"),
             ApiError::NoInference => answer(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable"),
             ApiError::Runtime(e) => {
                 let (http, grpc) = match e {
@@ -189,12 +200,14 @@ impl From<AuthError> for ApiError {
             AuthError::BadName(_) | AuthError::NoScope => ApiError::InvalidRequest(e.to_string()),
             AuthError::Store(_) | AuthError::TokenFile { .. } => ApiError::Internal(e.to_string()),
         }
+            AuthError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
     }
 }
 
-/// A write that failed because the disk is full is the client's 507, not our 500.
+/// A write that failed because the disk (or the user's quota) is full is the client's 507, not
+/// our 500.
 fn io_failure(source: &std::io::Error, message: String) -> ApiError {
-    if source.kind() == std::io::ErrorKind::StorageFull {
+    if ondevice_registry::blobs::is_disk_full(source) {
         ApiError::InsufficientStorage(message)
     } else {
         ApiError::Internal(message)
@@ -217,6 +230,7 @@ impl From<RegistryError> for ApiError {
                 BlobError::Io { source, .. } => io_failure(&source, message),
                 BlobError::Corrupt { .. } | BlobError::Missing { .. } => ApiError::Internal(message),
             },
+                BlobError::NoSpace { .. } => ApiError::InsufficientStorage(message),
             // Every database failure (SQLite, I/O, a newer schema, a corrupt row) is ours. The
             // edge does not depend on the store crate, so its variants are not told apart here.
             RegistryError::Store(_) => ApiError::Internal(message),
@@ -431,6 +445,52 @@ mod tests {
         let busy =
             ApiError::from(RuntimeError::Overloaded { what: "queue".into(), retry_after: Duration::from_millis(1500) });
         assert_eq!(busy.retry_after(), Some(2));
+/// Error answers that axum makes itself (a query string or path that does not parse, a method
+/// the route does not have, an unsupported media type) come as plain text; this layer gives them
+/// the JSON error envelope every other error has, keeping their status and headers (`Allow`).
+/// Answers that already are JSON, gRPC answers and successful ones pass untouched.
+pub(crate) async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("application/grpc") {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; anything longer is cut rather than buffered.
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => "this route does not accept that method; see /openapi.json".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        }
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "permission_denied",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
         assert_eq!(busy.to_status().metadata().get("retry-after").unwrap(), "2");
         assert_answer(busy, StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted, "overloaded");
     }
@@ -452,3 +512,21 @@ mod tests {
         assert_answer(ApiError::NoInference, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable");
     }
 }
+        let enospc = RegistryError::Blob(BlobError::NoSpace {
+            what: "m.gguf".into(),
+            dir: "/home/blobs".into(),
+            needed: Some(10),
+            free: Some(1),
+        });
+        assert_answer(enospc, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        let quota =
+            DownloadError::Io { path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::QuotaExceeded) };
+        assert_answer(quota, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        assert_answer(
+            ApiError::NotImplemented("use x".into()),
+            StatusCode::NOT_IMPLEMENTED,
+            Code::Unimplemented,
+            "not_implemented",
+        );
+        let last = AuthError::LastAdmin("0123456789ab".parse().unwrap());
+        assert_answer(last, StatusCode::CONFLICT, Code::FailedPrecondition, "conflict");

@@ -92,6 +92,10 @@ pub(crate) async fn limit_concurrency(State(state): State<AppState>, req: Reques
     resp
 }
 
+// Every body the edge can be configured to take fits the worker protocol's limit, so a request
+// the edge accepted is never refused by an engine worker's socket.
+const _: () = assert!(ondevice_config::MAX_BODY_LIMIT == ondevice_runtime::wire::MAX_PUBLIC_BODY as u64);
+
 /// Oversized bodies up to this many bytes over the limit are drained before answering 413.
 const DRAIN_MAX: u64 = 8 << 20;
 

@@ -101,7 +101,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(CreatedKey { info: info.into(), key })))
 }
 
-/// Revokes a key; effective immediately on every surface.
+/// Revokes a key; effective immediately on every surface. The last active admin key cannot be
+/// revoked (409): create another admin key first.
 #[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
     security(("bearer" = ["admin"])),
     params(("id" = String, Path, description = "Key id")),
@@ -116,3 +117,4 @@ pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Re
     tracing::info!(key_id = %info.id, "api key revoked");
     Ok(Json(info.into()))
 }
+        (status = 409, description = "The key is the last active admin key", body = crate::error::ErrorBody),
