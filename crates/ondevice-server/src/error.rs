@@ -445,52 +445,6 @@ mod tests {
         let busy =
             ApiError::from(RuntimeError::Overloaded { what: "queue".into(), retry_after: Duration::from_millis(1500) });
         assert_eq!(busy.retry_after(), Some(2));
-/// Error answers that axum makes itself (a query string or path that does not parse, a method
-/// the route does not have, an unsupported media type) come as plain text; this layer gives them
-/// the JSON error envelope every other error has, keeping their status and headers (`Allow`).
-/// Answers that already are JSON, gRPC answers and successful ones pass untouched.
-pub(crate) async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return resp;
-    }
-    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if content_type.starts_with("application/json") || content_type.starts_with("application/grpc") {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    // Rejection texts are short; anything longer is cut rather than buffered.
-    let text = match axum::body::to_bytes(body, 16 * 1024).await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
-        Err(_) => String::new(),
-    };
-    let message = if text.is_empty() {
-        match status {
-            StatusCode::METHOD_NOT_ALLOWED => "this route does not accept that method; see /openapi.json".to_owned(),
-            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
-        }
-    } else {
-        text
-    };
-    let code = match status {
-        StatusCode::UNAUTHORIZED => "unauthenticated",
-        StatusCode::FORBIDDEN => "permission_denied",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal",
-        _ => "invalid_request",
-    };
-    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    Response::from_parts(parts, axum::body::Body::from(bytes))
-}
-
         assert_eq!(busy.to_status().metadata().get("retry-after").unwrap(), "2");
         assert_answer(busy, StatusCode::SERVICE_UNAVAILABLE, Code::ResourceExhausted, "overloaded");
     }
