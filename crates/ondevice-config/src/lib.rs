@@ -9,6 +9,7 @@
 mod error;
 pub mod inference;
 pub mod jobs;
+pub mod vector;
 mod locate;
 mod redact;
 pub mod registry;
@@ -27,10 +28,10 @@ pub use secret::{Secret, SecretError, SecretRef};
 pub use settings::{AuthSettings, LogFormat, LogSettings, ServerSettings, Settings, TlsSettings};
 pub use units::{ByteSize, ByteSizeError, ListenAddr, ListenAddrError};
 
-/// Environment variable naming the data directory.
 /// The largest `server.body_limit` (1 GiB): the daemon's engine workers accept bodies this large
 /// (plus room for their own fields), so every request the daemon takes reaches the engine.
 pub const MAX_BODY_LIMIT: u64 = 1 << 30;
+/// Environment variable naming the data directory.
 pub const ENV_HOME: &str = "ONDEVICE_HOME";
 /// Environment variable naming the config file.
 pub const ENV_CONFIG: &str = "ONDEVICE_CONFIG";
@@ -292,16 +293,17 @@ fn validate(
     if s.server.body_limit.bytes() < 1024 {
         return Err(invalid("server.body_limit", "must be at least 1KiB".to_owned()));
     }
-    if s.server.max_concurrent_requests == 0 {
     if s.server.body_limit.bytes() > MAX_BODY_LIMIT {
         return Err(invalid("server.body_limit", "must be at most 1GiB".to_owned()));
     }
+    if s.server.max_concurrent_requests == 0 {
         return Err(invalid("server.max_concurrent_requests", "must be at least 1".to_owned()));
     }
     validate_inference(s, &invalid)?;
     validate_runtimes(s, &invalid)?;
     s.registry.validate().map_err(|(key, message)| invalid(key, message))?;
     s.jobs.validate().map_err(|(key, message)| invalid(key, message))?;
+    s.vector.validate().map_err(|(key, message)| invalid(key, message))?;
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
     }

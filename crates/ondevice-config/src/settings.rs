@@ -31,6 +31,8 @@ pub struct Settings {
     pub registry: crate::registry::RegistrySettings,
     /// Background jobs: concurrency per resource class, retention of finished jobs.
     pub jobs: crate::jobs::JobsSettings,
+    /// The vector store: default backend for collections and the PostgreSQL connection.
+    pub vector: crate::vector::VectorSettings,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.

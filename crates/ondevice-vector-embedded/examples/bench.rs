@@ -1,0 +1,78 @@
+//! `scripts/bench-vector`'s ondevice side: builds the embedded backend (SQLite + usearch HNSW,
+//! through `VectorBackend`, as the daemon does) on clustered random vectors, measures build time,
+//! recall@10 against exact search and single-thread queries per second, and writes the data so the
+//! script can run faiss and usearch (PyPI) on the very same vectors and queries.
+//!
+//! `cargo run --release -p ondevice-vector-embedded --example bench -- OUT_DIR [N] [DIM] [QUERIES] [M] [EF_CONSTRUCTION] [EF]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ondevice_store::Store;
+use ondevice_vector::testing::{clustered_vectors, docs_for, exact_top_k, spec};
+use ondevice_vector::{Distance, Filter, IndexParams, VectorBackend, VectorQuery};
+use ondevice_vector_embedded::EmbeddedBackend;
+
+fn write_f32(path: &std::path::Path, rows: &[Vec<f32>]) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for r in rows {
+        for x in r {
+            f.write_all(&x.to_le_bytes()).expect("write");
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = PathBuf::from(args.first().expect("usage: bench OUT_DIR [N] [DIM] [QUERIES] [M] [EF_CONSTRUCTION] [EF]"));
+    let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (n, dim, nq, m, efc, ef) = (num(1, 100_000), num(2, 384), num(3, 1000), num(4, 16), num(5, 128), num(6, 64));
+    std::fs::create_dir_all(&out).expect("out dir");
+
+    let mut data = clustered_vectors(n + nq, dim, (n / 100).max(10), 0.75, 42);
+    let queries = data.split_off(n);
+    write_f32(&out.join("base.f32"), &data);
+    write_f32(&out.join("queries.f32"), &queries);
+    let truth: Vec<Vec<usize>> = queries.iter().map(|q| exact_top_k(&data, q, 10, Distance::Cosine)).collect();
+    let mut gt = std::io::BufWriter::new(std::fs::File::create(out.join("truth.u32")).expect("create"));
+    for t in &truth {
+        for i in t {
+            gt.write_all(&(*i as u32).to_le_bytes()).expect("write");
+        }
+    }
+    drop(gt);
+
+    let home = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(&home.path().join("ondevice.db")).expect("store"));
+    let backend = EmbeddedBackend::open(store, &home.path().join("vectors")).expect("backend");
+    let mut s = spec("bench", dim as u32, Distance::Cosine);
+    s.index = IndexParams { m: m as u32, ef_construction: efc as u32, ef_search: ef as u32 };
+    backend.create_collection(&s).await.expect("create");
+    let started = Instant::now();
+    for (i, part) in data.chunks(10_000).enumerate() {
+        backend.upsert("bench", docs_for(part, i * 10_000, 10)).await.expect("upsert");
+    }
+    let build_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut found = 0usize;
+    for (q, t) in queries.iter().zip(&truth) {
+        let hits = backend
+            .query("bench", &VectorQuery { vector: q.clone(), k: 10, filter: Filter::default() })
+            .await
+            .expect("query");
+        found += hits.iter().filter(|h| t.contains(&h.document_id[1..].parse::<usize>().unwrap_or(usize::MAX))).count();
+    }
+    let query_s = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "n": n, "dim": dim, "queries": nq, "m": m, "ef_construction": efc, "ef": ef,
+            "build_s": build_s, "build_threads": std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1),
+            "recall_at_10": found as f64 / (nq * 10) as f64, "qps": nq as f64 / query_s,
+        })
+    );
+}
