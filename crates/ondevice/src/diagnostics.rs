@@ -106,6 +106,9 @@ pub fn redactor(resolved: &Resolved) -> Redactor {
             r.secret(k.expose(), "runtime-key");
         }
     }
+    if let Some(file) = &resolved.config_file {
+        r.path(&std::path::absolute(file).unwrap_or_else(|_| file.clone()), "$ONDEVICE_CONFIG");
+    }
     let home = std::path::absolute(&resolved.paths.home).unwrap_or_else(|_| resolved.paths.home.clone());
     r.path(&home, "$ONDEVICE_HOME");
     if let Ok(c) = std::fs::canonicalize(&home) {
@@ -293,4 +296,72 @@ pub fn watch_worker_crashes(supervisor: &ondevice_supervisor::Supervisor, home: 
 pub fn install_daemon_panic_hook(home: &Path) {
     use ondevice_diagnostics::crash::{HookTarget, install_panic_hook};
     install_panic_hook(HookTarget::Store(CrashStore::new(home)), "daemon", build_tag());
+}
+
+/// The daemon's [`BundleMaker`](ondevice_diagnostics::job::BundleMaker): the same bundle as
+/// `ondevice diag bundle`, with the daemon's status, metrics and jobs taken in process. The edge
+/// state and the queue exist only after the job kinds are registered, so they are set later.
+pub struct DaemonBundles {
+    resolved: Resolved,
+    state: std::sync::OnceLock<ondevice_server::AppState>,
+    jobs: std::sync::OnceLock<ondevice_jobs::Jobs>,
+}
+
+impl DaemonBundles {
+    /// Bundles of this daemon's home and config.
+    pub fn new(resolved: Resolved) -> Arc<DaemonBundles> {
+        Arc::new(DaemonBundles { resolved, state: std::sync::OnceLock::new(), jobs: std::sync::OnceLock::new() })
+    }
+
+    /// Sets the edge state and the queue once they exist.
+    pub fn attach(&self, state: ondevice_server::AppState, jobs: ondevice_jobs::Jobs) {
+        let _ = self.state.set(state);
+        let _ = self.jobs.set(jobs);
+    }
+
+    async fn daemon_data(&self) -> DaemonData {
+        let Some(state) = self.state.get() else {
+            return DaemonData { missing: Some("the daemon is still starting".into()), ..DaemonData::default() };
+        };
+        let status = serde_json::to_value(state.status()).ok();
+        let metrics = Some(state.metrics().render(&state.status_source().workers()));
+        let jobs = match self.jobs.get() {
+            Some(j) => j.list(&ondevice_jobs::JobFilter::default()).await.ok().map(|list| {
+                serde_json::json!(
+                    list.iter()
+                        .rev()
+                        .take(100)
+                        .map(|s| serde_json::json!({
+                            "id": s.id, "kind": s.kind, "state": s.state.as_str(), "error": s.error,
+                            "progress": {"done": s.progress.done, "total": s.progress.total, "unit": s.progress.unit},
+                            "created_at": s.created_at, "finished_at": s.finished_at,
+                        }))
+                        .collect::<Vec<_>>()
+                )
+            }),
+            None => None,
+        };
+        DaemonData { status, metrics, jobs, missing: None }
+    }
+}
+
+impl ondevice_diagnostics::job::BundleMaker for DaemonBundles {
+    fn make(
+        &self,
+        out: PathBuf,
+    ) -> ondevice_jobs::BoxFuture<'_, Result<BundleSummary, ondevice_diagnostics::DiagError>> {
+        Box::pin(async move {
+            let daemon = self.daemon_data().await;
+            let resolved = self.resolved.clone();
+            let target = out.clone();
+            let made = tokio::task::spawn_blocking(move || assemble(&resolved, daemon, &target)).await;
+            let failed =
+                |e: String| ondevice_diagnostics::DiagError::Io { path: out.clone(), source: std::io::Error::other(e) };
+            match made {
+                Ok(Ok(s)) => Ok(s),
+                Ok(Err(e)) => Err(failed(format!("{e:#}"))),
+                Err(e) => Err(failed(e.to_string())),
+            }
+        })
+    }
 }
