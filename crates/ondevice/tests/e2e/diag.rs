@@ -328,3 +328,44 @@ async fn doctor_reports_problems_with_their_fixes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("[FAIL] token file permissions") && text.contains("fix: run `chmod 600"), "{text}");
 }
+
+/// The embedded engine's worker aborting after it loaded the model (as a crash inside llama.cpp
+/// would) gives a report tagged with the model's digest; the daemon keeps serving. Runs llama.cpp
+/// (the `llama` test group).
+#[tokio::test]
+async fn engine_worker_abort_is_reported_with_the_model_digest() {
+    let Some(file) = crate::common::test_model("diag::engine_worker_abort_is_reported_with_the_model_digest") else {
+        return;
+    };
+    let daemon = Daemon::start_with_env(Home::new(), &[("ONDEVICE_TEST_WORKER_CRASH", "abort")]);
+    let out = daemon.home().run(&["models", "import", file.to_str().unwrap(), "--name", "smollm2"]);
+    assert!(out.status.success(), "import: {}", describe(&out));
+    let (_, model) = daemon.get("/api/v1/models/smollm2%3Alatest", Some(daemon.admin_key())).await;
+    let digest = model["digest"].as_str().expect("digest").to_owned();
+    let infer = daemon.key(&["infer"]).await;
+    // The request waits for a worker that keeps crashing; it is dropped at the end.
+    let request = daemon
+        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
+        .json(
+            &serde_json::json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+        )
+        .send();
+    let request = tokio::spawn(request);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let out = daemon.home().run(&["diag", "crashes", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", describe(&out)));
+        if let Some(r) = v["crashes"].as_array().and_then(|a| a.first()).cloned() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no crash report; daemon stderr:\n{}", daemon.stderr());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(report["signal_name"], "SIGABRT", "{report}");
+    assert_eq!(report["model_digest"], digest.as_str(), "{report}");
+    assert!(report["worker"].as_str().unwrap().starts_with("engine-"), "{report}");
+    assert!(report["stderr_tail"].as_str().unwrap().contains("ONDEVICE_TEST_WORKER_CRASH=abort"), "{report}");
+    let (code, _) = daemon.get("/healthz", None).await;
+    assert_eq!(code, StatusCode::OK);
+    request.abort();
+}
