@@ -7,6 +7,8 @@
 #![cfg(unix)]
 
 mod common;
+#[path = "e2e/diag.rs"]
+mod diag;
 #[path = "e2e/fallback.rs"]
 mod fallback;
 #[path = "e2e/grpc.rs"]
