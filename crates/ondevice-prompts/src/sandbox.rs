@@ -11,8 +11,11 @@
 //!   template size cap; minijinja itself caps `range()` at 100,000 items and one string
 //!   repetition at 100 MB;
 //! - refuses before compiling the constructs that grow memory without emitting output (see
-//!   [`guard`]): the power operator, repetition of a string literal, an expression that uses the
-//!   same variable twice with `~`, `+` or `*` (doubling), names starting with `__`;
+//!   [`guard`]): the power operator, `*` without a small literal factor, doubling, assignments
+//!   that grow their inputs more than 64 times, recursive macros, names starting with `__`;
+//! - caps the builtins that build large values in one step (`join`, `replace`, `indent`) and
+//!   removes `format` (printf widths) and, for prompt packs, `namespace` (state carried across
+//!   loop iterations);
 //! - makes undefined variables errors (strict mode) for prompt packs;
 //! - removes `debug()` (it would print the whole context) and the `attr` filter (attribute access
 //!   by computed name).
@@ -139,6 +142,20 @@ impl Sandbox {
             truncate_estimated(&s, n, side.as_deref().unwrap_or("head"), &*est)
         });
         env.add_filter("join_documents", join_documents);
+        // Builtins that can build large values in one step, replaced by capped versions.
+        let cap = limits.max_output;
+        env.add_filter("join", move |v: Value, sep: Option<String>| capped_join(&v, sep.as_deref().unwrap_or(""), cap));
+        env.add_filter("replace", move |s: String, from: String, to: String, count: Option<usize>| {
+            capped_replace(&s, &from, &to, count, cap)
+        });
+        env.add_filter("indent", capped_indent);
+        // `format` takes printf widths (`%1000000000s`); prompts use `~` and filters instead.
+        env.remove_filter("format");
+        if limits.strict_undefined {
+            // No state carried across loop iterations (accumulating strings in a namespace grows
+            // memory without output); chat templates keep it (`for_chat_templates`).
+            env.remove_global("namespace");
+        }
         env.add_filter("json", |v: Value| -> Result<String, Error> {
             serde_json::to_string(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
         });
@@ -234,86 +251,181 @@ fn detail(e: &Error) -> String {
     s
 }
 
+/// Largest literal factor `*` may use.
+pub const MAX_FACTOR: u64 = 16;
+/// Largest growth of its inputs one assignment may reach (see [`guard`]).
+pub const MAX_GROWTH: u64 = 64;
+
 /// Refuses, before compiling, the constructs that can grow memory without producing output:
 /// - the power operator `**` (builds numbers such as `10**9` for bombs);
-/// - `*` next to a string literal (`"a" * 100000000`);
+/// - `*` unless one side is an integer literal of at most [`MAX_FACTOR`] and the other side is
+///   not a string or list literal (`"a" * 100000000`, `[1] * 1000000000 | list`);
 /// - one expression using the same variable (or dotted path) twice with `~`, `+` or `*`
-///   (`x ~ x`, `ns.s + ns.s`: doubling, which repeated grows exponentially);
+///   (`x ~ x`: doubling);
+/// - assignments whose value grows the template's inputs more than [`MAX_GROWTH`] times, counted
+///   through earlier assignments (`{% set b = a ~ c %}{% set c = b ~ a %}...`), set blocks and
+///   macro calls (a call counts what the macro's body emits);
+/// - a macro that calls itself (recursion);
 /// - names starting with `__` (Python internals, the usual SSTI gadget).
 pub fn guard(source: &str) -> Result<(), String> {
     let ws = WhitespaceConfig::default();
-    let mut prev: Option<Token<'_>> = None;
-    // The bare paths of the current expression block and whether it used an amplifying operator.
-    let mut paths: Vec<String> = Vec::new();
-    let mut amplifying = false;
-    let mut path: Option<String> = None;
-    let mut after_dot = false;
-    let flush = |path: &mut Option<String>, paths: &mut Vec<String>, subscripted: bool| {
-        if let Some(p) = path.take() {
-            if !subscripted {
-                paths.push(p);
-            }
-        }
-    };
-    for item in tokenize(source, false, SyntaxConfig, ws) {
-        let (tok, span) = item.map_err(|e| format!("syntax error: {e}"))?;
-        let at = format!("line {}", span.start_line);
-        match &tok {
+    let tokens: Vec<(Token<'_>, u32)> = tokenize(source, false, SyntaxConfig, ws)
+        .map(|item| item.map(|(t, span)| (t, u32::from(span.start_line))).map_err(|e| format!("syntax error: {e}")))
+        .collect::<Result<_, _>>()?;
+    let is_str = |t: &Token<'_>| matches!(t, Token::Str(_) | Token::String(_));
+    let small_int = |t: &Token<'_>| matches!(t, Token::Int(n) if *n <= MAX_FACTOR);
+    for (i, (tok, line)) in tokens.iter().enumerate() {
+        let at = format!("line {line}");
+        match tok {
             Token::Pow => return Err(format!("the power operator `**` is not allowed ({at})")),
-            Token::Mul if matches!(prev, Some(Token::Str(_)) | Some(Token::String(_))) => {
-                return Err(format!("repeating a string with `*` is not allowed ({at})"));
-            }
-            Token::Str(_) | Token::String(_) if matches!(prev, Some(Token::Mul)) => {
-                return Err(format!("repeating a string with `*` is not allowed ({at})"));
-            }
             Token::Ident(name) if name.starts_with("__") => {
                 return Err(format!("names starting with `__` are not allowed: {name} ({at})"));
             }
+            Token::Mul => {
+                let prev = i.checked_sub(1).map(|j| &tokens[j].0);
+                let next = tokens.get(i + 1).map(|t| &t.0);
+                if prev.is_some_and(is_str) || next.is_some_and(is_str) {
+                    return Err(format!("repeating a string with `*` is not allowed ({at})"));
+                }
+                let list_literal =
+                    matches!(prev, Some(Token::BracketClose)) || matches!(next, Some(Token::BracketOpen));
+                if list_literal || !(prev.is_some_and(small_int) || next.is_some_and(small_int)) {
+                    return Err(format!(
+                        "`*` needs an integer literal of at most {MAX_FACTOR} on one side and no list literal ({at})"
+                    ));
+                }
+            }
             _ => {}
         }
-        match &tok {
-            Token::Ident(name) => {
-                if after_dot {
-                    if let Some(p) = path.as_mut() {
-                        p.push('.');
-                        p.push_str(name);
+    }
+    check_blocks(&tokens)
+}
+
+/// The per-block checks of [`guard`]: doubling, growth through assignments, macro recursion.
+fn check_blocks(tokens: &[(Token<'_>, u32)]) -> Result<(), String> {
+    use std::collections::HashMap;
+    let mut growth: HashMap<String, u64> = HashMap::new();
+    // Macro name -> how many times a call may repeat its arguments (what its body emits).
+    let mut macros: HashMap<String, u64> = HashMap::new();
+    let mut open_macros: Vec<String> = Vec::new();
+    // Open `{% set NAME %}...{% endset %}` and macro bodies, with what they emitted so far.
+    let mut captures: Vec<(String, u64)> = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let start = matches!(tokens[i].0, Token::VariableStart | Token::BlockStart);
+        if !start {
+            i += 1;
+            continue;
+        }
+        let end = tokens[i..]
+            .iter()
+            .position(|(t, _)| matches!(t, Token::VariableEnd | Token::BlockEnd))
+            .map_or(tokens.len(), |p| i + p);
+        let block = &tokens[i + 1..end];
+        let line = tokens[i].1;
+        let at = format!("line {line}");
+        // `{% macro NAME(...) %}` / `{% endmacro %}`.
+        match block {
+            [(Token::Ident("macro"), _), (Token::Ident(name), _), ..] => {
+                open_macros.push((*name).to_owned());
+                captures.push((format!("macro {name}"), 0));
+            }
+            [(Token::Ident("endmacro"), _), ..] => {
+                if let (Some(name), Some((_, w))) = (open_macros.pop(), captures.pop()) {
+                    if w > MAX_GROWTH {
+                        return Err(format!("macro {name} repeats its inputs more than {MAX_GROWTH} times ({at})"));
                     }
-                } else {
-                    flush(&mut path, &mut paths, false);
-                    path = Some((*name).to_owned());
+                    macros.insert(name, w.max(1));
                 }
-                after_dot = false;
             }
-            Token::Dot => after_dot = true,
-            Token::BracketOpen | Token::ParenOpen => {
-                flush(&mut path, &mut paths, true);
-                after_dot = false;
-            }
-            Token::VariableEnd | Token::BlockEnd => {
-                flush(&mut path, &mut paths, false);
-                if amplifying {
-                    let mut sorted = paths.clone();
-                    sorted.sort();
-                    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1] && !is_keyword(&w[0])) {
+            [(Token::Ident("set"), _), (Token::Ident(target), _)] => captures.push(((*target).to_owned(), 0)),
+            [(Token::Ident("endset"), _), ..] => {
+                if let Some((target, w)) = captures.pop() {
+                    if w > MAX_GROWTH {
                         return Err(format!(
-                            "an expression combines `{}` with itself (doubling grows memory without bound) ({at})",
-                            w[0]
+                            "the value of `{target}` may grow the template's inputs more than {MAX_GROWTH} times: simplify it ({at})"
                         ));
                     }
+                    growth.insert(target, w.max(1));
                 }
-                paths.clear();
-                amplifying = false;
-                after_dot = false;
             }
-            other => {
-                flush(&mut path, &mut paths, false);
-                after_dot = false;
-                if matches!(other, Token::Tilde | Token::Plus | Token::Mul) {
-                    amplifying = true;
+            _ => {}
+        }
+        // Bare paths, calls and whether an amplifying operator appears.
+        let mut paths: Vec<String> = Vec::new();
+        let mut amplifying = false;
+        let mut weight: u64 = 0;
+        let mut calls = 0u64;
+        let is_definition = matches!(block.first(), Some((Token::Ident("macro"), _)));
+        // An assignment's target is not part of its value.
+        let mut j = match block.first() {
+            Some((Token::Ident("set"), _)) => {
+                block.iter().position(|(t, _)| matches!(t, Token::Assign)).map_or(0, |p| p + 1)
+            }
+            _ => 0,
+        };
+        while j < block.len() {
+            match &block[j].0 {
+                Token::Ident(name) if !is_keyword(name) => {
+                    let mut path = (*name).to_owned();
+                    let mut k = j + 1;
+                    while let (Some((Token::Dot, _)), Some((Token::Ident(n), _))) = (block.get(k), block.get(k + 1)) {
+                        path.push('.');
+                        path.push_str(n);
+                        k += 2;
+                    }
+                    let after_dot = j > 0 && matches!(block[j - 1].0, Token::Dot | Token::Pipe);
+                    let called = matches!(block.get(k), Some((Token::ParenOpen, _)));
+                    if called && !is_definition && open_macros.iter().any(|m| m == name) {
+                        return Err(format!("macro {name} calls itself: recursion is not allowed ({at})"));
+                    }
+                    if called {
+                        if let Some(m) = macros.get(*name) {
+                            calls = calls.saturating_mul(*m).max(*m);
+                        }
+                    }
+                    if !after_dot && !called {
+                        weight = weight.saturating_add(*growth.get(*name).unwrap_or(&1));
+                        if !matches!(block.get(k), Some((Token::BracketOpen, _))) {
+                            paths.push(path);
+                        }
+                    }
+                    j = k;
+                    continue;
                 }
+                Token::Tilde | Token::Plus | Token::Mul => amplifying = true,
+                _ => {}
+            }
+            j += 1;
+        }
+        if amplifying {
+            paths.sort();
+            if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+                return Err(format!(
+                    "an expression combines `{}` with itself (doubling grows memory without bound) ({at})",
+                    w[0]
+                ));
             }
         }
-        prev = Some(tok);
+        if calls > 0 {
+            weight = weight.saturating_mul(calls);
+        }
+        // What `{{ ... }}` emits counts for the set block or macro body it is in.
+        if matches!(tokens[i].0, Token::VariableStart) {
+            if let Some((_, w)) = captures.last_mut() {
+                *w = w.saturating_add(weight);
+            }
+        }
+        // `{% set NAME = ... %}` records how much the value may have grown its inputs.
+        if let [(Token::Ident("set"), _), (Token::Ident(target), _), (Token::Assign, _), ..] = block {
+            if weight > MAX_GROWTH {
+                return Err(format!(
+                    "the value of `{target}` may grow the template's inputs more than {MAX_GROWTH} times: simplify it ({at})"
+                ));
+            }
+            growth.insert((*target).to_owned(), weight.max(1));
+        }
+        i = end + 1;
     }
     Ok(())
 }
@@ -383,6 +495,79 @@ fn truncate_estimated(s: &str, n: usize, side: &str, est: &dyn Fn(&str) -> usize
     }
 }
 
+fn too_large(what: &str, cap: usize) -> Error {
+    Error::new(ErrorKind::InvalidOperation, format!("{what} would be larger than {cap} bytes"))
+}
+
+/// `join` with its result capped.
+fn capped_join(v: &Value, sep: &str, cap: usize) -> Result<String, Error> {
+    let mut out = String::new();
+    for (i, item) in v.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        let s = item.to_string();
+        out.push_str(&s);
+        if out.len() > cap {
+            return Err(too_large("join", cap));
+        }
+    }
+    Ok(out)
+}
+
+/// `replace` with its result capped (checked before it is built).
+fn capped_replace(s: &str, from: &str, to: &str, count: Option<usize>, cap: usize) -> Result<String, Error> {
+    let n = if from.is_empty() { s.chars().count() + 1 } else { s.matches(from).count() };
+    let n = count.map_or(n, |c| c.min(n));
+    let size = s.len().saturating_add(n.saturating_mul(to.len()));
+    if size > cap {
+        return Err(too_large("replace", cap));
+    }
+    Ok(match count {
+        Some(c) => s.replacen(from, to, c),
+        None => s.replace(from, to),
+    })
+}
+
+/// `indent(width=4, first=false, blank=false)` with the width capped at 64.
+fn capped_indent(
+    s: String,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<String, Error> {
+    let width = match width {
+        Some(w) => w,
+        None => kwargs.get::<Option<usize>>("width")?.unwrap_or(4),
+    };
+    let first = match first {
+        Some(f) => f,
+        None => kwargs.get::<Option<bool>>("first")?.unwrap_or(false),
+    };
+    let blank = match blank {
+        Some(b) => b,
+        None => kwargs.get::<Option<bool>>("blank")?.unwrap_or(false),
+    };
+    kwargs.assert_all_used()?;
+    if width > 64 {
+        return Err(Error::new(ErrorKind::InvalidOperation, "indent: the width is at most 64"));
+    }
+    let pad = " ".repeat(width);
+    let text = s.strip_suffix('\n').unwrap_or(&s);
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if (i > 0 || first) && (blank || !line.trim().is_empty()) {
+            out.push_str(&pad);
+        }
+        out.push_str(line);
+    }
+    Ok(out)
+}
+
 /// `docs | join_documents(sep="\n\n")`: numbered documents `[1] title\ntext`; a document is a
 /// string or a map with `text` (or `content`) and an optional `title` (or `source`).
 fn join_documents(docs: Value, kwargs: Kwargs) -> Result<String, Error> {
@@ -422,6 +607,9 @@ mod tests {
             "{% for m in messages %}{{ m['role'] + m['content'] }}{% endfor %}",
             "{{ loop_var }}{% if x and x %}y{% endif %}",
             "{{ '<|im_start|>' + message['role'] }}",
+            "{{ loop.index * 2 }}",
+            "{% set a = b ~ c %}{% set d = a ~ e %}{{ d }}",
+            "{% macro f(x) %}[{{ x }}]{% endmacro %}{{ f(a) }}{{ f(b) }}",
         ] {
             assert_eq!(guard(ok), Ok(()), "{ok}");
         }
@@ -429,9 +617,16 @@ mod tests {
             "{{ 10**9 }}",
             "{{ 'a' * 1000 }}",
             "{{ 1000 * 'a' }}",
+            "{{ x * y }}",
+            "{{ x * 17 }}",
+            "{{ [1] * 2 }}",
             "{% set x = x ~ x %}",
             "{% set ns.s = ns.s + ns.s %}",
             "{{ x.__class__ }}",
+            "{% set b = a ~ c %}{% set c = b ~ a %}{% set b = a ~ c %}{% set c = b ~ a %}{% set b = c ~ b %}{% set c = b ~ c %}{% set b = c ~ b %}{% set c = b ~ c %}{% set b = c ~ b %}{% set c = b ~ c %}",
+            "{% set b %}{{ a }}{{ a }}{% endset %}{% set c %}{{ b }}{{ b }}{% endset %}{% set d %}{{ c }}{{ c }}{{ c }}{{ c }}{% endset %}{% set e %}{{ d }}{{ d }}{{ d }}{{ d }}{{ d }}{% endset %}",
+            "{% macro f(x) %}{{ x }}{{ x }}{% endmacro %}{% set y = f(f(f(f(f(f(f(a))))))) %}",
+            "{% macro f(n) %}{{ f(n) }}{% endmacro %}",
         ] {
             assert!(guard(bad).is_err(), "{bad}");
         }

@@ -159,55 +159,64 @@ impl Prompts {
         digest: String,
         request: &RenderRequest,
     ) -> Result<RenderResult, PromptError> {
-        let ctx = resolve_variables(pack, &request.variables)?;
-        let counter: Box<dyn TokenCounter> = match (&request.model, &self.inference) {
-            (Some(m), Some(inf)) => Box::new(InferenceCounter::new(inf.clone(), m.clone())),
-            (Some(m), None) => {
-                return Err(PromptError::Unavailable(format!(
-                    "counting tokens for model {m} needs the daemon's inference service, which is not running"
-                )));
-            }
-            (None, _) => Box::new(ApproxCounter),
-        };
-        let tokenizer = request.model.as_ref().map_or_else(|| "estimate".to_owned(), |m| format!("model:{m}"));
-        let embedding = request
-            .embedding_model
-            .clone()
-            .or_else(|| pack.manifest().model.as_ref().and_then(|h| h.embedding.clone()));
-        let embedder: Option<Box<dyn Embedder>> = match (embedding, &self.inference) {
-            (Some(m), Some(inf)) => Some(Box::new(InferenceEmbedder::new(inf.clone(), m))),
-            _ => None,
-        };
-        let budget = request.budget.or_else(|| pack.manifest().budget.as_ref().map(|b| b.tokens));
-        let sandbox = self.library.sandbox();
-        match budget {
-            Some(tokens) => {
-                let (r, report) =
-                    crate::compress::fit(sandbox, pack, ctx, Budget { tokens }, counter.as_ref(), embedder.as_deref())
-                        .await?;
-                Ok(RenderResult {
-                    name: r.name,
-                    version: r.version,
-                    digest,
-                    messages: r.messages,
-                    tokens: report.tokens_after,
-                    tokenizer,
-                    compression: Some(report),
-                })
-            }
-            None => {
-                let r = crate::render::render_with(sandbox, pack, &ctx)?;
-                let tokens = counter.count(&r.messages).await?;
-                Ok(RenderResult {
-                    name: r.name,
-                    version: r.version,
-                    digest,
-                    messages: r.messages,
-                    tokens,
-                    tokenizer,
-                    compression: None,
-                })
-            }
+        render_pack(self.library.sandbox(), self.inference.clone(), pack, digest, request).await
+    }
+}
+
+/// Renders `pack` (published or not) in `sandbox`; with a model or an embedding model named, the
+/// counts and embeddings go through `inference`.
+pub async fn render_pack(
+    sandbox: &crate::sandbox::Sandbox,
+    inference: Option<Arc<dyn Inference>>,
+    pack: &Pack,
+    digest: String,
+    request: &RenderRequest,
+) -> Result<RenderResult, PromptError> {
+    let ctx = resolve_variables(pack, &request.variables)?;
+    let counter: Box<dyn TokenCounter> = match (&request.model, &inference) {
+        (Some(m), Some(inf)) => Box::new(InferenceCounter::new(inf.clone(), m.clone())),
+        (Some(m), None) => {
+            return Err(PromptError::Unavailable(format!(
+                "counting tokens for model {m} needs the daemon's inference service, which is not running"
+            )));
+        }
+        (None, _) => Box::new(ApproxCounter),
+    };
+    let tokenizer = request.model.as_ref().map_or_else(|| "estimate".to_owned(), |m| format!("model:{m}"));
+    let embedding =
+        request.embedding_model.clone().or_else(|| pack.manifest().model.as_ref().and_then(|h| h.embedding.clone()));
+    let embedder: Option<Box<dyn Embedder>> = match (embedding, &inference) {
+        (Some(m), Some(inf)) => Some(Box::new(InferenceEmbedder::new(inf.clone(), m))),
+        _ => None,
+    };
+    let budget = request.budget.or_else(|| pack.manifest().budget.as_ref().map(|b| b.tokens));
+    match budget {
+        Some(tokens) => {
+            let (r, report) =
+                crate::compress::fit(sandbox, pack, ctx, Budget { tokens }, counter.as_ref(), embedder.as_deref())
+                    .await?;
+            Ok(RenderResult {
+                name: r.name,
+                version: r.version,
+                digest,
+                messages: r.messages,
+                tokens: report.tokens_after,
+                tokenizer,
+                compression: Some(report),
+            })
+        }
+        None => {
+            let r = crate::render::render_with(sandbox, pack, &ctx)?;
+            let tokens = counter.count(&r.messages).await?;
+            Ok(RenderResult {
+                name: r.name,
+                version: r.version,
+                digest,
+                messages: r.messages,
+                tokens,
+                tokenizer,
+                compression: None,
+            })
         }
     }
 }

@@ -49,10 +49,36 @@ fn resource_bombs_are_refused() {
     refused("{% for i in range(1000000000) %}x{% endfor %}", json!({}), "range has too many elements");
     refused("{% for i in range(n) %}x{% endfor %}", json!({"n": 1_000_000_000u64}), "range has too many elements");
     refused("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", json!({}), "steps");
-    refused("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json!({}), "levels");
+    refused("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", json!({}), "recursion is not allowed");
+    // Recursive loops over deeply nested data stop at the recursion limit.
+    let mut deep = json!({"c": []});
+    for _ in 0..100 {
+        deep = json!({"c": [deep]});
+    }
+    refused("{% for x in [d] recursive %}[{{ loop(x.c) }}]{% endfor %}", json!({"d": deep}), "levels");
     refused("{{ 'a' * 1000000000 }}", json!({}), "repeating a string");
-    refused("{{ s * 1000000000 }}", json!({"s": "a"}), "repeated string is too large");
-    refused("{{ s * n }}", json!({"s": "ab", "n": 10_000_000}), "bytes");
+    refused("{{ s * 1000000000 }}", json!({"s": "a"}), "`*` needs an integer literal");
+    refused("{{ s * n }}", json!({"s": "ab", "n": 10_000_000}), "`*` needs an integer literal");
+    refused("{{ [1] * 1000000000 | list }}", json!({}), "no list literal");
+    refused("{{ range(100000) | join(range(100000) | join) }}", json!({}), "join would be larger");
+    refused("{{ t | replace('a', t) }}", json!({"t": "a".repeat(10_000)}), "replace would be larger");
+    refused("{{ t | indent(1000000000) }}", json!({"t": "a\nb"}), "at most 64");
+    refused("{{ '%1000000000s' | format('x') }}", json!({}), "unknown filter");
+    refused(
+        "{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ t %}{% endfor %}",
+        json!({"t": "a".repeat(1000)}),
+        "namespace is unknown",
+    );
+    refused(
+        "{% set b = a ~ c %}{% set c = b ~ a %}{% set b = a ~ c %}{% set c = b ~ a %}{% set b = c ~ b %}{% set c = b ~ c %}{% set b = c ~ b %}{% set c = b ~ c %}{% set b = c ~ b %}{% set c = b ~ c %}",
+        json!({"a": "x", "c": "y"}),
+        "more than 64 times",
+    );
+    refused(
+        "{% macro f(x) %}{{ x }}{{ x }}{% endmacro %}{% set y = f(f(f(f(f(f(f(a))))))) %}",
+        json!({"a": "x"}),
+        "more than 64 times",
+    );
     refused("{% set x = s ~ s %}{{ x }}", json!({"s": "a"}), "with itself");
     refused(
         "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
