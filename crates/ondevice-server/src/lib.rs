@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+mod cors;
 mod error;
 mod generation;
 pub mod grpc;
@@ -20,10 +21,8 @@ mod state;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::response::Response;
 use ondevice_auth::Scope;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -58,8 +57,11 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::jobs::events))
         .routes(routes!(routes::runtimes::list))
         .routes(routes!(routes::openai::models))
+        .routes(routes!(routes::openai::model))
         .routes(routes!(routes::ollama::tags))
         .routes(routes!(routes::ollama::ps))
+        .routes(routes!(routes::ollama::manage::show))
+        .routes(routes!(routes::ollama::manage::version))
         .route_layer(guarded(Scope::Read));
     let infer = OpenApiRouter::new()
         .routes(routes!(routes::openai::chat_completions))
@@ -80,6 +82,13 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::jobs::cancel))
         .routes(routes!(routes::runtimes::load))
         .routes(routes!(routes::runtimes::unload))
+        .routes(routes!(routes::openai::delete_model))
+        .routes(routes!(routes::ollama::manage::pull))
+        .routes(routes!(routes::ollama::manage::delete))
+        .routes(routes!(routes::ollama::manage::copy))
+        .routes(routes!(routes::ollama::manage::create))
+        .routes(routes!(routes::ollama::manage::push))
+        .routes(routes!(routes::ollama::manage::blob_exists, routes::ollama::manage::blob_upload))
         .route_layer(guarded(Scope::Models));
     let admin = OpenApiRouter::new()
         .routes(routes!(routes::keys::list, routes::keys::create))
@@ -103,16 +112,12 @@ pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
     let mut app = http
         .merge(grpc)
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))
         .layer(axum::extract::DefaultBodyLimit::max(usize::try_from(opts.body_limit).unwrap_or(usize::MAX)));
     if !opts.cors_origins.is_empty() {
-        let origins: Vec<HeaderValue> = opts.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods(tower_http::cors::Any)
-                .allow_headers(tower_http::cors::Any),
-        );
+        let cors = std::sync::Arc::new(cors::Cors::new(&opts.cors_origins, &doc));
+        app = app.layer(axum::middleware::from_fn_with_state(cors, cors::cors));
     }
     let app = app
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_concurrency))
@@ -122,7 +127,17 @@ pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
     (app, health)
 }
 
-/// Unknown paths: default-deny (401 without a key), then 404; gRPC gets UNIMPLEMENTED.
+/// A known path with a method it does not serve: default-deny (401 without a key), then 405.
+async fn method_not_allowed(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(e) = authenticate(&state, req.headers(), Scope::Read, "http") {
+        return reject(&req, e);
+    }
+    let message = format!("{} does not accept {}: see /openapi.json", req.uri().path(), req.method());
+    reject(&req, ApiError::MethodNotAllowed(message))
+}
+
+/// Unknown paths: default-deny (401 without a key), then 501 for an OpenAI endpoint ondevice does
+/// not offer, else 404; gRPC gets UNIMPLEMENTED.
 async fn fallback(State(state): State<AppState>, req: Request) -> Response {
     if let Err(e) = authenticate(&state, req.headers(), Scope::Read, "http") {
         return reject(&req, e);
@@ -130,6 +145,9 @@ async fn fallback(State(state): State<AppState>, req: Request) -> Response {
     if middleware::is_grpc(req.headers()) {
         let status = tonic::Status::unimplemented(format!("unknown gRPC method {}", req.uri().path()));
         return status.into_http();
+    }
+    if let Some(e) = routes::openai::unsupported(req.uri().path()) {
+        return reject(&req, e);
     }
     reject(&req, ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path())))
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ondevice_registry::{GcReport, ModelRecord, ModelRef, Registry, RegistryError, VerifyReport};
+use ondevice_registry::{GcReport, ImportMode, ModelRecord, ModelRef, Registry, RegistryError, VerifyReport};
 
 use crate::error::ApiError;
 use crate::state::BoxFuture;
@@ -22,8 +22,15 @@ pub trait ModelService: Send + Sync {
     /// One model, by `name:tag` or digest.
     fn show(&self, model: ModelRef) -> BoxFuture<'_, Result<ModelRecord, ApiError>>;
     /// Imports a file, Hugging Face directory or bundle from the daemon's filesystem as `name`
-    /// (default: from the file).
-    fn import(&self, path: PathBuf, name: Option<ModelRef>) -> BoxFuture<'_, Result<ModelRecord, ApiError>>;
+    /// (default: from the file), its files stored as `mode` says.
+    fn import(
+        &self,
+        path: PathBuf,
+        name: Option<ModelRef>,
+        mode: ImportMode,
+    ) -> BoxFuture<'_, Result<ModelRecord, ApiError>>;
+    /// Registers the model `from` names under `to` as well (same blobs; Ollama's `copy`).
+    fn copy(&self, from: ModelRef, to: ModelRef) -> BoxFuture<'_, Result<ModelRecord, ApiError>>;
     /// Removes the models a reference names; returns them.
     fn remove(&self, model: ModelRef) -> BoxFuture<'_, Result<Vec<ModelRecord>, ApiError>>;
     /// Pins or unpins the models a reference names; returns them as they are now.
@@ -65,8 +72,17 @@ impl ModelService for RegistryModels {
         self.blocking(move |r| r.show(&model))
     }
 
-    fn import(&self, path: PathBuf, name: Option<ModelRef>) -> BoxFuture<'_, Result<ModelRecord, ApiError>> {
-        self.blocking(move |r| r.import_path(&path, name))
+    fn import(
+        &self,
+        path: PathBuf,
+        name: Option<ModelRef>,
+        mode: ImportMode,
+    ) -> BoxFuture<'_, Result<ModelRecord, ApiError>> {
+        self.blocking(move |r| r.import_path_with(&path, name, mode))
+    }
+
+    fn copy(&self, from: ModelRef, to: ModelRef) -> BoxFuture<'_, Result<ModelRecord, ApiError>> {
+        self.blocking(move |r| r.copy(&from, &to))
     }
 
     fn remove(&self, model: ModelRef) -> BoxFuture<'_, Result<Vec<ModelRecord>, ApiError>> {

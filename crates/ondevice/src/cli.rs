@@ -298,14 +298,22 @@ pub enum ModelsCommand {
     },
     /// Import a GGUF file, a Hugging Face safetensors directory (`config.json` plus
     /// `*.safetensors`, sharded or not) or a bundle written by `ondevice models export`. Validated
-    /// first (nothing is written for an invalid one); files are hardlinked into the blob store
-    /// when possible.
+    /// first (nothing is written for an invalid one); files are cloned into the blob store
+    /// (copy-on-write, no extra space) where the filesystem allows it, else copied, so changing
+    /// the original later never changes the stored model. Content already stored needs no space.
     Import {
         /// The GGUF file, safetensors directory or bundle.
         path: PathBuf,
         /// Register it as `name[:tag]` (default: from the file's metadata or name).
         #[arg(long)]
         name: Option<String>,
+        /// Hard-link the files into the blob store instead of copying them (no extra space, same
+        /// filesystem only). Risk: the store then shares the files with you, and writing to an
+        /// original in place (re-downloading over it, editing it) silently changes the stored
+        /// model, which `ondevice models verify` then reports as corrupt. Use only for files you
+        /// will not modify.
+        #[arg(long)]
+        link: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -7,6 +7,8 @@
 #![cfg(unix)]
 
 mod common;
+#[path = "e2e/edges.rs"]
+mod edges;
 #[path = "e2e/diag.rs"]
 mod diag;
 #[path = "e2e/fallback.rs"]
@@ -17,6 +19,8 @@ mod grpc;
 mod http;
 #[path = "e2e/inference.rs"]
 mod inference;
+#[path = "e2e/inference_compat.rs"]
+mod inference_compat;
 #[path = "e2e/inference_limits.rs"]
 mod inference_limits;
 #[path = "e2e/models.rs"]

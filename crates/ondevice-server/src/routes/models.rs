@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use ondevice_registry::{ModelRecord, ModelRef, VerifyStatus};
+use ondevice_registry::{ImportMode, ModelRecord, ModelRef, VerifyStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -77,6 +77,12 @@ pub struct ImportRequest {
     pub path: PathBuf,
     /// `name[:tag]` to register it as (default: from the file's metadata or name).
     pub name: Option<String>,
+    /// Hard-link the files into the blob store instead of cloning or copying them (no extra
+    /// space; same filesystem only). Risk: the store then shares the files with their owner, and
+    /// writing to an original in place silently changes the stored model (`verify` then reports
+    /// it corrupt). Default false.
+    #[serde(default)]
+    pub link: bool,
 }
 
 /// Body of `POST /api/v1/models/verify`.
@@ -160,15 +166,17 @@ pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(Json(removed.into_iter().map(ModelView::from).collect()))
 }
 
-/// Imports a GGUF file (validated first; hardlinked when possible) or an exported bundle
-/// (digests checked; restored bit for bit) from the daemon's filesystem.
+/// Imports a GGUF file or a Hugging Face safetensors directory (validated first; stored as a
+/// copy-on-write clone where the filesystem offers one, else a copy, or a hard link with `link`),
+/// or an exported bundle (digests checked; restored bit for bit) from the daemon's filesystem.
+/// Content the store already holds needs no free space.
 #[utoipa::path(post, path = "/api/v1/models/import", tag = "models",
     security(("bearer" = ["models"])),
     request_body = ImportRequest,
     responses(
         (status = 201, description = "Imported", body = ModelView),
         (status = 400, description = "Not a valid GGUF file, or an invalid name; nothing was written", body = crate::error::ErrorBody),
-        (status = 507, description = "The disk is full; nothing was registered", body = crate::error::ErrorBody),
+        (status = 507, description = "No space left for the model; nothing was registered", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn import(
@@ -179,7 +187,8 @@ pub async fn import(
         return Err(ApiError::InvalidRequest(format!("{} is not an absolute path", req.path.display())));
     }
     let name = req.name.as_deref().map(parse_ref).transpose()?;
-    let record = state.models().import(req.path, name).await?;
+    let mode = if req.link { ImportMode::Link } else { ImportMode::Copy };
+    let record = state.models().import(req.path, name, mode).await?;
     tracing::info!(model = %record.reference(), digest = %record.digest, "model imported");
     Ok((StatusCode::CREATED, Json(record.into())))
 }

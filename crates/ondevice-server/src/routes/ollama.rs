@@ -3,8 +3,11 @@
 //! the default, as in Ollama: one JSON object per line (`application/x-ndjson`), the last with
 //! `done: true`, `done_reason` and the counts and durations (nanoseconds). A failure after the
 //! stream started is sent as one `{"error": {...}}` line. An empty prompt (or no messages) loads
-//! the model, or unloads it with `keep_alive: 0`, as Ollama does.
+//! the model, or unloads it with `keep_alive: 0`, as Ollama does. Model management (`show`,
+//! `version`, `pull`, `delete`, `copy`, `blobs`, and 501 for `create` and `push`) is in
+//! `ollama/manage.rs`.
 
+pub mod manage;
 pub mod wire;
 
 use std::time::{Duration, Instant, SystemTime};

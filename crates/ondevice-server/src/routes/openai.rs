@@ -1,13 +1,15 @@
-//! The OpenAI-compatible API: `GET /v1/models` (read), `POST /v1/chat/completions`,
-//! `POST /v1/completions` and `POST /v1/embeddings` (infer). `"stream": true` answers server-sent
-//! events (`data: {chunk}` … `data: [DONE]`); a failure after the stream started is sent as one
+//! The OpenAI-compatible API: `GET /v1/models` and `GET /v1/models/{model}` (read),
+//! `DELETE /v1/models/{model}` (models: removes it from the registry), `POST /v1/chat/completions`,
+//! `POST /v1/completions` and `POST /v1/embeddings` (infer). The OpenAI endpoints ondevice does not
+//! offer (responses, images, audio, files, ...) answer 501 `not_implemented` ([`unsupported`]).
+//! `"stream": true` answers server-sent events (`data: {chunk}` … `data: [DONE]`); a failure after the stream started is sent as one
 //! `data: {"error": {...}}` event and the stream ends without `[DONE]`. Errors before that use the
 //! daemon's envelope `{"error": {"code", "message"}}`, which the openai clients read.
 
 pub mod wire;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream;
@@ -16,7 +18,7 @@ use ondevice_runtime::EmbedRequest;
 use self::wire::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Completion,
     CompletionChoice, CompletionRequest, Delta, EmbeddingList, EmbeddingOut, EmbeddingRequest, EmbeddingUsage,
-    ModelList, ModelOut, UsageOut,
+    ModelDeleted, ModelList, ModelOut, UsageOut,
 };
 use crate::error::{AnyJson, ApiError};
 use crate::generation::{self, Started, Step, random_id, streaming_response, unix_now, with_adapter};
@@ -87,18 +89,74 @@ const DONE: &str = "data: [DONE]\n\n";
         (status = 503, description = "No runtimes", body = crate::error::ErrorBody)))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
     let models = state.require_inference()?.models().await?;
-    Ok(Json(ModelList {
-        object: "list".to_owned(),
-        data: models
-            .into_iter()
-            .map(|m| ModelOut {
-                id: m.name,
-                object: "model".to_owned(),
-                created: m.created.unwrap_or(0),
-                owned_by: "ondevice".to_owned(),
-            })
-            .collect(),
-    }))
+    Ok(Json(ModelList { object: "list".to_owned(), data: models.iter().map(ModelOut::of).collect() }))
+}
+
+/// One model (`name[:tag]`; the tag defaults to `latest`).
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
+    security(("bearer" = ["read"])),
+    params(("model" = String, Path, description = "`name[:tag]` (URL-encode `/` as `%2F`)")),
+    responses(
+        (status = 200, description = "The model", body = ModelOut),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
+        (status = 503, description = "No runtimes", body = crate::error::ErrorBody)))]
+pub async fn model(State(state): State<AppState>, Path(model): Path<String>) -> Result<Json<ModelOut>, ApiError> {
+    let models = state.require_inference()?.models().await?;
+    let entry = crate::routes::ollama::manage::find_entry(&models, &model)
+        .ok_or_else(|| ApiError::NotFound(format!("model {model:?} not found: see GET /v1/models")))?;
+    Ok(Json(ModelOut::of(entry)))
+}
+
+/// Removes a model from the registry (its blob is freed by `gc`).
+#[utoipa::path(delete, path = "/v1/models/{model}", tag = "openai",
+    security(("bearer" = ["models"])),
+    params(("model" = String, Path, description = "`name[:tag]` or `sha256:<hex>` (URL-encode `/` as `%2F`)")),
+    responses(
+        (status = 200, description = "Removed", body = ModelDeleted),
+        (status = 400, description = "Invalid name", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
+        (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody),
+        (status = 404, description = "No such model", body = crate::error::ErrorBody)))]
+pub async fn delete_model(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<ModelDeleted>, ApiError> {
+    let r = model.parse::<ondevice_registry::ModelRef>().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let removed = state.models().remove(r).await?;
+    let id = removed.first().map_or(model, ondevice_registry::ModelRecord::reference);
+    tracing::info!(model = %id, "model removed (openai api)");
+    Ok(Json(ModelDeleted { id, object: "model".to_owned(), deleted: true }))
+}
+
+/// Documented OpenAI endpoints ondevice does not offer, by path prefix, with what to use instead.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("/v1/responses", "use POST /v1/chat/completions"),
+    ("/v1/assistants", "use POST /v1/chat/completions"),
+    ("/v1/threads", "use POST /v1/chat/completions"),
+    ("/v1/conversations", "use POST /v1/chat/completions"),
+    ("/v1/realtime", "use the WebSocket at /api/v1/ws"),
+    ("/v1/images", "ondevice serves text models"),
+    ("/v1/audio", "ondevice serves text models"),
+    ("/v1/videos", "ondevice serves text models"),
+    ("/v1/moderations", "ondevice serves text models; moderate with a chat prompt"),
+    ("/v1/files", "import models with `ondevice models import`"),
+    ("/v1/uploads", "import models with `ondevice models import`"),
+    ("/v1/fine_tuning", "fine-tune elsewhere and import the GGUF file with `ondevice models import`"),
+    ("/v1/batches", "send the requests one by one (they run concurrently)"),
+    ("/v1/vector_stores", "use the embeddings endpoint"),
+    ("/v1/evals", "ondevice has no evaluation service"),
+    ("/v1/containers", "ondevice has no code containers"),
+    ("/v1/edits", "use POST /v1/chat/completions"),
+    ("/v1/engines", "use GET /v1/models"),
+];
+
+/// The 501 answer for a documented OpenAI endpoint ondevice does not offer, if `path` is one.
+pub fn unsupported(path: &str) -> Option<ApiError> {
+    UNSUPPORTED.iter().find(|(prefix, _)| path == *prefix || path.starts_with(&format!("{prefix}/"))).map(
+        |(prefix, instead)| ApiError::NotImplemented(format!("{prefix} is not implemented by ondevice: {instead}")),
+    )
 }
 
 /// Chat completion; `"stream": true` streams `chat.completion.chunk` events.
@@ -255,9 +313,9 @@ pub async fn embeddings(
         .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-                serde_json::Value::String(wire::base64(&bytes))
+                wire::EmbeddingVector::Base64(wire::base64(&bytes))
             } else {
-                serde_json::Value::from(v)
+                wire::EmbeddingVector::Float(v)
             };
             EmbeddingOut { object: "embedding".to_owned(), index, embedding }
         })

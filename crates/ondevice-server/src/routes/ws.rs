@@ -6,6 +6,10 @@
 //! Browsers cannot set headers on a WebSocket, so the key may also arrive as the subprotocol
 //! `ondevice.bearer.<key>`; the server then selects the `ondevice.v1` subprotocol if offered
 //! (else echoes the one offered) so that browsers accept the handshake.
+//!
+//! Messages are JSON text. A binary message is answered with an `unsupported` error (the socket
+//! stays open). A message larger than `server.body_limit` closes the socket with code 1009
+//! (message too big) and a reason naming the limit.
 
 mod generate;
 
@@ -21,6 +25,13 @@ use serde_json::json;
 
 use crate::middleware::authenticate;
 use crate::state::AppState;
+
+/// Frames up to this many bytes over the message limit are still read whole (then refused with
+/// 1009), so the socket stays in step and the close frame reaches the client; bigger frames are
+/// refused from their header.
+const FRAME_SLACK: usize = 8 << 20;
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The subprotocol name of ondevice's WebSocket messages.
 pub const WS_PROTOCOL: &str = "ondevice.v1";
@@ -49,8 +60,32 @@ pub async fn ws(State(state): State<AppState>, headers: HeaderMap, upgrade: WebS
         Some(p) => upgrade.protocols([p]),
         None => upgrade,
     };
+    let limit = usize::try_from(state.inner.options.body_limit).unwrap_or(usize::MAX);
+    let upgrade = upgrade.max_message_size(limit).max_frame_size(limit.saturating_add(FRAME_SLACK));
     let tasks = state.tasks().clone();
     upgrade.on_upgrade(move |socket| tasks.track_future(session(state, headers, socket)))
+}
+
+/// Whether a receive error is a message or frame over the size limits.
+fn too_big(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = std::error::Error::source(e);
+    matches!(inner.and_then(|s| s.downcast_ref::<WsError>()), Some(WsError::Capacity(_)))
+}
+
+/// Sends a close frame and waits (briefly) for the client's, so the close is clean.
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    if socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {
@@ -91,11 +126,22 @@ async fn session(state: AppState, headers: HeaderMap, mut socket: WebSocket) {
                 }
             }
             msg = socket.recv() => {
-                let Some(Ok(msg)) = msg else { return };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) if too_big(&e) => {
+                        let limit = state.inner.options.body_limit;
+                        let reason = format!("message too big: the limit is {limit} bytes (server.body_limit)");
+                        close(&mut socket, 1009, reason).await;
+                        return;
+                    }
+                    Some(Err(_)) | None => return,
+                };
                 let reply = match msg {
                     Message::Text(t) => answer(&state, &headers, t.as_str(), &mut gens),
+                    Message::Binary(_) => Some(json!({"type": "error", "error": {"code": "unsupported",
+                        "message": "binary messages are not supported: send JSON text messages"}})),
                     Message::Close(_) => return,
-                    _ => None,
+                    Message::Ping(_) | Message::Pong(_) => None,
                 };
                 if let Some(reply) = reply {
                     if socket.send(Message::Text(reply.to_string().into())).await.is_err() {

@@ -145,9 +145,9 @@ pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitC
                 print_one(&m);
             }
         }
-        ModelsCommand::Import { path, name, json } => {
+        ModelsCommand::Import { path, name, link, json } => {
             let path = std::path::absolute(&path).with_context(|| format!("invalid path {}", path.display()))?;
-            let body = serde_json::json!({"path": path, "name": name});
+            let body = serde_json::json!({"path": path, "name": name, "link": link});
             let m: ModelView = client.call(Method::POST, "/api/v1/models/import", Some(&body)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);

@@ -361,6 +361,29 @@ pub struct ModelOut {
     pub owned_by: String,
 }
 
+impl ModelOut {
+    /// The OpenAI view of a model entry.
+    pub fn of(m: &ondevice_runtime::ModelEntry) -> ModelOut {
+        ModelOut {
+            id: m.name.clone(),
+            object: "model".to_owned(),
+            created: m.created.unwrap_or(0),
+            owned_by: "ondevice".to_owned(),
+        }
+    }
+}
+
+/// Answer of `DELETE /v1/models/{model}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelDeleted {
+    /// The model's `name:tag`.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Always true (a failure is an error answer).
+    pub deleted: bool,
+}
+
 fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest(msg.into())
 }
