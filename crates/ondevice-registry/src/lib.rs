@@ -424,8 +424,6 @@ impl Registry {
     /// copy-on-write clone of the file where the filesystem offers one, else a copy. An existing
     /// `name:tag` is replaced.
     pub fn import_gguf(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
-        let gguf = GgufFile::open(path)
-            .map_err(|source| RegistryError::InvalidModelFile { path: path.to_path_buf(), source })?;
         self.import_gguf_with(path, name, ImportMode::default())
     }
 
@@ -436,6 +434,8 @@ impl Registry {
         name: Option<ModelRef>,
         mode: ImportMode,
     ) -> Result<ModelRecord, RegistryError> {
+        let gguf = GgufFile::open(path)
+            .map_err(|source| RegistryError::InvalidModelFile { path: path.to_path_buf(), source })?;
         let (name, tag) = match name {
             Some(ModelRef::Named { name, tag }) => (name, tag),
             Some(r @ ModelRef::Digest(_)) => {
@@ -466,8 +466,6 @@ impl Registry {
     /// Imports a local path: a Hugging Face safetensors directory, a bundle written by `export`
     /// (tar), else a GGUF file. Files are cloned or copied, never shared with their owner.
     pub fn import_path(&self, path: &Path, name: Option<ModelRef>) -> Result<ModelRecord, RegistryError> {
-        if path.is_dir() {
-            self.import_hf_dir_with(path, name, mode)
         self.import_path_with(path, name, ImportMode::default())
     }
 
@@ -479,6 +477,8 @@ impl Registry {
         name: Option<ModelRef>,
         mode: ImportMode,
     ) -> Result<ModelRecord, RegistryError> {
+        if path.is_dir() {
+            self.import_hf_dir_with(path, name, mode)
         } else if bundle::is_bundle(path) {
             self.import_bundle(path, name)
         } else {
@@ -534,8 +534,6 @@ impl Registry {
         self.resolve(r)?.into_iter().next().ok_or_else(|| RegistryError::NotFound { reference: r.to_string() })
     }
 
-    /// Removes the model rows a reference names (blobs stay until [`Registry::gc`]); returns them.
-    pub fn remove(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
     /// Registers the model `from` names under the name `to` as well (same blobs, nothing copied;
     /// Ollama's `copy`). An existing `to` is replaced, keeping its pin; returns the new record.
     pub fn copy(&self, from: &ModelRef, to: &ModelRef) -> Result<ModelRecord, RegistryError> {
@@ -558,6 +556,8 @@ impl Registry {
         Ok(record)
     }
 
+    /// Removes the model rows a reference names (blobs stay until [`Registry::gc`]); returns them.
+    pub fn remove(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
         let found = self.resolve(r)?;
         if found.is_empty() {
             return Err(RegistryError::NotFound { reference: r.to_string() });

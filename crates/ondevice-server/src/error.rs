@@ -198,9 +198,9 @@ impl From<AuthError> for ApiError {
             }
             AuthError::NotFound(_) => ApiError::NotFound(e.to_string()),
             AuthError::BadName(_) | AuthError::NoScope => ApiError::InvalidRequest(e.to_string()),
+            AuthError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
             AuthError::Store(_) | AuthError::TokenFile { .. } => ApiError::Internal(e.to_string()),
         }
-            AuthError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
     }
 }
 
@@ -228,9 +228,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::BadStoredDigest { .. } => ApiError::Internal(message),
             RegistryError::Blob(b) => match b {
                 BlobError::Io { source, .. } => io_failure(&source, message),
+                BlobError::NoSpace { .. } => ApiError::InsufficientStorage(message),
                 BlobError::Corrupt { .. } | BlobError::Missing { .. } => ApiError::Internal(message),
             },
-                BlobError::NoSpace { .. } => ApiError::InsufficientStorage(message),
             // Every database failure (SQLite, I/O, a newer schema, a corrupt row) is ours. The
             // edge does not depend on the store crate, so its variants are not told apart here.
             RegistryError::Store(_) => ApiError::Internal(message),
@@ -405,6 +405,16 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
         assert_answer(full, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        let enospc = RegistryError::Blob(BlobError::NoSpace {
+            what: "m.gguf".into(),
+            dir: "/home/blobs".into(),
+            needed: Some(10),
+            free: Some(1),
+        });
+        assert_answer(enospc, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
+        let quota =
+            DownloadError::Io { path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::QuotaExceeded) };
+        assert_answer(quota, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
     }
 
     #[test]
@@ -464,18 +474,6 @@ mod tests {
             "overloaded",
         );
         assert_answer(ApiError::NoInference, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable");
-    }
-}
-        let enospc = RegistryError::Blob(BlobError::NoSpace {
-            what: "m.gguf".into(),
-            dir: "/home/blobs".into(),
-            needed: Some(10),
-            free: Some(1),
-        });
-        assert_answer(enospc, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
-        let quota =
-            DownloadError::Io { path: "/x".into(), source: std::io::Error::from(std::io::ErrorKind::QuotaExceeded) };
-        assert_answer(quota, StatusCode::INSUFFICIENT_STORAGE, Code::ResourceExhausted, "insufficient_storage");
         assert_answer(
             ApiError::NotImplemented("use x".into()),
             StatusCode::NOT_IMPLEMENTED,
@@ -484,3 +482,5 @@ mod tests {
         );
         let last = AuthError::LastAdmin("0123456789ab".parse().unwrap());
         assert_answer(last, StatusCode::CONFLICT, Code::FailedPrecondition, "conflict");
+    }
+}

@@ -109,6 +109,7 @@ pub async fn create(
     responses(
         (status = 200, description = "Revoked", body = KeyView),
         (status = 404, description = "No such key", body = crate::error::ErrorBody),
+        (status = 409, description = "The key is the last active admin key", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
@@ -117,4 +118,3 @@ pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Re
     tracing::info!(key_id = %info.id, "api key revoked");
     Ok(Json(info.into()))
 }
-        (status = 409, description = "The key is the last active admin key", body = crate::error::ErrorBody),
