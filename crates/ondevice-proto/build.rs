@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ondevice/v1/models.proto",
         "ondevice/v1/jobs.proto",
         "ondevice/v1/prompts.proto",
+        "ondevice/v1/vector.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

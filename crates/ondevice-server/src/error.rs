@@ -2,7 +2,7 @@
 //! JSON body `{"error": {"code": "...", "message": "..."}}` on HTTP.
 //!
 //! Every domain error the edge meets (`AuthError`, `RegistryError`, `PullError`, `JobError`, `QuotaError`,
-//! `DownloadError`, `RuntimeError`) becomes an [`ApiError`] here, through `match`es without a
+//! `DownloadError`, `RuntimeError`, `VectorError`) becomes an [`ApiError`] here, through `match`es without a
 //! catch-all arm: a new variant does not compile until someone decides how it is answered. Each
 //! [`ApiError`] has one [`Answer`] (HTTP status, gRPC code and body code together), so HTTP and
 //! gRPC cannot disagree.
@@ -17,6 +17,7 @@ use ondevice_registry::jobs::PullError;
 use ondevice_registry::quota::QuotaError;
 use ondevice_registry::{BlobError, RegistryError};
 use ondevice_runtime::RuntimeError;
+use ondevice_vector::VectorError;
 use serde::Serialize;
 use tonic::Code;
 use utoipa::ToSchema;
@@ -285,6 +286,28 @@ impl From<JobError> for ApiError {
             JobError::Finished { .. } => ApiError::Conflict(message),
             JobError::ShuttingDown => ApiError::Overloaded { retry_after_s: 5 },
             JobError::UnknownKind(_) | JobError::Spec { .. } | JobError::Store(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<VectorError> for ApiError {
+    fn from(e: VectorError) -> Self {
+        let message = e.to_string();
+        match e {
+            VectorError::InvalidName { .. }
+            | VectorError::InvalidRequest(_)
+            | VectorError::DimensionMismatch { .. }
+            | VectorError::UnsupportedFormat { .. }
+            | VectorError::InputTooLong { .. }
+            | VectorError::BackendUnavailable(_) => ApiError::InvalidRequest(message),
+            VectorError::NotFound(_) => ApiError::NotFound(message),
+            VectorError::Exists(_) | VectorError::ModelChanged { .. } => ApiError::Conflict(message),
+            VectorError::Embedding { source, .. } => ApiError::Runtime(source),
+            VectorError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ApiError::NotFound(message)
+            }
+            VectorError::Io { .. } | VectorError::Backend { .. } => ApiError::Internal(message),
+            VectorError::Jobs(j) => j.into(),
         }
     }
 }
