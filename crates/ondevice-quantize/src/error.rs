@@ -114,7 +114,7 @@ pub enum QuantizeError {
     },
     /// An i-quant (or another type that needs one) was asked for without an importance matrix.
     #[error(
-        "type {ftype} needs an importance matrix: pass --imatrix FILE (made by llama-imatrix or `ondevice quantize --make-imatrix`)"
+        "type {ftype} needs an importance matrix: pass --imatrix FILE (an importance matrix made by llama.cpp's llama-imatrix)"
     )]
     NeedsImatrix {
         /// The type.

@@ -60,6 +60,16 @@ pub enum Command {
     /// Diagnostics: a redacted support bundle, checks with fixes, crash reports.
     #[command(subcommand)]
     Diag(DiagCommand),
+    /// Quantize a model: a GGUF file or a Hugging Face safetensors directory to any GGUF type
+    /// (F16, Q8_0, Q4_K_M, ...), written to --output with its provenance.
+    Quantize(QuantizeArgs),
+    /// Run one quantization (started by the daemon's supervisor, not by people).
+    #[command(hide = true)]
+    QuantizeTask {
+        /// The request, as JSON.
+        #[arg(long)]
+        request: String,
+    },
     /// Serve one model file on a local socket (started by the daemon's supervisor, not by people).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -377,4 +387,39 @@ pub enum DiagCommand {
     Doctor(JsonFlag),
     /// List the crash reports of the daemon and its workers, newest first.
     Crashes(JsonFlag),
+}
+
+/// `ondevice quantize SOURCE --type TYPE`.
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// A GGUF file or a Hugging Face safetensors directory (BERT, Llama, Mistral, Qwen 2).
+    pub source: String,
+    /// The GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M,
+    /// Q5_K_S/M, Q6_K, IQ1_S ... IQ4_XS, TQ1_0, TQ2_0.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub quant_type: String,
+    /// `general.name` of a converted model (default: the directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Importance matrix (llama-imatrix output, GGUF or .dat); recorded by its SHA-256.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Quantize tensors that are already quantized (a quantized source; quality suffers).
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// Per-tensor type, PATTERN=TYPE with a regular expression over tensor names (repeatable).
+    #[arg(long, value_name = "PATTERN=TYPE")]
+    pub tensor_type: Vec<String>,
+    /// Type of the output tensor (output.weight).
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<String>,
+    /// Type of the token embeddings (token_embd.weight).
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<String>,
+    /// Write the result to FILE (needed for now: registering through the daemon is not wired yet).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print the provenance receipt (or the finished job) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

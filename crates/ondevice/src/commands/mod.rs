@@ -9,6 +9,8 @@ mod jobs;
 mod keys;
 mod models;
 mod ps;
+mod quantize;
+mod quantize_task;
 mod run;
 mod serve;
 mod stop;
@@ -42,6 +44,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::GenerateAssets { out } = &cli.command {
         return assets::run(out);
     }
+    // A quantize task, like a model worker below, is started by the supervisor with everything it
+    // needs on its command line.
+    if let Command::QuantizeTask { request } = &cli.command {
+        return quantize_task::run(request);
+    }
     // A model worker is started by the supervisor with everything it needs on its command line.
     if let Command::Worker(args) = &cli.command {
         return worker::run(args, cli.log_format, cli.log_level.as_deref());
@@ -69,6 +76,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(run::run(resolved, args))
         }
+        Command::Quantize(args) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(quantize::run(resolved, args))
+        }
         Command::Ps(flag) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(ps::run(resolved, flag))
@@ -83,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),
+        Command::QuantizeTask { request } => quantize_task::run(&request),
         Command::Worker(args) => worker::run(&args, cli.log_format, cli.log_level.as_deref()),
     }
 }

@@ -1,0 +1,134 @@
+//! `ondevice quantize SOURCE --type TYPE --output FILE`: a GGUF file or a Hugging Face safetensors
+//! directory → any GGUF type, run here in this process with a progress bar; FILE is written
+//! atomically and the provenance receipt printed. (Registering the result through the daemon, as a
+//! `quantize` job, is not wired yet.)
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ondevice_config::Resolved;
+use ondevice_quantize::pipeline::{self, QuantizeRequest, Receipt, StageProgress};
+
+use crate::cli::QuantizeArgs;
+
+/// Runs `ondevice quantize`.
+pub async fn run(resolved: Resolved, args: QuantizeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(output) = &args.output {
+        let request = local_request(&args, output)?;
+        let json = args.json;
+        let receipt = tokio::task::spawn_blocking(move || {
+            let bar = TermBar::new();
+            let r = pipeline::run(&request, &bar);
+            bar.finish();
+            r
+        })
+        .await
+        .context("the quantization thread failed")??;
+        print_receipt(&receipt, output, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = resolved;
+    anyhow::bail!(
+        "quantizing into the registry through the daemon is not available yet: pass --output FILE to write the \
+         result here (then `ondevice models import FILE`)"
+    )
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+fn local_request(args: &QuantizeArgs, output: &Path) -> anyhow::Result<QuantizeRequest> {
+    let source = PathBuf::from(&args.source);
+    if !source.exists() {
+        anyhow::bail!(
+            "{} is not a file or directory: with --output, SOURCE must be a GGUF file or a safetensors directory \
+             (registry models are quantized by the daemon: leave out --output)",
+            source.display()
+        );
+    }
+    if output.exists() {
+        anyhow::bail!("{} already exists: choose another --output or remove it", output.display());
+    }
+    Ok(QuantizeRequest {
+        source: absolute(&source)?,
+        output: absolute(output)?,
+        quant_type: args.quant_type.clone(),
+        imatrix: args.imatrix.as_deref().map(absolute).transpose()?,
+        allow_requantize: args.allow_requantize,
+        overrides: args.tensor_type.clone(),
+        output_tensor_type: args.output_tensor_type.clone(),
+        token_embedding_type: args.token_embedding_type.clone(),
+        name: args.name.clone(),
+        threads: None,
+        scratch: None,
+    })
+}
+
+fn print_receipt(receipt: &Receipt, output: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(receipt)?);
+        return Ok(());
+    }
+    println!("wrote {} ({} bytes, {})", output.display(), receipt.output_size, receipt.params.quant_type);
+    println!("sha256:{}", receipt.output_sha256);
+    println!("source sha256:{} ({} files)", receipt.source_sha256, receipt.inputs.len());
+    if let Some(v) = &receipt.llama_cpp {
+        println!("llama.cpp {v}");
+    }
+    if let Some(m) = &receipt.imatrix_sha256 {
+        println!("imatrix sha256:{m}");
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (plain lines when stderr is not a terminal).
+struct TermBar {
+    tty: bool,
+    state: std::sync::Mutex<(String, u64, bool)>,
+}
+
+impl TermBar {
+    fn new() -> TermBar {
+        TermBar { tty: std::io::stderr().is_terminal(), state: std::sync::Mutex::new((String::new(), u64::MAX, false)) }
+    }
+
+    fn finish(&self) {
+        if self.state.lock().map(|s| s.2).unwrap_or(false) {
+            eprintln!();
+        }
+    }
+}
+
+impl StageProgress for TermBar {
+    fn stage(&self, name: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.2 {
+                eprintln!();
+                s.2 = false;
+            }
+            *s = (name.to_owned(), u64::MAX, false);
+        }
+        if !self.tty {
+            eprintln!("{name}");
+        }
+    }
+
+    fn report(&self, done: u64, total: u64) {
+        let Ok(mut s) = self.state.lock() else { return };
+        let pct = if total > 0 { (done * 100 / total).min(100) } else { 0 };
+        if pct == s.1 {
+            return;
+        }
+        s.1 = pct;
+        if self.tty {
+            let filled = (pct * 30 / 100) as usize;
+            eprint!("\r\x1b[2K{} [{}{}] {pct:3}%", s.0, "#".repeat(filled), "-".repeat(30 - filled));
+            s.2 = true;
+        } else if pct % 10 == 0 {
+            eprintln!("{} {pct}%", s.0);
+        }
+    }
+}
