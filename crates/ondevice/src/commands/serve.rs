@@ -80,11 +80,16 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     registry.set_in_use(Arc::new(orchestrator.loaded_names()));
     // Background jobs (pulls, ...): resumes unfinished ones; stopped (and left resumable) by the
     // shutdown token.
-    let (jobs, pulls) = super::models::start_jobs(settings, registry.clone(), shutdown.clone()).await?;
+    // Diagnostics bundles are a job kind too (`POST /api/v1/diagnostics/bundle`).
+    let bundles = crate::diagnostics::DaemonBundles::new(resolved.clone());
+    let diagnostics_kind = Arc::new(ondevice_diagnostics::job::DiagnosticsKind::new(&paths.home, bundles.clone()));
+    let (jobs, pulls) =
+        super::models::start_jobs(settings, registry.clone(), shutdown.clone(), |b| b.kind(diagnostics_kind)).await?;
     let models = Arc::new(RegistryModels::new(registry));
     let state = AppState::new(verifier.clone(), models, options, workers.clone(), shutdown.clone())
         .with_inference(Arc::new(orchestrator.clone()))
         .with_jobs(Arc::new(jobs.clone()), Arc::new(pulls));
+    bundles.attach(state.clone(), jobs.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 
