@@ -12,7 +12,7 @@ from jinja2.sandbox import SandboxedEnvironment
 src = open("crates/ondevice-prompts/examples/bench.rs").read()
 block = src[src.index("pub const TEMPLATES"):src.index("];", src.index("pub const TEMPLATES"))]
 templates = [(m.group(1), bytes(m.group(2), "utf-8").decode("unicode_escape"))
-             for m in re.finditer(r'\("(\w+)", "((?:[^"\\]|\\.)*)"\)', block)]
+             for m in re.finditer(r'\(\s*"(\w+)",\s*"((?:[^"\\]|\\.)*)",?\s*\)', block)]
 ctx = {
     "style": "brief",
     "text": "The quick brown fox jumps over the lazy dog. " * 20,
@@ -38,6 +38,6 @@ for name, t in templates:
         tmpl.render(**ctx)
     cached = n / (time.perf_counter() - start)
     r = ours.get(name, 0.0)
-    print(f"render {name:<12} jinja2 sandbox {compiled:>9.0} renders/s (parse+render), {cached:>9.0} (cached template); "
+    print(f"render {name:<12} jinja2 sandbox {compiled:>9.0f} renders/s (parse+render), {cached:>9.0f} (cached template); "
           f"ondevice/jinja2 = {r / compiled:.2f}x (parse+render), {r / cached:.2f}x (cached)")
 PY
