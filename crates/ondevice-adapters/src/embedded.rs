@@ -185,7 +185,7 @@ impl EmbeddedAdapter {
         };
         let bytes = stream::with_timeout(&self.name, self.options.request_timeout, fut).await?;
         if !status.is_success() {
-            return Err(wire_error(status, &bytes));
+            return Err(wire_error(status, &bytes, &self.name, self.options.request_timeout));
         }
         serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Engine {
             message: format!("the worker's answer does not follow the protocol: {e}"),
@@ -224,9 +224,9 @@ impl EmbeddedAdapter {
     }
 }
 
-/// A request larger than the worker protocol carries.
+/// A request larger than the worker protocol carries (HTTP 413).
 fn too_big() -> RuntimeError {
-    RuntimeError::InvalidRequest {
+    RuntimeError::TooLarge {
         message: format!(
             "the request is larger than the worker accepts ({} bytes): send a shorter prompt or fewer inputs",
             ondevice_runtime::wire::MAX_BODY
@@ -234,8 +234,10 @@ fn too_big() -> RuntimeError {
     }
 }
 
-/// A non-2xx answer's [`WireError`] as the contract's error.
-fn wire_error(status: StatusCode, body: &[u8]) -> RuntimeError {
+/// A non-2xx answer's [`WireError`] as the contract's error, through the one code table
+/// ([`RuntimeError::from_code`]); `adapter` and `after` (the limit this call gave the worker) fill
+/// what the wire does not carry.
+fn wire_error(status: StatusCode, body: &[u8], adapter: &str, after: Duration) -> RuntimeError {
     let Ok(WireError { code, message }) = serde_json::from_slice::<WireError>(body) else {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             return too_big();
@@ -243,15 +245,7 @@ fn wire_error(status: StatusCode, body: &[u8]) -> RuntimeError {
         let text = String::from_utf8_lossy(body);
         return RuntimeError::Engine { message: format!("worker answered {status}: {}", text.trim()) };
     };
-    match code.as_str() {
-        "model_not_found" => RuntimeError::ModelNotFound { model: message },
-        "unsupported" => RuntimeError::Unsupported { adapter: "embedded".into(), what: message },
-        "timeout" => RuntimeError::Engine { message: format!("the worker gave up: {message}") },
-        _ => match (WireEvent::Error { code, message }).into_event() {
-            Err(e) => e,
-            Ok(_) => RuntimeError::Engine { message: format!("worker answered {status}") },
-        },
-    }
+    RuntimeError::from_code(&code, message, adapter, after)
 }
 
 impl Runtime for EmbeddedAdapter {
@@ -339,7 +333,11 @@ impl Runtime for EmbeddedAdapter {
                     reason: format!("the worker for {name:?} died mid-stream: {e}"),
                 })
             }));
-            let decoder = WireDecoder { adapter: self.name.clone(), model: model.name.clone() };
+            let decoder = WireDecoder {
+                adapter: self.name.clone(),
+                model: model.name.clone(),
+                timeout: self.options.request_timeout,
+            };
             let idle = Some((self.options.idle_timeout, self.name.clone()));
             Ok(stream::decode(body, decoder, idle, Some(Box::new(guard))))
         })
@@ -392,6 +390,8 @@ impl Runtime for EmbeddedAdapter {
 struct WireDecoder {
     adapter: String,
     model: String,
+    /// The limit the adapter set for the call (a worker `timeout` error reports it).
+    timeout: Duration,
 }
 
 impl Decoder for WireDecoder {
@@ -407,7 +407,7 @@ impl Decoder for WireDecoder {
                 });
             }
         };
-        match event.into_event() {
+        match event.into_event(&self.adapter, self.timeout) {
             Ok(Event::Token(t)) if t.is_empty() => Step::Skip,
             Ok(Event::Token(t)) => Step::Token(t),
             Ok(done) => Step::Done(done),
@@ -420,5 +420,24 @@ impl Decoder for WireDecoder {
             adapter: self.adapter.clone(),
             reason: format!("the worker for {:?} closed the stream before finishing", self.model),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_errors_keep_their_status_class() {
+        let after = Duration::from_secs(30);
+        let body = br#"{"code":"timeout","message":"runtime \"embedded\" timed out after 30s"}"#;
+        let e = wire_error(StatusCode::GATEWAY_TIMEOUT, body, "embedded", after);
+        assert_eq!(e, RuntimeError::Timeout { adapter: "embedded".into(), after });
+        let e = wire_error(StatusCode::PAYLOAD_TOO_LARGE, b"length limit exceeded", "embedded", after);
+        assert!(matches!(e, RuntimeError::TooLarge { .. }), "{e:?}");
+        assert!(matches!(too_big(), RuntimeError::TooLarge { .. }));
+        let body = br#"{"code":"too_large","message":"input 0 has 9000 tokens"}"#;
+        let e = wire_error(StatusCode::PAYLOAD_TOO_LARGE, body, "embedded", after);
+        assert_eq!(e, RuntimeError::TooLarge { message: "input 0 has 9000 tokens".into() });
     }
 }

@@ -108,4 +108,59 @@ impl RuntimeError {
             RuntimeError::Timeout { .. } => "timeout",
         }
     }
+
+    /// The error a worker's wire `code` and `message` stand for: the inverse of
+    /// [`RuntimeError::code`], the one table both directions use. The wire carries one message, so
+    /// the fields it lacks come from the caller: `adapter` (the adapter that called the worker) and
+    /// `after` (the limit that call gave the worker). `over_budget` carries sizes the wire does not,
+    /// and an unknown code is the worker's own failure: both become [`RuntimeError::Engine`].
+    pub fn from_code(code: &str, message: String, adapter: &str, after: Duration) -> RuntimeError {
+        let adapter = adapter.to_owned();
+        match code {
+            "model_not_found" => RuntimeError::ModelNotFound { model: message },
+            "invalid_request" => RuntimeError::InvalidRequest { message },
+            "too_large" => RuntimeError::TooLarge { message },
+            "unsupported" => RuntimeError::Unsupported { adapter, what: message },
+            "runtime_unavailable" => RuntimeError::Unavailable { adapter, reason: message },
+            "overloaded" => RuntimeError::Overloaded { what: message, retry_after: Duration::from_secs(1) },
+            "upstream_error" => RuntimeError::Upstream { adapter, status: 502, message },
+            "timeout" => RuntimeError::Timeout { adapter, after },
+            _ => RuntimeError::Engine { message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant, once.
+    fn all() -> Vec<RuntimeError> {
+        let adapter = "embedded".to_owned();
+        vec![
+            RuntimeError::ModelNotFound { model: "m".into() },
+            RuntimeError::InvalidRequest { message: "bad".into() },
+            RuntimeError::TooLarge { message: "big".into() },
+            RuntimeError::Unsupported { adapter: adapter.clone(), what: "embeddings".into() },
+            RuntimeError::Unavailable { adapter: adapter.clone(), reason: "gone".into() },
+            RuntimeError::Overloaded { what: "queue".into(), retry_after: Duration::from_secs(1) },
+            RuntimeError::OverBudget { model: "m".into(), needed: 2, budget: 1 },
+            RuntimeError::Upstream { adapter: adapter.clone(), status: 502, message: "no".into() },
+            RuntimeError::Engine { message: "boom".into() },
+            RuntimeError::Timeout { adapter, after: Duration::from_secs(30) },
+        ]
+    }
+
+    #[test]
+    fn wire_codes_map_back_to_the_same_code() {
+        for e in all() {
+            let back = RuntimeError::from_code(e.code(), e.to_string(), "embedded", Duration::from_secs(30));
+            let expected = if matches!(e, RuntimeError::OverBudget { .. }) { "engine_error" } else { e.code() };
+            assert_eq!(back.code(), expected, "{e:?} came back as {back:?}");
+        }
+        let timeout = RuntimeError::from_code("timeout", "late".into(), "embedded", Duration::from_secs(30));
+        assert_eq!(timeout, RuntimeError::Timeout { adapter: "embedded".into(), after: Duration::from_secs(30) });
+        let unknown = RuntimeError::from_code("what", "x".into(), "embedded", Duration::ZERO);
+        assert_eq!(unknown, RuntimeError::Engine { message: "x".into() });
+    }
 }

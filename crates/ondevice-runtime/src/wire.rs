@@ -292,8 +292,9 @@ impl From<&Event> for WireEvent {
 }
 
 impl WireEvent {
-    /// The domain event; a wire `error` line becomes an engine error.
-    pub fn into_event(self) -> Result<Event, RuntimeError> {
+    /// The domain event; a wire `error` line becomes the error its code stands for
+    /// ([`RuntimeError::from_code`], given the calling `adapter` and the limit `after` it set).
+    pub fn into_event(self, adapter: &str, after: std::time::Duration) -> Result<Event, RuntimeError> {
         match self {
             WireEvent::Token { text } => Ok(Event::Token(text)),
             WireEvent::Done { finish_reason, prompt_tokens, completion_tokens, prompt_ms, generation_ms } => {
@@ -312,14 +313,7 @@ impl WireEvent {
                     timings: Some(Timings { prompt: ms(prompt_ms), generation: ms(generation_ms) }),
                 })
             }
-            WireEvent::Error { code, message } => Err(match code.as_str() {
-                "invalid_request" => RuntimeError::InvalidRequest { message },
-                "too_large" => RuntimeError::TooLarge { message },
-                "overloaded" => {
-                    RuntimeError::Overloaded { what: message, retry_after: std::time::Duration::from_secs(1) }
-                }
-                _ => RuntimeError::Engine { message },
-            }),
+            WireEvent::Error { code, message } => Err(RuntimeError::from_code(&code, message, adapter, after)),
         }
     }
 }
@@ -349,14 +343,17 @@ mod tests {
         let line = serde_json::to_string(&WireEvent::from(&Event::Token("Par".into()))).unwrap();
         assert_eq!(line, r#"{"type":"token","text":"Par"}"#);
         let back: WireEvent = serde_json::from_str(&line).unwrap();
-        assert_eq!(back.into_event().unwrap(), Event::Token("Par".into()));
+        assert_eq!(back.into_event("embedded", std::time::Duration::ZERO).unwrap(), Event::Token("Par".into()));
         let err: WireEvent =
             serde_json::from_str(r#"{"type":"error","code":"engine_error","message":"boom"}"#).unwrap();
-        assert_eq!(err.into_event().unwrap_err(), RuntimeError::Engine { message: "boom".into() });
+        assert_eq!(
+            err.into_event("embedded", std::time::Duration::ZERO).unwrap_err(),
+            RuntimeError::Engine { message: "boom".into() }
+        );
         let bad: WireEvent =
             serde_json::from_str(r#"{"type":"done","finish_reason":"nope","prompt_tokens":1,"completion_tokens":2}"#)
                 .unwrap();
-        assert!(bad.into_event().is_err());
+        assert!(bad.into_event("embedded", std::time::Duration::ZERO).is_err());
     }
 
     #[test]
