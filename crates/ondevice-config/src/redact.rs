@@ -8,17 +8,27 @@ fn is_secret_key(key: &str) -> bool {
     ["password", "secret", "token", "api_key", "apikey", "credential", "authorization"].iter().any(|s| k.contains(s))
 }
 
+/// Whether a secret-looking key clearly names a count or a limit (`max_tokens`,
+/// `max_embed_input_tokens`, `retry_count`): its number is shown as it is.
+fn is_count_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.starts_with("max_") || k.starts_with("min_") || ["_tokens", "_count", "_inputs"].iter().any(|s| k.ends_with(s))
+}
+
 /// Redacts values under secret-looking keys and the password part of URLs with credentials.
+///
+/// Numbers are secrets too (`password = 12345678`), except under keys that name a count or a
+/// limit ([`is_count_key`]); tables are searched, booleans are shown.
 pub(crate) fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                // Numbers and booleans are never secrets (`max_tokens` counts tokens, it is not one).
-                let plain = matches!(
-                    v,
-                    toml::Value::Table(_) | toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)
-                );
-                if is_secret_key(k) && !plain {
+                let shown = match v {
+                    toml::Value::Table(_) | toml::Value::Boolean(_) => true,
+                    toml::Value::Integer(_) | toml::Value::Float(_) => is_count_key(k),
+                    _ => false,
+                };
+                if is_secret_key(k) && !shown {
                     *v = toml::Value::String(REDACTED.to_owned());
                 } else {
                     redact(v);
@@ -59,5 +69,21 @@ mod tests {
         assert!(!out.contains("\"t\""), "{out}");
         assert!(out.contains("name = \"n\""), "{out}");
         assert!(out.contains("https://<redacted>@host/x"), "{out}");
+    }
+
+    #[test]
+    fn secret_numbers_are_redacted_but_counts_are_not() {
+        let mut v: toml::Value = toml::from_str(
+            "password = 12345678\nmax_tokens = 4096\n[e]\nmax_embed_input_tokens = 512\napi_key = 1.5\nsecret_count = 3\n",
+        )
+        .unwrap();
+        redact(&mut v);
+        let out = toml::to_string(&v).unwrap();
+        assert!(!out.contains("12345678"), "{out}");
+        assert!(out.contains("password = \"<redacted>\""), "{out}");
+        assert!(!out.contains("1.5"), "{out}");
+        assert!(out.contains("max_tokens = 4096"), "{out}");
+        assert!(out.contains("max_embed_input_tokens = 512"), "{out}");
+        assert!(out.contains("secret_count = 3"), "{out}");
     }
 }
