@@ -157,6 +157,8 @@ struct EmbedJob {
     inputs: Vec<Vec<LlamaToken>>,
     normalize: bool,
     deadline: Option<Instant>,
+    /// When the engine took the request (the deadline's timeout is counted from about then).
+    received: Instant,
     reply: oneshot::Sender<EmbedResult>,
     vectors: Vec<Vec<f32>>,
     tokens: u32,
@@ -228,12 +230,15 @@ impl<'m> Scheduler<'m> {
             }
             Command::Embed { input, normalize, limits, reply } => match self.tokenize_inputs(&input, limits) {
                 Ok(inputs) => {
-                    self.shared.embed_backlog.fetch_add(inputs.len() as u32, Ordering::AcqRel);
+                    let n = inputs.len() as u32;
+                    let backlog = self.shared.embed_backlog.fetch_add(n, Ordering::AcqRel) + n;
+                    tracing::info!(inputs = n, backlog, "embedding queued");
                     self.embeds.push_back(EmbedJob {
                         vectors: Vec::with_capacity(inputs.len()),
                         inputs,
                         normalize,
                         deadline: limits.deadline,
+                        received: Instant::now(),
                         reply,
                         tokens: 0,
                     })
@@ -287,17 +292,17 @@ impl<'m> Scheduler<'m> {
             let job = &self.embeds[i];
             let (done, inputs) = (job.vectors.len(), job.inputs.len());
             if job.reply.is_closed() {
+                // No one waits for an answer: the request just leaves.
                 tracing::info!(done, inputs, "embedding stopped: the client went away");
-            } else if job.deadline.is_some_and(|d| now >= d) {
+                let _ = self.drop_embed(i);
+            } else if let Some(deadline) = job.deadline.filter(|d| now >= *d) {
                 tracing::info!(done, inputs, "embedding stopped: its deadline passed");
+                let after = deadline.saturating_duration_since(job.received);
+                if let Some(job) = self.drop_embed(i) {
+                    let _ = job.reply.send(Err(RuntimeError::Timeout { adapter: "embedded".into(), after }));
+                }
             } else {
                 i += 1;
-                continue;
-            }
-            if let Some(job) = self.drop_embed(i) {
-                let _ = job.reply.send(Err(RuntimeError::Engine {
-                    message: format!("the embedding deadline passed after {done} of {inputs} inputs"),
-                }));
             }
         }
         let Some(job) = self.embeds.front_mut() else { return };
@@ -453,6 +458,10 @@ impl<'m> Scheduler<'m> {
                 used += 1;
             }
         }
+        // A decode-only step (one token per running sequence) is timed for the thread controller.
+        // Decided before prompt chunks are added: a step that carries a prompt's last chunk
+        // advances `fed` to the end but is prompt processing, not decoding.
+        let decode_only = self.slots.iter().flatten().all(|s| s.fed == s.prompt.len());
         // Then prompt chunks of admitted sequences, as far as the batch has room.
         for (id, slot) in self.slots.iter_mut().enumerate() {
             let Some(seq) = slot else { continue };
@@ -473,8 +482,6 @@ impl<'m> Scheduler<'m> {
         if self.batch.n_tokens() == 0 {
             return;
         }
-        // A decode-only step (one token per running sequence) is timed for the thread controller.
-        let decode_only = self.slots.iter().flatten().all(|s| s.fed == s.prompt.len());
         let tokens = u32::try_from(self.batch.n_tokens()).unwrap_or(u32::MAX);
         let threads = self.choose_threads(decode_only.then_some(tokens));
         let started = Instant::now();

@@ -229,9 +229,11 @@ impl ThreadController {
 /// Sets the threads `ctx` uses for decoding and prompt processing (`llama_set_n_threads`).
 ///
 /// `llama-cpp-2` does not wrap that call and keeps the context pointer private; its `Debug`
-/// output shows the pointer, which is read from there and checked (`llama_n_ctx` through it must
-/// give the context's size) before use. Returns `false`, changing nothing, when that fails (a
-/// future version printing something else): the engine then keeps its thread count.
+/// output shows the pointer. That output is accepted only when it has exactly the shape
+/// llama-cpp-2 =0.1.160 prints (see [`parse_context_debug`]); anything else is refused before
+/// any foreign call, and the pointer is then checked (`llama_n_ctx` through it must give the
+/// context's size). Returns `false`, changing nothing, when either fails: the engine then keeps
+/// its thread count.
 pub(crate) fn set_threads(ctx: &mut LlamaContext<'_>, threads: usize) -> bool {
     let Some(raw) = raw_context(ctx) else { return false };
     let n = i32::try_from(threads).unwrap_or(i32::MAX);
@@ -241,18 +243,41 @@ pub(crate) fn set_threads(ctx: &mut LlamaContext<'_>, threads: usize) -> bool {
     true
 }
 
+/// The `Debug` output of a `LlamaContext` in llama-cpp-2 =0.1.160 (`src/context.rs`): a
+/// `debug_struct` with the single field `context`, a `Ptr` that forwards to `NonNull`'s `Debug`
+/// (`0x` and lowercase hex digits).
+const DEBUG_PREFIX: &str = "LlamaContext { context: 0x";
+/// The end of that output.
+const DEBUG_SUFFIX: &str = " }";
+
+/// The address in `shown` when it is exactly `LlamaContext { context: 0x<hex> }`, non-null and
+/// pointer-aligned; `None` for any other text.
+fn parse_context_debug(shown: &str) -> Option<usize> {
+    let digits = shown.strip_prefix(DEBUG_PREFIX)?.strip_suffix(DEBUG_SUFFIX)?;
+    if digits.is_empty()
+        || digits.len() > 2 * std::mem::size_of::<usize>()
+        || !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let addr = usize::from_str_radix(digits, 16).ok()?;
+    (addr != 0 && addr % std::mem::align_of::<usize>() == 0).then_some(addr)
+}
+
 /// The `llama_context` pointer of `ctx`, from its `Debug` output, checked against `llama_n_ctx`.
 fn raw_context(ctx: &LlamaContext<'_>) -> Option<*mut llama_cpp_sys_2::llama_context> {
     let shown = format!("{ctx:?}");
-    let hex = shown.split("0x").nth(1)?;
-    let digits: String = hex.chars().take_while(char::is_ascii_hexdigit).collect();
-    let addr = usize::from_str_radix(&digits, 16).ok()?;
-    if addr == 0 || addr % std::mem::align_of::<usize>() != 0 || shown.matches("0x").count() != 1 {
+    let Some(addr) = parse_context_debug(&shown) else {
+        tracing::warn!(
+            debug = %shown,
+            "the llama context does not print as llama-cpp-2 0.1.160 does; adaptive decode threads are off"
+        );
         return None;
-    }
+    };
     let raw = addr as *mut llama_cpp_sys_2::llama_context;
-    // SAFETY: `addr` is the only pointer in the Debug output of a live `LlamaContext`, whose only
-    // pointer field is its `llama_context`; `llama_n_ctx` only reads it.
+    // SAFETY: `shown` has exactly the shape of llama-cpp-2 0.1.160's `Debug` for a live
+    // `LlamaContext`, whose only printed field is its non-null `llama_context` pointer;
+    // `llama_n_ctx` only reads it.
     let n_ctx = unsafe { llama_cpp_sys_2::llama_n_ctx(raw) };
     (n_ctx == ctx.n_ctx()).then_some(raw)
 }
@@ -260,6 +285,55 @@ fn raw_context(ctx: &LlamaContext<'_>) -> Option<*mut llama_cpp_sys_2::llama_con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_debug_is_accepted_only_in_its_exact_shape() {
+        let good = "LlamaContext { context: 0x55d1c0a0b4f0 }";
+        assert_eq!(parse_context_debug(good), Some(0x55d1_c0a0_b4f0));
+        for bad in [
+            "",
+            "LlamaContext { context: 0x }",
+            "LlamaContext { context: 0x0 }",
+            "LlamaContext { context: 0x55d1c0a0b4f1 }",
+            "LlamaContext { context: 0x55D1C0A0B4F0 }",
+            "LlamaContext { context: 0x55d1c0a0b4f0, n_ctx: 512 }",
+            "LlamaContext { context: 0x55d1c0a0b4f0, .. }",
+            "LlamaContext { context: Ptr(0x55d1c0a0b4f0) }",
+            "LlamaContext { model: 0x55d1c0a0b4f0 }",
+            "LlamaContext {\n    context: 0x55d1c0a0b4f0,\n}",
+            "LlamaContext { context: 0x55d1c0a0b4f0 } ",
+            "LlamaContext { context: 0x1234567812345678a0 }",
+            "Other { context: 0x55d1c0a0b4f0 }",
+        ] {
+            assert_eq!(parse_context_debug(bad), None, "{bad:?}");
+        }
+    }
+
+    /// The pointer part of the pinned shape is `NonNull`'s `Debug`, which llama-cpp-2 forwards to.
+    #[test]
+    fn non_null_debug_matches_the_pinned_shape() {
+        let x = 0_usize;
+        let p = std::ptr::NonNull::from(&x);
+        let shown = format!("LlamaContext {{ context: {p:?} }}");
+        assert_eq!(parse_context_debug(&shown), Some(p.as_ptr() as usize));
+    }
+
+    /// The shape above was read from llama-cpp-2 0.1.160; a bump must re-read `src/context.rs`.
+    #[test]
+    fn llama_cpp_2_is_the_version_whose_debug_shape_is_pinned() {
+        let lock = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock");
+        let lock = std::fs::read_to_string(lock).expect("read the workspace Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"llama-cpp-2\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")))
+            .map(|v| v.trim_end_matches('"'));
+        assert_eq!(
+            version,
+            Some("0.1.160"),
+            "llama-cpp-2 changed: check LlamaContext's Debug in its src/context.rs, then update parse_context_debug"
+        );
+    }
 
     /// Runs `steps` decode steps of one token each, with a step latency given by `latency(threads)`.
     fn run(c: &mut ThreadController, now: &mut Instant, steps: u32, latency: impl Fn(usize) -> f64) -> Vec<usize> {
