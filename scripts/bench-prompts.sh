@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Prompt pack benchmark (prints figures, asserts nothing): render throughput of ondevice's
 # sandboxed minijinja against Python jinja2's SandboxedEnvironment on the same templates and
-# context, and compression time per 10k tokens (crates/ondevice-prompts/examples/bench.rs).
+# context, and compression time per 10k tokens (crates/ondevice-prompts/examples/bench_prompts.rs).
 # Usage: scripts/bench-prompts.sh   (needs python3 with jinja2: pip install jinja2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run --release --quiet -p ondevice-prompts --example bench | tee /tmp/ondevice-bench-prompts.txt
+cargo run --release --quiet -p ondevice-prompts --example bench_prompts | tee /tmp/ondevice-bench-prompts.txt
 python3 - <<'PY'
 import re, time
 from jinja2.sandbox import SandboxedEnvironment
-src = open("crates/ondevice-prompts/examples/bench.rs").read()
+src = open("crates/ondevice-prompts/examples/bench_prompts.rs").read()
 block = src[src.index("pub const TEMPLATES"):src.index("];", src.index("pub const TEMPLATES"))]
 templates = [(m.group(1), bytes(m.group(2), "utf-8").decode("unicode_escape"))
              for m in re.finditer(r'\(\s*"(\w+)",\s*"((?:[^"\\]|\\.)*)",?\s*\)', block)]

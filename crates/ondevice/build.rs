@@ -40,12 +40,10 @@ fn build_facts() {
     let git = root.join(".git");
     let head = std::fs::read_to_string(git.join("HEAD")).unwrap_or_default();
     let commit = match head.trim().strip_prefix("ref: ") {
-        Some(r) => {
-            std::fs::read_to_string(git.join(r)).ok().map(|s| s.trim().to_owned()).or_else(|| {
-                let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap_or_default();
-                packed.lines().find(|l| l.ends_with(r)).and_then(|l| l.split(' ').next()).map(str::to_owned)
-            })
-        }
+        Some(r) => std::fs::read_to_string(git.join(r)).ok().map(|s| s.trim().to_owned()).or_else(|| {
+            let packed = std::fs::read_to_string(git.join("packed-refs")).unwrap_or_default();
+            packed.lines().find(|l| l.ends_with(r)).and_then(|l| l.split(' ').next()).map(str::to_owned)
+        }),
         None => Some(head.trim().to_owned()).filter(|s| !s.is_empty()),
     };
     // No rerun on new commits (that would rebuild the binary crate on every commit): the commit is

@@ -9,7 +9,6 @@
 mod error;
 pub mod inference;
 pub mod jobs;
-pub mod vector;
 mod locate;
 mod redact;
 pub mod registry;
@@ -18,6 +17,7 @@ pub mod schema;
 pub mod secret;
 mod settings;
 mod units;
+pub mod vector;
 pub mod workers;
 
 use std::collections::BTreeMap;

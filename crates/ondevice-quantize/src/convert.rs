@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use ondevice_gguf::{Dtype, GgmlType, GgufHeader, HfModelDir, SafetensorsHeader, Value};
 
+use crate::Progress;
 use crate::arch::{self, Transform};
 use crate::error::QuantizeError;
 use crate::numeric::{QK8_0, element_to_f32, encode_row, readable};
 use crate::tokenizer;
-use crate::Progress;
 
 /// Source bytes read at once (rounded to whole rows, or whole heads for permuted tensors).
 const CHUNK: u64 = 4 << 20;

@@ -383,7 +383,13 @@ impl Registry {
             .files
             .iter()
             .filter_map(|f| {
-                Some(Stored { digest: f.digest.parse().ok()?, size: f.size, linked: false, cloned: false, existed: true })
+                Some(Stored {
+                    digest: f.digest.parse().ok()?,
+                    size: f.size,
+                    linked: false,
+                    cloned: false,
+                    existed: true,
+                })
             })
             .collect();
         let record = self.commit_layout(&layout, name, tag, described, &mut stored)?;

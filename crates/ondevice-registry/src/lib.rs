@@ -20,6 +20,7 @@ pub mod quota;
 pub mod reference;
 pub mod roots;
 pub mod safety;
+pub mod service;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub use blobs::{BlobError, BlobStore, ImportMode, Stored};
 pub use layout::{Layout, LayoutFile, SAFETENSORS_FORMAT};
 pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
 pub use roots::{BlobRoot, RootOwner, RootOwnerError};
+pub use service::{ModelService, RegistryModels};
 
 /// Temporary and partial files younger than this are left alone by [`Registry::gc`]: they may
 /// belong to an import or download in progress.

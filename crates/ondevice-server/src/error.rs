@@ -11,6 +11,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ondevice_auth::AuthError;
+use ondevice_diagnostics::DiagError;
 use ondevice_jobs::JobError;
 use ondevice_registry::download::DownloadError;
 use ondevice_registry::jobs::PullError;
@@ -58,8 +59,6 @@ pub enum ApiError {
     /// The `Host` header is not one this daemon answers to (421 Misdirected Request).
     #[error("host {0:?} is not allowed: add it to server.allowed_hosts if you trust it")]
     HostNotAllowed(String),
-    /// A remote server the daemon relied on failed, such as every mirror of a download (502).
-    #[error("{0}")]
     /// The path exists but not with this method (405).
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -67,6 +66,8 @@ pub enum ApiError {
     /// the message says what to use instead (501).
     #[error("{0}")]
     NotImplemented(String),
+    /// A remote server the daemon relied on failed, such as every mirror of a download (502).
+    #[error("{0}")]
     Upstream(String),
     /// A bug, an I/O failure or damaged data on our side (500).
     #[error("{0}")]
@@ -129,12 +130,12 @@ impl ApiError {
             ApiError::HostNotAllowed(_) => {
                 answer(StatusCode::MISDIRECTED_REQUEST, Code::PermissionDenied, "host_not_allowed")
             }
-            ApiError::Upstream(_) => answer(StatusCode::BAD_GATEWAY, Code::Unavailable, "upstream_error"),
-            ApiError::Internal(_) => answer(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "internal"),
             ApiError::MethodNotAllowed(_) => {
                 answer(StatusCode::METHOD_NOT_ALLOWED, Code::Unimplemented, "method_not_allowed")
             }
             ApiError::NotImplemented(_) => answer(StatusCode::NOT_IMPLEMENTED, Code::Unimplemented, "not_implemented"),
+            ApiError::Upstream(_) => answer(StatusCode::BAD_GATEWAY, Code::Unavailable, "upstream_error"),
+            ApiError::Internal(_) => answer(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "internal"),
             ApiError::NoInference => answer(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, "runtime_unavailable"),
             ApiError::Runtime(e) => {
                 let (http, grpc) = match e {
@@ -278,6 +279,31 @@ impl From<PullError> for ApiError {
     }
 }
 
+impl From<ondevice_prompts::PromptError> for ApiError {
+    fn from(e: ondevice_prompts::PromptError) -> Self {
+        use ondevice_prompts::PromptError as P;
+        let message = e.to_string();
+        match e {
+            P::InvalidPack { .. }
+            | P::InvalidReference { .. }
+            | P::Template { .. }
+            | P::Variable { .. }
+            | P::Lint { .. }
+            | P::Signature { .. }
+            | P::BudgetTooSmall { .. }
+            | P::TestFailed { .. } => ApiError::InvalidRequest(message),
+            P::NotFound { .. } => ApiError::NotFound(message),
+            P::VersionExists { .. } => ApiError::Conflict(message),
+            P::Runtime { source, .. } => ApiError::Runtime(source),
+            P::Unavailable(_) => ApiError::NoInference,
+            P::Registry(r) => r.into(),
+            // Database failures are ours (the edge does not tell the store's variants apart).
+            P::Store(_) => ApiError::Internal(message),
+            P::Io { source, .. } => io_failure(&source, message),
+        }
+    }
+}
+
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         let message = e.to_string();
@@ -286,6 +312,16 @@ impl From<JobError> for ApiError {
             JobError::Finished { .. } => ApiError::Conflict(message),
             JobError::ShuttingDown => ApiError::Overloaded { retry_after_s: 5 },
             JobError::UnknownKind(_) | JobError::Spec { .. } | JobError::Store(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<DiagError> for ApiError {
+    fn from(e: DiagError) -> Self {
+        let message = e.to_string();
+        match e {
+            DiagError::NoBundle(_) => ApiError::NotFound(message),
+            DiagError::Io { .. } | DiagError::Encode { .. } => ApiError::Internal(message),
         }
     }
 }
@@ -353,6 +389,36 @@ where
     }
 }
 
+/// An optional JSON body: no body at all (or `null`) is `None` (a `POST` whose fields all have
+/// defaults may send nothing); anything else must be JSON. Rejections use the error envelope.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T, S> axum::extract::FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
+            Ok(b) => b,
+            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        // `null` counts as no body, as it does for an optional request body in the schema.
+        serde_json::from_slice::<Option<T>>(&bytes)
+            .map(OptionalJson)
+            .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
 /// A JSON body read whatever its `Content-Type`, as Ollama and OpenAI-compatible servers do
 /// (`curl -d '{...}'` sends a form content type); rejections use the error envelope.
 pub struct AnyJson<T>(pub T);
@@ -377,6 +443,52 @@ where
             .map(AnyJson)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
     }
+}
+
+/// Error answers that axum makes itself (a query string or path that does not parse, a method
+/// the route does not have, an unsupported media type) come as plain text; this layer gives them
+/// the JSON error envelope every other error has, keeping their status and headers (`Allow`).
+/// Answers that already are JSON, gRPC answers and successful ones pass untouched.
+pub(crate) async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("application/grpc") {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Rejection texts are short; anything longer is cut rather than buffered.
+    let text = match axum::body::to_bytes(body, 16 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => "this route does not accept that method; see /openapi.json".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        }
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "permission_denied",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// The body limit in force, put in request extensions by the limit middleware.

@@ -173,6 +173,35 @@ pub(crate) fn random_id() -> String {
     format!("{a:016x}{:08x}", h.finish() as u32)
 }
 
+/// The schema of an embeddings `input`: one text, or a non-empty list of texts.
+pub(crate) fn inputs_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)).min_items(Some(1)))
+            .description(Some("One text, or a non-empty list of texts"))
+            .build(),
+    )
+}
+
+/// The schema of a completions `prompt`: a text, or a list holding exactly one text.
+pub(crate) fn prompt_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::String))
+                    .min_items(Some(1))
+                    .max_items(Some(1)),
+            )
+            .description(Some("The prompt: a text, or a list of exactly one text"))
+            .build(),
+    )
+}
+
 /// Parses a string of a list: the shape OpenAI and Ollama use for `stop` and `input`.
 #[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]

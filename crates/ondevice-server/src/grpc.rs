@@ -8,6 +8,8 @@
 mod inference;
 mod jobs;
 mod models;
+mod prompts;
+mod vector;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -20,7 +22,9 @@ use ondevice_auth::{Presented, Principal, Scope};
 use ondevice_proto::v1::inference_service_server::InferenceServiceServer;
 use ondevice_proto::v1::jobs_service_server::JobsServiceServer;
 use ondevice_proto::v1::models_service_server::ModelsServiceServer;
+use ondevice_proto::v1::prompt_service_server::PromptServiceServer;
 use ondevice_proto::v1::status_service_server::{StatusService, StatusServiceServer};
+use ondevice_proto::v1::vector_service_server::VectorServiceServer;
 use ondevice_proto::v1::{Event, GetStatusRequest, GetStatusResponse, WatchEventsRequest, WorkerStatus};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
@@ -45,6 +49,20 @@ pub const METHOD_SCOPES: &[(&str, &str, Scope)] = &[
     ("ondevice.v1.JobsService", "Get", Scope::Read),
     ("ondevice.v1.JobsService", "Cancel", Scope::Models),
     ("ondevice.v1.JobsService", "Watch", Scope::Read),
+    ("ondevice.v1.PromptService", "ListPrompts", Scope::Read),
+    ("ondevice.v1.PromptService", "GetPrompt", Scope::Read),
+    ("ondevice.v1.PromptService", "RenderPrompt", Scope::Read),
+    ("ondevice.v1.PromptService", "PublishPrompt", Scope::Models),
+    ("ondevice.v1.PromptService", "RollbackPrompt", Scope::Models),
+    ("ondevice.v1.PromptService", "DeletePrompt", Scope::Models),
+    ("ondevice.v1.VectorService", "ListCollections", Scope::Read),
+    ("ondevice.v1.VectorService", "GetCollection", Scope::Read),
+    ("ondevice.v1.VectorService", "CreateCollection", Scope::Models),
+    ("ondevice.v1.VectorService", "DeleteCollection", Scope::Models),
+    ("ondevice.v1.VectorService", "UpsertDocuments", Scope::Models),
+    ("ondevice.v1.VectorService", "DeleteDocuments", Scope::Models),
+    ("ondevice.v1.VectorService", "Query", Scope::Read),
+    ("ondevice.v1.VectorService", "Index", Scope::Models),
     ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", Scope::Read),
     ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", Scope::Read),
 ];
@@ -224,11 +242,15 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     reporter.set_serving::<InferenceServiceServer<inference::InferenceImpl>>().await;
     reporter.set_serving::<ModelsServiceServer<models::ModelsImpl>>().await;
     reporter.set_serving::<JobsServiceServer<jobs::JobsImpl>>().await;
+    reporter.set_serving::<PromptServiceServer<prompts::PromptsImpl>>().await;
+    reporter.set_serving::<VectorServiceServer<vector::VectorImpl>>().await;
     let status = ScopeGuard::new(state, StatusServiceServer::new(StatusImpl { state: state.clone() }));
     let inference =
         ScopeGuard::new(state, InferenceServiceServer::new(inference::InferenceImpl { state: state.clone() }));
     let models = ScopeGuard::new(state, ModelsServiceServer::new(models::ModelsImpl { state: state.clone() }));
     let jobs = ScopeGuard::new(state, JobsServiceServer::new(jobs::JobsImpl { state: state.clone() }));
+    let prompts = ScopeGuard::new(state, PromptServiceServer::new(prompts::PromptsImpl { state: state.clone() }));
+    let vectors = ScopeGuard::new(state, VectorServiceServer::new(vector::VectorImpl { state: state.clone() }));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ondevice_proto::FILE_DESCRIPTOR_SET)
@@ -240,6 +262,8 @@ pub async fn routes(state: &AppState) -> (Router<AppState>, HealthReporter) {
     router = add(router, inference);
     router = add(router, models);
     router = add(router, jobs);
+    router = add(router, prompts);
+    router = add(router, vectors);
     if let Ok(v1) = reflection().build_v1() {
         router = add(router, ScopeGuard::new(state, v1));
     }

@@ -16,7 +16,6 @@ mod metrics;
 mod middleware;
 pub mod openapi;
 pub mod routes;
-mod services;
 mod state;
 
 use axum::Router;
@@ -30,9 +29,9 @@ pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use generation::ADAPTER_HEADER;
 pub use metrics::Metrics;
 pub use middleware::host_allowed;
-pub use services::{ModelService, RegistryModels};
 pub use state::{
-    AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, ProbeFailuresView, StatusSource, WorkerView,
+    AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, ProbeFailuresView, Services, StatusSource,
+    WorkerView,
 };
 
 use crate::middleware::{Guard, authenticate, reject, require_scope};
@@ -56,6 +55,15 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::jobs::show))
         .routes(routes!(routes::jobs::events))
         .routes(routes!(routes::runtimes::list))
+        .routes(routes!(routes::prompts::list))
+        .routes(routes!(routes::prompts::show))
+        .routes(routes!(routes::prompts::render))
+        .routes(routes!(routes::prompts::diff))
+        .routes(routes!(routes::prompts::test))
+        .routes(routes!(routes::prompts::export))
+        .routes(routes!(routes::collections::list))
+        .routes(routes!(routes::collections::show))
+        .routes(routes!(routes::collections::query))
         .routes(routes!(routes::openai::models))
         .routes(routes!(routes::openai::model))
         .routes(routes!(routes::ollama::tags))
@@ -74,6 +82,9 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .route_layer(guarded(Scope::Infer));
     let models = OpenApiRouter::new()
         .routes(routes!(routes::models::remove))
+        .routes(routes!(routes::prompts::publish))
+        .routes(routes!(routes::prompts::rollback))
+        .routes(routes!(routes::prompts::delete))
         .routes(routes!(routes::models::pin))
         .routes(routes!(routes::models::import))
         .routes(routes!(routes::models::verify))
@@ -82,6 +93,12 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::jobs::cancel))
         .routes(routes!(routes::runtimes::load))
         .routes(routes!(routes::runtimes::unload))
+        .routes(routes!(routes::collections::create))
+        .routes(routes!(routes::collections::delete))
+        .routes(routes!(routes::collections::upsert))
+        .routes(routes!(routes::collections::delete_documents))
+        .routes(routes!(routes::collections::index))
+        .routes(routes!(routes::collections::set_model))
         .routes(routes!(routes::openai::delete_model))
         .routes(routes!(routes::ollama::manage::pull))
         .routes(routes!(routes::ollama::manage::delete))
@@ -94,6 +111,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::keys::list, routes::keys::create))
         .routes(routes!(routes::keys::revoke))
         .routes(routes!(routes::workers::restart))
+        .routes(routes!(routes::diagnostics::bundle))
+        .routes(routes!(routes::diagnostics::download))
         .route_layer(guarded(Scope::Admin));
     OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(infer).merge(models).merge(admin)
 }
@@ -120,6 +139,7 @@ pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
         app = app.layer(axum::middleware::from_fn_with_state(cors, cors::cors));
     }
     let app = app
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_concurrency))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::check_host))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track_metrics))

@@ -12,6 +12,12 @@ use utoipa::{Modify, OpenApi};
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),
+    components(schemas(
+        crate::routes::jobs::PullDetailView,
+        crate::routes::jobs::JobStateName,
+        crate::routes::models::ModelRefSchema,
+        crate::routes::keys::ScopeName
+    )),
     tags(
         (name = "probes", description = "Public liveness and readiness"),
         (name = "meta", description = "Metrics and this document"),
@@ -19,9 +25,12 @@ use utoipa::{Modify, OpenApi};
         (name = "models", description = "The local model registry"),
         (name = "jobs", description = "Background jobs (model pulls) and their progress"),
         (name = "runtimes", description = "Runtimes and loaded models"),
+        (name = "collections", description = "Vector collections: documents, queries, indexing (reads and queries: read; writes: models)"),
+        (name = "prompts", description = "Versioned prompt packs: list, show, render (read); publish, rollback, delete (models)"),
         (name = "openai", description = "OpenAI-compatible inference"),
         (name = "ollama", description = "Ollama-compatible inference"),
-        (name = "keys", description = "API key management (admin)")
+        (name = "keys", description = "API key management (admin)"),
+        (name = "diagnostics", description = "Redacted diagnostics bundles (admin)")
     )
 )]
 struct Base;

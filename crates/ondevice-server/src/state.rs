@@ -12,14 +12,53 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::services::ModelService;
 use ondevice_jobs::JobService;
+use ondevice_registry::ModelService;
 use ondevice_registry::jobs::PullService;
+use ondevice_runtime::Inference;
+use ondevice_vector::VectorService;
 
-/// The job queue and the pull starter, wired together.
-pub(crate) struct Jobs {
-    pub jobs: Arc<dyn JobService>,
-    pub pulls: Arc<dyn PullService>,
+/// The services the edge calls, each behind the small contract its domain crate defines. The
+/// binary builds them (`commands/serve.rs`) and hands them over once, at construction; the edge
+/// never names a concrete registry, queue or orchestrator. A service left `None` makes its routes
+/// answer 503 (tests wire only what they exercise).
+pub struct Services {
+    /// Verifies keys on every surface.
+    pub verifier: Arc<Verifier>,
+    /// The model registry (native models routes, gRPC `ModelsService`).
+    pub models: Arc<dyn ModelService>,
+    /// Workers and sandbox status.
+    pub status: Arc<dyn StatusSource>,
+    /// The inference facade (the orchestrator) that the OpenAI, Ollama, native, WebSocket and
+    /// gRPC surfaces call; without it they answer 503 `runtime_unavailable`.
+    pub inference: Option<Arc<dyn Inference>>,
+    /// The durable job queue (`/api/v1/jobs`, gRPC `JobsService`).
+    pub jobs: Option<Arc<dyn JobService>>,
+    /// Pulls, a kind of job (`/api/v1/models/pull`, the catalog).
+    pub pulls: Option<Arc<dyn PullService>>,
+    /// Vector collections (`/api/v1/collections`).
+    pub vectors: Option<Arc<dyn VectorService>>,
+    /// Diagnostics bundles, a kind of job (`/api/v1/diagnostics`).
+    pub diagnostics: Option<Arc<dyn ondevice_diagnostics::job::DiagnosticsService>>,
+    /// Prompt packs (`/api/v1/prompts`, gRPC `PromptService`).
+    pub prompts: Option<Arc<dyn ondevice_prompts::PromptService>>,
+}
+
+impl Services {
+    /// The required services; every optional one unset.
+    pub fn new(verifier: Arc<Verifier>, models: Arc<dyn ModelService>, status: Arc<dyn StatusSource>) -> Services {
+        Services {
+            verifier,
+            models,
+            status,
+            inference: None,
+            jobs: None,
+            pulls: None,
+            vectors: None,
+            diagnostics: None,
+            prompts: None,
+        }
+    }
 }
 
 /// One supervised worker as the API shows it.
@@ -143,19 +182,15 @@ pub struct AppState {
 }
 
 pub(crate) struct Inner {
-    pub verifier: Arc<Verifier>,
-    pub models: Arc<dyn ModelService>,
+    pub services: Services,
     pub metrics: Metrics,
     pub options: EdgeOptions,
     pub started: Instant,
     pub shutdown: CancellationToken,
-    pub status: Arc<dyn StatusSource>,
     pub events: broadcast::Sender<DaemonEvent>,
     pub permits: Arc<Semaphore>,
     pub openapi_json: std::sync::OnceLock<String>,
     pub tasks: tokio_util::task::TaskTracker,
-    pub inference: std::sync::OnceLock<Arc<dyn ondevice_runtime::Inference>>,
-    pub jobs: std::sync::OnceLock<Jobs>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -165,85 +200,74 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Wires the edge's state: the key verifier and the model registry (as [`ModelService`]).
-    pub fn new(
-        verifier: Arc<Verifier>,
-        models: Arc<dyn ModelService>,
-        options: EdgeOptions,
-        status: Arc<dyn StatusSource>,
-        shutdown: CancellationToken,
-    ) -> AppState {
+    /// The edge's state over the services the binary built.
+    pub fn new(services: Services, options: EdgeOptions, shutdown: CancellationToken) -> AppState {
         let (events, _) = broadcast::channel(256);
         AppState {
             inner: Arc::new(Inner {
-                verifier,
-                models,
+                services,
                 metrics: Metrics::new(),
                 permits: Arc::new(Semaphore::new(options.max_concurrent_requests as usize)),
                 options,
                 started: Instant::now(),
                 shutdown,
-                status,
                 events,
                 openapi_json: std::sync::OnceLock::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
-                inference: std::sync::OnceLock::new(),
-                jobs: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Wires the inference facade (the orchestrator) that the OpenAI, Ollama, native, WebSocket
-    /// and gRPC surfaces call. Without it those surfaces answer 503 `runtime_unavailable`.
-    /// The first call wins.
-    #[must_use]
-    pub fn with_inference(self, inference: Arc<dyn ondevice_runtime::Inference>) -> AppState {
-        let _ = self.inner.inference.set(inference);
-        self
-    }
-
     /// The inference facade, when one is wired.
-    pub fn inference(&self) -> Option<&Arc<dyn ondevice_runtime::Inference>> {
-        self.inner.inference.get()
+    pub fn inference(&self) -> Option<&Arc<dyn Inference>> {
+        self.inner.services.inference.as_ref()
     }
 
     /// The inference facade, or the error every inference route answers without one.
-    pub(crate) fn require_inference(&self) -> Result<Arc<dyn ondevice_runtime::Inference>, ApiError> {
+    pub(crate) fn require_inference(&self) -> Result<Arc<dyn Inference>, ApiError> {
         self.inference().cloned().ok_or(ApiError::NoInference)
     }
 
-    /// Wires the job queue (`/api/v1/jobs`, gRPC `JobsService`) and the pulls that run in it.
-    /// Without it job routes and pulls answer 503.
-    /// The first call wins.
-    #[must_use]
-    pub fn with_jobs(self, jobs: Arc<dyn JobService>, pulls: Arc<dyn PullService>) -> AppState {
-        let _ = self.inner.jobs.set(Jobs { jobs, pulls });
-        self
+    /// The job queue, or the error job routes answer without one.
+    pub(crate) fn require_jobs(&self) -> Result<&Arc<dyn JobService>, ApiError> {
+        self.inner.services.jobs.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
-    /// The download queue, or the error pull and job routes answer without one.
-    pub(crate) fn require_jobs(&self) -> Result<&Arc<dyn JobService>, ApiError> {
-        self.inner.jobs.get().map(|j| &j.jobs).ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    /// The prompt library, or the error prompt routes answer without one.
+    pub(crate) fn require_prompts(&self) -> Result<&Arc<dyn ondevice_prompts::PromptService>, ApiError> {
+        self.inner.services.prompts.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The pull starter, or the error pull routes answer without one.
     pub(crate) fn require_pulls(&self) -> Result<&Arc<dyn PullService>, ApiError> {
-        self.inner.jobs.get().map(|j| &j.pulls).ok_or(ApiError::Overloaded { retry_after_s: 5 })
+        self.inner.services.pulls.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    }
+
+    /// The diagnostics service, or the error its routes answer without one.
+    pub(crate) fn require_diagnostics(
+        &self,
+    ) -> Result<&Arc<dyn ondevice_diagnostics::job::DiagnosticsService>, ApiError> {
+        self.inner.services.diagnostics.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    }
+
+    /// The vector store, or the error collection routes answer without one.
+    pub(crate) fn require_vectors(&self) -> Result<&Arc<dyn VectorService>, ApiError> {
+        self.inner.services.vectors.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The status source (workers).
     pub fn status_source(&self) -> &Arc<dyn StatusSource> {
-        &self.inner.status
+        &self.inner.services.status
     }
 
     /// The model registry.
     pub fn models(&self) -> &Arc<dyn ModelService> {
-        &self.inner.models
+        &self.inner.services.models
     }
 
     /// The verifier.
     pub fn verifier(&self) -> &Arc<Verifier> {
-        &self.inner.verifier
+        &self.inner.services.verifier
     }
 
     /// The metrics registry.
@@ -281,10 +305,10 @@ impl AppState {
             uptime_seconds: s.started.elapsed().as_secs(),
             listen_address: s.options.listen.to_string(),
             tls: s.options.tls,
-            auth_enabled: s.verifier.enabled(),
-            ready: s.status.ready() && !s.shutdown.is_cancelled(),
-            workers: s.status.workers(),
-            sandbox: s.status.sandbox(),
+            auth_enabled: s.services.verifier.enabled(),
+            ready: s.services.status.ready() && !s.shutdown.is_cancelled(),
+            workers: s.services.status.workers(),
+            sandbox: s.services.status.sandbox(),
         }
     }
 }

@@ -154,7 +154,7 @@ async fn fixture(with_inference: bool) -> Fixture {
     let (_, infer) = verifier.create_key(Some("infer"), Scopes::from_list("infer").unwrap()).unwrap();
     let (_, read) = verifier.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
     let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
-    let models = Arc::new(ondevice_server::RegistryModels::new(registry));
+    let models = Arc::new(ondevice_registry::RegistryModels::new(registry));
     let opts = EdgeOptions {
         listen: "127.0.0.1:7733".parse().unwrap(),
         allowed_hosts: vec![],
@@ -164,10 +164,11 @@ async fn fixture(with_inference: bool) -> Fixture {
         tls: false,
     };
     let scripted = Arc::new(Scripted { dropped: Arc::new(AtomicBool::new(false)), last: Default::default() });
-    let mut state = AppState::new(verifier, models, opts, Arc::new(NoWorkers), CancellationToken::new());
+    let mut services = ondevice_server::Services::new(verifier, models, Arc::new(NoWorkers));
     if with_inference {
-        state = state.with_inference(scripted.clone());
+        services.inference = Some(scripted.clone());
     }
+    let state = AppState::new(services, opts, CancellationToken::new());
     let (app, _health) = ondevice_server::router(state).await;
     Fixture { _dir: dir, app, infer, read, scripted }
 }

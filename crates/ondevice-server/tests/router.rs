@@ -39,8 +39,9 @@ async fn fixture(opts: EdgeOptions) -> Fixture {
     let (_, read) = verifier.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
     let (_, curator) = verifier.create_key(Some("curator"), Scopes::from_list("models").unwrap()).unwrap();
     let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
-    let models = Arc::new(ondevice_server::RegistryModels::new(registry));
-    let state = AppState::new(verifier, models, opts, Arc::new(NoWorkers), CancellationToken::new());
+    let models = Arc::new(ondevice_registry::RegistryModels::new(registry));
+    let services = ondevice_server::Services::new(verifier, models, Arc::new(NoWorkers));
+    let state = AppState::new(services, opts, CancellationToken::new());
     let (app, _health) = ondevice_server::router(state).await;
     Fixture { _dir: dir, app, admin, read, models: curator }
 }

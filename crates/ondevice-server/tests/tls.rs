@@ -34,8 +34,9 @@ async fn https_serves_h2_and_http1_with_auth() {
         tls: true,
     };
     let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
-    let models = Arc::new(ondevice_server::RegistryModels::new(registry));
-    let state = AppState::new(verifier, models, opts, Arc::new(NoWorkers), shutdown.clone());
+    let models = Arc::new(ondevice_registry::RegistryModels::new(registry));
+    let services = ondevice_server::Services::new(verifier, models, Arc::new(NoWorkers));
+    let state = AppState::new(services, opts, shutdown.clone());
     let (app, _health) = ondevice_server::router(state).await;
     let server = tokio::spawn(listener::serve(tcp, Some(acceptor), app, shutdown.clone(), Duration::from_secs(5)));
 

@@ -1,8 +1,8 @@
 //! Test support shared by every crate's tests (a dev-dependency only): where the real model files
 //! are. They come from `$ONDEVICE_TEST_MODELS_DIR`, filled by `scripts/fetch-demo-models.sh`; CI
-//! sets the variable. Unset: a test that needs a model prints a note and returns. Set but the
-//! file missing: the test fails, naming the path, so a broken CI model cache is never a silent
-//! skip.
+//! sets the variable. Unset: a test that needs a model prints a note and returns (and fails when
+//! `CI` is set). Set but the file missing: the test fails, naming the path, so a broken CI model
+//! cache is never a silent skip.
 
 #![warn(missing_docs)]
 
@@ -21,6 +21,12 @@ pub const MINILM: &str = "all-MiniLM-L6-v2";
 /// missing.
 pub fn models_entry(test: &str, name: &str) -> Option<PathBuf> {
     let Some(dir) = std::env::var_os(MODELS_DIR_VAR) else {
+        // CI must run every model test: a CI job without the models is broken, not skippable.
+        assert!(
+            std::env::var_os("CI").is_none_or(|v| v.is_empty() || v == "false"),
+            "{test}: CI is set but {MODELS_DIR_VAR} is not: scripts/test.sh sets it after \
+             scripts/fetch-demo-models.sh"
+        );
         println!(
             "skipped: {test}: {MODELS_DIR_VAR} is not set, so what needs {name} does not run \
              (scripts/fetch-demo-models.sh fetches it)"
@@ -57,7 +63,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ondevice-testkit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // Only this test in this binary touches the variable.
-        unsafe { std::env::set_var(MODELS_DIR_VAR, &dir) };
+        unsafe {
+            std::env::set_var(MODELS_DIR_VAR, &dir);
+            std::env::remove_var("CI");
+        }
         let missing = std::panic::catch_unwind(|| models_entry("t", "nope.gguf"));
         std::fs::write(dir.join("here.gguf"), b"x").unwrap();
         let present = models_entry("t", "here.gguf");

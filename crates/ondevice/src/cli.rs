@@ -45,6 +45,18 @@ pub enum Command {
     /// Follow and cancel background jobs: pulls and, later, quantizations, indexing, bundles.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Vector collections: create (the embedding model pinned by digest), list, show, remove,
+    /// move to another model.
+    #[command(subcommand)]
+    Collections(crate::commands::collections::CollectionsCommand),
+    /// Index files and directories into a collection (a background job; unchanged files skipped).
+    Index(crate::commands::index::IndexArgs),
+    /// Search a collection: the closest chunks to a text, with scores and sources.
+    Search(crate::commands::search::SearchArgs),
+    /// Versioned prompt packs: scaffold, publish, render to a token budget, diff, roll back,
+    /// export and import signed archives, test.
+    #[command(subcommand)]
+    Prompts(crate::commands::prompts::PromptsCommand),
     /// Run a model: stream its answer to PROMPT, or chat interactively without PROMPT.
     Run(RunArgs),
     /// List the models loaded now: runtime, memory, and until when keep-alive keeps them.

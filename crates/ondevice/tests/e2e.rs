@@ -7,10 +7,10 @@
 #![cfg(unix)]
 
 mod common;
-#[path = "e2e/edges.rs"]
-mod edges;
 #[path = "e2e/diag.rs"]
 mod diag;
+#[path = "e2e/edges.rs"]
+mod edges;
 #[path = "e2e/fallback.rs"]
 mod fallback;
 #[path = "e2e/grpc.rs"]
@@ -25,8 +25,14 @@ mod inference_compat;
 mod inference_limits;
 #[path = "e2e/models.rs"]
 mod models;
+#[path = "e2e/prompts.rs"]
+mod prompts;
 #[path = "e2e/pull.rs"]
 mod pull;
+#[path = "e2e/schema.rs"]
+mod schema;
+#[path = "e2e/vector.rs"]
+mod vector;
 #[path = "e2e/workers.rs"]
 mod workers;
 #[path = "e2e/ws.rs"]

@@ -78,12 +78,12 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     security(("bearer" = ["read"])),
     responses(
-        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 200, description = "Metrics in the OpenMetrics text format (`application/openmetrics-text; version=1.0.0`), which Prometheus scrapes", content_type = "application/openmetrics-text", body = String),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics().render(&state.status_source().workers()),
-    )
+    let mut body = state.metrics().render(&state.status_source().workers());
+    let vectors = crate::routes::collections::metrics_text(&state).await;
+    body.insert_str(body.rfind("# EOF").unwrap_or(body.len()), &vectors);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
 }

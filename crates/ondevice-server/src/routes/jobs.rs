@@ -34,6 +34,7 @@ pub struct JobView {
     /// Why it failed.
     pub error: Option<String>,
     /// What the job is about; its shape depends on `kind`.
+    #[schema(schema_with = job_detail_schema)]
     pub detail: JobDetail,
     /// Unix seconds.
     pub created_at: i64,
@@ -54,6 +55,22 @@ pub struct ProgressView {
     pub unit: String,
     /// What the job is doing now.
     pub message: Option<String>,
+}
+
+/// The kind-specific detail of a job: `anyOf`, not `oneOf`, in the schema, since the detail of a
+/// kind with a typed view is also a JSON object; `kind` tells which applies.
+fn job_detail_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Ref, Schema};
+    Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("PullDetailView"))
+            .item(
+                ObjectBuilder::new()
+                    .description(Some("A kind without a typed detail: its JSON object as the job wrote it")),
+            )
+            .description(Some("What the job is about; its shape depends on `kind` (`pull`: `PullDetailView`)"))
+            .build(),
+    )
 }
 
 /// The kind-specific detail of a job.
@@ -128,8 +145,25 @@ impl From<JobSnapshot> for JobView {
 pub struct JobsQuery {
     /// Only jobs of this kind (`pull`, `quantize`, `index`, ...).
     pub kind: Option<String>,
-    /// Only jobs in this state: `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    /// Only jobs in this state.
+    #[param(value_type = Option<JobStateName>)]
     pub state: Option<String>,
+}
+
+/// A job's state, as filters name it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStateName {
+    /// Waiting for a slot of its resource class.
+    Queued,
+    /// Running now.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
 }
 
 impl JobsQuery {
@@ -152,8 +186,10 @@ impl JobsQuery {
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// A catalog name (`name[:tag]`) or an `https://` / `http://` URL of a GGUF file.
+    #[schema(min_length = 1)]
     pub model: String,
     /// Register it as `name[:tag]` (default: the catalog name, or the URL's file name).
+    #[schema(value_type = Option<crate::routes::models::ModelRefSchema>)]
     pub name: Option<String>,
 }
 
@@ -284,13 +320,43 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(Json(job.into()))
 }
 
+/// One Server-Sent Event of `/api/v1/jobs/{id}/events`, as the schema describes the stream:
+/// `event: job`, and in `data` a [`JobView`] as JSON.
+pub struct JobEvent;
+
+impl utoipa::PartialSchema for JobEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .description(Some("One event of the stream: `event: job`, `data`: a JobView as JSON"))
+            .property("event", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["job"])))
+            .required("event")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .description(Some("The job (a JobView) as JSON")),
+            )
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for JobEvent {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((JobView::name().into_owned(), <JobView as utoipa::PartialSchema>::schema()));
+        <JobView as ToSchema>::schemas(schemas);
+    }
+}
+
 /// The job's progress as Server-Sent Events: `event: job` with a [`JobView`] in `data`, sent at
 /// once and then on change (at most four a second), ending after the job finishes.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "jobs",
     security(("bearer" = ["read"])),
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "`text/event-stream` of `event: job` with a JobView as `data`", content_type = "text/event-stream", body = JobView),
+        (status = 200, description = "`text/event-stream` of `event: job` with a JobView as `data`", content_type = "text/event-stream", body = JobEvent),
         (status = 404, description = "No such job", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]

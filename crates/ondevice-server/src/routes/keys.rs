@@ -32,9 +32,25 @@ pub struct KeyView {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// A name for people: 1 to 64 letters, digits, `.`, `_`, `-`. Default: `key-<id>`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: Option<String>,
     /// At least one of `admin`, `models`, `infer`, `read`.
+    #[schema(value_type = Vec<ScopeName>, min_items = 1)]
     pub scopes: Vec<String>,
+}
+
+/// A scope a key can hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeName {
+    /// Everything, including key management.
+    Admin,
+    /// Registry writes: import, pull, remove, pin.
+    Models,
+    /// Generation and embeddings.
+    Infer,
+    /// Reading status, models, jobs and metrics.
+    Read,
 }
 
 /// Answer of `POST /api/v1/keys`: the only time the key is shown.

@@ -1,6 +1,6 @@
 //! `/api/v1/models`: the local model registry (list, show, import, remove, pin, verify, gc).
 //! Reads need `read`; writes need `models`. The registry is reached through
-//! [`crate::services::ModelService`], whose implementation keeps hashing and copying off the async
+//! [`ondevice_registry::ModelService`], whose implementation keeps hashing and copying off the async
 //! runtime.
 
 use std::path::PathBuf;
@@ -12,8 +12,37 @@ use ondevice_registry::{ImportMode, ModelRecord, ModelRef, VerifyStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, OptionalJson};
 use crate::state::AppState;
+
+/// A model reference in the schema: `name[:tag]` or `sha256:<64 hex>`, the grammar the registry
+/// parses (a little stricter: at most 128 characters in all), so that generated clients and
+/// schema-driven tests send names the daemon accepts.
+pub struct ModelRefSchema;
+
+/// `name[:tag]` or `sha256:<hex>`, as a regular expression.
+pub const MODEL_REF_PATTERN: &str = r"^(sha256:[0-9a-f]{64}|[a-z0-9]([a-z0-9_-]|\.[a-z0-9_-])*\.?(/[a-z0-9]([a-z0-9_-]|\.[a-z0-9_-])*\.?)*(:[A-Za-z0-9]([A-Za-z0-9_-]|\.[A-Za-z0-9_-]){0,31}\.?)?)$";
+
+impl utoipa::PartialSchema for ModelRefSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(MODEL_REF_PATTERN))
+            .min_length(Some(1))
+            .max_length(Some(128))
+            .description(Some(
+                "`name[:tag]` (lowercase letters, digits, `.`, `_`, `-`, `/`; tag default `latest`) or `sha256:<hex>`",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for ModelRefSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ModelRef".into()
+    }
+}
 
 /// A registered model.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -73,9 +102,10 @@ pub struct ImportRequest {
     /// Absolute path of a GGUF file, a Hugging Face safetensors directory (`config.json` plus
     /// `*.safetensors`) or a bundle written by `ondevice models export`, on the daemon's machine
     /// and readable by the daemon's user.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^/")]
     pub path: PathBuf,
     /// `name[:tag]` to register it as (default: from the file's metadata or name).
+    #[schema(value_type = Option<ModelRefSchema>)]
     pub name: Option<String>,
     /// Hard-link the files into the blob store instead of cloning or copying them (no extra
     /// space; same filesystem only). Risk: the store then shares the files with their owner, and
@@ -90,6 +120,7 @@ pub struct ImportRequest {
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Only this model (`name:tag` or `sha256:` digest); every model when absent.
+    #[schema(value_type = Option<ModelRefSchema>)]
     pub name: Option<String>,
 }
 
@@ -138,7 +169,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<ModelView>>,
 /// One model, by `name:tag` or `sha256:` digest (URL-encode `/` as `%2F`).
 #[utoipa::path(get, path = "/api/v1/models/{name}", tag = "models",
     security(("bearer" = ["read"])),
-    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    params(("name" = ModelRefSchema, Path, description = "`name[:tag]` or `sha256:<hex>`")),
     responses(
         (status = 200, description = "The model", body = ModelView),
         (status = 400, description = "Invalid name", body = crate::error::ErrorBody),
@@ -153,10 +184,11 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
 /// Removes a model (its blob is freed by `gc` once nothing references it).
 #[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "models",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    params(("name" = ModelRefSchema, Path, description = "`name[:tag]` or `sha256:<hex>`")),
     responses(
         (status = 200, description = "The removed models", body = Vec<ModelView>),
         (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid model reference", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Vec<ModelView>>, ApiError> {
@@ -204,7 +236,7 @@ pub struct PinRequest {
 /// Pins or unpins a model (pinned models are never evicted when `[registry] evict = true`).
 #[utoipa::path(put, path = "/api/v1/models/{name}/pin", tag = "models",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    params(("name" = ModelRefSchema, Path, description = "`name[:tag]` or `sha256:<hex>`")),
     request_body = PinRequest,
     responses(
         (status = 200, description = "The models as they are now", body = Vec<ModelView>),
@@ -226,16 +258,18 @@ pub async fn pin(
 /// Re-hashes model blobs and reports corruption.
 #[utoipa::path(post, path = "/api/v1/models/verify", tag = "models",
     security(("bearer" = ["models"])),
-    request_body = VerifyRequest,
+    request_body(content = Option<VerifyRequest>, description = "Optional: without a body, every model is verified"),
     responses(
         (status = 200, description = "One report per model", body = Vec<VerifyView>),
+        (status = 400, description = "Invalid model reference or body", body = crate::error::ErrorBody),
         (status = 404, description = "No such model", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn verify(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<VerifyRequest>,
+    OptionalJson(req): OptionalJson<VerifyRequest>,
 ) -> Result<Json<Vec<VerifyView>>, ApiError> {
+    let req = req.unwrap_or_default();
     let name = req.name.as_deref().map(parse_ref).transpose()?;
     let reports = state.models().verify(name).await?;
     Ok(Json(
@@ -305,10 +339,11 @@ impl std::io::Write for ChannelWriter {
 /// file) and the blob, for `ondevice models import` on another machine.
 #[utoipa::path(get, path = "/api/v1/models/{name}/export", tag = "models",
     security(("bearer" = ["read"])),
-    params(("name" = String, Path, description = "`name[:tag]` or `sha256:<hex>`")),
+    params(("name" = ModelRefSchema, Path, description = "`name[:tag]` or `sha256:<hex>`")),
     responses(
         (status = 200, description = "The bundle (`application/x-tar`)", content_type = "application/x-tar", body = Vec<u8>),
         (status = 404, description = "No such model", body = crate::error::ErrorBody),
+        (status = 400, description = "Invalid model reference", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn export(

@@ -90,6 +90,7 @@ impl From<LoadedModel> for LoadedView {
 #[serde(deny_unknown_fields)]
 pub struct ModelRequest {
     /// `name[:tag]` or `sha256:<hex>`.
+    #[schema(min_length = 1)]
     pub model: String,
 }
 

@@ -2,18 +2,23 @@
 
 mod assets;
 mod client;
+pub(crate) mod collections;
 mod config;
 mod daemon;
 mod diag;
+pub(crate) mod index;
 mod jobs;
 mod keys;
 mod models;
+pub(crate) mod prompts;
 mod ps;
 mod quantize;
 mod quantize_task;
 mod run;
+pub(crate) mod search;
 mod serve;
 mod stop;
+mod vector;
 mod worker;
 
 use std::process::ExitCode;
@@ -71,6 +76,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(jobs::run(resolved, cmd))
+        }
+        Command::Collections(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(collections::run(resolved, cmd))
+        }
+        Command::Index(args) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(index::run(resolved, args))
+        }
+        Command::Search(args) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(search::run(resolved, args))
+        }
+        Command::Prompts(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(prompts::run(resolved, cmd))
         }
         Command::Run(args) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;

@@ -243,6 +243,7 @@ pub(crate) async fn start_jobs(
     settings: &ondevice_config::Settings,
     registry: std::sync::Arc<ondevice_registry::Registry>,
     shutdown: tokio_util::sync::CancellationToken,
+    more_kinds: impl FnOnce(ondevice_jobs::JobsBuilder) -> ondevice_jobs::JobsBuilder,
 ) -> anyhow::Result<(ondevice_jobs::Jobs, ondevice_registry::jobs::Pulls)> {
     use ondevice_registry::catalog::CatalogSource;
     use ondevice_registry::download::Tuning;
@@ -282,6 +283,6 @@ pub(crate) async fn start_jobs(
     };
     let store = registry.store().clone();
     let pull = PullKind::new(registry, fetcher, config);
-    let jobs = ondevice_jobs::Jobs::builder(store, jobs_config).kind(pull.clone()).start(shutdown).await?;
+    let jobs = more_kinds(ondevice_jobs::Jobs::builder(store, jobs_config).kind(pull.clone())).start(shutdown).await?;
     Ok((jobs.clone(), Pulls::new(pull, jobs)))
 }

@@ -118,7 +118,7 @@ impl StageProgress for TermBar {
 
     fn report(&self, done: u64, total: u64) {
         let Ok(mut s) = self.state.lock() else { return };
-        let pct = if total > 0 { (done * 100 / total).min(100) } else { 0 };
+        let pct = (done * 100).checked_div(total).unwrap_or(0).min(100);
         if pct == s.1 {
             return;
         }

@@ -25,7 +25,7 @@ impl StageProgress for Lines {
 
     fn report(&self, done: u64, total: u64) {
         let mut stage = self.stage.borrow_mut();
-        let pct = if total > 0 { done * 100 / total } else { 0 };
+        let pct = (done * 100).checked_div(total).unwrap_or(0);
         if pct == stage.1 {
             return;
         }

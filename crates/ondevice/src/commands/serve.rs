@@ -12,7 +12,8 @@ use anyhow::Context;
 use ondevice_auth::{Bootstrap, Verifier};
 use ondevice_config::Resolved;
 use ondevice_registry::Registry;
-use ondevice_server::{AppState, DaemonEvent, EdgeOptions, RegistryModels, control, listener};
+use ondevice_registry::RegistryModels;
+use ondevice_server::{AppState, DaemonEvent, EdgeOptions, Services, control, listener};
 use ondevice_store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,8 @@ pub fn run(resolved: Resolved) -> anyhow::Result<ExitCode> {
     let paths = resolved.paths.clone();
     create_private_dir(&paths.home)?;
     let _log = crate::logging::init(&resolved.settings.log, Some(&paths.logs()))?;
-    let _lock = PidLock::acquire(&paths.pid_file(), &paths.home)?;
     crate::diagnostics::install_daemon_panic_hook(&paths.home);
+    let _lock = PidLock::acquire(&paths.pid_file(), &paths.home)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ondevice-edge")
@@ -40,7 +41,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let paths = &resolved.paths;
     let store = Arc::new(Store::open(&paths.database())?);
     let verifier = Arc::new(Verifier::new(store.clone(), settings.auth.enabled)?);
-    let registry = Arc::new(Registry::new(store, &paths.home)?);
+    let registry = Arc::new(Registry::new(store.clone(), &paths.home)?);
     if settings.auth.enabled {
         match verifier.ensure_bootstrap(&paths.bootstrap_token())? {
             Bootstrap::Created => {
@@ -69,8 +70,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         tls: tls.is_some(),
     };
     let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
-    let orchestrator = crate::inference::orchestrator(
     crate::diagnostics::watch_worker_crashes(workers.supervisor(), &paths.home);
+    let orchestrator = crate::inference::orchestrator(
         settings,
         registry.clone(),
         workers.supervisor().clone(),
@@ -83,12 +84,31 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     // Diagnostics bundles are a job kind too (`POST /api/v1/diagnostics/bundle`).
     let bundles = crate::diagnostics::DaemonBundles::new(resolved.clone());
     let diagnostics_kind = Arc::new(ondevice_diagnostics::job::DiagnosticsKind::new(&paths.home, bundles.clone()));
-    let (jobs, pulls) =
-        super::models::start_jobs(settings, registry.clone(), shutdown.clone(), |b| b.kind(diagnostics_kind)).await?;
-    let models = Arc::new(RegistryModels::new(registry));
-    let state = AppState::new(verifier.clone(), models, options, workers.clone(), shutdown.clone())
-        .with_inference(Arc::new(orchestrator.clone()))
-        .with_jobs(Arc::new(jobs.clone()), Arc::new(pulls));
+    // Vector collections: embeddings through the orchestrator; indexing and re-embedding are job kinds.
+    let vectors =
+        super::vector::collections(settings, &paths.home, store.clone(), Arc::new(orchestrator.clone())).await?;
+    let (index_kind, reembed_kind) = (vectors.index_kind(), vectors.reembed_kind());
+    let (jobs, pulls) = super::models::start_jobs(settings, registry.clone(), shutdown.clone(), |b| {
+        b.kind(diagnostics_kind).kind(index_kind).kind(reembed_kind)
+    })
+    .await?;
+    vectors.set_jobs(jobs.clone());
+    // Prompt packs: versions in the registry's blob store (GC roots), token counts and
+    // embeddings for budgets through the orchestrator.
+    let prompts = ondevice_prompts::Prompts::new(
+        Arc::new(ondevice_prompts::Library::new(registry.clone())),
+        Some(Arc::new(orchestrator.clone())),
+    );
+    let services = Services {
+        prompts: Some(Arc::new(prompts)),
+        inference: Some(Arc::new(orchestrator.clone())),
+        jobs: Some(Arc::new(jobs.clone())),
+        vectors: Some(Arc::new(vectors.clone())),
+        pulls: Some(Arc::new(pulls)),
+        diagnostics: Some(Arc::new(ondevice_diagnostics::job::Diagnostics::new(jobs.clone(), &paths.home))),
+        ..Services::new(verifier.clone(), Arc::new(RegistryModels::new(registry)), workers.clone())
+    };
+    let state = AppState::new(services, options, shutdown.clone());
     bundles.attach(state.clone(), jobs.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
@@ -128,6 +148,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         tracing::warn!("streams still open after the grace period; closing them");
     }
     jobs.wait().await;
+    if let Err(e) = vectors.flush().await {
+        tracing::warn!(error = %e, "cannot save the vector indexes (they are rebuilt from the database at the next start)");
+    }
     let _ = flusher.await;
     let _ = control_task.await;
     let _ = std::fs::remove_file(paths.listen_file());

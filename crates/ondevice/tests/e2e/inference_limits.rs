@@ -222,18 +222,31 @@ async fn generation_and_embedding_limits_and_abandoned_embeddings_stop() {
     assert!(message.contains("max_embed_input_tokens") && message.contains("input 1"), "{v}");
 
     // A large embeddings request (500 inputs of about 250 tokens) does not hold up a chat.
+    let queued = "embedding queued";
+    let queued_before = logs(&daemon.home().dir()).matches(queued).count();
     let input = vec!["The quick brown fox jumps over the lazy dog. ".repeat(24); 500];
     let big = {
         let request = daemon.request(Method::POST, "/v1/embeddings", Some(&key)).timeout(WAIT);
         let body = json!({"model": "smollm2", "input": input});
         tokio::spawn(async move { request.json(&body).send().await })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The worker has taken the request (its log says so) before the chat is sent.
+    for _ in 0..600 {
+        if logs(&daemon.home().dir()).matches(queued).count() > queued_before || big.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if big.is_finished() {
+        panic!("the embeddings request ended before the chat was sent: {:?}", big.await);
+    }
+    let log = logs(&daemon.home().dir());
+    assert!(log.matches(queued).count() > queued_before, "the worker never took the embeddings request; logs:\n{log}");
     let quick =
         json!({"model": "smollm2", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]});
     let (s, v) = post(&daemon, &key, "/v1/chat/completions", &quick).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(!big.is_finished(), "the chat answered while the embeddings request was still running");
+    assert!(!big.is_finished(), "the chat waited for the whole embeddings request");
 
     // The client goes away: the worker stops computing (its log says so) and serves the next one.
     big.abort();

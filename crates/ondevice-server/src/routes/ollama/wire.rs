@@ -15,6 +15,7 @@ use crate::generation::{OneOrMany, check_sampling};
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation (an empty list just loads the model).
     #[serde(default)]
@@ -22,12 +23,12 @@ pub struct ChatRequest {
     /// Stream NDJSON (default true).
     pub stream: Option<bool>,
     /// `"json"` or a JSON schema.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = format_schema)]
     pub format: Option<serde_json::Value>,
     /// Sampling options.
     pub options: Option<Options>,
     /// How long to keep the model loaded: a duration (`"5m"`), seconds, or negative for ever.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = keep_alive_schema)]
     pub keep_alive: Option<serde_json::Value>,
 }
 
@@ -35,6 +36,7 @@ pub struct ChatRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateRequestIn {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The prompt (empty: just load, or unload with `keep_alive: 0`).
     #[serde(default)]
@@ -47,14 +49,15 @@ pub struct GenerateRequestIn {
     /// Stream NDJSON (default true).
     pub stream: Option<bool>,
     /// `"json"` or a JSON schema.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = format_schema)]
     pub format: Option<serde_json::Value>,
     /// Sampling options.
     pub options: Option<Options>,
     /// How long to keep the model loaded.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = keep_alive_schema)]
     pub keep_alive: Option<serde_json::Value>,
     /// Images are not supported.
+    #[schema(max_items = 0)]
     pub images: Option<Vec<String>>,
 }
 
@@ -62,12 +65,14 @@ pub struct GenerateRequestIn {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     /// `system`, `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
     /// Text.
     #[serde(default)]
     pub content: String,
     /// Images are not supported.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 0)]
     pub images: Option<Vec<String>>,
 }
 
@@ -96,6 +101,7 @@ pub struct Options {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatResponse {
     /// The model.
+    #[schema(min_length = 1)]
     pub model: String,
     /// RFC 3339 time.
     pub created_at: String,
@@ -112,6 +118,7 @@ pub struct ChatResponse {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GenerateResponse {
     /// The model.
+    #[schema(min_length = 1)]
     pub model: String,
     /// RFC 3339 time.
     pub created_at: String,
@@ -153,11 +160,13 @@ pub struct Stats {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbedRequestIn {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// One text or several.
+    #[schema(schema_with = crate::generation::inputs_schema)]
     pub input: OneOrMany,
     /// How long to keep the model loaded (accepted; the runtime's default applies).
-    #[schema(value_type = Object)]
+    #[schema(schema_with = keep_alive_schema)]
     pub keep_alive: Option<serde_json::Value>,
 }
 
@@ -165,6 +174,7 @@ pub struct EmbedRequestIn {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EmbedResponse {
     /// The model.
+    #[schema(min_length = 1)]
     pub model: String,
     /// One vector per input.
     pub embeddings: Vec<Vec<f32>>,
@@ -180,6 +190,7 @@ pub struct EmbedResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LegacyEmbedRequest {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The text.
     pub prompt: String,
@@ -205,6 +216,7 @@ pub struct TagModel {
     /// `name:tag`.
     pub name: String,
     /// `name:tag`.
+    #[schema(min_length = 1)]
     pub model: String,
     /// RFC 3339 time it was added.
     pub modified_at: String,
@@ -246,6 +258,7 @@ pub struct RunningModel {
     /// `name:tag`.
     pub name: String,
     /// `name:tag`.
+    #[schema(min_length = 1)]
     pub model: String,
     /// Bytes accounted for it.
     pub size: u64,
@@ -274,6 +287,46 @@ fn constraint(format: Option<serde_json::Value>) -> Result<Option<Constraint>, A
         Some(v @ serde_json::Value::Object(_)) => Ok(Some(Constraint::JsonSchema(v))),
         Some(other) => Err(invalid(format!("format must be \"json\" or a JSON schema object, got {other}"))),
     }
+}
+
+/// The schema of `keep_alive` as [`keep_alive`] reads it: a number of seconds (negative: keep
+/// loaded), or a duration such as `"5m"`, `"1h30m"`, `"0"` or `"-1"`.
+pub(crate) fn keep_alive_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .description(Some("Seconds; negative keeps the model loaded")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^(-?[0-9]+(\.[0-9]+)?|([0-9]+(ns|us|ms|s|m|h|d))+)$"))
+                    .description(Some("A duration such as 5m or 1h30m, or seconds as text")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("How long to keep the model loaded after this request"))
+            .build(),
+    )
+}
+
+/// The schema of `format` as [`constraint`] reads it: `"json"`, a JSON schema object, or nothing.
+pub(crate) fn format_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["json", ""])))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some("A JSON schema the output must follow")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("Constrain the output: \"json\" or a JSON schema"))
+            .build(),
+    )
 }
 
 /// `keep_alive`: a duration string (`"5m"`, `"1h30m"`, `"0"`), a number of seconds, or negative

@@ -16,8 +16,10 @@ pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     /// Model name (`name[:tag]`).
+    #[schema(min_length = 1)]
     pub model: String,
     /// The conversation.
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessageIn>,
     /// Stream server-sent events.
     #[serde(default)]
@@ -29,8 +31,10 @@ pub struct ChatCompletionRequest {
     /// Nucleus sampling.
     pub top_p: Option<f32>,
     /// Maximum tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
     /// Maximum tokens to generate.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<u32>,
     /// Stop strings.
     pub stop: Option<OneOrMany>,
@@ -43,6 +47,7 @@ pub struct ChatCompletionRequest {
     /// `text`, `json_object` or `json_schema`.
     pub response_format: Option<ResponseFormat>,
     /// Number of choices; only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// Extension (llama.cpp server): keep the k most likely tokens.
     pub top_k: Option<u32>,
@@ -56,8 +61,10 @@ pub struct ChatCompletionRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// The raw prompt (sent without a chat template); a list must hold exactly one prompt.
+    #[schema(schema_with = crate::generation::prompt_schema)]
     pub prompt: OneOrMany,
     /// Stream server-sent events.
     #[serde(default)]
@@ -68,7 +75,9 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     /// Nucleus sampling.
     pub top_p: Option<f32>,
-    /// Maximum tokens to generate (OpenAI's default for completions is 16).
+    /// Maximum tokens to generate; without it 16, OpenAI's documented default for completions
+    /// (the daemon's `[inference] max_tokens` caps it).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
     /// Stop strings.
     pub stop: Option<OneOrMany>,
@@ -79,8 +88,11 @@ pub struct CompletionRequest {
     /// Accepted and ignored.
     pub presence_penalty: Option<f32>,
     /// Number of choices; only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
-    /// Echoing the prompt is not supported.
+    /// Echoing the prompt is not supported: `echo: true` is refused (400), so the field is left
+    /// out of the schema.
+    #[schema(ignore)]
     pub echo: Option<bool>,
     /// Extension: keep the k most likely tokens.
     pub top_k: Option<u32>,
@@ -102,6 +114,7 @@ pub struct StreamOptions {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
     /// `system`, `developer`, `user`, `assistant` or `tool`.
+    #[schema(pattern = "^(system|developer|user|assistant|tool)$")]
     pub role: String,
     /// Text, or a list of content parts of which only `text` parts are supported.
     pub content: Option<MessageContent>,
@@ -296,12 +309,16 @@ pub struct CompletionChoice {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     /// Model name.
+    #[schema(min_length = 1)]
     pub model: String,
     /// One text or several (token arrays are not supported).
+    #[schema(schema_with = crate::generation::inputs_schema)]
     pub input: OneOrMany,
     /// `float` (default) or `base64` (little-endian f32).
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
-    /// Not supported.
+    /// Not supported: a request that sets it is refused (400), so it is left out of the schema.
+    #[schema(ignore)]
     pub dimensions: Option<u32>,
 }
 
@@ -325,9 +342,18 @@ pub struct EmbeddingOut {
     pub object: String,
     /// Position of the input.
     pub index: usize,
-    /// Floats, or a base64 string of little-endian f32.
-    #[schema(value_type = Object)]
-    pub embedding: serde_json::Value,
+    /// Floats, or a base64 string of little-endian f32 (`encoding_format: "base64"`).
+    pub embedding: EmbeddingVector,
+}
+
+/// An embedding as `encoding_format` asked for it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    /// `float` (the default): the numbers.
+    Float(Vec<f32>),
+    /// `base64`: the little-endian f32 bytes, base64-encoded.
+    Base64(String),
 }
 
 /// Token counts of an embedding request.
