@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
+use ondevice_auth::Scope;
+
 use ondevice_proto::v1::status_service_client::StatusServiceClient;
 use ondevice_proto::v1::{GetStatusRequest, WatchEventsRequest};
 use tokio_util::bytes::Buf;
@@ -25,19 +27,14 @@ use crate::common::{Daemon, GARBAGE_KEY, Home, UNKNOWN_KEY};
 
 /// The only public service (INTERFACE.md, Auth).
 const PUBLIC_SERVICE: &str = "grpc.health.v1.Health";
-/// Services declared in `proto/` whose implementation has not landed yet: any key gets
-/// UNIMPLEMENTED. Remove a service from here when it is served, and give it a success check.
-const NOT_SERVED_YET: [&str; 0] = [];
-/// Services that need the `infer` scope: a read key gets PERMISSION_DENIED.
-const INFER_SERVICES: [&str; 1] = ["ondevice.v1.InferenceService"];
-/// Methods of read services that write and check the `models` scope themselves: a read key gets
-/// PERMISSION_DENIED, a models key reaches the method (an empty request is invalid or names nothing).
-const MODELS_WRITES: [&str; 4] = [
-    "/ondevice.v1.ModelsService/PullModel",
-    "/ondevice.v1.ModelsService/RemoveModel",
-    "/ondevice.v1.ModelsService/PinModel",
-    "/ondevice.v1.JobsService/Cancel",
-];
+/// The scope of a method (`/package.Service/Method`), from the server's own table: the same
+/// table `ScopeGuard` enforces, itself checked against the descriptors by a server test.
+fn scope_of(method: &str) -> Option<Scope> {
+    ondevice_server::grpc::METHOD_SCOPES
+        .iter()
+        .find(|(service, name, _)| method == format!("/{service}/{name}"))
+        .map(|&(_, _, scope)| scope)
+}
 
 async fn channel(daemon: &Daemon) -> Channel {
     tonic::transport::Endpoint::from_shared(daemon.url("")).expect("endpoint").connect().await.expect("gRPC connect")
@@ -201,33 +198,23 @@ async fn every_grpc_method_enforces_auth() {
             assert_eq!(raw_call(&channel, method, key).await, Code::Unauthenticated, "{method} with {what}");
         }
         let with_read = raw_call(&channel, method, Some(&read.secret)).await;
-        if MODELS_WRITES.contains(&method.as_str()) {
-            assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
-            let with_models = raw_call(&channel, method, Some(&models.secret)).await;
-            assert!(
-                [Code::InvalidArgument, Code::NotFound].contains(&with_models),
-                "{method} with a models key answered {with_models:?}"
-            );
-        } else if INFER_SERVICES.contains(&service) {
-            assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
-            // With the scope the call reaches the service: an empty request names no model.
-            let with_infer = raw_call(&channel, method, Some(&infer.secret)).await;
-            assert!(
-                [Code::InvalidArgument, Code::NotFound].contains(&with_infer),
-                "{method} with an infer key answered {with_infer:?}"
-            );
-        } else if NOT_SERVED_YET.contains(&service) {
-            assert_eq!(
-                with_read,
-                Code::Unimplemented,
-                "{method} is not served yet (update NOT_SERVED_YET if it is now)"
-            );
-        } else {
-            assert!(
-                ![Code::Unauthenticated, Code::PermissionDenied, Code::Unimplemented].contains(&with_read),
-                "{method} with a read key answered {with_read:?}"
-            );
+        let scope = scope_of(method).unwrap_or_else(|| panic!("{method} has no scope in METHOD_SCOPES"));
+        let reached =
+            |code: Code| ![Code::Unauthenticated, Code::PermissionDenied, Code::Unimplemented].contains(&code);
+        if scope == Scope::Read {
+            assert!(reached(with_read), "{method} with a read key answered {with_read:?}");
+            continue;
         }
+        // Every other scope: a read key is refused, a key with the scope reaches the method (an
+        // empty request is invalid or names nothing).
+        assert_eq!(with_read, Code::PermissionDenied, "{method} with a read key");
+        let holder = match scope {
+            Scope::Models => models.secret.as_str(),
+            Scope::Infer => infer.secret.as_str(),
+            _ => daemon.admin_key(),
+        };
+        let with_scope = raw_call(&channel, method, Some(holder)).await;
+        assert!(reached(with_scope), "{method} with a {scope:?} key answered {with_scope:?}");
     }
     // A method no proto declares is still default-deny.
     assert_eq!(raw_call(&channel, "/ondevice.v1.Nothing/Here", None).await, Code::Unauthenticated);

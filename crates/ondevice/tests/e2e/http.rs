@@ -75,6 +75,10 @@ struct Fixture {
     /// The answer to an authorized call when it is not a success: inference operations reach
     /// the orchestrator, which answers 404 `model_not_found` when no test model is available.
     expect: Option<(StatusCode, &'static str)>,
+    /// The authorized call reaches the handler, whose answer depends on state the test does not
+    /// set up (a resource that does not exist, a route that answers 501 by design): anything but
+    /// 401/403 and unplanned 5xx.
+    handled: bool,
 }
 
 /// The body of an inference operation, naming the test model (imported on first use) when
@@ -97,23 +101,32 @@ async fn inference_fixture(daemon: &Daemon, path: &str) -> Fixture {
         "/api/v1/runtimes/load" => json!({"model": model}),
         // Unloading a model that is not loaded (or not known) succeeds.
         "/api/v1/runtimes/unload" => {
-            return Fixture { path: path.to_owned(), body: Some(json!({"model": model})), expect: None };
+            return Fixture {
+                path: path.to_owned(),
+                body: Some(json!({"model": model})),
+                expect: None,
+                handled: false,
+            };
         }
         other => panic!("no inference fixture for {other}"),
     };
-    Fixture { path: path.to_owned(), body: Some(body), expect }
+    Fixture { path: path.to_owned(), body: Some(body), expect, handled: false }
 }
 
 /// Path parameters and request bodies, keyed by `METHOD path`. An operation with a path
 /// parameter, a request body or a write method must have an entry, so a new route cannot skip
 /// coverage. Called once per operation; only the last (authorized) request reaches the handler.
 async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
-    let plain = |body: Option<Value>| Fixture { path: op.path.clone(), body, expect: None };
+    let plain = |body: Option<Value>| Fixture { path: op.path.clone(), body, expect: None, handled: false };
+    // Routes whose authorized answer depends on state the test does not create.
+    let handled =
+        |path: &str, body: Option<Value>| Fixture { path: path.to_owned(), body, expect: None, handled: true };
+    let digest = format!("sha256:{}", "0".repeat(64));
     match op.name.as_str() {
         "POST /api/v1/keys" => plain(Some(json!({"name": "coverage", "scopes": ["read"]}))),
         "DELETE /api/v1/keys/{id}" => {
             let victim = daemon.key(&["read"]).await;
-            Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None, expect: None }
+            Fixture { path: format!("/api/v1/keys/{}", victim.id), body: None, expect: None, handled: false }
         }
         "POST /api/v1/models/import" => {
             let file = daemon.home().root().join("coverage-import.gguf");
@@ -144,6 +157,7 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
                 path: format!("/api/v1/models/{}{suffix}", name.replace(':', "%3A")),
                 body: (suffix == "/pin").then(|| json!({"pinned": true})),
                 expect: None,
+                handled: false,
             }
         }
         "POST /api/v1/models/pull" => {
@@ -164,8 +178,53 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
         | "POST /api/embeddings"
         | "POST /api/v1/runtimes/load"
         | "POST /api/v1/runtimes/unload" => inference_fixture(daemon, &op.path).await,
+        "POST /api/blobs/{digest}" | "HEAD /api/blobs/{digest}" => handled(&format!("/api/blobs/{digest}"), None),
+        "POST /api/copy" => {
+            handled(&op.path, Some(json!({"source": "coverage-nosuch", "destination": "coverage:copy"})))
+        }
+        "POST /api/create" | "POST /api/push" | "DELETE /api/delete" | "POST /api/show" => {
+            handled(&op.path, Some(json!({"model": "coverage-nosuch"})))
+        }
+        "POST /api/pull" => handled(&op.path, Some(json!({"model": "coverage-nosuch", "stream": false}))),
+        "GET /v1/models/{model}" | "DELETE /v1/models/{model}" => handled("/v1/models/coverage-nosuch", None),
+        "POST /api/v1/collections" => handled(&op.path, Some(json!({"name": "coverage", "model": "coverage-nosuch"}))),
+        "GET /api/v1/collections/{name}" | "DELETE /api/v1/collections/{name}" => {
+            handled("/api/v1/collections/coverage-nosuch", None)
+        }
+        "POST /api/v1/collections/{name}/documents" => handled(
+            "/api/v1/collections/coverage-nosuch/documents",
+            Some(json!({"documents": [{"id": "a", "text": "x"}]})),
+        ),
+        "POST /api/v1/collections/{name}/documents/delete" => {
+            handled("/api/v1/collections/coverage-nosuch/documents/delete", Some(json!({"ids": ["a"]})))
+        }
+        "POST /api/v1/collections/{name}/index" => {
+            handled("/api/v1/collections/coverage-nosuch/index", Some(json!({"paths": ["/nonexistent"]})))
+        }
+        "POST /api/v1/collections/{name}/model" => {
+            handled("/api/v1/collections/coverage-nosuch/model", Some(json!({"model": "coverage-nosuch"})))
+        }
+        "POST /api/v1/collections/{name}/query" => {
+            handled("/api/v1/collections/coverage-nosuch/query", Some(json!({"query": "x"})))
+        }
+        "POST /api/v1/diagnostics/bundle" => handled(&op.path, None),
+        "GET /api/v1/diagnostics/bundles/{id}" => handled("/api/v1/diagnostics/bundles/coverage-nosuch", None),
+        "POST /api/v1/prompts" => handled(&op.path, Some(json!({"files": {"pack.toml": "not = [valid"}}))),
+        "POST /api/v1/prompts/{name}/rollback" => {
+            handled("/api/v1/prompts/coverage-nosuch/rollback", Some(json!({"version": "1.0.0"})))
+        }
+        "DELETE /api/v1/prompts/{name}/versions/{version}" => {
+            handled("/api/v1/prompts/coverage-nosuch/versions/1.0.0", None)
+        }
+        "GET /api/v1/prompts/{reference}" => handled("/api/v1/prompts/coverage-nosuch", None),
+        "GET /api/v1/prompts/{reference}/diff" => handled("/api/v1/prompts/coverage-nosuch/diff", None),
+        "GET /api/v1/prompts/{reference}/export" => handled("/api/v1/prompts/coverage-nosuch/export", None),
+        "POST /api/v1/prompts/{reference}/render" => {
+            handled("/api/v1/prompts/coverage-nosuch/render", Some(json!({"variables": {}})))
+        }
+        "POST /api/v1/prompts/{reference}/test" => handled("/api/v1/prompts/coverage-nosuch/test", None),
         "POST /api/v1/workers/{name}/restart" => {
-            Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None, expect: None }
+            Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None, expect: None, handled: false }
         }
         _ => {
             let writes = [Method::POST, Method::PUT, Method::PATCH].contains(&op.method);
@@ -213,7 +272,7 @@ async fn job_fixture(daemon: &Daemon, op: &Operation) -> Fixture {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let suffix = if op.path.ends_with("/events") { "/events" } else { "" };
-    Fixture { path: format!("/api/v1/jobs/{id}{suffix}"), body: None, expect: None }
+    Fixture { path: format!("/api/v1/jobs/{id}{suffix}"), body: None, expect: None, handled: false }
 }
 
 /// Sends the operation with an optional `Authorization: Bearer` credential; WebSocket
@@ -237,6 +296,14 @@ async fn call(daemon: &Daemon, op: &Operation, fx: &Fixture, key: Option<&str>) 
 async fn expect_error(resp: reqwest::Response, want: StatusCode, code: &str, what: &str) {
     let status = resp.status();
     let challenge = resp.headers().get(WWW_AUTHENTICATE).cloned();
+    // A HEAD answer has no body: its status (and challenge) is all there is to check.
+    if what.starts_with("HEAD ") {
+        assert_eq!(status, want, "{what}");
+        if want == StatusCode::UNAUTHORIZED {
+            assert!(challenge.is_some(), "{what}: 401 without WWW-Authenticate");
+        }
+        return;
+    }
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     assert_eq!(status, want, "{what}: body {body}");
     assert_eq!(body["error"]["code"], code, "{what}: error envelope {body}");
@@ -322,6 +389,11 @@ async fn every_openapi_operation_enforces_its_security() {
         let status = resp.status();
         if op.websocket {
             assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS, "{name} with a {scope} key");
+        } else if fx.handled {
+            let body = resp.text().await.unwrap_or_default();
+            let refused = [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&status);
+            let broken = status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED;
+            assert!(!refused && !broken, "{name} with a {scope} key answered {status}: {body}");
         } else if let Some((want, code)) = fx.expect {
             expect_error(resp, want, code, &format!("{name} with a {scope} key")).await;
         } else {
