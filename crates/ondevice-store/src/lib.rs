@@ -2,7 +2,8 @@
 //! schema migrations, and the persistence other crates need: API keys (auth's `KeyStore`) and the
 //! model registry's `models` and `blobs` tables (`models.rs`), its GC roots (`roots.rs`), its
 //! background jobs (`jobs.rs`), the embedded vector store's tables (`vector.rs`) and prompt pack
-//! versions and labels (`prompts.rs`).
+//! versions and labels (`prompts.rs`), model provenance (quantization receipts, `provenance.rs`), the
+//! egress ledger (`egress.rs`) and telemetry's consent and outbox (`telemetry.rs`).
 
 #![warn(missing_docs)]
 
@@ -12,16 +13,22 @@ use std::sync::Mutex;
 use ondevice_auth::{KeyId, KeyRecord, KeyStore, Scopes, SecretHash, StoreFailure};
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod egress;
 mod jobs;
 mod models;
 mod prompts;
+mod provenance;
 mod roots;
+mod telemetry;
 mod vector;
 
+pub use egress::{EGRESS_MAX_AGE_S, EGRESS_MAX_ROWS, EgressRow};
 pub use jobs::{JobProgressRow, JobRow};
 pub use models::{BlobRow, ModelRow};
 pub use prompts::{PromptLabelMove, PromptLabelRow, PromptVersionRow};
+pub use provenance::ProvenanceRow;
 pub use roots::RootRow;
+pub use telemetry::{OUTBOX_MAX_EVENTS, OutboxRow};
 pub use vector::{
     VectorChange, VectorChunkRow, VectorCollectionRow, VectorDocInput, VectorDocRow, VectorFilterCondition,
     VectorFilterValue, VectorWriteOutcome,
@@ -132,6 +139,12 @@ const MIGRATIONS: &[&str] = &[
     vector::MIGRATION,
     // Prompt packs: published versions, movable labels and their history (`prompts.rs`).
     prompts::MIGRATION,
+    // Model provenance: a quantization receipt and the parent model, per blob (`provenance.rs`).
+    provenance::MIGRATION,
+    // Egress ledger: one row per outbound connection, pruned by age and count (`egress.rs`).
+    egress::MIGRATION,
+    // Telemetry: consent and install id, and the outbox of events to send (`telemetry.rs`).
+    telemetry::MIGRATION,
 ];
 
 /// A database failure, with the file it concerns.
