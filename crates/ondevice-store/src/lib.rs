@@ -27,7 +27,6 @@ pub use jobs::{JobProgressRow, JobRow};
 pub use models::{BlobRow, ModelRow};
 pub use prompts::{PromptLabelMove, PromptLabelRow, PromptVersionRow};
 pub use provenance::ProvenanceRow;
-pub use provenance::ProvenanceRow;
 pub use roots::RootRow;
 pub use telemetry::{OUTBOX_MAX_EVENTS, OutboxRow};
 pub use vector::{
@@ -140,8 +139,6 @@ const MIGRATIONS: &[&str] = &[
     vector::MIGRATION,
     // Prompt packs: published versions, movable labels and their history (`prompts.rs`).
     prompts::MIGRATION,
-    // Model provenance: a quantization receipt and the parent model, per blob (`provenance.rs`).
-    provenance::MIGRATION,
     // Model provenance: a quantization receipt and the parent model, per blob (`provenance.rs`).
     provenance::MIGRATION,
     // Egress ledger: one row per outbound connection, pruned by age and count (`egress.rs`).
