@@ -32,6 +32,8 @@ struct Bow {
     calls: AtomicU64,
     texts: AtomicU64,
     digests: Mutex<Vec<(String, String)>>,
+    /// The model each embedding request named.
+    requested: Mutex<Vec<String>>,
 }
 
 impl Bow {
@@ -44,6 +46,7 @@ impl Bow {
                 ("bow:latest".into(), format!("sha256:{}", "a".repeat(64))),
                 ("bow-wide:latest".into(), format!("sha256:{}", "b".repeat(64))),
             ]),
+            requested: Mutex::new(Vec::new()),
         })
     }
 
@@ -71,12 +74,23 @@ impl Inference for Bow {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
             self.texts.fetch_add(r.input.len() as u64, Ordering::SeqCst);
+            self.requested.lock().unwrap().push(r.model.clone());
+            // Like the registry: a digest names the weights of whichever row holds it.
+            let model = if r.model.starts_with("sha256:") {
+                let d = self.digests.lock().unwrap();
+                match d.iter().find(|(_, digest)| *digest == r.model) {
+                    Some((name, _)) => name.clone(),
+                    None => return Err(RuntimeError::ModelNotFound { model: r.model.clone() }),
+                }
+            } else {
+                r.model.clone()
+            };
             let delay = self.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             Ok(Embeddings {
-                vectors: r.input.iter().map(|t| Bow::vector(&r.model, t)).collect(),
+                vectors: r.input.iter().map(|t| Bow::vector(&model, t)).collect(),
                 usage: Usage::default(),
                 adapter: "bow".into(),
             })
@@ -425,5 +439,98 @@ async fn a_model_change_reembeds_while_queries_use_the_old_index() {
     let hits = d.service.query("kb", text_query("topic17", 1)).await.unwrap();
     assert_eq!(hits[0].document_id, "d17");
     let _ = &d.store;
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_during_a_reembed_stay_deleted_and_writes_land_with_the_new_model() {
+    let home = tempfile::tempdir().unwrap();
+    let bow = Bow::new();
+    let d = daemon(home.path(), bow.clone()).await;
+    d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
+    let docs: Vec<DocumentInput> = (0..30)
+        .map(|i| doc(&format!("d{i:02}"), &format!("document {i} about topic{i}"), Format::Text, json!({})))
+        .collect();
+    d.service.upsert("kb", docs).await.unwrap();
+    bow.delay_ms.store(40, Ordering::SeqCst);
+    let job = d.service.set_model("kb", "bow-wide".into()).await.unwrap();
+    // The first documents are copied into the new index by now; the last ones are not.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = d.jobs.get(&job.id).await.unwrap();
+    assert!(!early.state.is_terminal(), "the job is still copying: {early:?}");
+    let deleted = d.service.delete_documents("kb", vec!["d00".into(), "d01".into(), "d29".into()]).await.unwrap();
+    assert_eq!(deleted, 3);
+    d.service.upsert("kb", vec![doc("new", "a fresh note about zebras", Format::Text, json!({}))]).await.unwrap();
+    // Writes keep coming while the job finishes: each must land in whichever collection is live
+    // with that collection's model (the swap waits for them, they wait for the swap).
+    let writer = {
+        let service = d.service.clone();
+        tokio::spawn(async move {
+            for i in 0..10 {
+                service
+                    .upsert(
+                        "kb",
+                        vec![doc(&format!("late{i}"), &format!("late note {i} about ferns"), Format::Text, json!({}))],
+                    )
+                    .await
+                    .unwrap();
+                service.delete_documents("kb", vec![format!("d1{i}")]).await.unwrap();
+            }
+        })
+    };
+    let done = wait_done(&d.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    writer.await.unwrap();
+    let rec = d.service.show("kb").await.unwrap();
+    assert_eq!((rec.spec.model.as_str(), rec.spec.dimension), ("bow-wide", 96));
+    assert_eq!(rec.documents, 30 - 3 + 1 + 10 - 10, "deleted documents stay deleted: {rec:?}");
+    assert_eq!(rec.chunks, rec.documents);
+    for gone in ["topic0", "topic1", "topic29", "topic13"] {
+        let hits = d.service.query("kb", text_query(gone, 3)).await.unwrap();
+        assert!(
+            hits.iter().all(|h| !["d00", "d01", "d29", "d13"].contains(&h.document_id.as_str())),
+            "{gone}: {hits:?}"
+        );
+    }
+    let hits = d.service.query("kb", text_query("zebras", 1)).await.unwrap();
+    assert_eq!(hits[0].document_id, "new");
+    let hits = d.service.query("kb", text_query("late note 7 about ferns", 1)).await.unwrap();
+    assert_eq!(hits[0].document_id, "late7");
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "embedded with the new model: {hits:?}");
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_ask_for_the_pinned_digest_so_a_re_pull_cannot_change_the_weights() {
+    let home = tempfile::tempdir().unwrap();
+    let bow = Bow::new();
+    let d = daemon(home.path(), bow.clone()).await;
+    let rec = d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
+    let pinned = format!("sha256:{}", "a".repeat(64));
+    assert_eq!(rec.spec.model_digest, pinned);
+    d.service.upsert("kb", vec![doc("a", "apples and pears", Format::Text, json!({}))]).await.unwrap();
+    d.service.query("kb", text_query("pears", 1)).await.unwrap();
+    {
+        let asked = bow.requested.lock().unwrap();
+        assert!(!asked.is_empty() && asked.iter().all(|m| *m == pinned), "every request named the digest: {asked:?}");
+    }
+    // A re-pull moves the name to other weights. The name → digest lookup is cached, so the pin
+    // check still passes for a while; the request names the digest, which now no row holds.
+    bow.digests.lock().unwrap()[0].1 = format!("sha256:{}", "c".repeat(64));
+    let err = d.service.upsert("kb", vec![doc("b", "plums and figs", Format::Text, json!({}))]).await.unwrap_err();
+    assert!(matches!(err, VectorError::ModelChanged { .. }), "{err}");
+    // The old weights kept under another name (e.g. a copy): still embedded by their digest.
+    bow.digests.lock().unwrap().push(("bow-old:latest".into(), pinned.clone()));
+    let hits = d
+        .service
+        .query(
+            "kb",
+            QueryRequest { input: QueryInput::Vector(Bow::vector("bow", "apples")), k: 1, filter: Filter::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(hits[0].document_id, "a");
+    let rec = d.service.show("kb").await.unwrap();
+    assert_eq!(rec.documents, 1, "nothing embedded with the new weights was stored");
     d.shutdown.cancel();
 }

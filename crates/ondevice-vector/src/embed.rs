@@ -30,6 +30,8 @@ pub struct EmbedStats {
     pub cache_hits: AtomicU64,
     /// Time spent in embedding requests, microseconds.
     pub micros: AtomicU64,
+    /// Input tokens of embedding requests, as the runtimes report them.
+    pub tokens: AtomicU64,
 }
 
 struct Cache {
@@ -146,6 +148,33 @@ impl Embedder {
         Ok(())
     }
 
+    /// The model name an embedding request for `spec` carries: the pinned `sha256:` digest for a
+    /// registry model, so a re-pull that moves the name to other weights between the pin check
+    /// and the request cannot change the weights used; the name for a runtime's own model
+    /// (`runtime:…` pins have no digest to ask for).
+    pub fn request_model(spec: &CollectionSpec) -> String {
+        if spec.model_digest.starts_with("sha256:") { spec.model_digest.clone() } else { spec.model.clone() }
+    }
+
+    /// Maps a "model not found" for a pinned digest to [`VectorError::ModelChanged`] when the
+    /// name now resolves elsewhere (the pinned weights are gone from the registry).
+    async fn pinned_error(&self, spec: &CollectionSpec, e: RuntimeError) -> VectorError {
+        if matches!(e, RuntimeError::ModelNotFound { .. }) && spec.model_digest.starts_with("sha256:") {
+            lock(&self.digests).remove(&spec.model);
+            if let Ok(now) = self.resolve(&spec.model).await
+                && now.digest != spec.model_digest
+            {
+                return VectorError::ModelChanged {
+                    collection: spec.name.clone(),
+                    model: spec.model.clone(),
+                    pinned: spec.model_digest.clone(),
+                    current: now.digest,
+                };
+            }
+        }
+        emb_err(&spec.model, e)
+    }
+
     /// Characters per token of `sample` under `model` (the default estimate when the runtime
     /// cannot tokenize).
     pub async fn estimate(&self, model: &str, sample: &str) -> TokenEstimate {
@@ -204,13 +233,14 @@ impl Embedder {
         for batch in missing.chunks(BATCH) {
             let input: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
             let started = Instant::now();
-            let result = self
-                .inference
-                .embed(EmbedRequest { model: spec.model.clone(), input, normalize: normalized })
-                .await
-                .map_err(|e| emb_err(&spec.model, e))?;
+            let request = EmbedRequest { model: Self::request_model(spec), input, normalize: normalized };
+            let result = match self.inference.embed(request).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.pinned_error(spec, e).await),
+            };
             self.stats.micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             self.stats.embedded.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.stats.tokens.fetch_add(u64::from(result.usage.prompt_tokens), Ordering::Relaxed);
             if result.vectors.len() != batch.len() {
                 return Err(emb_err(
                     &spec.model,
@@ -243,11 +273,13 @@ impl Embedder {
         Ok(out.into_iter().map(|v| v.unwrap_or_default()).collect())
     }
 
-    /// The vector length `model` produces (one probe embedding).
-    pub async fn probe_dimension(&self, model: &str) -> Result<u32, VectorError> {
+    /// The vector length `model` produces (one probe embedding), asking for the resolved
+    /// weights: `resolved.digest` when it is a registry digest, else `model` by name.
+    pub async fn probe_dimension(&self, model: &str, resolved: &ResolvedModel) -> Result<u32, VectorError> {
+        let name = if resolved.digest.starts_with("sha256:") { resolved.digest.clone() } else { model.to_owned() };
         let r = self
             .inference
-            .embed(EmbedRequest { model: model.to_owned(), input: vec!["dimension probe".into()], normalize: false })
+            .embed(EmbedRequest { model: name, input: vec!["dimension probe".into()], normalize: false })
             .await
             .map_err(|e| emb_err(model, e))?;
         match r.vectors.first() {

@@ -93,9 +93,13 @@ struct Counters {
 }
 
 impl IndexKind {
-    async fn index_file(&self, spec: &CollectionSpec, path: &Path) -> Result<Option<u64>, VectorError> {
+    async fn index_file(&self, name: &str, path: &Path) -> Result<Option<u64>, VectorError> {
         let c = &self.collections;
-        let (backend, _) = c.locate(&spec.name).await?;
+        let gate = c.gate(name);
+        let _writing = gate.read().await;
+        // Located under the gate: a re-embed that swapped the collection meanwhile changed its spec.
+        let (backend, spec) = c.locate(name).await?;
+        let spec = &spec;
         let id = path.display().to_string();
         let meta = tokio::fs::metadata(path).await.map_err(|e| VectorError::Io { path: id.clone(), source: e })?;
         if meta.len() > MAX_FILE_BYTES {
@@ -152,7 +156,23 @@ impl JobKind for IndexKind {
         let mut n = Counters { files_total: files.len() as u64, files_skipped: skipped, ..Counters::default() };
         let started = Instant::now();
         let mut new_chunks = 0u64;
+        let observed = self.collections.observed();
+        let job_id = ctx.id().to_string();
+        struct Finished<'a>(&'a crate::metrics::Observed, &'a str);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.index_finished(self.1);
+            }
+        }
+        let _finished = Finished(observed, &job_id);
         let publish = |n: &Counters, new_chunks: u64, current: Option<&Path>| {
+            observed.index_progress(crate::metrics::IndexProgress {
+                job: job_id.clone(),
+                collection: spec.collection.clone(),
+                files_done: n.files_done,
+                files_total: n.files_total,
+                chunks: new_chunks,
+            });
             let rate = new_chunks as f64 / started.elapsed().as_secs_f64().max(1e-3);
             ctx.progress(n.files_done, Some(n.files_total), "files");
             ctx.message(format!("{}/{} files, {} chunks, {:.1} chunks/s", n.files_done, n.files_total, n.chunks, rate));
@@ -180,7 +200,7 @@ impl JobKind for IndexKind {
             }
             publish(&n, new_chunks, Some(path));
             let result = tokio::select! {
-                r = self.index_file(&cspec, path) => r,
+                r = self.index_file(&cspec.name, path) => r,
                 () = ctx.cancelled() => return Err(JobFailure::Cancelled),
             };
             match result {
@@ -208,6 +228,60 @@ impl JobKind for IndexKind {
         publish(&n, new_chunks, None);
         Ok(())
     }
+}
+
+/// Copies into `new` (the shadow collection) every document of `live` whose content differs from
+/// the shadow's copy, embedding its stored chunk texts with the new model; returns how many.
+/// With `total`, reports progress in documents.
+async fn copy_changed(
+    c: &Collections,
+    backend: &dyn crate::VectorBackend,
+    live: &str,
+    new: &CollectionSpec,
+    ctx: &JobContext,
+    total: Option<u64>,
+) -> Result<u64, JobFailure> {
+    let mut done = 0u64;
+    let mut seen = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend.documents_page(live, after.as_deref(), 64).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        seen += page.len() as u64;
+        let ids: Vec<String> = page.iter().map(|d| d.id.clone()).collect();
+        let have = backend.content_hashes(&new.name, &ids).await?;
+        let mut writes = Vec::new();
+        for d in page {
+            if have.get(&d.id) == Some(&d.content_hash) {
+                continue;
+            }
+            if ctx.cancel_token().is_cancelled() {
+                return Err(JobFailure::Cancelled);
+            }
+            let vectors = c.embedder().embed(new, &d.chunks).await?;
+            writes.push(crate::DocumentWrite {
+                id: d.id,
+                source: d.source,
+                content_hash: d.content_hash,
+                metadata: d.metadata,
+                chunks: d
+                    .chunks
+                    .into_iter()
+                    .zip(vectors)
+                    .map(|(text, embedding)| crate::ChunkWrite { text, embedding })
+                    .collect(),
+            });
+        }
+        done += writes.len() as u64;
+        if !writes.is_empty() {
+            backend.upsert(&new.name, writes).await?;
+        }
+        if let Some(total) = total {
+            ctx.progress(seen, Some(total.max(seen)), "documents");
+        }
+    }
+    Ok(done)
 }
 
 /// Moving a collection to another model.
@@ -247,8 +321,9 @@ impl JobKind for ReembedKind {
         let (backend, old) = c.locate(&spec.collection).await?;
         let shadow = format!("_reembed.{}", spec.collection);
         let e = c.embedder();
-        let digest = e.resolve(&spec.model).await?.digest;
-        let dimension = e.probe_dimension(&spec.model).await?;
+        let resolved = e.resolve(&spec.model).await?;
+        let dimension = e.probe_dimension(&spec.model, &resolved).await?;
+        let digest = resolved.digest;
         let new = CollectionSpec {
             name: shadow.clone(),
             model: spec.model.clone(),
@@ -256,67 +331,41 @@ impl JobKind for ReembedKind {
             dimension,
             ..old.clone()
         };
-        if backend.collection(&shadow).await?.is_none() {
-            backend.create_collection(&new).await?;
-        }
-        let total = backend.collection(&spec.collection).await?.map(|r| r.documents).unwrap_or(0);
-        let mut done = 0u64;
-        let mut seen = std::collections::HashSet::new();
-        for pass in 0..2 {
-            let mut after: Option<String> = None;
-            loop {
-                let page = backend.documents_page(&spec.collection, after.as_deref(), 64).await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                let ids: Vec<String> = page.iter().map(|d| d.id.clone()).collect();
-                let have = backend.content_hashes(&shadow, &ids).await?;
-                let mut writes = Vec::new();
-                for d in page {
-                    if pass == 0 {
-                        seen.insert(d.id.clone());
-                    }
-                    if have.get(&d.id) == Some(&d.content_hash) {
-                        continue;
-                    }
-                    if ctx.cancel_token().is_cancelled() {
-                        return Err(JobFailure::Cancelled);
-                    }
-                    let vectors = e.embed(&new, &d.chunks).await?;
-                    writes.push(crate::DocumentWrite {
-                        id: d.id,
-                        source: d.source,
-                        content_hash: d.content_hash,
-                        metadata: d.metadata,
-                        chunks: d
-                            .chunks
-                            .into_iter()
-                            .zip(vectors)
-                            .map(|(text, embedding)| crate::ChunkWrite { text, embedding })
-                            .collect(),
-                    });
-                }
-                done += writes.len() as u64;
-                if !writes.is_empty() {
-                    backend.upsert(&shadow, writes).await?;
-                }
-                if pass == 0 {
-                    ctx.progress(seen.len() as u64, Some(total.max(seen.len() as u64)), "documents");
-                }
+        match backend.collection(&shadow).await? {
+            // A shadow left by an earlier run with the same model is resumed; one built for
+            // another model or dimension is started over.
+            Some(r) if r.spec.model_digest == new.model_digest && r.spec.dimension == new.dimension => {}
+            Some(_) => {
+                backend.delete_collection(&shadow).await?;
+                backend.create_collection(&new).await?;
+            }
+            None => {
+                backend.create_collection(&new).await?;
             }
         }
-        // Documents deleted from the live collection meanwhile.
+        let total = backend.collection(&spec.collection).await?.map(|r| r.documents).unwrap_or(0);
+        // First pass while writes go on; then, with the collection's writes held off, a catch-up
+        // pass, the removal of documents deleted meanwhile, and the swap. Holding the gate means a
+        // delete can neither fall between the last comparison and the swap (and be resurrected)
+        // nor an upsert embed with the old model and land in the new collection.
+        let mut done = copy_changed(c, backend.as_ref(), &spec.collection, &new, &ctx, Some(total)).await?;
+        let gate = c.gate(&spec.collection);
+        let _swap = tokio::select! {
+            g = gate.write() => g,
+            () = ctx.cancelled() => return Err(JobFailure::Cancelled),
+        };
+        done += copy_changed(c, backend.as_ref(), &spec.collection, &new, &ctx, None).await?;
         let mut after: Option<String> = None;
-        let mut gone = Vec::new();
         loop {
             let page = backend.documents_page(&shadow, after.as_deref(), 256).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
-            gone.extend(page.into_iter().filter(|d| !seen.contains(&d.id)).map(|d| d.id));
-        }
-        if !gone.is_empty() {
-            let live: Vec<String> = backend.content_hashes(&spec.collection, &gone).await?.into_keys().collect();
-            let dead: Vec<String> = gone.into_iter().filter(|id| !live.contains(id)).collect();
-            backend.delete_documents(&shadow, &dead).await?;
+            let ids: Vec<String> = page.into_iter().map(|d| d.id).collect();
+            let live = backend.content_hashes(&spec.collection, &ids).await?;
+            let dead: Vec<String> = ids.into_iter().filter(|id| !live.contains_key(id)).collect();
+            if !dead.is_empty() {
+                backend.delete_documents(&shadow, &dead).await?;
+            }
         }
         backend.replace_collection(&shadow, &spec.collection).await?;
         c.forget(&spec.collection);

@@ -17,6 +17,7 @@ pub mod chunk;
 pub mod embed;
 mod error;
 pub mod job;
+pub mod metrics;
 mod service;
 #[cfg(feature = "testing")]
 pub mod testing;

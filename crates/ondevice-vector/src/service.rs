@@ -101,10 +101,16 @@ pub struct QueryRequest {
 }
 
 /// Counters for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VectorStats {
     /// Texts embedded by a model.
     pub embedded: u64,
+    /// Input tokens of those texts, as the runtimes report them (0 from runtimes that do not).
+    pub embedded_tokens: u64,
+    /// Query latency histograms by backend and input.
+    pub queries: Vec<crate::metrics::QueryLatency>,
+    /// Running index jobs' progress.
+    pub index_jobs: Vec<crate::metrics::IndexProgress>,
     /// Texts answered from the embedding cache.
     pub cache_hits: u64,
     /// Seconds spent embedding.
@@ -156,6 +162,12 @@ pub(crate) struct Shared {
     pub jobs: OnceLock<Jobs>,
     /// Collection → (backend index, spec), filled on first use, cleared on delete and replace.
     pub located: Mutex<HashMap<String, (usize, CollectionSpec)>>,
+    /// Collection → its write gate: every document write or delete holds it shared for its whole
+    /// duration (embedding included); a re-embed job holds it exclusively for its last catch-up
+    /// and the swap, so no write or delete falls between them and none lands with the old model.
+    pub gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Latencies of queries and progress of index jobs, for metrics.
+    pub observed: crate::metrics::Observed,
 }
 
 /// The vector store service over its backends. Cheap to clone.
@@ -186,6 +198,8 @@ impl Collections {
                 embedder: Embedder::new(inference),
                 jobs: OnceLock::new(),
                 located: Mutex::new(HashMap::new()),
+                gates: Mutex::new(HashMap::new()),
+                observed: crate::metrics::Observed::default(),
             }),
         }
     }
@@ -228,6 +242,11 @@ impl Collections {
             .iter()
             .position(|b| b.name() == name)
             .ok_or_else(|| VectorError::BackendUnavailable(name.to_owned()))
+    }
+
+    /// The write gate of a collection (see [`Shared::gates`]).
+    pub(crate) fn gate(&self, name: &str) -> Arc<tokio::sync::RwLock<()>> {
+        lock(&self.inner.gates).entry(name.to_owned()).or_default().clone()
     }
 
     pub(crate) fn forget(&self, name: &str) {
@@ -284,7 +303,7 @@ impl Collections {
         }
         let e = &self.inner.embedder;
         let resolved = e.resolve(&req.model).await?;
-        let dimension = e.probe_dimension(&req.model).await?;
+        let dimension = e.probe_dimension(&req.model, &resolved).await?;
         let spec = CollectionSpec {
             name: req.name,
             model: req.model,
@@ -302,6 +321,8 @@ impl Collections {
     }
 
     async fn do_upsert(&self, name: &str, docs: Vec<DocumentInput>) -> Result<UpsertOutcome, VectorError> {
+        let gate = self.gate(name);
+        let _writing = gate.read().await;
         let (backend, spec) = self.locate(name).await?;
         self.inner.embedder.check_pinned(&spec).await?;
         let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
@@ -330,7 +351,12 @@ impl Collections {
     }
 
     async fn do_query(&self, name: &str, req: QueryRequest) -> Result<Vec<Hit>, VectorError> {
+        let started = std::time::Instant::now();
         let (backend, spec) = self.locate(name).await?;
+        let input = match req.input {
+            QueryInput::Vector(_) => "vector",
+            QueryInput::Text(_) => "text",
+        };
         let vector = match req.input {
             QueryInput::Vector(v) => v,
             QueryInput::Text(t) => {
@@ -344,7 +370,14 @@ impl Collections {
                 e.embed(&spec, &[t]).await?.remove(0)
             }
         };
-        backend.query(name, &VectorQuery { vector, k: req.k, filter: req.filter }).await
+        let hits = backend.query(name, &VectorQuery { vector, k: req.k, filter: req.filter }).await?;
+        self.inner.observed.query(backend.name(), input, started.elapsed());
+        Ok(hits)
+    }
+
+    /// What the store observed (query latencies, index jobs), for the job kinds.
+    pub(crate) fn observed(&self) -> &crate::metrics::Observed {
+        &self.inner.observed
     }
 }
 
@@ -394,6 +427,8 @@ impl VectorService for Collections {
 
     fn delete_documents<'a>(&'a self, name: &'a str, ids: Vec<String>) -> BoxFuture<'a, Result<u64, VectorError>> {
         Box::pin(async move {
+            let gate = self.gate(name);
+            let _writing = gate.read().await;
             let (backend, _) = self.locate(name).await?;
             backend.delete_documents(name, &ids).await
         })
@@ -437,6 +472,9 @@ impl VectorService for Collections {
         let s = &self.inner.embedder.stats;
         VectorStats {
             embedded: s.embedded.load(Relaxed),
+            embedded_tokens: s.tokens.load(Relaxed),
+            queries: self.inner.observed.query_latencies(),
+            index_jobs: self.inner.observed.index_jobs(),
             cache_hits: s.cache_hits.load(Relaxed),
             embed_seconds: s.micros.load(Relaxed) as f64 / 1e6,
         }
