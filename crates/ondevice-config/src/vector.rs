@@ -41,6 +41,12 @@ pub struct VectorSettings {
     /// default, pgvector collections can still be created with `--backend pgvector`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<SecretRef>,
+    /// Directories the daemon may read files from for `index` jobs (absolute paths). A path an
+    /// index request names must lie inside one of them after symlinks are resolved; none by
+    /// default, so no API key can make the daemon read files. `ondevice index` reads files outside
+    /// these roots itself and sends their content.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub index_roots: Vec<std::path::PathBuf>,
 }
 
 impl VectorSettings {
@@ -50,6 +56,12 @@ impl VectorSettings {
             return Err((
                 "vector.url",
                 "backend \"pgvector\" needs url = \"env:VARIABLE\" naming a PostgreSQL connection string".to_owned(),
+            ));
+        }
+        if let Some(r) = self.index_roots.iter().find(|r| !r.is_absolute()) {
+            return Err((
+                "vector.index_roots",
+                format!("{} is not an absolute path: name directories from /", r.display()),
             ));
         }
         Ok(())

@@ -337,6 +337,7 @@ impl From<VectorError> for ApiError {
             | VectorError::InputTooLong { .. }
             | VectorError::BackendUnavailable(_) => ApiError::InvalidRequest(message),
             VectorError::NotFound(_) => ApiError::NotFound(message),
+            VectorError::PathNotAllowed { .. } => ApiError::PermissionDenied(message),
             VectorError::Exists(_) | VectorError::ModelChanged { .. } => ApiError::Conflict(message),
             VectorError::Embedding { source, .. } => ApiError::Runtime(source),
             VectorError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {

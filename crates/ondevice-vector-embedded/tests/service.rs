@@ -153,9 +153,15 @@ struct Daemon {
 }
 
 async fn daemon(home: &Path, bow: Arc<Bow>) -> Daemon {
+    daemon_with_roots(home, bow, &[]).await
+}
+
+/// A daemon whose `index` jobs may read files under `roots`.
+async fn daemon_with_roots(home: &Path, bow: Arc<Bow>, roots: &[PathBuf]) -> Daemon {
     let store = Arc::new(Store::open(&home.join("ondevice.db")).unwrap());
     let backend = Arc::new(EmbeddedBackend::open(store.clone(), &home.join("vectors")).unwrap());
     let service = Collections::new(vec![backend], "embedded", bow);
+    service.set_index_roots(roots);
     let shutdown = CancellationToken::new();
     let jobs = Jobs::builder(store.clone(), JobsConfig::default())
         .kind(service.index_kind())
@@ -313,7 +319,9 @@ async fn index_jobs_walk_skip_unchanged_and_report_progress() {
     let docs = tempfile::tempdir().unwrap();
     write_tree(docs.path(), 12);
     let bow = Bow::new();
+    let more = tempfile::tempdir().unwrap();
     let d = daemon(home.path(), bow.clone()).await;
+    d.service.set_index_roots(&[docs.path().to_path_buf(), more.path().to_path_buf()]);
     d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
     let e = d.service.index("kb", vec![docs.path().join("paper.pdf")]).await.unwrap_err();
     assert!(e.to_string().contains("unsupported file type"), "{e}");
@@ -345,7 +353,6 @@ async fn index_jobs_walk_skip_unchanged_and_report_progress() {
 
     // Cancel: a slow run stops when cancelled.
     bow.delay_ms.store(200, Ordering::SeqCst);
-    let more = tempfile::tempdir().unwrap();
     write_tree(more.path(), 20);
     let job = d.service.index("kb", vec![more.path().to_path_buf()]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -366,7 +373,7 @@ async fn an_index_job_killed_with_sigkill_resumes_without_reembedding() {
         let (home, docs) = dirs.split_once('|').unwrap();
         let bow = Bow::new();
         bow.delay_ms.store(100, Ordering::SeqCst);
-        let d = daemon(Path::new(home), bow).await;
+        let d = daemon_with_roots(Path::new(home), bow, &[PathBuf::from(docs)]).await;
         d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
         d.service.index("kb", vec![PathBuf::from(docs)]).await.unwrap();
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -399,7 +406,7 @@ async fn an_index_job_killed_with_sigkill_resumes_without_reembedding() {
     drop(store);
 
     let bow = Bow::new();
-    let d = daemon(home.path(), bow.clone()).await;
+    let d = daemon_with_roots(home.path(), bow.clone(), &[docs.path().to_path_buf()]).await;
     let job = d.jobs.list(&Default::default()).await.unwrap().into_iter().find(|j| j.kind == "index").unwrap();
     let done = wait_done(&d.jobs, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
@@ -532,5 +539,57 @@ async fn embeddings_ask_for_the_pinned_digest_so_a_re_pull_cannot_change_the_wei
     assert_eq!(hits[0].document_id, "a");
     let rec = d.service.show("kb").await.unwrap();
     assert_eq!(rec.documents, 1, "nothing embedded with the new weights was stored");
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_reads_only_inside_the_configured_roots() {
+    let home = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write_tree(root.path(), 4);
+    std::fs::write(outside.path().join("secret.txt"), "the password is swordfish").unwrap();
+    std::fs::create_dir_all(root.path().join("notes")).unwrap();
+    std::fs::write(root.path().join(".env.txt"), "TOKEN=hidden").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), root.path().join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("notes/outside")).unwrap();
+
+    // No roots: the daemon reads nothing, whatever the path.
+    let d = daemon(home.path(), Bow::new()).await;
+    d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
+    let e = d.service.index("kb", vec![root.path().to_path_buf()]).await.unwrap_err();
+    assert!(matches!(e, VectorError::PathNotAllowed { .. }), "{e}");
+    assert!(e.to_string().contains("index_roots is empty"), "{e}");
+    d.shutdown.cancel();
+
+    let home = tempfile::tempdir().unwrap();
+    let d = daemon_with_roots(home.path(), Bow::new(), &[root.path().to_path_buf()]).await;
+    d.service.create(CreateCollection::new("kb", "bow")).await.unwrap();
+    let refused = |p: PathBuf| {
+        let service = d.service.clone();
+        async move {
+            match service.index("kb", vec![p.clone()]).await {
+                Err(VectorError::PathNotAllowed { .. }) => {}
+                other => panic!("{}: {other:?}", p.display()),
+            }
+        }
+    };
+    // Outside, by name, by `..`, through a symlinked file or directory, hidden, missing outside.
+    refused(outside.path().join("secret.txt")).await;
+    refused(root.path().join("../").join(outside.path().file_name().unwrap()).join("secret.txt")).await;
+    refused(root.path().join("link.txt")).await;
+    refused(root.path().join("notes/outside/secret.txt")).await;
+    refused(root.path().join(".env.txt")).await;
+    refused(PathBuf::from("/nonexistent/x.txt")).await;
+    let e = d.service.index("kb", vec![PathBuf::from("relative.txt")]).await.unwrap_err();
+    assert!(e.to_string().contains("not an absolute path"), "{e}");
+
+    // The root itself: its files, and neither the symlinks nor the hidden file.
+    let job = d.service.index("kb", vec![root.path().to_path_buf()]).await.unwrap();
+    let done = wait_done(&d.jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.error);
+    assert_eq!(done.detail["files_indexed"], 4, "{}", done.detail);
+    let hits = d.service.query("kb", text_query("password swordfish", 5)).await.unwrap();
+    assert!(hits.iter().all(|h| !h.text.contains("swordfish")), "{hits:?}");
     d.shutdown.cancel();
 }

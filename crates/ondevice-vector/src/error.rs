@@ -97,6 +97,16 @@ pub enum VectorError {
         #[source]
         source: std::io::Error,
     },
+    /// An index request names a path outside the directories the daemon may read.
+    #[error(
+        "{path} is outside the directories the daemon may index ([vector] index_roots{roots}): add its directory to index_roots, or run `ondevice index` on the machine holding the files, which sends their content"
+    )]
+    PathNotAllowed {
+        /// The path as given.
+        path: String,
+        /// `" = [...]"` or `" is empty"`.
+        roots: String,
+    },
     /// The job queue refused or lost the job.
     #[error(transparent)]
     Jobs(#[from] ondevice_jobs::JobError),

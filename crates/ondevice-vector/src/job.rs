@@ -101,6 +101,14 @@ impl IndexKind {
         let (backend, spec) = c.locate(name).await?;
         let spec = &spec;
         let id = path.display().to_string();
+        // The walk saw a regular file inside an index root; it may have become a symlink since.
+        let now = std::fs::canonicalize(path).map_err(|e| VectorError::Io { path: id.clone(), source: e })?;
+        if now != path {
+            return Err(VectorError::UnsupportedFormat {
+                path: id,
+                detail: "it became a symbolic link; not followed".into(),
+            });
+        }
         let meta = tokio::fs::metadata(path).await.map_err(|e| VectorError::Io { path: id.clone(), source: e })?;
         if meta.len() > MAX_FILE_BYTES {
             return Err(VectorError::UnsupportedFormat {
@@ -149,7 +157,11 @@ impl JobKind for IndexKind {
     async fn run(self: Arc<Self>, spec: IndexSpec, ctx: JobContext) -> Result<(), JobFailure> {
         let (_, cspec) = self.collections.locate(&spec.collection).await?;
         self.collections.embedder().check_pinned(&cspec).await?;
-        let roots: Vec<PathBuf> = spec.paths.iter().map(PathBuf::from).collect();
+        // Checked again when the job runs: the roots may have changed since it was queued.
+        let mut roots = Vec::new();
+        for p in &spec.paths {
+            roots.push(self.collections.check_index_path(Path::new(p))?);
+        }
         let (files, skipped) = tokio::task::spawn_blocking(move || walk(&roots))
             .await
             .map_err(|e| JobFailure::Failed(format!("walking the files stopped: {e}")))??;

@@ -150,6 +150,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `path` with `.` and `..` components resolved without asking the file system.
+fn normalize_lexically(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// `sha256:` of content.
 pub fn content_hash(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
@@ -168,6 +184,8 @@ pub(crate) struct Shared {
     pub gates: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Latencies of queries and progress of index jobs, for metrics.
     pub observed: crate::metrics::Observed,
+    /// Directories `index` jobs may read (canonical); empty: none.
+    pub index_roots: std::sync::RwLock<Vec<PathBuf>>,
 }
 
 /// The vector store service over its backends. Cheap to clone.
@@ -200,8 +218,70 @@ impl Collections {
                 located: Mutex::new(HashMap::new()),
                 gates: Mutex::new(HashMap::new()),
                 observed: crate::metrics::Observed::default(),
+                index_roots: std::sync::RwLock::new(Vec::new()),
             }),
         }
+    }
+
+    /// Sets the directories `index` jobs may read files from (`[vector] index_roots`). Each is
+    /// canonicalized (symlinks resolved); one that does not exist is left out with a warning.
+    pub fn set_index_roots(&self, roots: &[PathBuf]) {
+        let mut canonical = Vec::new();
+        for r in roots {
+            match std::fs::canonicalize(r) {
+                Ok(c) if c.is_dir() => canonical.push(c),
+                Ok(_) => {
+                    tracing::warn!(root = %r.display(), "[vector] index_roots names a file, not a directory; left out")
+                }
+                Err(e) => tracing::warn!(root = %r.display(), error = %e, "[vector] index_roots entry left out"),
+            }
+        }
+        *self.inner.index_roots.write().unwrap_or_else(|e| e.into_inner()) = canonical;
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        self.inner.index_roots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks that `path` (absolute) may be indexed and returns it canonical: it must lie inside
+    /// an index root both as written and with symlinks resolved, and no component below the
+    /// root may be hidden (`.ssh`, `.env`, …). Paths outside the roots are refused before the
+    /// file system is asked about them, so a refusal says nothing about what exists there.
+    pub fn check_index_path(&self, path: &std::path::Path) -> Result<PathBuf, VectorError> {
+        let roots = self.roots();
+        let refuse = || VectorError::PathNotAllowed {
+            path: path.display().to_string(),
+            roots: if roots.is_empty() {
+                " is empty".to_owned()
+            } else {
+                format!(
+                    " = [{}]",
+                    roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect::<Vec<_>>().join(", ")
+                )
+            },
+        };
+        if !path.is_absolute() {
+            return Err(VectorError::InvalidRequest(format!(
+                "{} is not an absolute path: name files and directories from /",
+                path.display()
+            )));
+        }
+        let lexical = normalize_lexically(path);
+        let inside = |p: &std::path::Path| {
+            roots.iter().any(|r| {
+                p.strip_prefix(r)
+                    .is_ok_and(|rest| rest.components().all(|c| !c.as_os_str().to_string_lossy().starts_with('.')))
+            })
+        };
+        if !inside(&lexical) {
+            return Err(refuse());
+        }
+        let canonical =
+            std::fs::canonicalize(path).map_err(|e| VectorError::Io { path: path.display().to_string(), source: e })?;
+        if !inside(&canonical) {
+            return Err(refuse());
+        }
+        Ok(canonical)
     }
 
     /// The `index` job kind, to register with the job queue.
@@ -446,8 +526,7 @@ impl VectorService for Collections {
             }
             let mut abs = Vec::new();
             for p in paths {
-                let c = std::fs::canonicalize(&p)
-                    .map_err(|e| VectorError::Io { path: p.display().to_string(), source: e })?;
+                let c = self.check_index_path(&p)?;
                 if c.is_file() && Format::from_path(&c).is_none() {
                     return Err(Format::unsupported(&c));
                 }

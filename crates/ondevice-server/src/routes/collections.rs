@@ -468,10 +468,10 @@ pub async fn set_model(
     Ok((StatusCode::ACCEPTED, Json(job.into())))
 }
 
-/// Vector store metrics in the OpenMetrics text format, for `/metrics`: texts embedded, time
-/// spent embedding (their ratio is embeddings per second), cache hits, and each collection's
-/// chunks and index bytes. Query latency is the `/api/v1/collections/{name}/query` route's
-/// `ondevice_http_request_duration_seconds` histogram.
+/// Vector store metrics in the OpenMetrics text format, for `/metrics`: texts and tokens
+/// embedded, time spent embedding (texts over seconds is embeddings per second), cache hits, the
+/// query latency histogram (HTTP and gRPC queries alike, by backend and by text or vector input),
+/// each collection's chunks and index bytes, and each running index job's progress.
 pub(crate) async fn metrics_text(state: &AppState) -> String {
     use std::fmt::Write as _;
     let Ok(vectors) = state.require_vectors() else { return String::new() };
@@ -483,13 +483,49 @@ pub(crate) async fn metrics_text(state: &AppState) -> String {
             "Texts embedded for collections (embedding cache misses).",
             s.embedded as f64,
         ),
+        (
+            "ondevice_vector_embedded_tokens",
+            "Input tokens embedded for collections, as the runtimes report them.",
+            s.embedded_tokens as f64,
+        ),
         ("ondevice_vector_embed_seconds", "Seconds spent in embedding requests for collections.", s.embed_seconds),
         ("ondevice_vector_embedding_cache_hits", "Texts answered from the embedding cache.", s.cache_hits as f64),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}");
     }
-    let Ok(all) = vectors.list().await else { return out };
     let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    out.push_str("# HELP ondevice_vector_query_seconds Time to answer a collection query (embedding a text query included).\n# TYPE ondevice_vector_query_seconds histogram\n");
+    for q in &s.queries {
+        let labels = format!("backend=\"{}\",input=\"{}\"", q.backend, q.input);
+        let bounds = ondevice_vector::metrics::QUERY_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]);
+        for (le, n) in bounds.zip(&q.cumulative) {
+            let _ = writeln!(out, "ondevice_vector_query_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "ondevice_vector_query_seconds_sum{{{labels}}} {}", q.sum_seconds);
+        let _ = writeln!(out, "ondevice_vector_query_seconds_count{{{labels}}} {}", q.count);
+    }
+    out.push_str("# HELP ondevice_vector_index_job_files Files of a running index job: found by the walk (total) and finished (done).\n# TYPE ondevice_vector_index_job_files gauge\n");
+    for j in &s.index_jobs {
+        for (what, n) in [("total", j.files_total), ("done", j.files_done)] {
+            let _ = writeln!(
+                out,
+                "ondevice_vector_index_job_files{{job=\"{}\",collection=\"{}\",state=\"{what}\"}} {n}",
+                label(&j.job),
+                label(&j.collection)
+            );
+        }
+    }
+    out.push_str("# HELP ondevice_vector_index_job_chunks Chunks a running index job has written.\n# TYPE ondevice_vector_index_job_chunks gauge\n");
+    for j in &s.index_jobs {
+        let _ = writeln!(
+            out,
+            "ondevice_vector_index_job_chunks{{job=\"{}\",collection=\"{}\"}} {}",
+            label(&j.job),
+            label(&j.collection),
+            j.chunks
+        );
+    }
+    let Ok(all) = vectors.list().await else { return out };
     out.push_str(
         "# HELP ondevice_vector_chunks Chunks (vectors) stored in a collection.\n# TYPE ondevice_vector_chunks gauge\n",
     );

@@ -33,5 +33,7 @@ pub async fn collections(
     if default == VectorBackendKind::Pgvector && backends.len() < 2 {
         anyhow::bail!("[vector] backend = \"pgvector\" needs [vector] url");
     }
-    Ok(Collections::new(backends, default.as_str(), inference))
+    let collections = Collections::new(backends, default.as_str(), inference);
+    collections.set_index_roots(&settings.vector.index_roots);
+    Ok(collections)
 }
