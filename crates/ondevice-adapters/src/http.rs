@@ -23,6 +23,8 @@ pub(crate) struct Remote {
     client: reqwest::Client,
     key: Option<Secret>,
     pub(crate) timeout: Duration,
+    /// Host and port every request goes to (the egress gate's key).
+    peer: (String, u16),
 }
 
 impl Remote {
@@ -50,7 +52,8 @@ impl Remote {
             .user_agent(concat!("ondevice/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AdapterError::Client { runtime: name.to_owned(), reason: e.to_string() })?;
-        Ok(Remote { name: name.to_owned(), base, client, key: options.api_key.clone(), timeout: options.timeout })
+        let peer = (url.host_str().unwrap_or_default().to_owned(), url.port_or_known_default().unwrap_or(0));
+        Ok(Remote { name: name.to_owned(), base, client, key: options.api_key.clone(), timeout: options.timeout, peer })
     }
 
     /// A request to `path` (starting with `/`) with the bearer key, if any.
@@ -83,25 +86,51 @@ impl Remote {
     /// server does); the request then fails before any answer. It is sent once more on a fresh
     /// connection: an inference request has no side effect a second copy could repeat.
     pub(crate) async fn send_stream(&self, rb: RequestBuilder) -> Result<Response, RuntimeError> {
+        let flow = self.gate()?;
+        let sent = rb
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .and_then(|r| r.body().and_then(|b| b.as_bytes()).map(|b| b.len() as u64))
+            .unwrap_or(0);
+        flow.sent(sent);
         let again = rb.try_clone();
-        let resp = match (rb.send().await, again) {
+        let sent_again = |e: reqwest::Error| {
+            let err = self.transport(e);
+            flow.failed(&err);
+            err
+        };
+        let mut resp = match (rb.send().await, again) {
             (Ok(resp), _) => resp,
             (Err(e), Some(again)) if closed_before_answer(&e) => {
                 tracing::debug!(runtime = %self.name, error = %chain(&e), "connection closed under the request; sending it again");
-                again.send().await.map_err(|e| self.transport(e))?
+                flow.sent(sent);
+                again.send().await.map_err(sent_again)?
             }
-            (Err(e), _) => return Err(self.transport(e)),
+            (Err(e), _) => return Err(sent_again(e)),
         };
         if resp.status().is_success() {
+            // The body's bytes are counted by whoever reads it (`body`, `json`).
+            resp.extensions_mut().insert(flow);
             return Ok(resp);
         }
+        flow.failed(format!("answered {}", resp.status()));
         Err(self.status_error(resp).await)
+    }
+
+    /// The egress gate: offline mode refuses a non-loopback runtime before connecting (503).
+    pub(crate) fn gate(&self) -> Result<ondevice_egress::Flow, RuntimeError> {
+        ondevice_egress::begin(ondevice_egress::Purpose::Runtime, &self.peer.0, self.peer.1)
+            .map_err(|e| RuntimeError::Unavailable { adapter: self.name.clone(), reason: e.to_string() })
     }
 
     /// Sends and parses a JSON answer.
     pub(crate) async fn json(&self, rb: RequestBuilder) -> Result<serde_json::Value, RuntimeError> {
         let resp = self.send(rb).await?;
+        let flow = resp.extensions().get::<ondevice_egress::Flow>().cloned();
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if let Some(f) = flow {
+            f.received(bytes.len() as u64);
+        }
         serde_json::from_slice(&bytes).map_err(|e| RuntimeError::Upstream {
             adapter: self.name.clone(),
             status: 200,
@@ -123,7 +152,11 @@ impl Remote {
     /// The body of a streamed answer as chunks, transport errors mapped.
     pub(crate) fn body(&self, resp: Response) -> Body {
         let this = self.clone();
+        let flow = resp.extensions().get::<ondevice_egress::Flow>().cloned();
         Box::pin(resp.bytes_stream().map(move |r| {
+            if let (Some(f), Ok(b)) = (&flow, &r) {
+                f.received(b.len() as u64);
+            }
             r.map_err(|e| match this.transport(e) {
                 RuntimeError::Unavailable { adapter, reason } => {
                     RuntimeError::Unavailable { adapter, reason: format!("stream broken: {reason}") }

@@ -227,6 +227,10 @@ impl Runtime for RestAdapter {
         Box::pin(async move {
             let path = self.health_path.as_deref().unwrap_or("/");
             let rb = self.remote.bare(Method::GET, path).timeout(self.remote.timeout.min(Duration::from_secs(10)));
+            let _flow = match self.remote.gate() {
+                Ok(f) => f,
+                Err(e) => return Health::Unhealthy(e.to_string()),
+            };
             match rb.send().await {
                 Ok(r) if r.status().is_success() || self.health_path.is_none() => Health::Ready,
                 Ok(r) => Health::Unhealthy(format!("{path} answered {}", r.status())),

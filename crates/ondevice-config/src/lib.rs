@@ -10,12 +10,14 @@ mod error;
 pub mod inference;
 pub mod jobs;
 mod locate;
+pub mod network;
 mod redact;
 pub mod registry;
 pub mod runtimes;
 pub mod schema;
 pub mod secret;
 mod settings;
+pub mod telemetry;
 mod units;
 pub mod vector;
 pub mod workers;
@@ -198,6 +200,15 @@ pub fn load(env: &Environment, overrides: &Overrides) -> Result<Resolved, Config
     if let Some(v) = env.get(registry::ENV_REGISTRY_ALLOW_HOSTS) {
         settings.registry.apply_env_allow_hosts(v);
     }
+    if let Some(v) = env.get(network::ENV_OFFLINE) {
+        settings.network.offline = network::parse_bool(v).ok_or_else(|| ConfigError::Env {
+            var: network::ENV_OFFLINE.to_owned(),
+            message: format!("{v:?} is not a switch: write 1 or 0"),
+        })?;
+    }
+    if let Some(v) = env.get(telemetry::ENV_TELEMETRY_ENDPOINT) {
+        v.trim().clone_into(&mut settings.telemetry.endpoint);
+    }
     if let Some(listen) = overrides.listen {
         settings.server.listen = listen;
         listen_from = Some("--listen");
@@ -304,6 +315,7 @@ fn validate(
     s.registry.validate().map_err(|(key, message)| invalid(key, message))?;
     s.jobs.validate().map_err(|(key, message)| invalid(key, message))?;
     s.vector.validate().map_err(|(key, message)| invalid(key, message))?;
+    s.telemetry.validate().map_err(|(key, message)| invalid(key, message))?;
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
     }

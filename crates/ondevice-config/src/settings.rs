@@ -33,6 +33,10 @@ pub struct Settings {
     pub jobs: crate::jobs::JobsSettings,
     /// The vector store: default backend for collections and the PostgreSQL connection.
     pub vector: crate::vector::VectorSettings,
+    /// Outbound connections: the offline switch.
+    pub network: crate::network::NetworkSettings,
+    /// The opt-in usage report: endpoint and interval (consent is given with `ondevice telemetry enable`).
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.

@@ -218,3 +218,34 @@ fn windows_control_pipe_is_per_home_and_stable() {
     assert_eq!(pipe(r"c:\users\ADA\AppData\Roaming\ondevice\data"), ada, "Windows paths ignore case");
     assert_ne!(pipe(r"C:\Users\bob\AppData\Roaming\ondevice\data"), ada);
 }
+
+#[test]
+fn network_and_telemetry_sections_with_their_env_overrides() {
+    let (_d, path) = write_config(
+        "[network]\noffline = true\n[telemetry]\nendpoint = \"https://t.example/v1\"\ninterval_s = 3600\n",
+    );
+    let cfg = path.to_str().unwrap();
+    let r = load(&env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg)]), &Overrides::default()).unwrap();
+    assert!(r.settings.network.offline);
+    assert_eq!(r.settings.telemetry.endpoint, "https://t.example/v1");
+    let e = env(&[
+        (ENV_HOME, "/tmp/x"),
+        (ENV_CONFIG, cfg),
+        (crate::network::ENV_OFFLINE, "0"),
+        (crate::telemetry::ENV_TELEMETRY_ENDPOINT, "file"),
+    ]);
+    let r = load(&e, &Overrides::default()).unwrap();
+    assert!(!r.settings.network.offline, "the environment wins over the file");
+    assert_eq!(r.settings.telemetry.endpoint, "file");
+    let err = load(
+        &env(&[(ENV_HOME, "/tmp/x"), (ENV_CONFIG, cfg), (crate::network::ENV_OFFLINE, "maybe")]),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("ONDEVICE_OFFLINE"), "{err}");
+    let (_d2, bad) = write_config("[telemetry]\nendpoint = \"ftp://x\"\n");
+    let err = check_file(&bad).unwrap_err();
+    assert!(err.to_string().contains("telemetry.endpoint"), "{err}");
+    assert_eq!(Settings::default().telemetry.endpoint, "file");
+    assert!(!Settings::default().network.offline, "online by default");
+}

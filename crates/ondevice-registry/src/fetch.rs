@@ -89,6 +89,9 @@ pub enum FetchError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// Offline mode (`[network] offline = true`) refused the connection before it was made.
+    #[error(transparent)]
+    Offline(#[from] ondevice_egress::EgressError),
 }
 
 impl FetchError {
@@ -155,6 +158,12 @@ impl Fetcher {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             check_url_form(&url)?;
+            // The egress gate first: in offline mode not even a DNS lookup happens.
+            let flow = ondevice_egress::begin(
+                ondevice_egress::Purpose::Pull,
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or(0),
+            )?;
             self.policy.check_url(&url).await?;
             let mut req = self.client.get(url.clone());
             if let Some((start, end)) = range {
@@ -165,9 +174,17 @@ impl Fetcher {
             if let Some(c) = credential {
                 req = req.header(AUTHORIZATION, c.header.clone());
             }
-            let resp =
-                req.send().await.map_err(|e| FetchError::Network { url: redact_url(&url), reason: describe(e) })?;
+            let resp = req.send().await.map_err(|e| {
+                let reason = describe(e);
+                flow.failed(&reason);
+                FetchError::Network { url: redact_url(&url), reason }
+            })?;
+            // Bytes received: the body the server announced (a ranged chunk, or the whole file).
+            flow.received(resp.content_length().unwrap_or(0));
             let status = resp.status();
+            if !status.is_success() && !status.is_redirection() {
+                flow.failed(format!("server answered {status}"));
+            }
             if status.is_redirection() {
                 let next =
                     resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok()).ok_or(

@@ -89,8 +89,30 @@ async fn run(http: &reqwest::Client, hook: &Hook, ev: &HookEvent) -> Result<(), 
             if st.success() { Ok(()) } else { Err(format!("exited with {st}")) }
         }
         Hook::Webhook(url) => {
-            let resp = http.post(url).json(ev).timeout(HOOK_TIMEOUT).send().await.map_err(|e| e.to_string())?;
-            if resp.status().is_success() { Ok(()) } else { Err(format!("status {}", resp.status())) }
+            // The egress gate: offline mode refuses a non-loopback webhook before connecting.
+            let flow = ondevice_egress::begin_url(ondevice_egress::Purpose::Webhook, url).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(ev).map_err(|e| e.to_string())?;
+            flow.sent(body.len() as u64);
+            let resp = http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .timeout(HOOK_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| {
+                    // Without the URL: its query may carry a signature.
+                    let e = e.without_url().to_string();
+                    flow.failed(&e);
+                    e
+                })?;
+            flow.received(resp.content_length().unwrap_or(0));
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                flow.failed(format!("status {}", resp.status()));
+                Err(format!("status {}", resp.status()))
+            }
         }
     }
 }
