@@ -4,6 +4,8 @@
 //!   F32/F16/BF16/Q8_0 with its tokenizer, streamed tensor by tensor and written atomically; every
 //!   input is checked before anything is written.
 //! - [`QuantType`]: every llama.cpp file type by name (`Q4_K_M`, `IQ2_XS`, ...).
+//! - [`mlx`]: a safetensors directory or a GGUF F32/F16 → an MLX-LM directory with affine group
+//!   quantization, bit for bit as `mlx.core.quantize`.
 //! - `llama` (feature `llama`): GGUF → any [`QuantType`] through llama.cpp's own
 //!   `llama_model_quantize`, from the same `llama-cpp-sys-2` build as the engine.
 //!
@@ -19,6 +21,8 @@ mod imatrix;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod numeric;
+pub mod mlx;
+mod mlx_tokenizer;
 pub mod pipeline;
 mod tokenizer;
 mod types;
