@@ -46,6 +46,21 @@ struct Manifest {
     license: Option<String>,
     source: String,
     files: Vec<ManifestFile>,
+    /// Where the content came from (a quantization's receipt), when the registry recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<ManifestProvenance>,
+}
+
+/// The provenance of the bundled model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestProvenance {
+    /// The registry model it was made from, `name:tag`.
+    parent: Option<String>,
+    /// That model's digest.
+    parent_digest: Option<String>,
+    /// The receipt (a JSON object whose `output_sha256` is the model's digest).
+    receipt: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +135,11 @@ impl Registry {
             context_length: m.context_length,
             license: m.license.clone(),
             source: m.source.clone(),
+            provenance: m.provenance.as_ref().map(|p| ManifestProvenance {
+                parent: p.parent.clone(),
+                parent_digest: p.parent_digest.map(|d| d.to_string()),
+                receipt: p.receipt.clone(),
+            }),
             files: digests
                 .iter()
                 .map(|(d, size)| ManifestFile {
@@ -229,11 +249,35 @@ impl Registry {
             };
             let source =
                 format!("bundle:{}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-            if m.format == crate::SAFETENSORS_FORMAT {
+            let provenance = match m.provenance {
+                Some(p) => {
+                    let parent_digest = p
+                        .parent_digest
+                        .as_deref()
+                        .map(str::parse::<Digest>)
+                        .transpose()
+                        .map_err(|_| bad("invalid parent digest in the manifest's provenance".into()))?;
+                    let p = crate::Provenance {
+                        receipt: p.receipt,
+                        parent: p.parent,
+                        parent_digest,
+                        created_at: crate::now(),
+                    };
+                    p.check_describes(&digest).map_err(bad)?;
+                    Some(p)
+                }
+                None => None,
+            };
+            let mut record = if m.format == crate::SAFETENSORS_FORMAT {
                 self.register_layout_existing(digest, &target, &source, m.license)
             } else {
                 self.register_existing(digest, &target, &source, m.license)
+            }?;
+            if let Some(p) = provenance {
+                self.record_provenance(&digest, &p)?;
+                record.provenance = Some(p);
             }
+            Ok(record)
         })();
         if result.is_err() {
             cleanup(&stored);

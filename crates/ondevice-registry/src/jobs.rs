@@ -4,9 +4,8 @@
 //! The download's chunk bookkeeping ([`ChunkState`]) is the job's checkpoint, so a pull resumes
 //! after a restart, even after `kill -9`, where it was.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ondevice_jobs::{
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{Catalog, CatalogSource};
 use crate::download::{ChunkState, Download, DownloadError, Hooks, Progress, Source, Tuning, blocking};
 use crate::fetch::Fetcher;
-use crate::quota::{QuotaError, QuotaPolicy, free_space};
+use crate::quota::{QuotaError, QuotaPolicy};
 use crate::reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
 use crate::safety::{UrlError, parse_url, redact_url};
 use crate::{Registry, RegistryError};
@@ -121,7 +120,6 @@ struct PullShared {
     registry: Arc<Registry>,
     fetcher: Fetcher,
     config: PullConfig,
-    reservations: Mutex<HashMap<String, u64>>,
 }
 
 /// The `pull` job kind.
@@ -139,7 +137,7 @@ impl PullKind {
     /// The kind, downloading into `registry` through `fetcher`.
     pub fn new(registry: Arc<Registry>, fetcher: Fetcher, config: PullConfig) -> Arc<PullKind> {
         Arc::new(PullKind {
-            shared: PullShared { registry, fetcher, config, reservations: Mutex::new(HashMap::new()) },
+            shared: PullShared { registry, fetcher, config },
         })
     }
 }
@@ -180,7 +178,7 @@ impl JobKind for PullKind {
         }
         ctx.progress(chunks.done_bytes(), chunks.total.or(spec.size), "bytes");
         let result = execute(&self, &spec, &ctx, chunks).await;
-        lock(&inner.reservations).remove(ctx.id());
+        inner.registry.release(ctx.id());
         match result {
             Ok(digest) => {
                 tracing::info!(job = %ctx.id(), model = %spec.model, %digest, "pull finished");
@@ -327,10 +325,6 @@ impl PullService for Pulls {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn named(r: &ModelRef) -> Result<&ModelRef, PullError> {
     match r {
         ModelRef::Named { .. } => Ok(r),
@@ -362,46 +356,16 @@ impl Hooks for JobHooks {
     }
 }
 
-/// Reserves `bytes` for a job under the quota and the free disk space, evicting least recently
-/// used models when allowed. Blocking.
+/// Reserves `bytes` for a job under the quota and the free disk space (shared with every job that
+/// writes into the store: [`Registry::reserve`]). Blocking.
 fn reserve(inner: &PullShared, id: &str, model: &str, bytes: u64) -> Result<(), PullError> {
-    let policy = &inner.config.quota;
-    let mut reservations = lock(&inner.reservations);
-    let others: u64 = reservations.iter().filter(|(k, _)| k.as_str() != id).map(|(_, v)| v).sum();
-    if let Some(quota) = policy.quota {
-        loop {
-            let used = inner.registry.blob_bytes()?;
-            if used.saturating_add(others).saturating_add(bytes) <= quota {
-                break;
-            }
-            if policy.evict && inner.registry.evict_lru()?.is_some() {
-                continue;
-            }
-            let available = quota.saturating_sub(used.saturating_add(others));
-            return Err(QuotaError::Exceeded { model: model.to_owned(), needed: bytes, available, quota }.into());
-        }
-    }
-    let dir = inner.registry.partials_dir();
     let on_disk = std::fs::metadata(inner.registry.partial_path(id)).map(|m| m.len()).unwrap_or(0);
-    let still_needed = bytes.saturating_sub(on_disk).saturating_add(others);
-    while let Some(free) = free_space(dir) {
-        if free >= still_needed.saturating_add(policy.min_free) {
-            break;
-        }
-        if policy.evict && inner.registry.evict_lru()?.is_some() {
-            continue;
-        }
-        return Err(QuotaError::DiskFull {
-            model: model.to_owned(),
-            needed: still_needed,
-            free,
-            min_free: policy.min_free,
-            path: dir.display().to_string(),
-        }
-        .into());
-    }
-    reservations.insert(id.to_owned(), bytes);
-    Ok(())
+    inner.registry.reserve(id, model, bytes, on_disk, inner.registry.partials_dir(), &inner.config.quota).map_err(
+        |e| match e {
+            crate::quota::ReserveError::Quota(q) => PullError::Quota(q),
+            crate::quota::ReserveError::Registry(r) => PullError::Registry(r),
+        },
+    )
 }
 
 async fn execute(

@@ -284,6 +284,7 @@ impl Registry {
             created_at: crate::now(),
             last_used_at: None,
             pinned: false,
+            provenance: None,
         };
         self.write_rows(record, stored)
     }

@@ -5,7 +5,9 @@
 //! shows and removes models, re-hashes blobs (`verify`) and collects garbage (`gc`, which keeps
 //! blobs held by [`roots`]). Pulls come
 //! from the [`catalog`] or a URL through the [`jobs`] queue and the resumable, verified
-//! [`download`] engine, guarded by [`safety`] (SSRF) and [`quota`].
+//! [`download`] engine, guarded by [`safety`] (SSRF) and [`quota`] (whose reservations every job
+//! writing into the store shares). Content a tool made (a quantization) carries its
+//! [`provenance`]: the tool's receipt and the parent model, shown by `show` and kept in bundles.
 
 #![warn(missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod download;
 pub mod fetch;
 pub mod jobs;
 pub mod layout;
+pub mod provenance;
 pub mod quota;
 pub mod reference;
 pub mod roots;
@@ -32,6 +35,8 @@ use ondevice_store::{BlobRow, ModelRow, Store, StoreError};
 
 pub use blobs::{BlobError, BlobStore, ImportMode, Stored};
 pub use layout::{Layout, LayoutFile, SAFETENSORS_FORMAT};
+pub use provenance::Provenance;
+pub use quota::ReserveError;
 pub use reference::{DEFAULT_TAG, Digest, ModelRef, RefError, sanitize_name};
 pub use roots::{BlobRoot, RootOwner, RootOwnerError};
 pub use service::{ModelService, RegistryModels};
@@ -94,6 +99,14 @@ pub enum RegistryError {
     /// A bundle is malformed or hostile; nothing was registered.
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
+    /// A provenance receipt does not describe the content it comes with; nothing was registered.
+    #[error("provenance of {digest}: {reason}")]
+    InvalidProvenance {
+        /// The content.
+        digest: Digest,
+        /// What is wrong.
+        reason: String,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -130,6 +143,8 @@ pub struct ModelRecord {
     pub last_used_at: Option<i64>,
     /// Never evicted.
     pub pinned: bool,
+    /// Where the content came from (a quantization's receipt and parent), when recorded.
+    pub provenance: Option<Provenance>,
 }
 
 impl ModelRecord {
@@ -157,6 +172,7 @@ impl ModelRecord {
             created_at: row.created_at,
             last_used_at: row.last_used_at,
             pinned: row.pinned,
+            provenance: None,
             name: row.name,
             tag: row.tag,
         })
@@ -237,6 +253,8 @@ pub struct Registry {
     write_lock: Mutex<()>,
     /// Names the models a runtime is serving right now; eviction skips them.
     in_use: InUseHook,
+    /// Bytes reserved by jobs that are writing into the store (pulls, quantizations), by job id.
+    reservations: Mutex<HashMap<String, u64>>,
 }
 
 /// Set once, when the daemon wires the registry to the orchestrator.
@@ -267,6 +285,7 @@ impl Registry {
             partials,
             write_lock: Mutex::new(()),
             in_use: InUseHook::default(),
+            reservations: Mutex::new(HashMap::new()),
         })
     }
 
@@ -372,6 +391,7 @@ impl Registry {
             created_at: now,
             last_used_at: None,
             pinned: false,
+            provenance: None,
         };
         let record = self.write_rows(record, &[stored])?;
         tracing::info!(model = %record.reference(), digest = %record.digest, "registered model");
@@ -517,14 +537,20 @@ impl Registry {
 
     /// Every model, by name then tag.
     pub fn list(&self) -> Result<Vec<ModelRecord>, RegistryError> {
-        self.store.list_models()?.into_iter().map(ModelRecord::from_row).collect()
+        let mut models: Vec<ModelRecord> =
+            self.store.list_models()?.into_iter().map(ModelRecord::from_row).collect::<Result<_, _>>()?;
+        self.attach_provenance(&mut models)?;
+        Ok(models)
     }
 
     /// The models a reference names: one for `name:tag`, every model with that blob for a digest.
     fn resolve(&self, r: &ModelRef) -> Result<Vec<ModelRecord>, RegistryError> {
         let found = match r {
             ModelRef::Named { name, tag } => {
-                self.store.get_model(name, tag)?.map(ModelRecord::from_row).transpose()?.into_iter().collect()
+                let mut found: Vec<ModelRecord> =
+                    self.store.get_model(name, tag)?.map(ModelRecord::from_row).transpose()?.into_iter().collect();
+                self.attach_provenance(&mut found)?;
+                found
             }
             ModelRef::Digest(d) => self.list()?.into_iter().filter(|m| m.digest == *d).collect(),
         };
@@ -665,6 +691,7 @@ impl Registry {
         }
         for d in orphans {
             self.blobs.remove(&d)?;
+            self.store.delete_provenance(&d.to_string())?;
             tracing::info!(digest = %d, "removed unreferenced blob");
             report.removed_blobs.push(d);
         }

@@ -5,6 +5,17 @@ use std::path::Path;
 
 use crate::{BlobError, ModelRecord, Registry, RegistryError};
 
+/// Why [`Registry::reserve`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReserveError {
+    /// It does not fit.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The registry failed while making room.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
 /// Space rules for downloads (from `[registry]`).
 #[derive(Debug, Clone, Default)]
 pub struct QuotaPolicy {
@@ -97,6 +108,66 @@ pub fn free_space(path: &Path) -> Option<u64> {
 }
 
 impl Registry {
+    /// Reserves `bytes` for the job `id`, which is about to write `what` into the store (a pull's
+    /// download, a quantization's output), under the quota and the free disk space of `dir`,
+    /// counting what other jobs reserved, evicting least recently used models when the policy
+    /// allows. `on_disk` is what the job already wrote there (a resumed download). Replaces the
+    /// job's earlier reservation; [`Registry::release`] ends it. Blocking.
+    pub fn reserve(
+        &self,
+        id: &str,
+        what: &str,
+        bytes: u64,
+        on_disk: u64,
+        dir: &Path,
+        policy: &QuotaPolicy,
+    ) -> Result<(), ReserveError> {
+        let mut reservations = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        let others: u64 = reservations.iter().filter(|(k, _)| k.as_str() != id).map(|(_, v)| v).sum();
+        if let Some(quota) = policy.quota {
+            loop {
+                let used = self.blob_bytes()?;
+                if used.saturating_add(others).saturating_add(bytes) <= quota {
+                    break;
+                }
+                if policy.evict && self.evict_lru()?.is_some() {
+                    continue;
+                }
+                let available = quota.saturating_sub(used.saturating_add(others));
+                return Err(QuotaError::Exceeded { model: what.to_owned(), needed: bytes, available, quota }.into());
+            }
+        }
+        let still_needed = bytes.saturating_sub(on_disk).saturating_add(others);
+        while let Some(free) = free_space(dir) {
+            if free >= still_needed.saturating_add(policy.min_free) {
+                break;
+            }
+            if policy.evict && self.evict_lru()?.is_some() {
+                continue;
+            }
+            return Err(QuotaError::DiskFull {
+                model: what.to_owned(),
+                needed: still_needed,
+                free,
+                min_free: policy.min_free,
+                path: dir.display().to_string(),
+            }
+            .into());
+        }
+        reservations.insert(id.to_owned(), bytes);
+        Ok(())
+    }
+
+    /// Ends the reservation of job `id` (its bytes are in the store now, or it gave up).
+    pub fn release(&self, id: &str) {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Bytes reserved by running jobs.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reservations.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+    }
+
     /// Bytes of the blob files on disk.
     pub fn blob_bytes(&self) -> Result<u64, RegistryError> {
         Ok(self.blobs().scan()?.blobs.iter().map(|(_, s)| s).sum())

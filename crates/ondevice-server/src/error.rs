@@ -224,6 +224,7 @@ impl From<RegistryError> for ApiError {
             | RegistryError::InvalidModelFile { .. }
             | RegistryError::InvalidModelDir { .. }
             | RegistryError::InvalidLayout { .. }
+            | RegistryError::InvalidProvenance { .. }
             | RegistryError::Bundle(_) => ApiError::InvalidRequest(message),
             RegistryError::NotFound { .. } => ApiError::NotFound(message),
             // Damaged data on our side: the message says how to repair it.
