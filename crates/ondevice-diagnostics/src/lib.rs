@@ -12,6 +12,7 @@
 //!   panic hook, and the marker a sandboxed worker prints so the daemon can file its report.
 //! - [`doctor`]: the check result type and the checks that need no daemon internals.
 //! - [`job`]: the `diagnostics` job kind whose result is a bundle.
+//! - [`telemetry`]: opt-in, versioned consent, the anonymous report, its outbox and uploader.
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod doctor;
 pub mod job;
 pub mod redact;
 pub mod system;
+pub mod telemetry;
 
 pub use bundle::{BundleCaps, BundleSummary, BundleWriter};
 pub use crash::{CrashReport, CrashStore};

@@ -78,7 +78,27 @@ impl Store {
     /// Adds an event (an id already queued is left as it is); drops the oldest beyond
     /// [`OUTBOX_MAX_EVENTS`].
     pub fn outbox_push(&self, id: &str, created_at: i64, body: &str) -> Result<(), StoreError> {
+        self.outbox_push_with(id, created_at, body, &[])
+    }
+
+    /// [`Store::outbox_push`] and [`Store::telemetry_set`] in one transaction (a report and the
+    /// state recording it, such as its sequence number, are kept together or not at all).
+    pub fn outbox_push_with(
+        &self,
+        id: &str,
+        created_at: i64,
+        body: &str,
+        state: &[(&str, &str)],
+    ) -> Result<(), StoreError> {
         self.with(|c| {
+            let c = c.unchecked_transaction()?;
+            for (k, v) in state {
+                c.execute(
+                    "INSERT INTO telemetry_state (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![k, v],
+                )?;
+            }
             c.execute(
                 "INSERT INTO telemetry_outbox (id, created_at, body) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
                 params![id, created_at, body],
@@ -88,7 +108,7 @@ impl Store {
                  (SELECT id FROM telemetry_outbox ORDER BY created_at DESC, id DESC LIMIT ?1)",
                 [OUTBOX_MAX_EVENTS],
             )?;
-            Ok(())
+            c.commit()
         })
     }
 
