@@ -149,8 +149,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// llama.cpp's global backend, initialised once per process (it refuses a second init).
-pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+/// llama.cpp's global backend, initialised once per process (it refuses a second init). Other
+/// crates that call llama.cpp through `llama-cpp-2` in the same process (the quantizer's quality
+/// gate) take it from here.
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {

@@ -59,5 +59,5 @@ pub mod server;
 pub mod template;
 pub mod threads;
 
-pub use engine::{EmbedLimits, Engine, EngineConfig, GenerationEvents, ModelInfo};
+pub use engine::{EmbedLimits, Engine, EngineConfig, GenerationEvents, ModelInfo, backend};
 pub use error::EngineError;

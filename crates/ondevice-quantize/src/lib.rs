@@ -8,6 +8,8 @@
 //!   quantization, bit for bit as `mlx.core.quantize`.
 //! - `llama` (feature `llama`): GGUF → any [`QuantType`] through llama.cpp's own
 //!   `llama_model_quantize`, from the same `llama-cpp-sys-2` build as the engine.
+//! - [`quality`]: perplexity on a fixed text and KL-divergence against the source, measured with
+//!   the engine's llama.cpp (feature `llama`), recorded in the receipt and the GGUF.
 //!
 //! Both run in a one-shot sandboxed process in the daemon (`ondevice quantize-task`); this crate
 //! only computes and writes files.
@@ -24,6 +26,7 @@ mod numeric;
 pub mod mlx;
 mod mlx_tokenizer;
 pub mod pipeline;
+pub mod quality;
 mod tokenizer;
 mod types;
 

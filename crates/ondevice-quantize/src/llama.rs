@@ -36,8 +36,9 @@ pub struct LlamaQuantize {
     pub overrides: Vec<(String, GgmlType)>,
     /// The importance matrix.
     pub imatrix: Option<Imatrix>,
-    /// String metadata added to the output (keys and values under 128 bytes).
-    pub metadata: Vec<(String, String)>,
+    /// Metadata added to the output: strings (keys and values under 128 bytes), `F32`, `U32` or
+    /// `Bool` values.
+    pub metadata: Vec<(String, ondevice_gguf::Value)>,
 }
 
 /// The llama.cpp version string (`llama_version()`, e.g. `0.6.0-dev`).
@@ -130,21 +131,42 @@ pub fn quantize(
 
     let mut kv: Vec<sys::llama_model_kv_override> = Vec::new();
     for (key, value) in &params.metadata {
-        if key.len() >= 128 || value.len() >= 128 || key.contains('\0') || value.contains('\0') || key.is_empty() {
-            return Err(QuantizeError::Unsupported {
-                what: format!("metadata {key:?} = {value:?}: keys and values must be 1 to 127 bytes without NUL"),
-            });
+        let bad = |why: &str| QuantizeError::Unsupported { what: format!("metadata {key:?} = {value:?}: {why}") };
+        if key.len() >= 128 || key.contains('\0') || key.is_empty() {
+            return Err(bad("keys must be 1 to 127 bytes without NUL"));
         }
         // SAFETY: an all-zero override is a valid (empty) C struct.
         let mut o: sys::llama_model_kv_override = unsafe { std::mem::zeroed() };
-        o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
         for (d, s) in o.key.iter_mut().zip(key.bytes()) {
             *d = s as c_char;
         }
-        // SAFETY: writing the string member of the zeroed union.
-        let val = unsafe { &mut o.__bindgen_anon_1.val_str };
-        for (d, s) in val.iter_mut().zip(value.bytes()) {
-            *d = s as c_char;
+        // Each arm writes the member of the union that `tag` names; llama.cpp stores FLOAT as f32
+        // and INT as u32.
+        match value {
+            ondevice_gguf::Value::String(value) => {
+                if value.len() >= 128 || value.contains('\0') {
+                    return Err(bad("string values must be under 128 bytes without NUL"));
+                }
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
+                // SAFETY: the string member of the zeroed union, the one `tag` names.
+                let val = unsafe { &mut o.__bindgen_anon_1.val_str };
+                for (d, s) in val.iter_mut().zip(value.bytes()) {
+                    *d = s as c_char;
+                }
+            }
+            ondevice_gguf::Value::F32(v) => {
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_FLOAT;
+                o.__bindgen_anon_1.val_f64 = f64::from(*v);
+            }
+            ondevice_gguf::Value::U32(v) => {
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_INT;
+                o.__bindgen_anon_1.val_i64 = i64::from(*v);
+            }
+            ondevice_gguf::Value::Bool(v) => {
+                o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_BOOL;
+                o.__bindgen_anon_1.val_bool = *v;
+            }
+            _ => return Err(bad("only strings, F32, U32 and booleans can be added")),
         }
         kv.push(o);
     }

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::QuantizeError;
 use crate::imatrix::{hex, sha256_file};
+use crate::quality::{Gate, Quality, QualityOptions};
 use crate::{Conversion, ConvertOptions, Imatrix, Progress, QuantType, ggml_type_from_name};
 
 /// What the task is asked to do (passed to `ondevice quantize-task` as JSON).
@@ -53,6 +54,9 @@ pub struct QuantizeRequest {
     /// Where intermediate files go (default: beside the output).
     #[serde(default)]
     pub scratch: Option<PathBuf>,
+    /// Skip the quality gate (perplexity, KL-divergence; see [`crate::quality`]).
+    #[serde(default)]
+    pub no_quality: bool,
 }
 
 /// One input file of a receipt.
@@ -106,7 +110,7 @@ pub struct Receipt {
     pub output_size: u64,
     /// Quality figures (perplexity, KL-divergence), when measured.
     #[serde(default)]
-    pub quality: Option<serde_json::Value>,
+    pub quality: Option<crate::quality::Quality>,
 }
 
 /// The version string of the llama.cpp this binary links (with the `llama` feature).
@@ -184,15 +188,38 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
     };
 
     progress.stage("hashing inputs");
+    let gate;
+    let mut inherited = Vec::new();
     let (inputs, conversion) = if is_dir {
         let out_type =
             if direct { quant_type.converter_type().unwrap_or(crate::OutType::F16) } else { crate::OutType::F16 };
         let conversion = Conversion::plan(&request.source, &ConvertOptions { out_type, name: request.name.clone() })?;
+        gate = Gate::for_directory(conversion.architecture(), direct, quant_type);
         (digest_inputs(&request.source, conversion.inputs())?, Some(conversion))
     } else {
-        ondevice_gguf::GgufFile::open(&request.source)?;
+        let source = ondevice_gguf::GgufFile::open(&request.source)?;
+        gate = Gate::for_gguf(&source, quant_type);
+        inherited = crate::quality::inherited_provenance(&source);
         (digest_inputs(request.source.parent().unwrap_or(Path::new("")), std::slice::from_ref(&request.source))?, None)
     };
+    let gate = if request.no_quality { Gate::Off } else { gate };
+    // Measures the written output (against `reference`) and writes the figures into it.
+    let measure_output = |reference: Option<&Path>| -> Result<Option<Quality>, QuantizeError> {
+        let Gate::Measure { reference: with_reference, note } = &gate else {
+            return Ok(match &gate {
+                Gate::Skip(reason) => Some(Quality::skipped(reason.clone())),
+                _ => None,
+            });
+        };
+        progress.stage("measuring quality");
+        let options = QualityOptions { threads: request.threads };
+        let reference = reference.filter(|_| *with_reference);
+        let mut q = crate::quality::measure(&request.output, reference, &options, &Adapter(progress))?;
+        q.note = note.clone();
+        crate::quality::record(&request.output, &q)?;
+        Ok(Some(q))
+    };
+    let quality;
     let source_sha256 = source_digest(&inputs);
     let llama_cpp = if direct { None } else { llama_cpp_version() };
     if !direct {
@@ -218,8 +245,12 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             for (k, v) in &metadata {
                 conversion.add_metadata(k.clone(), ondevice_gguf::Value::String(v.clone()))?;
             }
+            for (k, v) in gate.metadata() {
+                conversion.add_metadata(k, v)?;
+            }
             progress.stage("converting");
             let written = conversion.write(&request.output, &Adapter(progress))?;
+            quality = measure_output(None)?;
             (written.sha256, written.len)
         }
         conversion => {
@@ -249,9 +280,17 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                 token_type,
                 overrides,
                 imatrix,
-                metadata,
+                crate::quality::without_stale(
+                    metadata
+                        .into_iter()
+                        .map(|(k, v)| (k, ondevice_gguf::Value::String(v)))
+                        .chain(gate.metadata())
+                        .collect(),
+                    inherited,
+                ),
                 progress,
             )?;
+            quality = measure_output(Some(intermediate.as_ref().map_or(request.source.as_path(), |g| g.0.as_path())))?;
             drop(intermediate);
             let size = std::fs::metadata(&request.output)
                 .map_err(|source| QuantizeError::Read { path: request.output.clone(), source })?
@@ -259,17 +298,13 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             (sha256_file(&request.output)?, size)
         }
     };
-    Ok(Receipt {
-        inputs,
-        source_sha256,
-        tool,
-        llama_cpp,
-        params,
-        imatrix_sha256,
-        output_sha256,
-        output_size,
-        quality: None,
-    })
+    // Recording the figures rewrote a few bytes of the output.
+    let output_sha256 = if quality.as_ref().is_some_and(|q| q.perplexity.is_some()) {
+        sha256_file(&request.output)?
+    } else {
+        output_sha256
+    };
+    Ok(Receipt { inputs, source_sha256, tool, llama_cpp, params, imatrix_sha256, output_sha256, output_size, quality })
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -290,7 +325,7 @@ fn quantize_llama(
     token_embedding_type: Option<ondevice_gguf::GgmlType>,
     overrides: Vec<(String, ondevice_gguf::GgmlType)>,
     imatrix: Option<Imatrix>,
-    metadata: Vec<(String, String)>,
+    metadata: Vec<(String, ondevice_gguf::Value)>,
     progress: &dyn StageProgress,
 ) -> Result<(), QuantizeError> {
     let params = crate::llama::LlamaQuantize {
@@ -316,7 +351,7 @@ fn quantize_llama(
     _: Option<ondevice_gguf::GgmlType>,
     _: Vec<(String, ondevice_gguf::GgmlType)>,
     _: Option<Imatrix>,
-    _: Vec<(String, String)>,
+    _: Vec<(String, ondevice_gguf::Value)>,
     _: &dyn StageProgress,
 ) -> Result<(), QuantizeError> {
     Err(QuantizeError::Unsupported {

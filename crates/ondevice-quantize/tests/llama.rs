@@ -77,7 +77,7 @@ async fn smollm2_safetensors_to_f16_and_k_quants_is_faithful_reproducible_and_an
         token_embedding_type: None,
         overrides: Vec::new(),
         imatrix: None,
-        metadata: vec![("ondevice.quantize.source_sha256".into(), first.sha256.clone())],
+        metadata: vec![("ondevice.quantize.source_sha256".into(), ondevice_gguf::Value::String(first.sha256.clone()))],
     };
     let q4 = tmp.path().join("q4_k_m.gguf");
     quantize(&f16, &q4, &params(QuantType::Q4_K_M), &NoProgress).unwrap();

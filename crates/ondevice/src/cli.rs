@@ -431,6 +431,9 @@ pub struct QuantizeArgs {
     /// Write the result to FILE (needed for now: registering through the daemon is not wired yet).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Skip the quality gate (perplexity on a fixed text, KL-divergence against the source).
+    #[arg(long)]
+    pub no_quality: bool,
     /// Print the provenance receipt (or the finished job) as JSON.
     #[arg(long)]
     pub json: bool,

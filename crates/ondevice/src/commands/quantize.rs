@@ -64,6 +64,7 @@ fn local_request(args: &QuantizeArgs, output: &Path) -> anyhow::Result<QuantizeR
         name: args.name.clone(),
         threads: None,
         scratch: None,
+        no_quality: args.no_quality,
     })
 }
 
@@ -80,6 +81,9 @@ fn print_receipt(receipt: &Receipt, output: &Path, json: bool) -> anyhow::Result
     }
     if let Some(m) = &receipt.imatrix_sha256 {
         println!("imatrix sha256:{m}");
+    }
+    if let Some(q) = &receipt.quality {
+        println!("{}", q.summary());
     }
     Ok(())
 }
