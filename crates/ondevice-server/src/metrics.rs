@@ -44,6 +44,8 @@ struct Inner {
     auth_failures: Family<AuthLabels, Counter>,
     uptime: Gauge,
     started: Instant,
+    /// All requests, 4xx answers, 5xx answers (read by the telemetry report).
+    totals: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,7 +78,15 @@ impl Metrics {
         registry.register("build_info", "Version of the running daemon", build.clone());
         build.get_or_create(&vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]).set(1);
         Metrics {
-            inner: Arc::new(Inner { registry, requests, latency, auth_failures, uptime, started: Instant::now() }),
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                auth_failures,
+                uptime,
+                started: Instant::now(),
+                totals: Default::default(),
+            }),
         }
     }
 
@@ -90,6 +100,20 @@ impl Metrics {
             .latency
             .get_or_create(&LatencyLabels { route: route.to_owned(), method: method.to_owned() })
             .observe(seconds);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.totals[0].fetch_add(1, Relaxed);
+        match status {
+            400..=499 => self.inner.totals[1].fetch_add(1, Relaxed),
+            500..=599 => self.inner.totals[2].fetch_add(1, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Requests since start: (all, 4xx, 5xx).
+    pub fn request_totals(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = &self.inner.totals;
+        (t[0].load(Relaxed), t[1].load(Relaxed), t[2].load(Relaxed))
     }
 
     /// Records a refused credential (`surface`: http, websocket, grpc).

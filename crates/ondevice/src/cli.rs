@@ -72,6 +72,9 @@ pub enum Command {
     /// Diagnostics: a redacted support bundle, checks with fixes, crash reports.
     #[command(subcommand)]
     Diag(DiagCommand),
+    /// Opt-in anonymous usage report: status, enable, disable, preview (exactly what is sent).
+    #[command(subcommand)]
+    Telemetry(TelemetryCommand),
     /// Quantize a model: a GGUF file or a Hugging Face safetensors directory to any GGUF type
     /// (F16, Q8_0, Q4_K_M, ...), written to --output with its provenance.
     Quantize(QuantizeArgs),
@@ -140,6 +143,22 @@ pub struct RunArgs {
     /// Print timing statistics (time to first token, tokens/s) on stderr.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Retrieve context from this collection for each question; the sources follow the answer.
+    #[arg(long, value_name = "NAME")]
+    pub collection: Option<String>,
+    /// Chunks to retrieve with --collection (1-32, default 4).
+    #[arg(long, value_name = "N", requires = "collection")]
+    pub top_k: Option<u32>,
+    /// Render a published prompt pack server-side (`NAME`, `NAME@1.2.0`, `NAME@^1`, `NAME@label`);
+    /// its messages come before the conversation. Without PROMPT, the pack alone is sent once.
+    #[arg(long = "prompt", value_name = "NAME[@REQ]")]
+    pub pack: Option<String>,
+    /// A pack variable: `k=v`, `k=@FILE` (the file's text) or `k:=JSON` (repeatable).
+    #[arg(long = "var", value_name = "K=V", requires = "pack")]
+    pub vars: Vec<String>,
+    /// Chat interactively even with --prompt and no PROMPT (the pack's messages open every turn).
+    #[arg(long, short)]
+    pub interactive: bool,
 }
 
 /// `ondevice serve`.
@@ -399,18 +418,48 @@ pub enum DiagCommand {
     Doctor(JsonFlag),
     /// List the crash reports of the daemon and its workers, newest first.
     Crashes(JsonFlag),
+    /// List the outbound connections the daemon made or refused (offline mode), newest first:
+    /// purpose, host, port, time, bytes.
+    Egress {
+        /// Rows shown at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `ondevice telemetry ...`.
+#[derive(Debug, Subcommand)]
+pub enum TelemetryCommand {
+    /// Whether a report is sent, and why not (off by default; DO_NOT_TRACK=1 and
+    /// ONDEVICE_TELEMETRY=0 always win; consent to an older report is stale).
+    Status(JsonFlag),
+    /// Consent to the current report (see `preview`).
+    Enable,
+    /// Withdraw consent; queued events are dropped.
+    Disable,
+    /// Print byte for byte what would be sent: queued events and the next report.
+    Preview(JsonFlag),
+    /// Replace the random install id; queued events are dropped.
+    RotateId,
 }
 
 /// `ondevice quantize SOURCE --type TYPE`.
 #[derive(Debug, Args)]
 pub struct QuantizeArgs {
-    /// A GGUF file or a Hugging Face safetensors directory (BERT, Llama, Mistral, Qwen 2).
+    /// A registry model (name[:tag] or sha256: digest), a GGUF file or a Hugging Face safetensors
+    /// directory (BERT, Llama, Mistral, Qwen 2).
     pub source: String,
     /// The GGUF type: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M,
     /// Q5_K_S/M, Q6_K, IQ1_S ... IQ4_XS, TQ1_0, TQ2_0.
-    #[arg(long = "type", value_name = "TYPE")]
+    /// Required for GGUF output; not used with `--format mlx`.
+    #[arg(long = "type", value_name = "TYPE", default_value = "", hide_default_value = true)]
     pub quant_type: String,
-    /// `general.name` of a converted model (default: the directory's name).
+    /// Register the result as NAME[:TAG] (default: the source's name with the type appended, e.g.
+    /// smollm2-q8_0:latest, keeping a registry model's tag); with --output, `general.name` of a
+    /// converted model.
     #[arg(long)]
     pub name: Option<String>,
     /// Importance matrix (llama-imatrix output, GGUF or .dat); recorded by its SHA-256.
@@ -428,7 +477,17 @@ pub struct QuantizeArgs {
     /// Type of the token embeddings (token_embd.weight).
     #[arg(long, value_name = "TYPE")]
     pub token_embedding_type: Option<String>,
-    /// Write the result to FILE (needed for now: registering through the daemon is not wired yet).
+    /// Output format: `gguf`, or `mlx` for an MLX-LM directory (affine group quantization; needs
+    /// --bits and --output DIR; SOURCE a safetensors directory or an F16/F32 GGUF).
+    #[arg(long, value_name = "FORMAT", default_value = "gguf", value_parser = ["gguf", "mlx"])]
+    pub format: String,
+    /// MLX: bits per weight (2, 3, 4, 5, 6 or 8).
+    #[arg(long, value_name = "B")]
+    pub bits: Option<u32>,
+    /// MLX: weights per group sharing a scale and a bias (32, 64 or 128; default 64).
+    #[arg(long, value_name = "G")]
+    pub group_size: Option<usize>,
+    /// Write the result to FILE here, in this process, without a daemon (nothing is registered).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Skip the quality gate (perplexity on a fixed text, KL-divergence against the source).

@@ -162,7 +162,10 @@ pub fn assemble(resolved: &Resolved, daemon: DaemonData, out: &Path) -> anyhow::
     let logs = resolved.paths.logs();
     w.logs_from_dir("logs/daemon", &logs, |n| n.starts_with("ondevice") && n.contains(".log"));
     w.logs_from_dir("logs/workers", &logs.join("workers"), |n| n.contains(".log"));
-    w.omit("egress.json", "this build does not record outbound connections yet");
+    match crate::egress::ledger_json(resolved, 1000) {
+        Ok(v) => w.json("egress.json", &v),
+        Err(e) => w.omit("egress.json", format!("the egress ledger cannot be read: {e:#}")),
+    }
     let summary = w.write(out).with_context(|| format!("cannot write the bundle {}", out.display()))?;
     Ok(summary)
 }

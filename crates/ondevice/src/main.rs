@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod cpu;
 mod diagnostics;
+mod egress;
 mod inference;
 mod logging;
 mod signals;

@@ -1,5 +1,5 @@
-//! `ondevice diag bundle | doctor | crashes`: a redacted support bundle, checks with their fixes,
-//! and the crash reports of the daemon and its workers.
+//! `ondevice diag bundle | doctor | crashes | egress`: a redacted support bundle, checks with their
+//! fixes, the crash reports of the daemon and its workers, and the egress ledger.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +19,47 @@ pub async fn run(resolved: Resolved, cmd: DiagCommand) -> anyhow::Result<ExitCod
         DiagCommand::Bundle { output, json } => bundle(resolved, output, json).await,
         DiagCommand::Doctor(flag) => doctor(resolved, flag.json).await,
         DiagCommand::Crashes(flag) => crashes(&resolved, flag.json),
+        DiagCommand::Egress { limit, json } => egress(&resolved, limit, json),
     }
+}
+
+fn egress(resolved: &Resolved, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let v = crate::egress::ledger_json(resolved, limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = v["connections"].as_array().cloned().unwrap_or_default();
+    println!(
+        "offline mode: {}",
+        if resolved.settings.network.offline { "on (non-loopback connections are refused)" } else { "off" }
+    );
+    if rows.is_empty() {
+        println!("no outbound connections recorded");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<9} {:<8} {:<40} {:>10} {:>10}", "WHEN", "PURPOSE", "OUTCOME", "HOST:PORT", "SENT", "RECEIVED");
+    for r in &rows {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(r["at"].as_i64().unwrap_or(0).max(0) as u64),
+        );
+        let host = format!(
+            "{}:{}{}",
+            r["host"].as_str().unwrap_or(""),
+            r["port"],
+            if r["loopback"] == true { " (loopback)" } else { "" }
+        );
+        println!(
+            "{:<20} {:<9} {:<8} {:<40} {:>10} {:>10}",
+            when.to_string(),
+            r["purpose"].as_str().unwrap_or(""),
+            r["outcome"].as_str().unwrap_or(""),
+            host,
+            r["sent_bytes"],
+            r["received_bytes"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn bundle(resolved: Resolved, output: Option<std::path::PathBuf>, json: bool) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@ mod run;
 pub(crate) mod search;
 mod serve;
 mod stop;
+mod telemetry;
 mod vector;
 mod worker;
 
@@ -112,6 +113,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diag(cmd) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             with_runtime(diag::run(resolved, cmd))
+        }
+        Command::Telemetry(cmd) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            telemetry::run(resolved, cmd)
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),

@@ -40,6 +40,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let settings = &resolved.settings;
     let paths = &resolved.paths;
     let store = Arc::new(Store::open(&paths.database())?);
+    // Every outbound connection passes one gate: offline mode and the egress ledger.
+    crate::egress::install(store.clone(), settings.network.offline);
     let verifier = Arc::new(Verifier::new(store.clone(), settings.auth.enabled)?);
     let registry = Arc::new(Registry::new(store.clone(), &paths.home)?);
     if settings.auth.enabled {
@@ -88,10 +90,17 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
     let vectors =
         super::vector::collections(settings, &paths.home, store.clone(), Arc::new(orchestrator.clone())).await?;
     let (index_kind, reembed_kind) = (vectors.index_kind(), vectors.reembed_kind());
+    // Quantizations into the registry: `ondevice quantize-task` run by the supervisor, sandboxed.
+    let quantize_kind = ondevice_quantize::job::QuantizeKind::new(
+        registry.clone(),
+        workers.supervisor().clone(),
+        super::quantize::task_config(settings)?,
+    );
     let (jobs, pulls) = super::models::start_jobs(settings, registry.clone(), shutdown.clone(), |b| {
-        b.kind(diagnostics_kind).kind(index_kind).kind(reembed_kind)
+        b.kind(diagnostics_kind).kind(index_kind).kind(reembed_kind).kind(quantize_kind)
     })
     .await?;
+    let quantizer = ondevice_quantize::job::Quantizer::new(registry.clone(), jobs.clone());
     vectors.set_jobs(jobs.clone());
     // Prompt packs: versions in the registry's blob store (GC roots), token counts and
     // embeddings for budgets through the orchestrator.
@@ -106,10 +115,12 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         vectors: Some(Arc::new(vectors.clone())),
         pulls: Some(Arc::new(pulls)),
         diagnostics: Some(Arc::new(ondevice_diagnostics::job::Diagnostics::new(jobs.clone(), &paths.home))),
+        quantize: Some(Arc::new(quantizer)),
         ..Services::new(verifier.clone(), Arc::new(RegistryModels::new(registry)), workers.clone())
     };
     let state = AppState::new(services, options, shutdown.clone());
     bundles.attach(state.clone(), jobs.clone());
+    crate::commands::telemetry::spawn_uploader(&resolved, store.clone(), &state, shutdown.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;
 
