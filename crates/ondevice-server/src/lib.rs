@@ -119,12 +119,15 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document generated from the handlers.
 pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
-    api(state).split_for_parts().1
+    let mut doc = api(state).split_for_parts().1;
+    openapi::complete(&mut doc);
+    doc
 }
 
 /// The whole HTTP + WebSocket + gRPC router, with every layer, and the gRPC health reporter.
 pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
-    let (http, doc) = api(&state).split_for_parts();
+    let (http, mut doc) = api(&state).split_for_parts();
+    openapi::complete(&mut doc);
     let _ = state.inner.openapi_json.set(openapi::to_json(&doc));
     let (grpc, health) = grpc::routes(&state).await;
     let opts = &state.inner.options;

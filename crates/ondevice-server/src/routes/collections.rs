@@ -98,26 +98,39 @@ pub struct CollectionList {
 #[serde(deny_unknown_fields)]
 pub struct CreateCollectionBody {
     /// 1-64 letters, digits, `_`, `.` or `-`, starting with a letter or digit.
+    #[schema(value_type = crate::openapi::CollectionNameSchema)]
     pub name: String,
     /// The embedding model (`name:tag`, `sha256:` digest, or a model a configured runtime serves).
+    #[schema(value_type = crate::routes::models::ModelRefSchema)]
     pub model: String,
     /// `embedded` (default unless `[vector] backend` says otherwise) or `pgvector`.
+    #[schema(value_type = Option<String>, pattern = "^(embedded|pgvector)$")]
     pub backend: Option<String>,
     /// `cosine` (default), `dot` or `l2`.
+    #[schema(value_type = Option<String>, pattern = "^(cosine|dot|l2)$")]
     pub distance: Option<String>,
-    /// Chunk size in the model's tokens (default 256).
+    /// Chunk size in the model's tokens (default 256), at most `max_input_tokens`.
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub chunk_tokens: Option<u32>,
-    /// Overlap in tokens (default 32).
+    /// Overlap in tokens (default 32), smaller than `chunk_tokens`.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub chunk_overlap: Option<u32>,
     /// Longest text sent to the model (default 512).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub max_input_tokens: Option<u32>,
     /// `truncate` (default) or `error`.
+    #[schema(value_type = Option<String>, pattern = "^(truncate|error)$")]
     pub token_policy: Option<String>,
     /// HNSW `M` (default 16).
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub hnsw_m: Option<u32>,
     /// HNSW `efConstruction` (default 128).
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub hnsw_ef_construction: Option<u32>,
     /// HNSW `ef` at query time (default 96).
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub hnsw_ef_search: Option<u32>,
 }
 
@@ -125,7 +138,9 @@ pub struct CreateCollectionBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentBody {
-    /// Id in the collection; a document with the same id is replaced.
+    /// Id in the collection (1-1024 bytes, no control characters); a document with the same id
+    /// is replaced.
+    #[schema(min_length = 1, max_length = 1024, pattern = "^[^\\x00-\\x1f\\x7f]+$")]
     pub id: String,
     /// Its content.
     pub text: String,
@@ -135,6 +150,7 @@ pub struct DocumentBody {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// `text` (default), `markdown`, `code` or `html`.
+    #[schema(value_type = Option<String>, pattern = "^(text|markdown|code|html)$")]
     pub format: Option<String>,
 }
 
@@ -142,7 +158,8 @@ pub struct DocumentBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertBody {
-    /// Up to 1000 documents.
+    /// 1 to 1000 documents.
+    #[schema(min_items = 1, max_items = 1000)]
     pub documents: Vec<DocumentBody>,
 }
 
@@ -181,6 +198,8 @@ pub struct QueryBody {
     /// A vector of the collection's dimension.
     pub vector: Option<Vec<f32>>,
     /// Hits to return, 1-1000 (default 5).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub top_k: Option<usize>,
     /// Metadata filter: `{"key": value}` (equal) or `{"key": [v1, v2]}` (any of); every key must
     /// match. `top_k` hits come back whenever that many chunks pass.
@@ -309,7 +328,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<CollectionList>,
 /// One collection with its counts and index size.
 #[utoipa::path(get, path = "/api/v1/collections/{name}", tag = "collections",
     security(("bearer" = ["read"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     responses(
         (status = 200, description = "The collection", body = CollectionView),
         (status = 404, description = "No such collection", body = crate::error::ErrorBody),
@@ -322,7 +341,7 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
 /// Deletes a collection with its documents and index.
 #[utoipa::path(delete, path = "/api/v1/collections/{name}", tag = "collections",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     responses(
         (status = 200, description = "The removed collection, as it was", body = CollectionView),
         (status = 404, description = "No such collection", body = crate::error::ErrorBody),
@@ -342,7 +361,7 @@ pub async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> 
 /// one with the same content is skipped).
 #[utoipa::path(post, path = "/api/v1/collections/{name}/documents", tag = "collections",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     request_body = UpsertBody,
     responses(
         (status = 200, description = "What was written", body = UpsertView),
@@ -379,7 +398,7 @@ pub async fn upsert(
 /// Deletes documents by id.
 #[utoipa::path(post, path = "/api/v1/collections/{name}/documents/delete", tag = "collections",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     request_body = DeleteDocumentsBody,
     responses(
         (status = 200, description = "How many existed", body = DeletedView),
@@ -398,7 +417,7 @@ pub async fn delete_documents(
 /// The `top_k` chunks closest to a text or a vector, with scores, chunk text and source.
 #[utoipa::path(post, path = "/api/v1/collections/{name}/query", tag = "collections",
     security(("bearer" = ["read"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     request_body = QueryBody,
     responses(
         (status = 200, description = "Hits, closest first", body = QueryView),
@@ -430,7 +449,7 @@ pub async fn query(
 /// unchanged files are skipped; follow it at /api/v1/jobs/{id}/events).
 #[utoipa::path(post, path = "/api/v1/collections/{name}/index", tag = "collections",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     request_body = IndexBody,
     responses(
         (status = 202, description = "The index job", body = JobView),
@@ -452,7 +471,7 @@ pub async fn index(
 /// current index until the job finishes.
 #[utoipa::path(post, path = "/api/v1/collections/{name}/model", tag = "collections",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Collection name")),
+    params(("name" = crate::openapi::CollectionNameSchema, Path, description = "Collection name")),
     request_body = ModelBody,
     responses(
         (status = 202, description = "The reembed job", body = JobView),

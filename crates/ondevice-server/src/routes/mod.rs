@@ -6,6 +6,7 @@ pub mod diagnostics;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub(crate) mod lenient;
 pub mod models;
 pub mod ollama;
 pub mod openai;

@@ -95,7 +95,7 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<ModelList>, Ap
 /// One model (`name[:tag]`; the tag defaults to `latest`).
 #[utoipa::path(get, path = "/v1/models/{model}", tag = "openai",
     security(("bearer" = ["read"])),
-    params(("model" = String, Path, description = "`name[:tag]` (URL-encode `/` as `%2F`)")),
+    params(("model" = crate::routes::models::ModelRefSchema, Path, description = "`name[:tag]` (URL-encode `/` as `%2F`)")),
     responses(
         (status = 200, description = "The model", body = ModelOut),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
@@ -112,7 +112,7 @@ pub async fn model(State(state): State<AppState>, Path(model): Path<String>) -> 
 /// Removes a model from the registry (its blob is freed by `gc`).
 #[utoipa::path(delete, path = "/v1/models/{model}", tag = "openai",
     security(("bearer" = ["models"])),
-    params(("model" = String, Path, description = "`name[:tag]` or `sha256:<hex>` (URL-encode `/` as `%2F`)")),
+    params(("model" = crate::routes::models::ModelRefSchema, Path, description = "`name[:tag]` or `sha256:<hex>` (URL-encode `/` as `%2F`)")),
     responses(
         (status = 200, description = "Removed", body = ModelDeleted),
         (status = 400, description = "Invalid name", body = crate::error::ErrorBody),

@@ -137,6 +137,7 @@ pub struct PromptRenderRequest {
     /// Count tokens with this model's tokenizer (otherwise an estimate of four characters a token).
     pub model: Option<String>,
     /// Most prompt tokens (default: the pack's `[budget] tokens`, else none).
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub budget: Option<usize>,
     /// Embedding model for `extractive` compression (default: the pack's `[model] embedding`).
     pub embedding_model: Option<String>,
@@ -295,6 +296,7 @@ impl From<Published> for PublishView {
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The version to serve when a request names no version.
+    #[schema(value_type = crate::openapi::VersionSchema)]
     pub version: String,
 }
 
@@ -312,6 +314,7 @@ pub struct RollbackView {
 #[into_params(parameter_in = Query)]
 pub struct DiffQuery {
     /// The other reference.
+    #[param(value_type = crate::openapi::PackRefSchema)]
     pub to: String,
 }
 
@@ -360,7 +363,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PromptPackVi
 /// One version with the pack's versions, label history and files.
 #[utoipa::path(get, path = "/api/v1/prompts/{reference}", tag = "prompts",
     security(("bearer" = ["read"])),
-    params(("reference" = String, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
+    params(("reference" = crate::openapi::PackRefSchema, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
     responses(
         (status = 200, description = "The version", body = PromptDetailView),
         (status = 400, description = "Malformed reference", body = crate::error::ErrorBody),
@@ -373,7 +376,7 @@ pub async fn show(State(state): State<AppState>, Path(r): Path<String>) -> Resul
 /// Renders a version with variables; with `budget`, compresses to fit it (never more tokens).
 #[utoipa::path(post, path = "/api/v1/prompts/{reference}/render", tag = "prompts",
     security(("bearer" = ["read"])),
-    params(("reference" = String, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
+    params(("reference" = crate::openapi::PackRefSchema, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
     request_body = PromptRenderRequest,
     responses(
         (status = 200, description = "The messages and their token count", body = PromptRenderView),
@@ -397,7 +400,7 @@ pub async fn render(
 /// Unified diff between two versions (`?to=REFERENCE`).
 #[utoipa::path(get, path = "/api/v1/prompts/{reference}/diff", tag = "prompts",
     security(("bearer" = ["read"])),
-    params(("reference" = String, Path, description = "From"), DiffQuery),
+    params(("reference" = crate::openapi::PackRefSchema, Path, description = "From"), DiffQuery),
     responses(
         (status = 200, description = "The diff", body = DiffView),
         (status = 404, description = "No such pack or version", body = crate::error::ErrorBody)))]
@@ -413,7 +416,7 @@ pub async fn diff(
 /// Runs a version's tests (`tests/*.toml`).
 #[utoipa::path(post, path = "/api/v1/prompts/{reference}/test", tag = "prompts",
     security(("bearer" = ["read"])),
-    params(("reference" = String, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
+    params(("reference" = crate::openapi::PackRefSchema, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
     responses(
         (status = 200, description = "Outcomes, by test name", body = Vec<TestView>),
         (status = 404, description = "No such pack or version", body = crate::error::ErrorBody)))]
@@ -430,7 +433,7 @@ pub async fn test(State(state): State<AppState>, Path(r): Path<String>) -> Resul
 /// An unsigned archive of one version (`ondevice prompts export --sign-key` signs it locally).
 #[utoipa::path(get, path = "/api/v1/prompts/{reference}/export", tag = "prompts",
     security(("bearer" = ["read"])),
-    params(("reference" = String, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
+    params(("reference" = crate::openapi::PackRefSchema, Path, description = "`name`, `name@1.2.0`, `name@^1.2` or `name@label`")),
     responses(
         (status = 200, description = "The archive (JSON)", body = Object),
         (status = 404, description = "No such pack or version", body = crate::error::ErrorBody)))]
@@ -474,7 +477,7 @@ pub async fn publish(
 /// Makes VERSION the one served when a request names no version (moves `production`).
 #[utoipa::path(post, path = "/api/v1/prompts/{name}/rollback", tag = "prompts",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Pack name")),
+    params(("name" = crate::openapi::PackNameSchema, Path, description = "Pack name")),
     request_body = RollbackRequest,
     responses(
         (status = 200, description = "The version now served", body = RollbackView),
@@ -491,7 +494,7 @@ pub async fn rollback(
 /// Deletes one version (its labels go with it; the blob is freed by the next gc).
 #[utoipa::path(delete, path = "/api/v1/prompts/{name}/versions/{version}", tag = "prompts",
     security(("bearer" = ["models"])),
-    params(("name" = String, Path, description = "Pack name"), ("version" = String, Path, description = "Version")),
+    params(("name" = crate::openapi::PackNameSchema, Path, description = "Pack name"), ("version" = crate::openapi::VersionSchema, Path, description = "Version")),
     responses(
         (status = 200, description = "The deleted version", body = PromptVersionView),
         (status = 404, description = "No such pack or version", body = crate::error::ErrorBody)))]

@@ -27,6 +27,7 @@ use crate::state::AppState;
 pub struct ShowRequest {
     /// Model name (`name` is accepted too, as older clients send it).
     #[serde(alias = "name")]
+    #[schema(value_type = crate::routes::models::ModelRefSchema)]
     pub model: String,
     /// Accepted; the answer is the same.
     #[serde(default)]
@@ -70,6 +71,7 @@ pub struct PullRequestIn {
     /// A catalog name (`ondevice models pull` names) or an `https://` URL of a GGUF file
     /// (`name` is accepted too).
     #[serde(alias = "name")]
+    #[schema(min_length = 1)]
     pub model: String,
     /// Accepted and ignored: downloads always use TLS verification.
     #[serde(default)]
@@ -102,6 +104,7 @@ pub struct PullProgress {
 pub struct DeleteRequest {
     /// Model name (`name` is accepted too).
     #[serde(alias = "name")]
+    #[schema(value_type = crate::routes::models::ModelRefSchema)]
     pub model: String,
 }
 
@@ -109,8 +112,10 @@ pub struct DeleteRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CopyRequest {
     /// The model to copy.
+    #[schema(value_type = crate::routes::models::ModelRefSchema)]
     pub source: String,
     /// The new name.
+    #[schema(value_type = crate::openapi::ModelNameSchema)]
     pub destination: String,
 }
 
@@ -333,7 +338,7 @@ pub async fn pull(State(state): State<AppState>, AnyJson(req): AnyJson<PullReque
 /// Whether the registry holds a blob (a model with this digest).
 #[utoipa::path(head, path = "/api/blobs/{digest}", tag = "ollama",
     security(("bearer" = ["models"])),
-    params(("digest" = String, Path, description = "`sha256:<hex>`")),
+    params(("digest" = crate::openapi::BlobDigestSchema, Path, description = "`sha256:<hex>`")),
     responses(
         (status = 200, description = "A model with this digest exists"),
         (status = 400, description = "Not a digest"),
@@ -351,7 +356,7 @@ pub async fn blob_exists(State(state): State<AppState>, Path(digest): Path<Strin
 /// Uploading a blob is not supported.
 #[utoipa::path(post, path = "/api/blobs/{digest}", tag = "ollama",
     security(("bearer" = ["models"])),
-    params(("digest" = String, Path, description = "`sha256:<hex>`")),
+    params(("digest" = crate::openapi::BlobDigestSchema, Path, description = "`sha256:<hex>`")),
     responses(
         (status = 501, description = "Not supported: import files with `ondevice models import`", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),

@@ -86,10 +86,12 @@ pub struct Options {
     /// Keep the k most likely tokens.
     pub top_k: Option<u32>,
     /// Nucleus sampling.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub top_p: Option<f32>,
     /// Minimum relative probability.
     pub min_p: Option<f32>,
     /// Repetition penalty.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub repeat_penalty: Option<f32>,
     /// Seed; negative: random.
     pub seed: Option<i64>,
@@ -98,6 +100,7 @@ pub struct Options {
 }
 
 /// One streamed object of `/api/chat`, and the whole answer without streaming.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatResponse {
     /// The model.

@@ -39,13 +39,16 @@ pub struct ChatCompletionRequest {
     /// Stop strings.
     pub stop: Option<OneOrMany>,
     /// Seed for reproducible sampling.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub seed: Option<i64>,
     /// Accepted and ignored.
     pub frequency_penalty: Option<f32>,
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Accepted and ignored.
     pub presence_penalty: Option<f32>,
     /// `text`, `json_object` or `json_schema`.
     pub response_format: Option<ResponseFormat>,
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Number of choices; only 1 is supported.
     #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
@@ -55,8 +58,10 @@ pub struct ChatCompletionRequest {
     pub min_p: Option<f32>,
     /// Extension (llama.cpp server): repetition penalty.
     pub repeat_penalty: Option<f32>,
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 }
 
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 /// Body of `POST /v1/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
@@ -85,10 +90,12 @@ pub struct CompletionRequest {
     pub seed: Option<i64>,
     /// Accepted and ignored.
     pub frequency_penalty: Option<f32>,
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Accepted and ignored.
     pub presence_penalty: Option<f32>,
     /// Number of choices; only 1 is supported.
     #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub n: Option<u32>,
     /// Echoing the prompt is not supported: `echo: true` is refused (400), so the field is left
     /// out of the schema.
@@ -96,12 +103,14 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Extension: keep the k most likely tokens.
     pub top_k: Option<u32>,
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Extension: minimum relative probability.
     pub min_p: Option<f32>,
     /// Extension: repetition penalty.
     pub repeat_penalty: Option<f32>,
 }
 
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 /// `stream_options`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
@@ -334,6 +343,7 @@ pub struct EmbeddingList {
     /// Token counts.
     pub usage: EmbeddingUsage,
 }
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 
 /// One embedding.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
