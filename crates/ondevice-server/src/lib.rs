@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod augment;
 pub mod control;
 mod cors;
 mod error;

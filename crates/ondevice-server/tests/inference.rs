@@ -442,3 +442,37 @@ async fn runtimes_load_and_unload() {
     let (s, _, _) = send_json(&f.app, post("/api/v1/runtimes/load", &f.infer, r#"{"model": "scripted"}"#)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+/// A daemon without a prompt library or vector store answers requests naming a prompt pack or a
+/// collection with 503 (before any generation starts); a raw text request is not affected.
+#[tokio::test]
+async fn prompt_packs_and_collections_without_their_services_answer_503() {
+    let f = fixture(true).await;
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            r#"{"model": "scripted", "prompt_pack": {"name": "summarize", "variables": {"text": "t"}}}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "collection": {"name": "docs"}}"#,
+        ),
+        ("/api/chat", r#"{"model": "scripted", "prompt_pack": {"name": "summarize"}, "stream": false}"#),
+        (
+            "/api/chat",
+            r#"{"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "collection": {"name": "docs"}}"#,
+        ),
+    ] {
+        let (s, _, v) = send_json(&f.app, post(path, &f.infer, body)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{path} {body}: {v}");
+    }
+    // Malformed extension fields are refused with 400, before any service is asked.
+    for body in [
+        r#"{"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "collection": {"name": "docs", "k": 3}}"#,
+        r#"{"model": "scripted", "messages": [], "collection": {"name": "docs"}}"#,
+        r#"{"model": "scripted", "prompt_pack": "summarize"}"#,
+    ] {
+        let (s, _, v) = send_json(&f.app, post("/v1/chat/completions", &f.infer, body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+}

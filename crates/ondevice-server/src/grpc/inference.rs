@@ -2,7 +2,9 @@
 //! (one message per chunk of text, the last with `finish_reason`, `usage`, `adapter` and `model`),
 //! and Embed. The runtime that answers is also named in the initial metadata
 //! `x-ondevice-adapter`. A failure after the stream started ends it with the mapped `Status`; a
-//! client that cancels drops the stream, which cancels the generation.
+//! client that cancels drops the stream, which cancels the generation. A Chat may name a
+//! `prompt_pack` and a `collection` ([`crate::augment`]); with a collection the first message
+//! carries the retrieved `sources` and no text.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use ondevice_runtime::{ChatMessage, Constraint, EmbedRequest, GenerateRequest, P
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
+use crate::augment::{Augment, CollectionIn, PromptPackIn, Source};
 use crate::error::ApiError;
 use crate::generation::{self, ADAPTER_HEADER, Step, check_sampling};
 use crate::state::AppState;
@@ -56,8 +59,55 @@ fn sampling(options: Option<pb::SamplingOptions>) -> Result<Sampling, Status> {
     Ok(s)
 }
 
+fn augment(pack: Option<pb::ChatPromptPack>, retrieval: Option<pb::ChatRetrieval>) -> Result<Augment, Status> {
+    let json_object = |what: &str, text: &str| -> Result<Option<serde_json::Value>, Status> {
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("{what} is not JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(invalid(format!("{what} must be a JSON object")));
+        }
+        Ok(Some(v))
+    };
+    let prompt_pack = match pack {
+        Some(p) => {
+            let variables = match json_object("prompt_pack.variables_json", &p.variables_json)? {
+                Some(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            Some(PromptPackIn { name: p.name, variables, budget: p.budget })
+        }
+        None => None,
+    };
+    let collection = match retrieval {
+        Some(r) => Some(CollectionIn {
+            name: r.name,
+            top_k: r.top_k,
+            filter: json_object("collection.filter_json", &r.filter_json)?,
+            query: Some(r.query).filter(|q| !q.is_empty()),
+        }),
+        None => None,
+    };
+    Ok(Augment { prompt_pack, collection })
+}
+
+fn source(s: Source) -> pb::ChatSource {
+    pb::ChatSource {
+        id: s.id,
+        document: s.document,
+        chunk: s.chunk,
+        source: s.source,
+        metadata_json: serde_json::Value::Object(s.metadata).to_string(),
+        score: s.score,
+        text: s.text,
+    }
+}
+
 impl InferenceImpl {
-    async fn stream(&self, request: GenerateRequest) -> Result<Response<GenerateStream>, Status> {
+    async fn stream(&self, mut request: GenerateRequest, augment: Augment) -> Result<Response<GenerateStream>, Status> {
+        let sources = crate::augment::apply(&self.state, &mut request, augment).await.map_err(|e| e.to_status())?;
         let started = generation::start(&self.state, request).await.map_err(|e| e.to_status())?;
         let adapter = started.adapter.clone();
         let model = started.model.clone();
@@ -74,9 +124,13 @@ impl InferenceImpl {
                 }),
                 adapter: adapter_field.clone(),
                 model: model.clone(),
+                sources: Vec::new(),
             }),
             Step::Failed(e) => Err(ApiError::from(e).to_status()),
         });
+        let first = sources
+            .map(|s| Ok(pb::GenerateResponse { sources: s.into_iter().map(source).collect(), ..Default::default() }));
+        let messages = futures_util::stream::iter(first).chain(messages);
         let mut resp = Response::new(Box::pin(messages) as GenerateStream);
         if let Ok(v) = MetadataValue::try_from(adapter.as_str()) {
             resp.metadata_mut().insert(ADAPTER_HEADER, v);
@@ -92,31 +146,38 @@ impl InferenceService for InferenceImpl {
 
     async fn chat(&self, req: Request<pb::ChatRequest>) -> Result<Response<GenerateStream>, Status> {
         let req = req.into_inner();
-        if req.messages.is_empty() {
-            return Err(invalid("messages must hold at least one message"));
+        if req.messages.is_empty() && req.prompt_pack.is_none() {
+            return Err(invalid("messages must hold at least one message (or name a prompt_pack)"));
         }
+        let augment = augment(req.prompt_pack, req.collection)?;
         let messages = req
             .messages
             .into_iter()
             .map(|m| Ok(ChatMessage::new(Role::parse(&m.role).map_err(|e| ApiError::from(e).to_status())?, m.content)))
             .collect::<Result<Vec<_>, Status>>()?;
-        self.stream(GenerateRequest {
-            model: req.model,
-            prompt: Prompt::Chat(messages),
-            sampling: sampling(req.options)?,
-            keep_alive: req.keep_alive_seconds.map(Duration::from_secs),
-        })
+        self.stream(
+            GenerateRequest {
+                model: req.model,
+                prompt: Prompt::Chat(messages),
+                sampling: sampling(req.options)?,
+                keep_alive: req.keep_alive_seconds.map(Duration::from_secs),
+            },
+            augment,
+        )
         .await
     }
 
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<GenerateStream>, Status> {
         let req = req.into_inner();
-        self.stream(GenerateRequest {
-            model: req.model,
-            prompt: Prompt::Text { prompt: req.prompt, raw: req.raw },
-            sampling: sampling(req.options)?,
-            keep_alive: req.keep_alive_seconds.map(Duration::from_secs),
-        })
+        self.stream(
+            GenerateRequest {
+                model: req.model,
+                prompt: Prompt::Text { prompt: req.prompt, raw: req.raw },
+                sampling: sampling(req.options)?,
+                keep_alive: req.keep_alive_seconds.map(Duration::from_secs),
+            },
+            Augment::default(),
+        )
         .await
     }
 

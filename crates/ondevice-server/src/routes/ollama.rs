@@ -69,13 +69,25 @@ fn stats(f: &Finished, requested: Instant, load: Duration, first_token: Option<D
 /// How each surface frames one object of the stream.
 trait Frame: serde::Serialize {
     fn frame(model: &str, text: String, stats: Option<Stats>) -> Self;
+    /// Attaches retrieved sources (only chat answers carry them).
+    fn with_sources(self, _sources: Vec<crate::augment::Source>) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 impl Frame for ChatResponse {
     fn frame(model: &str, content: String, stats: Option<Stats>) -> Self {
         let done = stats.is_some();
         let message = Message { role: "assistant".to_owned(), content, images: None };
-        ChatResponse { model: model.to_owned(), created_at: now_rfc3339(), message, done, stats }
+        ChatResponse { model: model.to_owned(), created_at: now_rfc3339(), message, done, stats, sources: None }
+    }
+
+    fn with_sources(mut self, sources: Vec<crate::augment::Source>) -> Self {
+        self.sources = Some(sources);
+        self
     }
 }
 
@@ -86,8 +98,14 @@ impl Frame for GenerateResponse {
     }
 }
 
-/// Streams or collects a started generation in the framing `F`.
-async fn answer<F: Frame + 'static>(state: &AppState, started: Started, stream: bool) -> Result<Response, ApiError> {
+/// Streams or collects a started generation in the framing `F`; `sources` go into the first
+/// object.
+async fn answer<F: Frame + 'static>(
+    state: &AppState,
+    started: Started,
+    stream: bool,
+    mut sources: Option<Vec<crate::augment::Source>>,
+) -> Result<Response, ApiError> {
     let adapter = started.adapter.clone();
     let model = started.model.clone();
     let (requested, load) = (started.requested, started.load);
@@ -95,17 +113,26 @@ async fn answer<F: Frame + 'static>(state: &AppState, started: Started, stream: 
     if !stream {
         let done = generation::collect(started, shutdown).await?;
         let stats = stats(&done.finished, requested, load, Some(done.first_token));
-        let body = F::frame(&model, done.text, Some(stats));
+        let mut body = F::frame(&model, done.text, Some(stats));
+        if let Some(s) = sources {
+            body = body.with_sources(s);
+        }
         return Ok(with_adapter(Json(body).into_response(), &adapter));
     }
     let mut first_token = None;
-    let frames = generation::steps(started, shutdown).map(move |step| match step {
-        Step::Token(t) => {
-            first_token.get_or_insert_with(|| requested.elapsed());
-            line(&F::frame(&model, t, None))
+    let frames = generation::steps(started, shutdown).map(move |step| {
+        let frame = match step {
+            Step::Token(t) => {
+                first_token.get_or_insert_with(|| requested.elapsed());
+                F::frame(&model, t, None)
+            }
+            Step::Done(f) => F::frame(&model, String::new(), Some(stats(&f, requested, load, first_token))),
+            Step::Failed(e) => return line(&ApiError::from(e).body()),
+        };
+        match sources.take() {
+            Some(s) => line(&frame.with_sources(s)),
+            None => line(&frame),
         }
-        Step::Done(f) => line(&F::frame(&model, String::new(), Some(stats(&f, requested, load, first_token)))),
-        Step::Failed(e) => line(&ApiError::from(e).body()),
     });
     Ok(streaming_response(frames, NDJSON, &adapter))
 }
@@ -132,7 +159,8 @@ async fn load_or_unload<F: Frame>(
     })
 }
 
-/// Chat; streams NDJSON unless `"stream": false`.
+/// Chat; streams NDJSON unless `"stream": false`. Extensions: `prompt_pack` and `collection`
+/// (as on `/v1/chat/completions`; `sources` in the first object).
 #[utoipa::path(post, path = "/api/chat", tag = "ollama",
     security(("bearer" = ["infer"])),
     request_body = ChatRequest,
@@ -143,17 +171,19 @@ async fn load_or_unload<F: Frame>(
         (status = 400, description = "Invalid request", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
-        (status = 503, description = "No runtime available or overloaded (with Retry-After)", body = crate::error::ErrorBody)))]
+        (status = 404, description = "Unknown model, prompt pack or collection", body = crate::error::ErrorBody),
+        (status = 409, description = "The collection's embedding model now names other weights", body = crate::error::ErrorBody),
+        (status = 503, description = "No runtime, prompt library or vector store available, or overloaded (with Retry-After)", body = crate::error::ErrorBody)))]
 pub async fn chat(State(state): State<AppState>, AnyJson(req): AnyJson<ChatRequest>) -> Result<Response, ApiError> {
     let stream = req.stream.unwrap_or(true);
     let model = req.model.clone();
     let keep_alive = wire::keep_alive(req.keep_alive.as_ref())?;
-    let Some(request) = req.into_domain()? else {
+    let Some((mut request, augment)) = req.into_domain()? else {
         return load_or_unload::<ChatResponse>(&state, &model, keep_alive).await;
     };
+    let sources = crate::augment::apply(&state, &mut request, augment).await?;
     let started = generation::start(&state, request).await?;
-    answer::<ChatResponse>(&state, started, stream).await
+    answer::<ChatResponse>(&state, started, stream, sources).await
 }
 
 /// Completion of a prompt (with the chat template unless `raw`); streams NDJSON by default.
@@ -180,7 +210,7 @@ pub async fn generate(
         return load_or_unload::<GenerateResponse>(&state, &model, keep_alive).await;
     };
     let started = generation::start(&state, request).await?;
-    answer::<GenerateResponse>(&state, started, stream).await
+    answer::<GenerateResponse>(&state, started, stream, None).await
 }
 
 /// Unit-length embeddings of one or more texts.

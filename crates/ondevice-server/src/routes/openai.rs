@@ -53,6 +53,7 @@ impl Meta {
             system_fingerprint: self.fingerprint.clone(),
             choices: vec![ChunkChoice { index: 0, delta, logprobs: None, finish_reason }],
             usage: None,
+            sources: None,
         }
     }
 
@@ -159,7 +160,10 @@ pub fn unsupported(path: &str) -> Option<ApiError> {
     )
 }
 
-/// Chat completion; `"stream": true` streams `chat.completion.chunk` events.
+/// Chat completion; `"stream": true` streams `chat.completion.chunk` events. Extensions:
+/// `prompt_pack` (a prompt pack rendered server-side, its messages before `messages`) and
+/// `collection` (retrieval: the chunks found go into a system message and come back as
+/// `sources`, at the top level of the answer, or of the first chunk when streaming).
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     security(("bearer" = ["infer"])),
     request_body = ChatCompletionRequest,
@@ -170,14 +174,17 @@ pub fn unsupported(path: &str) -> Option<ApiError> {
         (status = 400, description = "Invalid request", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody),
-        (status = 404, description = "Unknown model", body = crate::error::ErrorBody),
-        (status = 503, description = "No runtime available or overloaded (with Retry-After)", body = crate::error::ErrorBody)))]
+        (status = 404, description = "Unknown model, prompt pack or collection", body = crate::error::ErrorBody),
+        (status = 409, description = "The collection's embedding model now names other weights", body = crate::error::ErrorBody),
+        (status = 503, description = "No runtime, prompt library or vector store available, or overloaded (with Retry-After)", body = crate::error::ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<AppState>,
     AnyJson(req): AnyJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (stream, include_usage) = req.streaming();
-    let started = generation::start(&state, req.into_domain()?).await?;
+    let (mut request, augment) = req.into_domain()?;
+    let sources = crate::augment::apply(&state, &mut request, augment).await?;
+    let started = generation::start(&state, request).await?;
     let meta = Meta::new("chatcmpl", &started);
     let adapter = started.adapter.clone();
     let shutdown = state.shutdown_token().clone();
@@ -196,10 +203,13 @@ pub async fn chat_completions(
                 finish_reason: done.finished.finish.as_str().to_owned(),
             }],
             usage: done.finished.usage.into(),
+            sources,
         };
         return Ok(with_adapter(Json(body).into_response(), &adapter));
     }
-    let first = event(&meta.chunk(Delta { role: Some("assistant".to_owned()), content: Some(String::new()) }, None));
+    let mut first = meta.chunk(Delta { role: Some("assistant".to_owned()), content: Some(String::new()) }, None);
+    first.sources = sources;
+    let first = event(&first);
     let steps = generation::steps(started, shutdown);
     let frames = stream::once(async move { first }).chain(steps.flat_map(move |step| {
         let frames = match step {

@@ -157,6 +157,7 @@ fn grpc_chat_request() -> pb::ChatRequest {
             ..Default::default()
         }),
         keep_alive_seconds: None,
+        ..Default::default()
     }
 }
 

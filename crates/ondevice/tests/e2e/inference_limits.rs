@@ -115,6 +115,7 @@ async fn prompt_tokens(daemon: &Daemon, key: &str, content: &str) -> Vec<(&'stat
         messages: vec![pb::ChatMessage { role: "user".into(), content: content.into() }],
         options: Some(pb::SamplingOptions { temperature: Some(0.0), max_tokens: Some(1), ..Default::default() }),
         keep_alive_seconds: None,
+        ..Default::default()
     };
     let mut stream = grpc.chat(request).await.expect("gRPC chat").into_inner();
     let mut usage = None;

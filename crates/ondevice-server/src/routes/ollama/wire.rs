@@ -30,6 +30,12 @@ pub struct ChatRequest {
     /// How long to keep the model loaded: a duration (`"5m"`), seconds, or negative for ever.
     #[schema(schema_with = keep_alive_schema)]
     pub keep_alive: Option<serde_json::Value>,
+    /// Extension (ondevice): a prompt pack rendered server-side; its messages come before
+    /// `messages` (which may then be empty).
+    pub prompt_pack: Option<crate::augment::PromptPackIn>,
+    /// Extension (ondevice): retrieve context from a collection (queried with the last user
+    /// message); the chunks go into a system message and come back as `sources`.
+    pub collection: Option<crate::augment::CollectionIn>,
 }
 
 /// Body of `POST /api/generate`.
@@ -80,27 +86,27 @@ pub struct Message {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct Options {
     /// Tokens to generate; negative: until the model stops.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub num_predict: Option<i64>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
     /// Keep the k most likely tokens.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub top_k: Option<u32>,
     /// Nucleus sampling.
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub top_p: Option<f32>,
     /// Minimum relative probability.
     pub min_p: Option<f32>,
     /// Repetition penalty.
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub repeat_penalty: Option<f32>,
     /// Seed; negative: random.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub seed: Option<i64>,
     /// Stop strings.
     pub stop: Option<OneOrMany>,
 }
 
 /// One streamed object of `/api/chat`, and the whole answer without streaming.
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChatResponse {
     /// The model.
@@ -115,6 +121,10 @@ pub struct ChatResponse {
     /// Final-object fields.
     #[serde(flatten)]
     pub stats: Option<Stats>,
+    /// Extension (ondevice): the chunks retrieved from `collection`, in the first object of a
+    /// stream (the only one without streaming); only when the request named a collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<crate::augment::Source>>,
 }
 
 /// One streamed object of `/api/generate`, and the whole answer without streaming.
@@ -382,13 +392,16 @@ fn no_images(images: Option<&Vec<String>>) -> Result<(), ApiError> {
 }
 
 impl ChatRequest {
-    /// The domain request; `None` when there are no messages (a load request).
-    pub fn into_domain(self) -> Result<Option<GenerateRequest>, ApiError> {
+    /// The domain request and the prompt pack and collection to apply to it
+    /// ([`crate::augment`]); `None` when there are no messages and no prompt pack (a load
+    /// request).
+    pub fn into_domain(self) -> Result<Option<(GenerateRequest, crate::augment::Augment)>, ApiError> {
         let keep_alive = keep_alive(self.keep_alive.as_ref())?;
         let sampling = self.options.unwrap_or_default().into_sampling(self.format)?;
-        if self.messages.is_empty() {
+        if self.messages.is_empty() && self.prompt_pack.is_none() {
             return Ok(None);
         }
+        let augment = crate::augment::Augment { prompt_pack: self.prompt_pack, collection: self.collection };
         let messages = self
             .messages
             .into_iter()
@@ -397,7 +410,7 @@ impl ChatRequest {
                 Ok(ChatMessage::new(Role::parse(&m.role)?, m.content))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        Ok(Some(GenerateRequest { model: self.model, prompt: Prompt::Chat(messages), sampling, keep_alive }))
+        Ok(Some((GenerateRequest { model: self.model, prompt: Prompt::Chat(messages), sampling, keep_alive }, augment)))
     }
 }
 

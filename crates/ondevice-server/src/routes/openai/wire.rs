@@ -18,23 +18,32 @@ pub struct ChatCompletionRequest {
     /// Model name (`name[:tag]`).
     #[schema(min_length = 1)]
     pub model: String,
-    /// The conversation.
-    #[schema(min_items = 1)]
+    /// The conversation: at least one message, unless `prompt_pack` is given (its messages come
+    /// first, then these).
+    #[serde(default)]
     pub messages: Vec<ChatMessageIn>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
+    /// Extension (ondevice): a prompt pack rendered server-side; its messages come before
+    /// `messages`.
+    pub prompt_pack: Option<crate::augment::PromptPackIn>,
+    /// Extension (ondevice): retrieve context from a collection (queried with the last user
+    /// message); the chunks go into a system message and come back as `sources`.
+    pub collection: Option<crate::augment::CollectionIn>,
     /// Sampling temperature (0: greedy).
     pub temperature: Option<f32>,
     /// Nucleus sampling.
     pub top_p: Option<f32>,
     /// Maximum tokens to generate (deprecated by OpenAI in favour of `max_completion_tokens`).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub max_tokens: Option<u32>,
     /// Maximum tokens to generate.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub max_completion_tokens: Option<u32>,
     /// Stop strings.
     pub stop: Option<OneOrMany>,
@@ -43,25 +52,23 @@ pub struct ChatCompletionRequest {
     pub seed: Option<i64>,
     /// Accepted and ignored.
     pub frequency_penalty: Option<f32>,
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Accepted and ignored.
     pub presence_penalty: Option<f32>,
     /// `text`, `json_object` or `json_schema`.
     pub response_format: Option<ResponseFormat>,
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Number of choices; only 1 is supported.
     #[schema(minimum = 1, maximum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub n: Option<u32>,
     /// Extension (llama.cpp server): keep the k most likely tokens.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub top_k: Option<u32>,
     /// Extension (llama.cpp server): minimum relative probability.
     pub min_p: Option<f32>,
     /// Extension (llama.cpp server): repetition penalty.
     pub repeat_penalty: Option<f32>,
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 }
 
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 /// Body of `POST /v1/completions`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
@@ -83,14 +90,15 @@ pub struct CompletionRequest {
     /// Maximum tokens to generate; without it 16, OpenAI's documented default for completions
     /// (the daemon's `[inference] max_tokens` caps it).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub max_tokens: Option<u32>,
     /// Stop strings.
     pub stop: Option<OneOrMany>,
     /// Seed.
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub seed: Option<i64>,
     /// Accepted and ignored.
     pub frequency_penalty: Option<f32>,
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     /// Accepted and ignored.
     pub presence_penalty: Option<f32>,
     /// Number of choices; only 1 is supported.
@@ -102,15 +110,14 @@ pub struct CompletionRequest {
     #[schema(ignore)]
     pub echo: Option<bool>,
     /// Extension: keep the k most likely tokens.
-    pub top_k: Option<u32>,
     #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
+    pub top_k: Option<u32>,
     /// Extension: minimum relative probability.
     pub min_p: Option<f32>,
     /// Extension: repetition penalty.
     pub repeat_penalty: Option<f32>,
 }
 
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 /// `stream_options`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
@@ -213,6 +220,10 @@ pub struct ChatCompletion {
     pub choices: Vec<ChatChoice>,
     /// Token counts.
     pub usage: UsageOut,
+    /// Extension (ondevice): the chunks retrieved from `collection`, numbered as the answer cites
+    /// them; only when the request named a collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<crate::augment::Source>>,
 }
 
 /// A choice of a chat completion.
@@ -255,6 +266,10 @@ pub struct ChatCompletionChunk {
     /// Only in the final chunk, with `stream_options.include_usage`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageOut>,
+    /// Extension (ondevice): the retrieved chunks, in the first chunk only, when the request named
+    /// a collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<crate::augment::Source>>,
 }
 
 /// A choice of a chunk.
@@ -328,6 +343,7 @@ pub struct EmbeddingRequest {
     pub encoding_format: Option<String>,
     /// Not supported: a request that sets it is refused (400), so it is left out of the schema.
     #[schema(ignore)]
+    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
     pub dimensions: Option<u32>,
 }
 
@@ -343,7 +359,6 @@ pub struct EmbeddingList {
     /// Token counts.
     pub usage: EmbeddingUsage,
 }
-    #[serde(default, deserialize_with = "crate::routes::lenient::opt_int")]
 
 /// One embedding.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -507,12 +522,14 @@ impl ChatCompletionRequest {
         (self.stream.unwrap_or(false), self.stream_options.as_ref().is_some_and(|o| o.include_usage))
     }
 
-    /// The domain request.
-    pub fn into_domain(self) -> Result<GenerateRequest, ApiError> {
+    /// The domain request, and the prompt pack and collection to apply to it
+    /// ([`crate::augment`]).
+    pub fn into_domain(self) -> Result<(GenerateRequest, crate::augment::Augment), ApiError> {
         only_one_choice(self.n)?;
-        if self.messages.is_empty() {
-            return Err(invalid("messages must hold at least one message"));
+        if self.messages.is_empty() && self.prompt_pack.is_none() {
+            return Err(invalid("messages must hold at least one message (or name a prompt_pack)"));
         }
+        let augment = crate::augment::Augment { prompt_pack: self.prompt_pack, collection: self.collection };
         let messages = self
             .messages
             .into_iter()
@@ -534,7 +551,7 @@ impl ChatCompletionRequest {
             stop: self.stop,
         }
         .into_domain(constraint)?;
-        Ok(GenerateRequest { model: self.model, prompt: Prompt::Chat(messages), sampling, keep_alive: None })
+        Ok((GenerateRequest { model: self.model, prompt: Prompt::Chat(messages), sampling, keep_alive: None }, augment))
     }
 }
 
@@ -620,7 +637,8 @@ mod tests {
             "tools": [], "user": "someone"
         }))
         .unwrap();
-        let d = req.into_domain().unwrap();
+        let (d, augment) = req.into_domain().unwrap();
+        assert!(augment.is_empty());
         let Prompt::Chat(m) = &d.prompt else { panic!("{d:?}") };
         assert_eq!(m[0], ChatMessage::new(Role::System, "be brief"));
         assert_eq!(m[1].content, "hi!");
@@ -642,6 +660,23 @@ mod tests {
         ] {
             let req: ChatCompletionRequest = serde_json::from_value(bad.clone()).unwrap();
             assert!(req.into_domain().is_err(), "{bad}");
+        }
+        // Without messages a prompt pack is the conversation; unknown extension keys are refused.
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "prompt_pack": {"name": "summarize@^1", "variables": {"text": "t"}},
+            "collection": {"name": "docs", "top_k": 2, "filter": {"ext": "md"}}
+        }))
+        .unwrap();
+        let (d, augment) = req.into_domain().unwrap();
+        assert_eq!(d.prompt, Prompt::Chat(Vec::new()));
+        assert_eq!(augment.prompt_pack.unwrap().variables["text"], "t");
+        assert_eq!(augment.collection.unwrap().top_k, Some(2));
+        for bad in [
+            serde_json::json!({"model": "m", "messages": [], "collection": {"name": "docs"}}),
+            serde_json::json!({"model": "m", "prompt_pack": {"name": "p", "vars": {}}}),
+        ] {
+            let parsed = serde_json::from_value::<ChatCompletionRequest>(bad.clone());
+            assert!(parsed.map_err(|_| ()).and_then(|r| r.into_domain().map_err(|_| ())).is_err(), "{bad}");
         }
         let req: CompletionRequest =
             serde_json::from_value(serde_json::json!({"model": "m", "prompt": ["a", "b"]})).unwrap();

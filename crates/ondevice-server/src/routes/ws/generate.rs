@@ -4,6 +4,11 @@
 //! `{"type": "done", "id", "finish_reason", "usage", "adapter", "model"}` or
 //! `{"type": "error", "id", "error": {"code", "message"}}`. `{"type": "cancel", "id"}` stops one
 //! generation (answered by its `done` with `finish_reason: "cancelled"`). Needs the `infer` scope.
+//!
+//! A `generate` message may also name `"prompt_pack": {"name", "variables", "budget"}` and
+//! `"collection": {"name", "top_k", "filter", "query"}` (see [`crate::augment`]; with a pack,
+//! `messages` and `prompt` may be left out). With a collection, a `{"type": "sources", "id",
+//! "sources": [...]}` message comes before the first token.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -18,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::augment::Augment;
 use crate::error::ApiError;
 use crate::generation::{self, OneOrMany, Step, check_sampling};
 use crate::middleware::authenticate;
@@ -42,6 +48,8 @@ struct GenerateMsg {
     #[serde(default)]
     options: OptionsIn,
     keep_alive: Option<Value>,
+    prompt_pack: Option<crate::augment::PromptPackIn>,
+    collection: Option<crate::augment::CollectionIn>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,7 +109,8 @@ impl OptionsIn {
 }
 
 impl GenerateMsg {
-    fn into_domain(self) -> Result<GenerateRequest, ApiError> {
+    fn into_domain(self) -> Result<(GenerateRequest, Augment), ApiError> {
+        let augment = Augment { prompt_pack: self.prompt_pack, collection: self.collection };
         let prompt = match (self.messages, self.prompt) {
             (Some(messages), None) if !messages.is_empty() => Prompt::Chat(
                 messages.into_iter().map(|m| Ok(ChatMessage::new(Role::parse(&m.role)?, m.content))).collect::<Result<
@@ -111,14 +120,16 @@ impl GenerateMsg {
                 )?,
             ),
             (None, Some(prompt)) => Prompt::Text { prompt, raw: self.raw },
+            (None | Some(_), None) if augment.prompt_pack.is_some() => Prompt::Chat(Vec::new()),
             _ => return Err(ApiError::InvalidRequest("send either a non-empty messages list or a prompt".to_owned())),
         };
-        Ok(GenerateRequest {
+        let request = GenerateRequest {
             model: self.model,
             prompt,
             sampling: self.options.into_domain()?,
             keep_alive: keep_alive(self.keep_alive.as_ref())?,
-        })
+        };
+        Ok((request, augment))
     }
 }
 
@@ -172,13 +183,13 @@ impl Generations {
             });
             return Some(error(Some(&id), &e));
         }
-        let request = match parsed.into_domain() {
+        let (request, augment) = match parsed.into_domain() {
             Ok(r) => r,
             Err(e) => return Some(error(Some(&id), &e)),
         };
         let cancel = CancellationToken::new();
         self.cancels.insert(id.clone(), cancel.clone());
-        self.running.push(run(state.clone(), id, request, cancel));
+        self.running.push(run(state.clone(), id, request, augment, cancel));
         None
     }
 
@@ -217,17 +228,30 @@ impl Stream for Generations {
 }
 
 /// The messages of one generation; stops (dropping the runtime's stream) when cancelled.
-fn run(state: AppState, id: String, request: GenerateRequest, cancel: CancellationToken) -> OutStream {
+fn run(
+    state: AppState,
+    id: String,
+    mut request: GenerateRequest,
+    augment: Augment,
+    cancel: CancellationToken,
+) -> OutStream {
     let shutdown = state.shutdown_token().clone();
     let start_id = id.clone();
-    let started = async move { generation::start(&state, request).await };
+    let started = async move {
+        let sources = crate::augment::apply(&state, &mut request, augment).await?;
+        Ok::<_, ApiError>((sources, generation::start(&state, request).await?))
+    };
     let out = stream::once(started).flat_map(move |res| -> OutStream {
         let id = start_id.clone();
         match res {
             Err(e) => Box::pin(stream::iter([Out { msg: error(Some(&id), &e), id, last: true }])),
-            Ok(started) => {
+            Ok((sources, started)) => {
                 let (adapter, model) = (started.adapter.clone(), started.model.clone());
-                Box::pin(generation::steps(started, shutdown.clone()).map(move |step| match step {
+                let first: Vec<Out> = sources
+                    .map(|s| Out { msg: json!({"type": "sources", "id": id, "sources": s}), id: id.clone(), last: false })
+                    .into_iter()
+                    .collect();
+                Box::pin(stream::iter(first).chain(generation::steps(started, shutdown.clone()).map(move |step| match step {
                     Step::Token(text) => Out { msg: json!({"type": "token", "id": id, "text": text}), id: id.clone(), last: false },
                     Step::Done(f) => Out {
                         msg: json!({"type": "done", "id": id, "finish_reason": f.finish.as_str(),
@@ -237,7 +261,7 @@ fn run(state: AppState, id: String, request: GenerateRequest, cancel: Cancellati
                         last: true,
                     },
                     Step::Failed(e) => Out { msg: error(Some(&id), &ApiError::from(e)), id: id.clone(), last: true },
-                }))
+                })))
             }
         }
     });
