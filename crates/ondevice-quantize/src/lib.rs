@@ -20,6 +20,7 @@ mod arch;
 mod convert;
 mod error;
 mod imatrix;
+pub mod job;
 #[cfg(feature = "llama")]
 pub mod llama;
 mod numeric;

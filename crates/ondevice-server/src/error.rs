@@ -280,6 +280,18 @@ impl From<PullError> for ApiError {
     }
 }
 
+impl From<ondevice_quantize::job::QuantizeJobError> for ApiError {
+    fn from(e: ondevice_quantize::job::QuantizeJobError) -> Self {
+        use ondevice_quantize::job::QuantizeJobError as Q;
+        match e {
+            Q::Invalid(_) => ApiError::InvalidRequest(e.to_string()),
+            Q::SourceNotFound(_) => ApiError::NotFound(e.to_string()),
+            Q::Registry(r) => r.into(),
+            Q::Jobs(j) => j.into(),
+        }
+    }
+}
+
 impl From<ondevice_prompts::PromptError> for ApiError {
     fn from(e: ondevice_prompts::PromptError) -> Self {
         use ondevice_prompts::PromptError as P;

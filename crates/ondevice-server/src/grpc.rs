@@ -45,6 +45,7 @@ pub const METHOD_SCOPES: &[(&str, &str, Scope)] = &[
     ("ondevice.v1.ModelsService", "PullModel", Scope::Models),
     ("ondevice.v1.ModelsService", "RemoveModel", Scope::Models),
     ("ondevice.v1.ModelsService", "PinModel", Scope::Models),
+    ("ondevice.v1.ModelsService", "QuantizeModel", Scope::Models),
     ("ondevice.v1.JobsService", "List", Scope::Read),
     ("ondevice.v1.JobsService", "Get", Scope::Read),
     ("ondevice.v1.JobsService", "Cancel", Scope::Models),

@@ -91,6 +91,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::models::verify))
         .routes(routes!(routes::models::gc))
         .routes(routes!(routes::jobs::pull))
+        .routes(routes!(routes::quantize::quantize))
         .routes(routes!(routes::jobs::cancel))
         .routes(routes!(routes::runtimes::load))
         .routes(routes!(routes::runtimes::unload))

@@ -42,6 +42,8 @@ pub struct Services {
     pub diagnostics: Option<Arc<dyn ondevice_diagnostics::job::DiagnosticsService>>,
     /// Prompt packs (`/api/v1/prompts`, gRPC `PromptService`).
     pub prompts: Option<Arc<dyn ondevice_prompts::PromptService>>,
+    /// Quantizations into the registry, a kind of job (`/api/v1/quantize`).
+    pub quantize: Option<Arc<dyn ondevice_quantize::job::QuantizeService>>,
 }
 
 impl Services {
@@ -57,6 +59,7 @@ impl Services {
             vectors: None,
             diagnostics: None,
             prompts: None,
+            quantize: None,
         }
     }
 }
@@ -241,6 +244,11 @@ impl AppState {
     /// The pull starter, or the error pull routes answer without one.
     pub(crate) fn require_pulls(&self) -> Result<&Arc<dyn PullService>, ApiError> {
         self.inner.services.pulls.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    }
+
+    /// The quantization service, or the error its routes answer without one.
+    pub(crate) fn require_quantize(&self) -> Result<&Arc<dyn ondevice_quantize::job::QuantizeService>, ApiError> {
+        self.inner.services.quantize.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The diagnostics service, or the error its routes answer without one.

@@ -29,6 +29,8 @@ mod models;
 mod prompts;
 #[path = "e2e/pull.rs"]
 mod pull;
+#[path = "e2e/quantize.rs"]
+mod quantize;
 #[path = "e2e/schema.rs"]
 mod schema;
 #[path = "e2e/vector.rs"]

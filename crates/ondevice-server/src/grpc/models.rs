@@ -1,5 +1,5 @@
 //! `ondevice.v1.ModelsService`: the registry and pulls over gRPC. Scopes come from the method
-//! table in `grpc.rs` (reads need `read`; PullModel, RemoveModel and PinModel need `models`). Domain errors map through `ApiError` like HTTP.
+//! table in `grpc.rs` (reads need `read`; PullModel, RemoveModel, PinModel and QuantizeModel need `models`). Domain errors map through `ApiError` like HTTP.
 
 use ondevice_proto::v1 as pb;
 use ondevice_proto::v1::models_service_server::ModelsService;
@@ -37,6 +37,10 @@ fn model(m: ModelRecord) -> pb::Model {
         created_at: m.created_at,
         pinned: m.pinned,
         last_used_at: m.last_used_at.unwrap_or(0),
+        provenance_json: m
+            .provenance
+            .map(|p| serde_json::to_string(&crate::routes::models::ProvenanceView::from(p)).unwrap_or_default())
+            .unwrap_or_default(),
     }
 }
 
@@ -61,6 +65,26 @@ impl ModelsService for ModelsImpl {
         let req = req.into_inner();
         let name = if req.name.is_empty() { None } else { Some(parse_ref(&req.name)?) };
         let started = self.state.require_pulls().map_err(status)?.pull(&req.model, name).await.map_err(status)?;
+        Ok(Response::new(super::jobs::watch_stream(&self.state, started).await?))
+    }
+
+    type QuantizeModelStream = JobStream;
+
+    async fn quantize_model(&self, req: Request<pb::QuantizeModelRequest>) -> Result<Response<JobStream>, Status> {
+        let r = req.into_inner();
+        let some = |s: String| if s.is_empty() { None } else { Some(s) };
+        let params = ondevice_quantize::job::QuantizeParams {
+            source: r.source,
+            quant_type: r.r#type,
+            name: some(r.name),
+            imatrix: some(r.imatrix).map(Into::into),
+            allow_requantize: r.allow_requantize,
+            tensor_types: r.tensor_types,
+            output_tensor_type: some(r.output_tensor_type),
+            token_embedding_type: some(r.token_embedding_type),
+            no_quality: r.no_quality,
+        };
+        let started = self.state.require_quantize().map_err(status)?.quantize(params).await.map_err(status)?;
         Ok(Response::new(super::jobs::watch_stream(&self.state, started).await?))
     }
 

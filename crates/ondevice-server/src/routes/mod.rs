@@ -11,6 +11,7 @@ pub mod models;
 pub mod ollama;
 pub mod openai;
 pub mod prompts;
+pub mod quantize;
 pub mod runtimes;
 pub mod status;
 pub mod workers;

@@ -73,6 +73,35 @@ pub struct ModelView {
     pub last_used_at: Option<i64>,
     /// Never evicted when pinned.
     pub pinned: bool,
+    /// Where the content came from, when recorded (a quantization's receipt and parent model).
+    pub provenance: Option<ProvenanceView>,
+}
+
+/// Where a model's content came from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProvenanceView {
+    /// The registry model it was made from, `name:tag` at the time.
+    pub parent: Option<String>,
+    /// That model's digest.
+    pub parent_digest: Option<String>,
+    /// The receipt of the tool that made it: `inputs` (each source file's name, `sha256`, `size`),
+    /// `source_sha256`, `tool`, `llama_cpp`, `params`, `imatrix_sha256`, `output_sha256`,
+    /// `output_size` and `quality` when measured.
+    #[schema(value_type = Object)]
+    pub receipt: serde_json::Value,
+    /// Unix seconds when it was recorded.
+    pub recorded_at: i64,
+}
+
+impl From<ondevice_registry::Provenance> for ProvenanceView {
+    fn from(p: ondevice_registry::Provenance) -> Self {
+        ProvenanceView {
+            parent: p.parent,
+            parent_digest: p.parent_digest.map(|d| d.to_string()),
+            receipt: p.receipt,
+            recorded_at: p.created_at,
+        }
+    }
 }
 
 impl From<ModelRecord> for ModelView {
@@ -91,6 +120,7 @@ impl From<ModelRecord> for ModelView {
             created_at: m.created_at,
             last_used_at: m.last_used_at,
             pinned: m.pinned,
+            provenance: m.provenance.map(Into::into),
         }
     }
 }

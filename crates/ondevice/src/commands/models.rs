@@ -60,6 +60,50 @@ fn print_one(m: &ModelView) {
     println!("license:        {}", m.license.as_deref().unwrap_or("-"));
     println!("pinned:         {}", if m.pinned { "yes" } else { "no" });
     println!("last used:      {}", m.last_used_at.map_or("never".to_owned(), |t| format!("{t} (unix seconds)")));
+    if let Some(p) = &m.provenance {
+        print_provenance(p);
+    }
+}
+
+/// The provenance block of `models show`: the parent, the receipt's digests, versions, parameters.
+fn print_provenance(p: &ondevice_server::routes::models::ProvenanceView) {
+    let r = &p.receipt;
+    let text = |k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    println!("provenance:");
+    if let Some(parent) = &p.parent {
+        println!("  parent:       {parent} ({})", p.parent_digest.as_deref().unwrap_or("-"));
+    }
+    if let Some(s) = text("source_sha256") {
+        let n = r.get("inputs").and_then(|v| v.as_array()).map_or(0, Vec::len);
+        println!("  source:       sha256:{s} ({n} file(s))");
+    }
+    if let Some(inputs) = r.get("inputs").and_then(|v| v.as_array()) {
+        for i in inputs {
+            let field = |k: &str| i.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+            println!("    {}  sha256:{}", field("name"), field("sha256"));
+        }
+    }
+    println!("  tool:         {}", text("tool").unwrap_or_else(|| "-".into()));
+    if let Some(v) = text("llama_cpp") {
+        println!("  llama.cpp:    {v}");
+    }
+    if let Some(params) = r.get("params").and_then(|v| v.as_object()) {
+        let shown: Vec<String> = params
+            .iter()
+            .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect();
+        println!("  parameters:   {}", shown.join(" "));
+    }
+    if let Some(m) = text("imatrix_sha256") {
+        println!("  imatrix:      sha256:{m}");
+    }
+    if let Some(o) = text("output_sha256") {
+        println!("  output:       sha256:{o}");
+    }
+    if let Some(q) = r.get("quality").filter(|q| !q.is_null()) {
+        println!("  quality:      {q}");
+    }
 }
 
 pub async fn run(resolved: Resolved, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,8 @@
-//! `ondevice quantize SOURCE --type TYPE --output FILE`: a GGUF file or a Hugging Face safetensors
-//! directory → any GGUF type, run here in this process with a progress bar; FILE is written
-//! atomically and the provenance receipt printed. (Registering the result through the daemon, as a
-//! `quantize` job, is not wired yet.)
+//! `ondevice quantize SOURCE --type TYPE [--name NAME[:TAG]]`: submits a `quantize` job to the
+//! daemon (`POST /api/v1/quantize`), follows it with a progress bar and prints the registered
+//! model; SOURCE is a registry model, or a GGUF file or safetensors directory (sent as an
+//! absolute path: the daemon reads it). With `--output FILE` the work runs here in this process
+//! instead, without a daemon: FILE is written atomically and the provenance receipt printed.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -29,11 +30,80 @@ pub async fn run(resolved: Resolved, args: QuantizeArgs) -> anyhow::Result<ExitC
         print_receipt(&receipt, output, json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let _ = resolved;
-    anyhow::bail!(
-        "quantizing into the registry through the daemon is not available yet: pass --output FILE to write the \
-         result here (then `ondevice models import FILE`)"
-    )
+    submit(&resolved, &args).await
+}
+
+/// The job runner's settings: this binary's hidden `quantize-task`, the engine's sandbox, its
+/// threads and the registry's space rules.
+pub(crate) fn task_config(settings: &ondevice_config::Settings) -> anyhow::Result<ondevice_quantize::job::TaskConfig> {
+    let program = std::env::current_exe().context("cannot locate the ondevice binary to run quantize tasks")?;
+    let r = &settings.registry;
+    Ok(ondevice_quantize::job::TaskConfig {
+        program,
+        sandbox: ondevice_supervisor::sandbox_policy(&settings.engine.sandbox),
+        threads: (settings.engine.threads > 0).then_some(settings.engine.threads as usize),
+        quota: ondevice_registry::quota::QuotaPolicy {
+            quota: r.quota.map(|q| q.bytes()),
+            evict: r.evict,
+            min_free: r.min_free.bytes(),
+        },
+    })
+}
+
+/// Submits the job to the daemon and follows it.
+async fn submit(resolved: &Resolved, args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
+    use ondevice_server::routes::jobs::JobView;
+    let client = super::client::Client::new(resolved)?;
+    // A local file or directory goes to the daemon as an absolute path; anything else is a
+    // registry model.
+    let local = Path::new(&args.source);
+    let source = if local.exists() { absolute(local)?.display().to_string() } else { args.source.clone() };
+    let body = serde_json::json!({
+        "source": source,
+        "type": args.quant_type,
+        "name": args.name,
+        "imatrix": args.imatrix.as_deref().map(absolute).transpose()?,
+        "allow_requantize": args.allow_requantize,
+        "tensor_types": args.tensor_type,
+        "output_tensor_type": args.output_tensor_type,
+        "token_embedding_type": args.token_embedding_type,
+        "no_quality": args.no_quality,
+    });
+    let job: JobView = client.call(reqwest::Method::POST, "/api/v1/quantize", Some(&body)).await?;
+    if !args.json {
+        eprintln!(
+            "quantizing {source} to {} as job {} (cancel: `ondevice jobs cancel {}`)",
+            args.quant_type, job.id, job.id
+        );
+    }
+    let done = super::jobs::follow(&client, job).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    let detail = match &done.detail {
+        ondevice_server::routes::jobs::JobDetail::Other(m) => m.clone(),
+        ondevice_server::routes::jobs::JobDetail::Pull(_) => serde_json::Map::new(),
+    };
+    let text = |k: &str| detail.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    match done.state.as_str() {
+        "succeeded" => {
+            if !args.json {
+                let size = detail.get("size").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                println!(
+                    "registered {} ({}, {}); provenance: `ondevice models show {}`",
+                    text("model"),
+                    text("digest"),
+                    super::models::human_size(size),
+                    text("model")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        state => {
+            eprintln!("quantize of {source} {state}: {}", done.error.as_deref().unwrap_or("no detail"));
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

@@ -164,6 +164,8 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             // Accepted at once; the download itself fails later (nothing listens on port 1).
             plain(Some(json!({"model": "http://127.0.0.1:1/coverage.gguf", "name": "coverage:pull"})))
         }
+        // A source that does not exist: 404 once authorized (the job itself is e2e quantize::).
+        "POST /api/v1/quantize" => handled(&op.path, Some(json!({"source": "coverage-nosuch", "type": "Q8_0"}))),
         "GET /api/v1/jobs/{id}" | "GET /api/v1/jobs/{id}/events" | "DELETE /api/v1/jobs/{id}" => {
             job_fixture(daemon, op).await
         }

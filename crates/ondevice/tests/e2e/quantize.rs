@@ -1,0 +1,244 @@
+//! Quantizing into the registry through the real daemon (`quantize` jobs), with the real SmolLM2
+//! model imported as `smollm2:latest`: `ondevice quantize smollm2 --type Q8_0` registers
+//! `smollm2-q8_0:latest` with its provenance and the result answers "Paris"; a daemon killed
+//! with SIGKILL mid-quantize leaves no registered model, its task dies with it, and the restarted
+//! daemon's cleanup leaves no staging file; a cancel does the same; bad requests are refused
+//! before a job exists.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::{Daemon, Home, describe, test_model};
+
+const WAIT: Duration = Duration::from_secs(600);
+
+/// A daemon with the test model imported as `smollm2:latest`; its digest.
+async fn setup(test: &str) -> Option<(Daemon, String)> {
+    let file = test_model(test)?;
+    let daemon = Daemon::start(Home::new());
+    let out =
+        daemon.home().run(&["models", "import", file.to_str().expect("utf-8 path"), "--name", "smollm2", "--json"]);
+    assert!(out.status.success(), "import: {}", describe(&out));
+    let m: Value = serde_json::from_slice(&out.stdout).expect("import json");
+    Some((daemon, m["digest"].as_str().expect("digest").to_owned()))
+}
+
+/// `blobs/` entries that are not finished blobs (staging directories, temporary files).
+fn staging_entries(home: &Path) -> Vec<String> {
+    std::fs::read_dir(home.join("blobs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("sha256-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes running `quantize-task` for this home's jobs (the task's cwd is in the home).
+fn task_processes(home: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("quantize-task") && cmd.contains(&*home.to_string_lossy()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+async fn job(daemon: &Daemon, id: &str) -> Value {
+    let (status, v) = daemon.get(&format!("/api/v1/jobs/{id}"), Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+async fn start(daemon: &Daemon, body: Value) -> Value {
+    let resp = daemon
+        .request(Method::POST, "/api/v1/quantize", Some(daemon.admin_key()))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /api/v1/quantize");
+    let status = resp.status();
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["kind"], "quantize", "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_smollm2_to_q8_0_is_registered_with_provenance_and_answers_paris() {
+    let Some((daemon, parent_digest)) = setup("quantize::llama_smollm2_to_q8_0").await else { return };
+    // The CLI submits the job, follows it and prints the finished job as JSON.
+    let started = Instant::now();
+    let out = daemon.home().run(&["quantize", "smollm2", "--type", "Q8_0", "--allow-requantize", "--json"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "quantize: {}", describe(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!((done["kind"].as_str(), done["state"].as_str()), (Some("quantize"), Some("succeeded")), "{done}");
+    assert_eq!(done["detail"]["model"], "smollm2-q8_0:latest", "{done}");
+    println!("quantize SmolLM2 Q4_1 → Q8_0 through the daemon: {:.1} s (job {})", took.as_secs_f64(), done["id"]);
+
+    let out = daemon.home().run(&["models", "show", "smollm2-q8_0", "--json"]);
+    assert!(out.status.success(), "show: {}", describe(&out));
+    let m: Value = serde_json::from_slice(&out.stdout).expect("show json");
+    assert_eq!((m["quantization"].as_str(), m["source"].as_str()), (Some("Q8_0"), Some("quantize:smollm2:latest")));
+    assert_eq!(m["digest"], done["detail"]["digest"]);
+    let p = &m["provenance"];
+    assert_eq!(p["parent"], "smollm2:latest", "{m}");
+    assert_eq!(p["parent_digest"], parent_digest.as_str());
+    let r = &p["receipt"];
+    let digest_hex = m["digest"].as_str().unwrap().trim_start_matches("sha256:");
+    assert_eq!(r["output_sha256"], digest_hex, "{r}");
+    assert_eq!(r["output_size"], m["size"]);
+    assert_eq!(r["params"]["quant_type"], "Q8_0");
+    assert_eq!(r["params"]["allow_requantize"], true);
+    assert_eq!(r["inputs"][0]["sha256"], parent_digest.trim_start_matches("sha256:"), "inputs by content: {r}");
+    assert!(r["tool"].as_str().is_some_and(|t| t.starts_with("ondevice ")), "{r}");
+    assert!(r["llama_cpp"].as_str().is_some_and(|v| v.contains("llama-cpp-sys-2")), "{r}");
+    assert!(r["source_sha256"].as_str().is_some_and(|s| s.len() == 64), "{r}");
+    // People see it too.
+    let text = daemon.home().run_ok(&["models", "show", "smollm2-q8_0"]);
+    assert!(text.contains("provenance:") && text.contains("parent:       smollm2:latest"), "{text}");
+    // The result runs: greedy chat names Paris.
+    let infer = daemon.key(&["infer"]).await;
+    let body = json!({"model": "smollm2-q8_0", "temperature": 0, "max_tokens": 40, "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]});
+    let resp = daemon
+        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
+        .timeout(WAIT)
+        .json(&body)
+        .send()
+        .await
+        .expect("chat");
+    let v: Value = resp.json().await.expect("chat json");
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    println!("smollm2-q8_0 answers: {answer:?}");
+    assert!(answer.contains("Paris"), "{v}");
+    // Nothing staged is left, and the same request again joins nothing (the job finished): it
+    // runs again and registers the same bytes.
+    assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
+    let again = start(&daemon, json!({"source": "smollm2", "type": "Q8_0", "allow_requantize": true})).await;
+    assert_ne!(again["id"], done["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_kill_9_mid_quantize_leaves_no_model_and_a_restart_cleans_up() {
+    let Some((daemon, _)) = setup("quantize::llama_kill_9_mid_quantize").await else { return };
+    let blobs_before: Vec<String> = std::fs::read_dir(daemon.home().dir().join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let body = json!({"source": "smollm2", "type": "Q8_0", "allow_requantize": true, "name": "killed:q8"});
+    let job0 = start(&daemon, body.clone()).await;
+    let id = job0["id"].as_str().unwrap().to_owned();
+    // The same request while it runs joins it.
+    let joined = start(&daemon, body).await;
+    assert_eq!(joined["id"], id.as_str(), "the same source, parameters and name dedup");
+
+    // Wait until the task is running (its process exists), then kill the daemon outright.
+    let home_dir = daemon.home().dir();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let j = job(&daemon, &id).await;
+        assert!(j["state"] != "succeeded" && j["state"] != "failed", "finished before it could be killed: {j}");
+        if !task_processes(&home_dir).is_empty() && j["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task never started: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let home = daemon.kill9();
+    // The task dies with its daemon (parent-death signal); what it wrote stays in staging only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !task_processes(&home_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the quantize task outlived its daemon: {:?}", task_processes(&home_dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let staged = staging_entries(&home_dir);
+    assert!(staged.iter().all(|n| n.starts_with(".tmp-quantize-")), "only the staging directory: {staged:?}");
+    let blobs_now: Vec<String> = std::fs::read_dir(home_dir.join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sha256-"))
+        .collect();
+    let mut before: Vec<String> = blobs_before.into_iter().filter(|n| n.starts_with("sha256-")).collect();
+    before.sort();
+    let mut now = blobs_now;
+    now.sort();
+    assert_eq!(now, before, "no new blob after SIGKILL");
+
+    // Restarted: the job resumes from scratch; no model is registered meanwhile; cancel it.
+    let daemon = Daemon::start(home);
+    let (status, m) = daemon.get("/api/v1/models/killed%3Aq8", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no registry row after SIGKILL: {m}");
+    let resp = daemon
+        .request(Method::DELETE, &format!("/api/v1/jobs/{id}"), Some(daemon.admin_key()))
+        .send()
+        .await
+        .expect("cancel");
+    let cancelled: Value = resp.json().await.expect("json");
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !staging_entries(&home_dir).is_empty() || !task_processes(&home_dir).is_empty() {
+        assert!(Instant::now() < deadline, "left behind after cancel: {:?}", staging_entries(&home_dir));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = daemon.get("/api/v1/models/killed%3Aq8", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, roots_free) = daemon.get("/api/v1/models", Some(daemon.admin_key())).await;
+    assert_eq!(roots_free.as_array().map(Vec::len), Some(1), "only the source model: {roots_free}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_quantize_requests_are_refused_before_a_job_exists() {
+    let daemon = Daemon::start(Home::new());
+    let gguf = daemon.home().root().join("small.gguf");
+    crate::common::write_small_gguf(&gguf, 7);
+    let cases = [
+        (json!({"source": "nosuch:latest", "type": "Q8_0"}), StatusCode::NOT_FOUND, "neither a registered model"),
+        (json!({"source": gguf, "type": "Q9_9"}), StatusCode::BAD_REQUEST, "Q9_9"),
+        (json!({"source": gguf, "type": "IQ2_XS"}), StatusCode::BAD_REQUEST, "importance matrix"),
+        (json!({"source": gguf, "type": "Q8_0", "tensor_types": ["attn_v"]}), StatusCode::BAD_REQUEST, "PATTERN=TYPE"),
+        (json!({"source": gguf, "type": "Q8_0", "name": "../evil"}), StatusCode::BAD_REQUEST, ""),
+        (json!({"source": gguf, "type": "Q8_0", "imatrix": "relative.dat"}), StatusCode::BAD_REQUEST, "absolute"),
+        (json!({"source": "", "type": "Q8_0"}), StatusCode::BAD_REQUEST, ""),
+    ];
+    for (body, want, needle) in cases {
+        let resp = daemon
+            .request(Method::POST, "/api/v1/quantize", Some(daemon.admin_key()))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "{body}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    // A read-only key may not start one.
+    let read = daemon.key(&["read"]).await;
+    let resp = daemon
+        .request(Method::POST, "/api/v1/quantize", Some(&read.secret))
+        .json(&json!({"source": gguf, "type": "Q8_0"}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (_, jobs) = daemon.get("/api/v1/jobs?kind=quantize", Some(daemon.admin_key())).await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
+    // The CLI says the same.
+    let out = daemon.home().run(&["quantize", "nosuch", "--type", "Q8_0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a registered model"), "{}", describe(&out));
+}
