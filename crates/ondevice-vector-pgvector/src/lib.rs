@@ -12,6 +12,8 @@
 
 #![warn(missing_docs)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -45,6 +47,19 @@ const SCHEMA: &str = "CREATE EXTENSION IF NOT EXISTS vector;
 
 fn pg_err(e: tokio_postgres::Error) -> VectorError {
     VectorError::backend(BACKEND, e)
+}
+
+/// A connection failure with its causes spelled out (a TLS failure's reason, such as an unknown
+/// certificate issuer, is only in the source chain).
+fn connect_err(e: tokio_postgres::Error) -> VectorError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    VectorError::backend(BACKEND, std::io::Error::other(message))
 }
 
 fn now() -> i64 {
@@ -125,15 +140,41 @@ impl PgVectorBackend {
     /// Connects `connections` times (1-16) with a libpq-style connection string
     /// (`host=/run/postgresql user=me dbname=db` or `postgresql://user@host/db`) and creates the
     /// schema if needed.
+    ///
+    /// `sslmode=require` or `verify-full` (also `verify-ca`) in the string makes the connection
+    /// TLS with the server's certificate and host name verified, or fails (see [`tls`]).
     pub async fn connect(url: &str, connections: usize) -> Result<PgVectorBackend, VectorError> {
+        let settings = tls::parse(url)?;
+        let mut config: tokio_postgres::Config = settings.conninfo.parse().map_err(pg_err)?;
+        let connector = match settings.mode {
+            tls::SslMode::Disable => None,
+            tls::SslMode::Verify => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tls::connector(settings.root_cert.as_deref())?)
+            }
+        };
         let mut clients = Vec::new();
         for _ in 0..connections.clamp(1, 16) {
-            let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(pg_err)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!(error = %e, "pgvector connection closed");
+            let client = match &connector {
+                None => {
+                    let (client, conn) = config.connect(NoTls).await.map_err(connect_err)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::warn!(error = %e, "pgvector connection closed");
+                        }
+                    });
+                    client
                 }
-            });
+                Some(tls) => {
+                    let (client, conn) = config.connect(tls.clone()).await.map_err(connect_err)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::warn!(error = %e, "pgvector connection closed");
+                        }
+                    });
+                    client
+                }
+            };
             clients.push(Mutex::new(client));
         }
         let backend = PgVectorBackend { clients, next: AtomicUsize::new(0) };

@@ -69,6 +69,9 @@ impl Drop for PgServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_and_recall_against_real_postgres() {
     let Some(server) = PgServer::start() else { return };
+    // A server without TLS and sslmode=require: refused, never plain text.
+    let e = PgVectorBackend::connect(&format!("{} sslmode=require", server.conninfo), 1).await.unwrap_err();
+    println!("sslmode=require without TLS: {e}");
     let backend = PgVectorBackend::connect(&server.conninfo, 2).await.unwrap();
     testing::run_contract(&backend).await;
 

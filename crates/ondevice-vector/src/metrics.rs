@@ -74,11 +74,14 @@ pub struct IndexProgress {
     pub chunks: u64,
 }
 
+/// A histogram per (backend, input).
+type Histograms = Vec<((&'static str, &'static str), std::sync::Arc<Histogram>)>;
+
 /// The store's observations (see the module docs).
 #[derive(Debug, Default)]
 pub struct Observed {
     /// (backend, input) → histogram; few and fixed, so a small vector.
-    queries: Mutex<Vec<((&'static str, &'static str), std::sync::Arc<Histogram>)>>,
+    queries: Mutex<Histograms>,
     jobs: Mutex<BTreeMap<String, IndexProgress>>,
 }
 
