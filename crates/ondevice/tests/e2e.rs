@@ -11,6 +11,8 @@ mod common;
 mod diag;
 #[path = "e2e/edges.rs"]
 mod edges;
+#[path = "e2e/egress.rs"]
+mod egress;
 #[path = "e2e/fallback.rs"]
 mod fallback;
 #[path = "e2e/grpc.rs"]
@@ -31,6 +33,8 @@ mod prompts;
 mod pull;
 #[path = "e2e/quantize.rs"]
 mod quantize;
+#[path = "e2e/rag.rs"]
+mod rag;
 #[path = "e2e/schema.rs"]
 mod schema;
 #[path = "e2e/vector.rs"]
