@@ -140,7 +140,7 @@ pub enum PromptsCommand {
 }
 
 /// `k=v`, `k=@FILE`, `k:=JSON`.
-fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
+pub(crate) fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
     let mut out = BTreeMap::new();
     for v in vars {
         if let Some((k, json)) = v.split_once(":=").filter(|(k, _)| !k.contains('=')) {

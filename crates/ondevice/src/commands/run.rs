@@ -2,6 +2,12 @@
 //! daemon's OpenAI-compatible SSE endpoint. Without PROMPT it reads the prompt from stdin when
 //! stdin is not a terminal, and otherwise opens an interactive chat (history kept; `/bye` or
 //! Ctrl-D exits; Ctrl-C cancels the answer being written).
+//!
+//! `--collection C [--top-k N]` asks the daemon to retrieve context for each question (the
+//! `collection` extension of `/v1/chat/completions`) and prints the retrieved sources after the
+//! answer, marking the ones it cites. `--prompt NAME[@REQ] --var k=v` renders a published prompt
+//! pack server-side (the `prompt_pack` extension): its messages come before the conversation;
+//! without PROMPT the pack alone is sent once (`--interactive` chats instead).
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -23,6 +29,8 @@ struct Answer {
     usage: Option<Value>,
     first_token: Option<Duration>,
     total: Duration,
+    /// Retrieved sources (with --collection).
+    sources: Option<Vec<Value>>,
 }
 
 impl Answer {
@@ -49,7 +57,25 @@ impl Answer {
                 "total_ms": self.total.as_millis() as u64,
                 "tokens_per_second": self.tokens_per_second(),
             },
+            "sources": self.sources,
         })
+    }
+
+    /// Prints the retrieved sources, marking those the answer cites as `[n]`.
+    fn print_sources(&self) {
+        let Some(sources) = &self.sources else { return };
+        if sources.is_empty() {
+            println!("\n(no sources found in the collection)");
+            return;
+        }
+        println!("\nSources:");
+        for s in sources {
+            let id = s["id"].as_u64().unwrap_or_default();
+            let cited = if self.text.contains(&format!("[{id}]")) { " (cited)" } else { "" };
+            let place = s["source"].as_str().or_else(|| s["document"].as_str()).unwrap_or("?");
+            let score = s["score"].as_f64().unwrap_or_default();
+            println!("  [{id}] {place} #{} (score {score:.3}){cited}", s["chunk"].as_u64().unwrap_or_default());
+        }
     }
 
     fn print_stats(&self) {
@@ -77,7 +103,9 @@ pub async fn run(resolved: Resolved, args: RunArgs) -> anyhow::Result<ExitCode> 
     }
     let prompt = match &args.prompt {
         Some(p) => p.clone(),
-        None if std::io::stdin().is_terminal() => {
+        // A prompt pack alone is the whole request.
+        None if args.pack.is_some() && !args.interactive => String::new(),
+        None if std::io::stdin().is_terminal() || args.interactive => {
             if args.json {
                 bail!("--json needs a PROMPT argument or a prompt on stdin");
             }
@@ -89,17 +117,22 @@ pub async fn run(resolved: Resolved, args: RunArgs) -> anyhow::Result<ExitCode> 
             s
         }
     };
-    if prompt.trim().is_empty() {
+    if prompt.trim().is_empty() && args.pack.is_none() {
         bail!("the prompt is empty: pass PROMPT or pipe it on stdin");
     }
     let mut messages = system;
-    messages.push(json!({"role": "user", "content": prompt}));
+    if !prompt.trim().is_empty() {
+        messages.push(json!({"role": "user", "content": prompt}));
+    }
     let echo = !args.json;
     let answer = stream(&client, &args, &messages, echo, None).await?.context("the answer was cancelled")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer.json())?);
-    } else if !answer.text.ends_with('\n') {
-        println!();
+    } else {
+        if !answer.text.ends_with('\n') {
+            println!();
+        }
+        answer.print_sources();
     }
     if args.verbose {
         answer.print_stats();
@@ -153,6 +186,7 @@ async fn interactive(client: &Client, args: &RunArgs, mut history: Vec<Value>) -
                 if !answer.text.ends_with('\n') {
                     println!();
                 }
+                answer.print_sources();
                 if args.verbose {
                     answer.print_stats();
                 }
@@ -196,6 +230,15 @@ async fn stream(
     if let Some(n) = args.max_tokens {
         body["max_tokens"] = json!(n);
     }
+    if let Some(c) = &args.collection {
+        body["collection"] = json!({"name": c});
+        if let Some(k) = args.top_k {
+            body["collection"]["top_k"] = json!(k);
+        }
+    }
+    if let Some(p) = &args.pack {
+        body["prompt_pack"] = json!({"name": p, "variables": super::prompts::parse_vars(&args.vars)?});
+    }
     let start = Instant::now();
     let mut cancel = cancel.unwrap_or_else(|| Box::pin(std::future::pending()));
     let resp = tokio::select! {
@@ -216,6 +259,7 @@ async fn stream(
         usage: None,
         first_token: None,
         total: Duration::ZERO,
+        sources: None,
     };
     let mut resp = resp;
     let mut buf: Vec<u8> = Vec::new();
@@ -244,6 +288,9 @@ async fn stream(
                 }
                 if !v["usage"].is_null() {
                     answer.usage = Some(v["usage"].clone());
+                }
+                if let Some(sources) = v["sources"].as_array() {
+                    answer.sources = Some(sources.clone());
                 }
                 let choice = &v["choices"][0];
                 if let Some(text) = choice["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
