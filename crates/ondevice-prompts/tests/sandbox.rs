@@ -1,6 +1,7 @@
 //! The sandbox against template injection (CVE-2024-34359 payloads and classic Jinja SSTI chains)
 //! and resource bombs (huge ranges, nested loops, deep recursion, string repetition, doubling,
-//! output floods): each is refused with a clear error. Time and peak output are printed, not
+//! output floods, output captured in memory): each is refused with a clear error, by the static
+//! guard or by the run-time meter. Time and peak output are printed, not
 //! asserted.
 
 use std::time::Instant;
@@ -60,7 +61,8 @@ fn resource_bombs_are_refused() {
     refused("{{ s * 1000000000 }}", json!({"s": "a"}), "`*` needs an integer literal");
     refused("{{ s * n }}", json!({"s": "ab", "n": 10_000_000}), "`*` needs an integer literal");
     refused("{{ [1] * 1000000000 | list }}", json!({}), "no list literal");
-    refused("{{ range(100000) | join(range(100000) | join) }}", json!({}), "join would be larger");
+    refused("{{ range(100000) | join(range(100000) | join) }}", json!({}), "larger than");
+    refused("{{ range(100000) | join }}{{ range(100000) | join }}{{ range(100000) | join }}", json!({}), "bytes");
     refused("{{ t | replace('a', t) }}", json!({"t": "a".repeat(10_000)}), "replace would be larger");
     refused("{{ t | indent(1000000000) }}", json!({"t": "a\nb"}), "at most 64");
     refused("{{ '%1000000000s' | format('x') }}", json!({}), "unknown filter");
@@ -86,6 +88,23 @@ fn resource_bombs_are_refused() {
         "with itself",
     );
     refused("{% for i in range(100000) %}{{ text }}{% endfor %}", json!({"text": "y".repeat(1000)}), "bytes");
+    // Past the static guard, the run-time meter: a chain of small factors, output captured in a
+    // set block, a macro's captured output.
+    refused(
+        "{% set a = t * 16 %}{% set b = a * 16 %}{% set c = b * 16 %}{% set d = c * 16 %}{% set e = d * 16 %}{% set f = e * 16 %}{{ f | length }}",
+        json!({"t": "abcdefgh"}),
+        "memory limit",
+    );
+    refused(
+        "{% set x %}{% for i in range(100000) %}{{ t }}{% endfor %}{% endset %}{{ x | length }}",
+        json!({"t": "y".repeat(1000)}),
+        "memory limit",
+    );
+    refused(
+        "{% macro m(t) %}{% for i in range(100000) %}{{ t }}{% endfor %}{% endmacro %}{{ m(t) | length }}",
+        json!({"t": "y".repeat(1000)}),
+        "memory limit",
+    );
     let big = "{{ x }}".repeat(50_000);
     refused(&big, json!({"x": 1}), "bytes");
 }
@@ -93,12 +112,12 @@ fn resource_bombs_are_refused() {
 #[test]
 fn limits_are_configurable_and_named_in_errors() {
     let s = Sandbox::new(Limits { fuel: 50, ..Limits::default() });
-    let e = s.render("{% for i in range(100) %}{{ i }}{% endfor %}", &json!({})).unwrap_err();
+    let e = s.render("{% for i in range(100) %}{{ i }}{% endfor %}", json!({})).unwrap_err();
     assert!(e.0.contains("more than 50 steps"), "{e}");
     let s = Sandbox::new(Limits { max_output: 10, ..Limits::default() });
-    let e = s.render("{{ t }}", &json!({"t": "01234567890"})).unwrap_err();
+    let e = s.render("{{ t }}", json!({"t": "01234567890"})).unwrap_err();
     assert!(e.0.contains("more than 10 bytes"), "{e}");
-    assert_eq!(s.render("{{ t }}", &json!({"t": "0123456789"})).unwrap(), "0123456789");
+    assert_eq!(s.render("{{ t }}", json!({"t": "0123456789"})).unwrap(), "0123456789");
 }
 
 #[test]
@@ -107,11 +126,11 @@ fn chat_templates_render_in_the_same_environment() {
     let chatml = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
     let s = Sandbox::for_chat_templates(Limits::default());
     let out = s
-        .render(chatml, &json!({"messages": [{"role": "user", "content": " hi "}], "add_generation_prompt": true}))
+        .render(chatml, json!({"messages": [{"role": "user", "content": " hi "}], "add_generation_prompt": true}))
         .unwrap();
     assert_eq!(out, "<|im_start|>user\n hi <|im_end|>\n<|im_start|>assistant\n");
     // Python string methods, as Hugging Face templates use them.
-    assert_eq!(s.render("{{ m.strip() }}", &json!({"m": " x "})).unwrap(), "x");
+    assert_eq!(s.render("{{ m.strip() }}", json!({"m": " x "})).unwrap(), "x");
 }
 
 #[test]
