@@ -143,26 +143,44 @@ impl Library {
             None => {
                 let bytes = pack.canonical_bytes();
                 let dir = self.registry.partials_dir();
-                let tmp = dir.join(format!("prompt-{}.partial", &digest[7..23]));
+                // A name of its own per publish: concurrent publishes of the same content must
+                // not write or remove each other's partial file.
+                static PARTIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = PARTIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = dir.join(format!("prompt-{}-{}-{n}.partial", &digest[7..23], std::process::id()));
                 std::fs::write(&tmp, &bytes).map_err(|source| PromptError::Io {
                     op: "cannot write",
                     path: tmp.clone(),
                     source,
                 })?;
-                let root = self.registry.put_rooted_file(&tmp, &owner(&name, &version)?);
+                let root_owner = owner(&name, &version)?;
+                let root = self.registry.put_rooted_file(&tmp, &root_owner);
                 let _ = std::fs::remove_file(&tmp);
                 let root = root?;
                 if root.digest.to_string() != digest {
                     return Err(PromptError::invalid(None, "the stored pack does not hash to its digest"));
                 }
-                store.insert_prompt_version(&PromptVersionRow {
+                let inserted = store.insert_prompt_version(&PromptVersionRow {
                     name: name.clone(),
                     version: version.clone(),
                     digest: digest.clone(),
                     description: pack.manifest().description.clone(),
                     signer: signer.map(|k| k.to_string()),
                     created_at: now(),
-                })?
+                })?;
+                if !inserted {
+                    // A concurrent publish of the same version won the insert (the row's primary
+                    // key is name and version): the same content is a no-op, other content is
+                    // refused and its root released, so a version never has two contents.
+                    match store.prompt_version(&name, &version)? {
+                        Some(row) if row.digest == digest => {}
+                        _ => {
+                            self.registry.remove_root(&root.digest, &root_owner)?;
+                            return Err(PromptError::VersionExists { name, version });
+                        }
+                    }
+                }
+                inserted
             }
         };
         let at = now();

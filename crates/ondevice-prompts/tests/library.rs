@@ -201,3 +201,56 @@ fn archives_round_trip_with_signatures() {
     assert_eq!(published.version.signer, Some(key.public().to_string()));
     assert_eq!(published.version.labels, vec!["latest"], "an import does not take over production");
 }
+
+#[test]
+fn concurrent_publishes_of_one_version_have_one_winner() {
+    let (_dir, reg, lib) = library();
+    let lib = Arc::new(lib);
+    for round in 0..16 {
+        let version = format!("1.{round}.0");
+        let packs = [
+            pack(&version, "You summarize in a {{ style }} style."),
+            pack(&version, "You condense in a {{ style }} style."),
+        ];
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = packs
+            .iter()
+            .cloned()
+            .map(|p| {
+                let (lib, barrier) = (lib.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    lib.publish(&p, &[], None)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one publish wins: {results:?}");
+        let (w, l) = (winners[0], 1 - winners[0]);
+        assert!(results[w].as_ref().unwrap().created);
+        let e = results[l].as_ref().unwrap_err();
+        assert!(matches!(e, PromptError::VersionExists { .. }), "round {round}: {e}");
+        assert!(e.to_string().contains("bump the version"), "{e}");
+        // The version holds the winner's content, and only the winner's blob is rooted.
+        let (stored, info) = lib.load(&r(&format!("summarize@{version}"))).unwrap();
+        assert_eq!(stored, packs[w], "round {round}");
+        assert_eq!(info.digest, packs[w].digest());
+        let loser: ondevice_registry::Digest = packs[l].digest().parse().unwrap();
+        assert!(reg.roots_of(&loser).unwrap().is_empty(), "round {round}: the refused content is not rooted");
+    }
+    // Concurrent publishes of the same content both succeed, one of them as a no-op.
+    let p = pack("2.0.0", "You summarize in a {{ style }} style.");
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let (lib, barrier, p) = (lib.clone(), barrier.clone(), p.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                lib.publish(&p, &[], None).unwrap().created
+            })
+        })
+        .collect();
+    let created: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(created.iter().filter(|c| **c).count(), 1, "{created:?}");
+}
