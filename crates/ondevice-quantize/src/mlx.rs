@@ -309,6 +309,7 @@ pub struct MlxExport {
     source_root: PathBuf,
     source_bytes: u64,
     architecture: &'static str,
+    metadata: BTreeMap<String, String>,
 }
 
 /// One file of a written MLX directory.
@@ -357,6 +358,16 @@ impl MlxExport {
     /// `llama` or `qwen2`.
     pub fn architecture(&self) -> &'static str {
         self.architecture
+    }
+
+    /// Adds a string to every safetensors file's `__metadata__` (beside `"format": "mlx"`).
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
+    }
+
+    /// Bytes of tensor data read from the source.
+    pub fn source_bytes(&self) -> u64 {
+        self.source_bytes
     }
 
     /// Output tensors: name, whether quantized, float type.
@@ -419,7 +430,12 @@ impl MlxExport {
         for (i, shard) in shards.iter().enumerate() {
             let file_name = shard_name(i);
             let mut header = BTreeMap::new();
-            header.insert("__metadata__".to_owned(), json!({"format": "mlx"}));
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("format".into(), json!("mlx"));
+            for (k, v) in &self.metadata {
+                metadata.insert(k.clone(), json!(v));
+            }
+            header.insert("__metadata__".to_owned(), Json::Object(metadata));
             let mut offset = 0u64;
             for &t in shard {
                 for (name, dtype, shape, bytes) in self.tensors[t].outputs(self.options) {
@@ -500,6 +516,95 @@ impl MlxExport {
         File::open(parent).and_then(|d| d.sync_all()).map_err(|e| werr(parent, e))?;
         Ok(MlxWritten { dir: out.to_owned(), files, sha256, size })
     }
+}
+
+/// Where an MLX directory came from and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MlxReceipt {
+    /// Every input file with its digest, in name order.
+    pub inputs: Vec<crate::pipeline::InputDigest>,
+    /// SHA-256 over the inputs' `sha256  name` lines.
+    pub source_sha256: String,
+    /// `ondevice X.Y.Z`.
+    pub tool: String,
+    /// `mlx`.
+    pub format: String,
+    /// `affine`.
+    pub mode: String,
+    /// Bits per value.
+    pub bits: u32,
+    /// Values per group.
+    pub group_size: usize,
+    /// `safetensors` or `gguf`.
+    pub source_format: String,
+    /// Every output file with its digest.
+    pub files: Vec<OutputFile>,
+    /// SHA-256 over the output files' `sha256  name` lines.
+    pub output_sha256: String,
+    /// Total size of the output in bytes.
+    pub output_size: u64,
+}
+
+/// Plans, hashes the inputs and writes `source` → the MLX directory `output`; the source digest,
+/// tool, bits and group size also go into each safetensors file's metadata
+/// (`ondevice.quantize.*`).
+pub fn export(
+    source: &Path,
+    output: &Path,
+    options: MlxOptions,
+    progress: &dyn crate::pipeline::StageProgress,
+) -> Result<MlxReceipt, QuantizeError> {
+    let mut plan = MlxExport::plan(source, options)?;
+    progress.stage("hashing inputs");
+    let mut inputs = Vec::new();
+    for f in plan.inputs() {
+        let name = f
+            .strip_prefix(plan.source_root())
+            .ok()
+            .filter(|p| !p.as_os_str().is_empty())
+            .or_else(|| f.file_name().map(Path::new))
+            .map(|p| p.to_string_lossy().replace('\\', "/"))
+            .unwrap_or_default();
+        let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
+        inputs.push(crate::pipeline::InputDigest { name, sha256: crate::sha256_file(f)?, size });
+    }
+    inputs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = Sha256::new();
+    for i in &inputs {
+        h.update(format!("{}  {}\n", i.sha256, i.name).as_bytes());
+    }
+    let source_sha256 = hex(&h.finalize());
+    let tool = format!("ondevice {}", env!("CARGO_PKG_VERSION"));
+    plan.add_metadata("ondevice.quantize.source_sha256", source_sha256.clone());
+    plan.add_metadata("ondevice.quantize.tool", tool.clone());
+    plan.add_metadata(
+        "ondevice.quantize.type",
+        format!("mlx affine {}-bit group {}", options.bits, options.group_size),
+    );
+    progress.stage("quantizing (mlx)");
+    struct Adapter<'a>(&'a dyn crate::pipeline::StageProgress);
+    impl Progress for Adapter<'_> {
+        fn progress(&self, done: u64, total: u64) {
+            self.0.report(done, total);
+        }
+        fn cancelled(&self) -> bool {
+            self.0.cancelled()
+        }
+    }
+    let written = plan.write(output, &Adapter(progress))?;
+    Ok(MlxReceipt {
+        inputs,
+        source_sha256,
+        tool,
+        format: "mlx".into(),
+        mode: "affine".into(),
+        bits: options.bits,
+        group_size: options.group_size,
+        source_format: if source.is_dir() { "safetensors" } else { "gguf" }.into(),
+        files: written.files,
+        output_sha256: written.sha256,
+        output_size: written.size,
+    })
 }
 
 /// SHA-256 over `sha256  name` lines.
@@ -792,7 +897,16 @@ fn plan_hf(dir: &Path, options: MlxOptions) -> Result<MlxExport, QuantizeError> 
         });
     }
     inputs.extend(hf.weight_files().iter().cloned());
-    Ok(MlxExport { options, tensors, extras, inputs, source_root: dir.to_owned(), source_bytes, architecture })
+    Ok(MlxExport {
+        options,
+        tensors,
+        extras,
+        inputs,
+        source_root: dir.to_owned(),
+        source_bytes,
+        architecture,
+        metadata: BTreeMap::new(),
+    })
 }
 
 /// GGUF tensor name → Hugging Face name, for the llama family.
@@ -954,6 +1068,7 @@ fn plan_gguf(path: &Path, options: MlxOptions) -> Result<MlxExport, QuantizeErro
         source_root: dir.to_owned(),
         source_bytes,
         architecture,
+        metadata: BTreeMap::new(),
     })
 }
 

@@ -30,7 +30,10 @@ fn python_has(test: &str, modules: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{test}: python3 cannot import {modules} (scripts/test.sh installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: python3 cannot import {modules} (scripts/test.sh installs it)"
+        );
         eprintln!("{test}: skipped: python3 cannot import {modules} (pip install \"mlx[cpu]\" mlx-lm)");
     }
     ok
@@ -87,8 +90,10 @@ fn smollm2_to_mlx_matches_mlx_lm_convert_and_answers_paris() {
         let options = MlxOptions::new(bits, 64).unwrap();
         let ours = tmp.path().join(format!("ours-{bits}"));
         let first = MlxExport::plan(&hf, options).unwrap().write(&ours, &NoProgress).unwrap();
-        let again =
-            MlxExport::plan(&hf, options).unwrap().write(tmp.path().join(format!("again-{bits}")), &NoProgress).unwrap();
+        let again = MlxExport::plan(&hf, options)
+            .unwrap()
+            .write(tmp.path().join(format!("again-{bits}")), &NoProgress)
+            .unwrap();
         assert_eq!(first.sha256, again.sha256, "two exports give the same bytes");
         assert_eq!(first.files, again.files);
 

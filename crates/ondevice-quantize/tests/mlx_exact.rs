@@ -22,7 +22,10 @@ pub fn python_has(test: &str, modules: &str) -> bool {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{test}: python3 cannot import {modules} (scripts/test.sh installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: python3 cannot import {modules} (scripts/test.sh installs it)"
+        );
         eprintln!("{test}: skipped: python3 cannot import {modules} (pip install \"mlx[cpu]\" mlx-lm)");
     }
     ok

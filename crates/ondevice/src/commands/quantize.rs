@@ -14,8 +14,18 @@ use ondevice_quantize::pipeline::{self, QuantizeRequest, Receipt, StageProgress}
 
 use crate::cli::QuantizeArgs;
 
+mod mlx;
+
 /// Runs `ondevice quantize`.
 pub async fn run(resolved: Resolved, args: QuantizeArgs) -> anyhow::Result<ExitCode> {
+    if args.format == "mlx" {
+        return mlx::run(&args).await;
+    }
+    if args.quant_type.is_empty() {
+        anyhow::bail!(
+            "--type TYPE is required (for example --type Q4_K_M), or --format mlx --bits 4 --output DIR for an MLX-LM directory"
+        );
+    }
     if let Some(output) = &args.output {
         let request = local_request(&args, output)?;
         let json = args.json;
