@@ -1,12 +1,15 @@
 //! Chat templates: the GGUF's `tokenizer.chat_template` (Jinja, as written for Hugging Face
 //! transformers) rendered faithfully with minijinja.
 //!
-//! Templates come from model files, so they are untrusted code. The environment has no loader (no
-//! filesystem access, no `include`/`import` of other files), every render is bounded by fuel
-//! (executed instructions) and by an output cap, and every failure is an error value, never a panic.
-//! As in transformers: `trim_blocks` and `lstrip_blocks` on, `raise_exception(msg)` fails the render,
-//! Python string methods (`.strip()`, `.startswith()`, …) through minijinja-contrib's pycompat,
-//! variables `messages`, `bos_token`, `eos_token` and `add_generation_prompt = true`.
+//! Templates come from model files, so they are untrusted code. They render in the hardened
+//! environment prompt packs use too (`ondevice_template::Sandbox::for_chat_templates`): no loader
+//! (no filesystem access, no `include`/`import` of other files), every render bounded by fuel
+//! (executed instructions), a recursion limit, an output cap and a run-time memory meter (values
+//! built by `~`, `+`, `*`, filters and calls, and output captured in memory), and every failure is
+//! an error value, never a panic. As in transformers: `trim_blocks` and `lstrip_blocks` on,
+//! lenient undefined values (`if tools is defined`), `namespace()`, `raise_exception(msg)` fails
+//! the render, Python string methods (`.strip()`, `.startswith()`, …) through minijinja-contrib's
+//! pycompat, variables `messages`, `bos_token`, `eos_token` and `add_generation_prompt = true`.
 //!
 //! # Untrusted text stays text
 //!
@@ -23,16 +26,17 @@
 //! refused rather than guessed. [`render_untrusted`] offers the same mechanism for any caller
 //! that fills a template with untrusted values (prompt packs).
 
-use std::io;
+use std::sync::OnceLock;
 
-use minijinja::{Environment, Error, ErrorKind, Value, context};
+use minijinja::{Value, context};
 use ondevice_runtime::{ChatMessage, RuntimeError};
+use ondevice_template::{Limits, Sandbox};
 use serde::Serialize;
 
-/// Instructions one render may execute before it is stopped.
-pub const DEFAULT_FUEL: u64 = 1_000_000;
+/// Instructions one render may execute before it is stopped (the shared sandbox's default).
+pub const DEFAULT_FUEL: u64 = ondevice_template::DEFAULT_FUEL;
 /// Bytes one render may produce before it is stopped.
-pub const DEFAULT_MAX_OUTPUT: usize = 4 << 20;
+pub const DEFAULT_MAX_OUTPUT: usize = ondevice_template::CHAT_MAX_OUTPUT;
 
 /// ChatML, used when a model has no template of its own (the engine logs that it does so).
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + \
@@ -112,7 +116,7 @@ pub fn render_untrusted(
     }
     let ctx: std::collections::BTreeMap<&str, Value> = ctx.into_iter().collect();
     let marked = render_source(source, Value::from_serialize(&ctx), fuel, max_output)
-        .map_err(|e| RuntimeError::InvalidRequest { message: format!("the template failed: {}", describe(&e)) })?;
+        .map_err(|e| RuntimeError::InvalidRequest { message: format!("the template failed: {e}") })?;
     let values: Vec<&str> = untrusted.iter().map(|(_, v)| *v).collect();
     marks.split(&marked, &values)
 }
@@ -173,21 +177,20 @@ impl Sentinels {
     }
 }
 
-/// Renders `source` with `ctx` in the sandboxed environment.
-fn render_source(source: &str, ctx: Value, fuel: u64, max_output: usize) -> Result<String, Error> {
-    let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_fuel(Some(fuel));
-    env.set_recursion_limit(64);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |message: String| -> Result<String, Error> {
-        Err(Error::new(ErrorKind::InvalidOperation, format!("template raised an exception: {message}")))
-    });
-    let template = env.template_from_str(source)?;
-    let mut out = CappedWriter { buf: Vec::new(), cap: max_output };
-    template.render_captured_to(ctx, &mut out)?;
-    String::from_utf8(out.buf).map_err(|_| Error::new(ErrorKind::BadSerialization, "output is not UTF-8"))
+/// Renders `source` with `ctx` in the shared hardened environment's chat-template profile.
+fn render_source(source: &str, ctx: Value, fuel: u64, max_output: usize) -> Result<String, String> {
+    static DEFAULT: OnceLock<Sandbox> = OnceLock::new();
+    let limits = Limits {
+        fuel,
+        max_output,
+        max_built: max_output.saturating_mul(16).max(ondevice_template::DEFAULT_MAX_BUILT),
+        ..Limits::chat_template()
+    };
+    let default = DEFAULT.get_or_init(|| Sandbox::for_chat_templates(Limits::chat_template()));
+    if default.limits() == limits {
+        return default.render(source, ctx).map_err(|e| e.0);
+    }
+    Sandbox::for_chat_templates(limits).render(source, ctx).map_err(|e| e.0)
 }
 
 /// A chat template ready to render conversations.
@@ -236,23 +239,22 @@ impl ChatTemplate {
     /// naming the problem. For tokenization use [`ChatTemplate::render_segments`]: this string
     /// does not say which parts are message content.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, RuntimeError> {
-        self.render_inner(messages, None).map_err(|e| RuntimeError::InvalidRequest {
-            message: format!("the model's chat template failed: {}", describe(&e)),
-        })
+        self.render_inner(messages, None)
+            .map_err(|e| RuntimeError::InvalidRequest { message: format!("the model's chat template failed: {e}") })
     }
 
     /// Renders `messages` like [`ChatTemplate::render`], as markup and content [`Segment`]s
     /// (see the module docs): message content always becomes [`Segment::Text`].
     pub fn render_segments(&self, messages: &[ChatMessage]) -> Result<Rendered, RuntimeError> {
         let marks = Sentinels::new();
-        let marked = self.render_inner(messages, Some(&marks)).map_err(|e| RuntimeError::InvalidRequest {
-            message: format!("the model's chat template failed: {}", describe(&e)),
-        })?;
+        let marked = self
+            .render_inner(messages, Some(&marks))
+            .map_err(|e| RuntimeError::InvalidRequest { message: format!("the model's chat template failed: {e}") })?;
         let values: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
         marks.split(&marked, &values)
     }
 
-    fn render_inner(&self, messages: &[ChatMessage], marks: Option<&Sentinels>) -> Result<String, Error> {
+    fn render_inner(&self, messages: &[ChatMessage], marks: Option<&Sentinels>) -> Result<String, String> {
         let contents: Vec<String> = match marks {
             Some(marks) => (0..messages.len()).map(|i| marks.mark(i)).collect(),
             None => messages.iter().map(|m| m.content.clone()).collect(),
@@ -266,41 +268,6 @@ impl ChatTemplate {
             add_generation_prompt => true,
         };
         render_source(&self.source, ctx, self.fuel, self.max_output)
-    }
-}
-
-/// The error chain of a minijinja error, with the template line when known.
-fn describe(e: &Error) -> String {
-    let mut text = match e.line() {
-        Some(line) => format!("{e} (template line {line})"),
-        None => e.to_string(),
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// An output buffer that refuses to grow past `cap` bytes.
-struct CappedWriter {
-    buf: Vec<u8>,
-    cap: usize,
-}
-
-impl io::Write for CappedWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + data.len() > self.cap {
-            return Err(io::Error::other(format!("the rendered prompt exceeds {} bytes", self.cap)));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -401,6 +368,12 @@ mod tests {
             ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
             ("{% include 'etc/passwd' %}", "template"),
             ("{% for m in messages %}", "syntax"),
+            // Memory is bounded at run time: doubling through a namespace stops at the value cap.
+            (
+                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                "memory limit",
+            ),
+            ("{{ ('x' * 1000).join(range(100000)) }}", "larger than"),
         ];
         for (src, expect) in cases {
             let err = ChatTemplate::new(src, "", "").render(&chat()).unwrap_err();
