@@ -211,7 +211,28 @@ impl BundleWriter {
         }
     }
 
-    /// Adds a file as it is, redacted as text (crash reports).
+    /// Adds a JSON crash report redacted with [`Redactor::report`] (its captured stderr line by
+    /// line as log lines), within the crash-report budget.
+    pub fn crash_report(&mut self, name: &str, path: &Path) {
+        let left = self.caps.crashes_total.saturating_sub(self.crashes);
+        let parsed = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.len() <= left.min(self.caps.per_log_file))
+            .and_then(|_| std::fs::read(path).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        match parsed {
+            Some(v) => {
+                let mut counts = Redactions::new();
+                let v = self.redactor.report(&v, &mut counts);
+                let data = serde_json::to_vec_pretty(&v).unwrap_or_default();
+                self.push(name, data, counts, None, Budget::Crashes);
+            }
+            // Not a JSON report (or too large): its tail, line by line.
+            None => self.log_tail(name, path, Budget::Crashes),
+        }
+    }
+
+    /// Adds a text file's tail, redacted line by line as log lines.
     pub fn file_text(&mut self, name: &str, path: &Path, budget: Budget) {
         self.log_tail(name, path, budget);
     }

@@ -45,6 +45,15 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             false,
         ),
         pattern("url-credentials", r"(?i)(\b[a-z][a-z0-9+.\-]*://)[^/\s:@\x22']+(?::[^/\s@\x22']*)?@", true),
+        // A URL's query (webhook signatures, presigned downloads): the whole query goes.
+        pattern("url-query", r"(?i)(\b[a-z][a-z0-9+.\-]*://[^\s?#\x22'<>]*\?)[^\s#\x22'<>\\]+", true),
+        // Command-line flags that name a secret, followed by their value as the next argument:
+        // `--api-key VALUE`, or in a TOML/JSON argument list `"--token", "VALUE"`.
+        pattern(
+            "secret-argument",
+            r#"(?i)(--?[A-Za-z0-9_\-]*(?:passw(?:or)?d|secret|token|api[_\-]?key|apikey|auth|credential|private[_\-]?key|access[_\-]?key)[A-Za-z0-9_\-]*(?:\s+|\\?"\s*,\s*\\?"))[^\s"'\\,\]\-][^\s"'\\,\]]*"#,
+            true,
+        ),
         // key = value / "key": "value" / key: value / ?key=value where the key looks secret.
         pattern(
             "secret-value",
@@ -85,6 +94,9 @@ const CONTENT_FIELDS: &[&str] = &[
     "vars",
     "variables",
 ];
+
+/// Fields holding a process's captured output: redacted line by line as log lines.
+const TAIL_FIELDS: &[&str] = &["stderr_tail", "stdout_tail", "stderr", "stdout"];
 
 /// The redaction rules of one bundle.
 #[derive(Debug, Clone, Default)]
@@ -148,7 +160,7 @@ impl Redactor {
                     return whole.to_owned();
                 }
                 // `tokens=42`, `max_tokens: 128`: counts are not secrets.
-                if p.kind == "secret-value"
+                if matches!(p.kind, "secret-value" | "secret-argument")
                     && !value.is_empty()
                     && value.len() <= 12
                     && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
@@ -203,6 +215,7 @@ impl Redactor {
                 if n > 0 {
                     *counts.entry("content").or_default() += n;
                 }
+                self.tails_in_place(&mut v, counts);
                 return self.text(&v.to_string(), counts);
             }
         }
@@ -217,6 +230,39 @@ impl Redactor {
             *counts.entry("content").or_default() += n;
         }
         self.text(&out, counts)
+    }
+
+    /// Redacts a crash report (or any JSON document holding captured output): content fields are
+    /// dropped, the captured output of a process (`stderr_tail`, `stderr`, `stdout`) is redacted
+    /// line by line as log lines (so a worker's plain-text `prompt: ...` line loses its content),
+    /// then every string goes through the text rules.
+    pub fn report(&self, value: &serde_json::Value, counts: &mut Redactions) -> serde_json::Value {
+        let mut v = value.clone();
+        let n = strip_content(&mut v);
+        if n > 0 {
+            *counts.entry("content").or_default() += n;
+        }
+        self.tails_in_place(&mut v, counts);
+        self.json_in_place(&mut v, counts);
+        v
+    }
+
+    fn tails_in_place(&self, v: &mut serde_json::Value, counts: &mut Redactions) {
+        match v {
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.tails_in_place(x, counts)),
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if TAIL_FIELDS.contains(&k.to_ascii_lowercase().as_str()) {
+                        if let serde_json::Value::String(s) = x {
+                            *s = s.lines().map(|l| self.log_line(l, counts)).collect::<Vec<_>>().join("\n");
+                            continue;
+                        }
+                    }
+                    self.tails_in_place(x, counts);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Redacts a JSON value: content fields are dropped, secret-named fields replaced, every
@@ -351,6 +397,33 @@ mod tests {
             r.log_line("[stderr] 2026 DEBUG generate prompt=\"my diary\" n=3", &mut c),
             "[stderr] 2026 DEBUG generate prompt=[REDACTED:content]"
         );
+    }
+
+    #[test]
+    fn worker_arguments_webhook_queries_and_crash_tails_are_redacted() {
+        let r = Redactor::new();
+        // Worker command lines, as the config shows them and as plain text.
+        let (out, c) = red(&r, r#"command = ["llama-server", "--api-key", "argsecret123", "--port", "8080"]"#);
+        assert!(!out.contains("argsecret123"), "{out}");
+        assert!(out.contains("\"--port\", \"8080\""), "{out}");
+        assert_eq!(c["secret-argument"], 1);
+        let (out, _) = red(&r, "spawned llama-server --hf-token hfsecretvalue --ctx 4096 --max-tokens 128");
+        assert!(!out.contains("hfsecretvalue") && out.contains("--max-tokens 128"), "{out}");
+        // Webhook URLs: the query goes, with or without credentials.
+        let (out, c) = red(&r, r#"{ webhook = "https://hooks.example/T0/B0?sig=plantedsig123&exp=1" }"#);
+        assert!(!out.contains("plantedsig123") && out.contains("https://hooks.example/T0/B0?"), "{out}");
+        assert!(c.contains_key("url-query"), "{c:?}");
+        // A crash report's stderr tail: each line is a log line (plain-text content fields go).
+        let report = serde_json::json!({
+            "kind": "signal",
+            "stderr_tail": "loading\nprompt: my secret diary\n{\"fields\":{\"content\":\"json diary\"}}\nBearer abcdefghijklmnop",
+        });
+        let mut c = Redactions::new();
+        let text = r.report(&report, &mut c).to_string();
+        for bad in ["my secret diary", "json diary", "abcdefghijklmnop"] {
+            assert!(!text.contains(bad), "{bad} in {text}");
+        }
+        assert!(text.contains("loading"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ondevice_config::Resolved;
-use ondevice_diagnostics::bundle::Budget;
 use ondevice_diagnostics::crash::{BuildTag, CrashStore};
 use ondevice_diagnostics::{BundleCaps, BundleSummary, BundleWriter, Redactor};
 
@@ -157,7 +156,7 @@ pub fn assemble(resolved: &Resolved, daemon: DaemonData, out: &Path) -> anyhow::
     let crashes = CrashStore::new(home);
     for p in crashes.files() {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        w.file_text(&format!("crashes/{name}"), &p, Budget::Crashes);
+        w.crash_report(&format!("crashes/{name}"), &p);
     }
     let logs = resolved.paths.logs();
     w.logs_from_dir("logs/daemon", &logs, |n| n.starts_with("ondevice") && n.contains(".log"));

@@ -54,6 +54,9 @@ const URL_PASSWORD: &str = "plantedUrlPass0123";
 const LOG_BEARER: &str = "plantedBearerToken0123456789";
 const LOG_PROMPT: &str = "PLANTED PROMPT about my diary";
 const LOG_OUTPUT: &str = "PLANTED OUTPUT of the model";
+const ARG_SECRET: &str = "plantedArgSecret0123";
+const WEBHOOK_SIG: &str = "plantedWebhookSig0123";
+const CRASH_PROMPT: &str = "PLANTED CRASH PROMPT about my diary";
 
 fn planted_config() -> String {
     format!(
@@ -65,6 +68,13 @@ api_key = "env:PLANTED_RUNTIME_KEY"
 
 [registry.credentials."models.example"]
 token = "env:PLANTED_REGISTRY_TOKEN"
+
+[workers.planted]
+command = ["/bin/sh", "-c", "exit 3", "--api-key", "{ARG_SECRET}"]
+restart = "never"
+
+[workers.planted.hooks]
+on_exit = [{{ webhook = "http://127.0.0.1:9/hook?sig={WEBHOOK_SIG}&exp=1" }}]
 "#
     )
 }
@@ -104,6 +114,16 @@ fn plant_logs(home: &Path, admin_key: &str, mib: usize) {
         text.push('\n');
         std::fs::write(logs.join(format!("ondevice.2026-12-0{}.log", day + 1)), text).unwrap();
     }
+    // A worker's crash report whose stderr tail holds a prompt and a token in plain text.
+    std::fs::create_dir_all(home.join("crashes")).unwrap();
+    let crash = serde_json::json!({
+        "id": "planted", "at": 1_796_000_000, "process": "worker", "worker": "engine-m0", "kind": "signal",
+        "signal": 11, "signal_name": "SIGSEGV", "message": "worker killed by SIGSEGV",
+        "stderr_tail": format!("loading model\nprompt: {CRASH_PROMPT}\nauthorization: Bearer {LOG_BEARER}\nggml_abort"),
+        "build": {"version": "0.1.0"}, "truncated": false,
+    });
+    std::fs::write(home.join("crashes").join("crash-planted.json"), serde_json::to_vec_pretty(&crash).unwrap())
+        .unwrap();
     for w in 0..3 {
         let mut text = body.clone();
         text.push_str(&format!(
@@ -164,6 +184,8 @@ async fn bundle_holds_no_planted_secret_and_stays_bounded() {
     assert!(
         names.iter().any(|n| n.starts_with("logs/daemon/")) && names.iter().any(|n| n.starts_with("logs/workers/"))
     );
+    assert!(names.contains(&"crashes/crash-planted.json"), "{names:?}");
+    assert!(names.contains(&"egress.json"), "{names:?}");
     // Every listed file is there with its size and hash; redactions are recorded.
     for (i, entry) in m["files"].as_array().unwrap().iter().enumerate() {
         let (name, data) = &files[i + 1];
@@ -196,6 +218,9 @@ async fn bundle_holds_no_planted_secret_and_stays_bounded() {
             &bootstrap,
             &root_path,
             "planted-user",
+            ARG_SECRET,
+            WEBHOOK_SIG,
+            CRASH_PROMPT,
         ],
     );
 
