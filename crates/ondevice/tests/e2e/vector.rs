@@ -11,6 +11,15 @@ use serde_json::{Value, json};
 
 use crate::common::{Daemon, Home, describe, test_model};
 
+fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+}
+
 const FILES: [(&str, &str); 3] = [
     ("otters.md", "# Otters\n\nSea otters hold hands while they sleep so that they do not drift apart."),
     ("bread.txt", "To bake bread, mix flour, water, salt and yeast, knead the dough and let it rise."),
@@ -31,7 +40,10 @@ fn floats(v: &Value) -> Vec<f64> {
 #[tokio::test]
 async fn collections_index_and_search_with_a_real_embedding_model() {
     let Some(model) = test_model("vector::collections_index_and_search_with_a_real_embedding_model") else { return };
-    let daemon = Daemon::start(Home::new());
+    // The daemon reads files for index jobs only inside [vector] index_roots.
+    let docs = tempfile::tempdir().expect("tempdir");
+    let config = format!("[vector]\nindex_roots = [{:?}]\n", docs.path().to_str().expect("utf-8"));
+    let daemon = Daemon::start(Home::with_config(&config));
     let home = daemon.home();
     let out = home.run(&["models", "import", model.to_str().expect("utf-8 path"), "--name", "smollm2"]);
     assert!(out.status.success(), "import: {}", describe(&out));
@@ -52,7 +64,6 @@ async fn collections_index_and_search_with_a_real_embedding_model() {
     );
 
     // Index a directory: three supported files, a PDF skipped.
-    let docs = tempfile::tempdir().expect("tempdir");
     for (name, text) in FILES {
         std::fs::write(docs.path().join(name), text).expect("write");
     }
@@ -215,4 +226,101 @@ async fn collections_index_and_search_with_a_real_embedding_model() {
     home.run_ok(&["collections", "rm", "notes"]);
     let out = home.run(&["collections", "show", "notes"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", describe(&out));
+}
+
+/// The golden pair through the store: all-MiniLM-L6-v2's safetensors converted to GGUF by
+/// `ondevice quantize`, imported, a cosine collection created with it; "A man is eating food."
+/// and "A man is eating a piece of bread." upserted; querying with one returns the other with the
+/// reference cosine 0.7553 (± 0.002) as its score (scores are similarities, higher is closer;
+/// `distance` is 1 − cosine). Also: files outside `[vector] index_roots` are refused over HTTP
+/// (403) while `ondevice index` sends their content itself, and /metrics carries the query
+/// latency histogram and embedding counters.
+#[tokio::test]
+async fn minilm_golden_pair_through_the_store() {
+    let Some(dir) = ondevice_testkit::minilm("vector::minilm_golden_pair_through_the_store") else { return };
+    let daemon = Daemon::start(Home::new());
+    let home = daemon.home();
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let gguf = out_dir.path().join("minilm-f32.gguf");
+    let gguf = gguf.to_str().expect("utf-8");
+    home.run_ok(&["quantize", dir.to_str().expect("utf-8"), "--type", "F32", "--output", gguf]);
+    home.run_ok(&["models", "import", gguf, "--name", "minilm"]);
+    let created: Value =
+        serde_json::from_str(&home.run_ok(&["collections", "create", "golden", "--model", "minilm", "--json"]))
+            .expect("create --json");
+    assert_eq!((created["dimension"].as_u64(), created["distance"].as_str()), (Some(384), Some("cosine")), "{created}");
+
+    let models = daemon.key(&["models"]).await;
+    let (a, b) = ("A man is eating food.", "A man is eating a piece of bread.");
+    let resp = daemon
+        .request(Method::POST, "/api/v1/collections/golden/documents", Some(&models.secret))
+        .json(&json!({"documents": [{"id": "a", "text": a}, {"id": "b", "text": b}]}))
+        .send()
+        .await
+        .expect("upsert");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let up: Value = resp.json().await.expect("json");
+    assert_eq!((up["documents"].as_u64(), up["chunks"].as_u64()), (Some(2), Some(2)), "{up}");
+
+    let read = daemon.key(&["read"]).await;
+    for (query, own, other) in [(a, "a", "b"), (b, "b", "a")] {
+        let resp = daemon
+            .request(Method::POST, "/api/v1/collections/golden/query", Some(&read.secret))
+            .json(&json!({"query": query, "top_k": 2}))
+            .send()
+            .await
+            .expect("query");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let q: Value = resp.json().await.expect("json");
+        let hits = q["hits"].as_array().expect("hits");
+        assert_eq!(hits.len(), 2, "{q}");
+        assert_eq!(hits[0]["document_id"], own, "{q}");
+        assert!((hits[0]["score"].as_f64().unwrap() - 1.0).abs() < 1e-3, "{q}");
+        assert_eq!(hits[1]["document_id"], other, "{q}");
+        let score = hits[1]["score"].as_f64().unwrap();
+        let distance = hits[1]["distance"].as_f64().unwrap();
+        println!("golden pair through the store: score (cosine similarity) {score:.4}, distance {distance:.4}");
+        assert!((score - 0.7553).abs() <= 0.002, "score {score} vs the reference cosine 0.7553: {q}");
+        assert!((distance - (1.0 - score)).abs() < 1e-4, "cosine distance is 1 - similarity: {q}");
+    }
+
+    // Files: none of the daemon's business over HTTP without index_roots; the CLI sends content.
+    let docs = tempfile::tempdir().expect("tempdir");
+    std::fs::write(docs.path().join("meal.md"), "# Lunch\n\nA man is eating a piece of bread.").expect("write");
+    std::fs::write(docs.path().join("paper.pdf"), b"%PDF-1.4").expect("write");
+    let resp = daemon
+        .request(Method::POST, "/api/v1/collections/golden/index", Some(&models.secret))
+        .json(&json!({"paths": [docs.path()]}))
+        .send()
+        .await
+        .expect("index");
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value = resp.json().await.expect("json");
+    assert!(body["error"]["message"].as_str().unwrap().contains("index_roots"), "{body}");
+    let dir = docs.path().to_str().expect("utf-8");
+    let up: Value =
+        serde_json::from_str(&home.run_ok(&["index", dir, "--collection", "golden", "--json"])).expect("index --json");
+    assert_eq!((up["files_indexed"].as_u64(), up["files_skipped"].as_u64()), (Some(1), Some(1)), "{up}");
+    let again: Value =
+        serde_json::from_str(&home.run_ok(&["index", dir, "--collection", "golden", "--json"])).expect("index --json");
+    assert_eq!((again["files_unchanged"].as_u64(), again["files_indexed"].as_u64()), (Some(1), Some(0)), "{again}");
+
+    // Metrics: the query histogram (the two text queries above) and the embedding counters.
+    let metrics = daemon
+        .request(Method::GET, "/metrics", Some(&read.secret))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let count = metric(&metrics, "ondevice_vector_query_seconds_count{backend=\"embedded\",input=\"text\"}");
+    assert_eq!(count, 2.0, "{metrics}");
+    let inf = metric(&metrics, "ondevice_vector_query_seconds_bucket{backend=\"embedded\",input=\"text\",le=\"+Inf\"}");
+    assert_eq!(inf, count);
+    assert!(metric(&metrics, "ondevice_vector_query_seconds_sum{backend=\"embedded\",input=\"text\"}") > 0.0);
+    assert!(metric(&metrics, "ondevice_vector_embedded_texts_total") >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "ondevice_vector_embedded_tokens_total") > 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "ondevice_vector_chunks{collection=\"golden\",backend=\"embedded\"}"), 3.0);
+    assert!(metrics.contains("# TYPE ondevice_vector_index_job_files gauge"), "{metrics}");
 }
