@@ -164,6 +164,7 @@ impl Egress {
         let loopback = is_loopback(&host);
         if self.offline && !loopback {
             let err = EgressError::Offline { purpose, host: host.clone(), port };
+            count(purpose, Outcome::Blocked, 0, 0);
             if let Some(l) = &self.ledger {
                 l.record(Record {
                     at: now_unix(),
@@ -205,6 +206,53 @@ impl Egress {
 }
 
 static GLOBAL: OnceLock<Egress> = OnceLock::new();
+
+/// Process-wide counts by purpose and outcome, and bytes by purpose (for `/metrics`).
+static COUNTS: [[AtomicU64; 3]; 4] = [const { [const { AtomicU64::new(0) }; 3] }; 4];
+static BYTES: [[AtomicU64; 2]; 4] = [const { [const { AtomicU64::new(0) }; 2] }; 4];
+
+fn purpose_index(p: Purpose) -> usize {
+    match p {
+        Purpose::Pull => 0,
+        Purpose::Runtime => 1,
+        Purpose::Telemetry => 2,
+        Purpose::Webhook => 3,
+    }
+}
+
+fn count(p: Purpose, o: Outcome, sent: u64, received: u64) {
+    let i = purpose_index(p);
+    let j = match o {
+        Outcome::Ok => 0,
+        Outcome::Error => 1,
+        Outcome::Blocked => 2,
+    };
+    COUNTS[i][j].fetch_add(1, Ordering::Relaxed);
+    BYTES[i][0].fetch_add(sent, Ordering::Relaxed);
+    BYTES[i][1].fetch_add(received, Ordering::Relaxed);
+}
+
+/// Connections of this process so far: (purpose, outcome, count), every combination.
+pub fn counts() -> Vec<(Purpose, Outcome, u64)> {
+    let mut v = Vec::new();
+    for p in Purpose::ALL {
+        for (j, o) in [Outcome::Ok, Outcome::Error, Outcome::Blocked].into_iter().enumerate() {
+            v.push((p, o, COUNTS[purpose_index(p)][j].load(Ordering::Relaxed)));
+        }
+    }
+    v
+}
+
+/// Bytes of this process's connections so far: (purpose, sent, received).
+pub fn bytes() -> Vec<(Purpose, u64, u64)> {
+    Purpose::ALL
+        .into_iter()
+        .map(|p| {
+            let b = &BYTES[purpose_index(p)];
+            (p, b[0].load(Ordering::Relaxed), b[1].load(Ordering::Relaxed))
+        })
+        .collect()
+}
 
 /// Installs the process's gate (the daemon, once at start). Returns false if one was installed
 /// already (the first stays).
@@ -253,6 +301,13 @@ struct FlowInner {
 
 impl Drop for FlowInner {
     fn drop(&mut self) {
+        let failed = self.error.get_mut().unwrap_or_else(|e| e.into_inner()).is_some();
+        count(
+            self.purpose,
+            if failed { Outcome::Error } else { Outcome::Ok },
+            *self.sent.get_mut(),
+            *self.received.get_mut(),
+        );
         let Some(l) = &self.ledger else { return };
         let error = self.error.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         l.record(Record {

@@ -40,7 +40,16 @@ pub(crate) struct Started {
 pub(crate) async fn start(state: &AppState, request: GenerateRequest) -> Result<Started, ApiError> {
     let inference = state.require_inference()?;
     let requested = Instant::now();
-    let generation = inference.generate(request).await?;
+    let generation = match inference.generate(request).await {
+        Ok(g) => {
+            state.metrics().observe_runtime(&g.adapter, true, requested.elapsed().as_secs_f64());
+            g
+        }
+        Err(e) => {
+            state.metrics().observe_runtime("none", false, requested.elapsed().as_secs_f64());
+            return Err(e.into());
+        }
+    };
     Ok(Started {
         adapter: generation.adapter,
         model: generation.model,

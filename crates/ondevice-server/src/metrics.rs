@@ -26,6 +26,17 @@ struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeLabels {
+    runtime: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuntimeOnly {
+    runtime: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     surface: &'static str,
     reason: &'static str,
@@ -42,6 +53,8 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
     auth_failures: Family<AuthLabels, Counter>,
+    runtime_requests: Family<RuntimeLabels, Counter>,
+    runtime_latency: Family<RuntimeOnly, Histogram>,
     uptime: Gauge,
     started: Instant,
     /// All requests, 4xx answers, 5xx answers (read by the telemetry report).
@@ -72,6 +85,20 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "Time to the response head", latency.clone());
         let auth_failures = Family::<AuthLabels, Counter>::default();
         registry.register("auth_failures", "Refused credentials by surface and reason", auth_failures.clone());
+        let runtime_requests = Family::<RuntimeLabels, Counter>::default();
+        registry.register(
+            "runtime_requests",
+            "Generations by the runtime that answered (or `none` when no runtime could) and outcome (ok, error)",
+            runtime_requests.clone(),
+        );
+        let runtime_latency = Family::<RuntimeOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+        });
+        registry.register(
+            "runtime_start_seconds",
+            "Time until a runtime accepted a generation (routing, loading, admission)",
+            runtime_latency.clone(),
+        );
         let uptime = Gauge::default();
         registry.register("uptime_seconds", "Seconds since the daemon started", uptime.clone());
         let build = Family::<Vec<(String, String)>, Gauge>::default();
@@ -83,6 +110,8 @@ impl Metrics {
                 requests,
                 latency,
                 auth_failures,
+                runtime_requests,
+                runtime_latency,
                 uptime,
                 started: Instant::now(),
                 totals: Default::default(),
@@ -114,6 +143,16 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         let t = &self.inner.totals;
         (t[0].load(Relaxed), t[1].load(Relaxed), t[2].load(Relaxed))
+    }
+
+    /// Records one generation start: the runtime that answered (`none` if none could), whether
+    /// it started, and how long that took.
+    pub fn observe_runtime(&self, runtime: &str, ok: bool, seconds: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.inner.runtime_requests.get_or_create(&RuntimeLabels { runtime: runtime.to_owned(), outcome }).inc();
+        if ok {
+            self.inner.runtime_latency.get_or_create(&RuntimeOnly { runtime: runtime.to_owned() }).observe(seconds);
+        }
     }
 
     /// Records a refused credential (`surface`: http, websocket, grpc).
@@ -173,9 +212,62 @@ fn render_workers(out: &mut String, workers: &[WorkerView]) {
             );
         }
     }
+    out.push_str("# HELP ondevice_worker_circuit_open Whether a supervised worker was given up after too many restarts (its circuit is open).\n# TYPE ondevice_worker_circuit_open gauge\n");
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "ondevice_worker_circuit_open{{worker=\"{}\"}} {}",
+            label(&w.name),
+            u8::from(w.state == "failed")
+        );
+    }
     out.push_str("# HELP ondevice_worker_last_exit_oom Whether the last exit of a supervised worker was a kill for memory.\n# TYPE ondevice_worker_last_exit_oom gauge\n");
     for w in workers {
         let oom = w.last_exit.as_ref().is_some_and(|e| e.oom);
         let _ = writeln!(out, "ondevice_worker_last_exit_oom{{worker=\"{}\"}} {}", label(&w.name), u8::from(oom));
     }
+}
+
+/// Metrics read at scrape time from the services: jobs by kind and state, runtimes' circuit and
+/// health, and the egress gate's connections by purpose and outcome.
+pub(crate) fn render_services(
+    out: &mut String,
+    jobs: &[(String, String, u64)],
+    runtimes: &[ondevice_runtime::RuntimeStatus],
+) {
+    use std::fmt::Write as _;
+    let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    out.push_str("# HELP ondevice_jobs Jobs known to the queue by kind and state.\n# TYPE ondevice_jobs gauge\n");
+    for (kind, state, n) in jobs {
+        let _ = writeln!(out, "ondevice_jobs{{kind=\"{}\",state=\"{}\"}} {n}", label(kind), label(state));
+    }
+    if !runtimes.is_empty() {
+        out.push_str("# HELP ondevice_runtime_circuit_open Whether a runtime's circuit breaker is open.\n# TYPE ondevice_runtime_circuit_open gauge\n");
+        for r in runtimes {
+            let _ = writeln!(
+                out,
+                "ondevice_runtime_circuit_open{{runtime=\"{}\"}} {}",
+                label(&r.name),
+                u8::from(r.circuit == "open")
+            );
+        }
+        out.push_str("# HELP ondevice_runtime_healthy Whether a runtime's last health check passed.\n# TYPE ondevice_runtime_healthy gauge\n");
+        for r in runtimes {
+            let ok = matches!(r.health, ondevice_runtime::Health::Ready);
+            let _ = writeln!(out, "ondevice_runtime_healthy{{runtime=\"{}\"}} {}", label(&r.name), u8::from(ok));
+        }
+    }
+    out.push_str("# HELP ondevice_egress_connections Outbound connections by purpose and outcome (blocked: refused by offline mode).\n# TYPE ondevice_egress_connections counter\n");
+    for (p, o, n) in ondevice_egress::counts() {
+        let _ = writeln!(out, "ondevice_egress_connections_total{{purpose=\"{p}\",outcome=\"{}\"}} {n}", o.as_str());
+    }
+    out.push_str("# HELP ondevice_egress_bytes Bytes of outbound connections by purpose and direction.\n# TYPE ondevice_egress_bytes counter\n");
+    for (p, sent, received) in ondevice_egress::bytes() {
+        let _ = writeln!(out, "ondevice_egress_bytes_total{{purpose=\"{p}\",direction=\"sent\"}} {sent}");
+        let _ = writeln!(out, "ondevice_egress_bytes_total{{purpose=\"{p}\",direction=\"received\"}} {received}");
+    }
+    out.push_str(&format!(
+        "# HELP ondevice_offline Whether offline mode is on.\n# TYPE ondevice_offline gauge\nondevice_offline {}\n",
+        u8::from(ondevice_egress::offline())
+    ));
 }

@@ -83,7 +83,19 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.metrics().render(&state.status_source().workers());
-    let vectors = crate::routes::collections::metrics_text(&state).await;
+    let mut vectors = crate::routes::collections::metrics_text(&state).await;
+    let mut jobs: std::collections::BTreeMap<(String, String), u64> = std::collections::BTreeMap::new();
+    if let Ok(j) = state.require_jobs() {
+        for s in j.list(&ondevice_jobs::JobFilter::default()).await.unwrap_or_default() {
+            *jobs.entry((s.kind.clone(), s.state.as_str().to_owned())).or_default() += 1;
+        }
+    }
+    let jobs: Vec<(String, String, u64)> = jobs.into_iter().map(|((k, s), n)| (k, s, n)).collect();
+    let runtimes = match state.inference() {
+        Some(i) => i.runtimes().await,
+        None => Vec::new(),
+    };
+    crate::metrics::render_services(&mut vectors, &jobs, &runtimes);
     body.insert_str(body.rfind("# EOF").unwrap_or(body.len()), &vectors);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
 }

@@ -4,7 +4,7 @@
 //!   daemon runs with `[network] offline = true` and telemetry enabled towards it, is driven
 //!   through a pull of a URL on it, a chat request routed to a runtime on it and several
 //!   telemetry ticks: each fails with an error naming the setting, the ledger records each as
-//!   `blocked`, and the listener accepted no connection at all.
+//!   `blocked` (and `/metrics` counts them), and the listener accepted no connection at all.
 //! - Telemetry off (the default): the same listener as the telemetry endpoint, online, sees no
 //!   connection and the ledger no telemetry entry; `ONDEVICE_TELEMETRY=0` wins over consent too.
 //! - Exactly once: a loopback collector (a real HTTP server in the test) takes reports without
@@ -208,6 +208,26 @@ runtimes = ["remote"]
     }
     let status: Value = serde_json::from_str(&home.run_ok(&["telemetry", "status", "--json"])).unwrap();
     assert!(status["pending"].as_u64().unwrap() >= 1, "the report waits in the outbox: {status}");
+
+    // /metrics: the refusals, the failed pull job, the runtime that could not answer, offline on.
+    let metrics =
+        daemon.request(Method::GET, "/metrics", Some(daemon.admin_key())).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+    };
+    for purpose in ["pull", "runtime", "telemetry"] {
+        let blocked = value(&format!("ondevice_egress_connections_total{{purpose=\"{purpose}\",outcome=\"blocked\"}}"));
+        assert!(blocked >= 1.0, "{purpose}: {blocked}");
+        assert_eq!(value(&format!("ondevice_egress_connections_total{{purpose=\"{purpose}\",outcome=\"ok\"}}")), 0.0);
+    }
+    assert_eq!(value("ondevice_offline"), 1.0);
+    assert_eq!(value("ondevice_jobs{kind=\"pull\",state=\"failed\"}"), 1.0);
+    assert!(value("ondevice_runtime_requests_total{runtime=\"none\",outcome=\"error\"}") >= 1.0);
+    value("ondevice_runtime_circuit_open{runtime=\"remote\"}");
+    value("ondevice_runtime_healthy{runtime=\"remote\"}");
     assert_eq!(outside.accepted(), 0, "a connection left the daemon in offline mode");
 
     // The bundle carries the ledger.
