@@ -101,7 +101,9 @@ fn smollm2_q8_0_and_q4_k_m_are_measured_against_the_f16_source_deterministically
 
     // F16 GGUF → Q8_0 and Q4_K_M: KL against the F16 source.
     let q8 = tmp.path().join("q8_0.gguf");
+    let started = std::time::Instant::now();
     let r8 = run(&request(&f16, &q8, "Q8_0"), &Quiet).unwrap();
+    println!("F16 → Q8_0 with quality on 2 threads: {:.1} s", started.elapsed().as_secs_f64());
     let q4 = tmp.path().join("q4_k_m.gguf");
     let r4 = run(&request(&f16, &q4, "Q4_K_M"), &Quiet).unwrap();
     let (g8, g4) = (r8.quality.clone().unwrap(), r4.quality.clone().unwrap());
@@ -128,12 +130,8 @@ fn smollm2_q8_0_and_q4_k_m_are_measured_against_the_f16_source_deterministically
 
     // The thread count does not change the figures.
     let started = std::time::Instant::now();
-    let two = quality::measure(&q4, Some(&f16), &QualityOptions { threads: Some(2) }, &NoProgress).unwrap();
-    println!("measuring Q4_K_M against F16 on 2 threads: {:.1} s", started.elapsed().as_secs_f64());
-    assert_eq!(Some(two), r4.quality.clone().map(|q| Quality { note: None, ..q }));
-    let started = std::time::Instant::now();
     let one = quality::measure(&q4, Some(&f16), &QualityOptions { threads: Some(1) }, &NoProgress).unwrap();
-    println!("on 1 thread: {:.1} s", started.elapsed().as_secs_f64());
+    println!("measuring Q4_K_M against F16 on 1 thread: {:.1} s", started.elapsed().as_secs_f64());
     println!("Q4_K_M on 1 thread: {}", one.summary());
     assert_eq!(one.tokens, g4.tokens);
     let close = |a: Option<f64>, b: Option<f64>| (a.unwrap() - b.unwrap()).abs() <= 1e-6 * b.unwrap().abs().max(1e-3);
