@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,11 +165,15 @@ def stalls(args, procs):
     big = corpus(32, 300, seed=7)  # 32 inputs of ~400 tokens each per request
     stop = threading.Event()
     embedded = [0]
+    failed = []
 
     def embed_loop():
         while not stop.is_set():
-            post(base, "/v1/embeddings", {"model": "smol", "input": big}, key)
-            embedded[0] += len(big)
+            try:
+                post(base, "/v1/embeddings", {"model": "smol", "input": big}, key)
+                embedded[0] += len(big)
+            except urllib.error.HTTPError as e:
+                failed.append(e.code)
 
     t = threading.Thread(target=embed_loop, daemon=True)
     t.start()
@@ -179,7 +184,7 @@ def stalls(args, procs):
     print(f"stalls, SmolLM2-135M Q4_1, one worker (parallel = 2), {args.tokens}-token stream:")
     print(f"  alone:                       max gap {quiet[0] * 1000:7.1f} ms, median {quiet[1] * 1000:6.1f} ms")
     print(f"  while embedding 32x~400 tok: max gap {busy[0] * 1000:7.1f} ms, median {busy[1] * 1000:6.1f} ms "
-          f"({embedded[0]} texts embedded meanwhile)")
+          f"({embedded[0]} texts embedded meanwhile" + (f", embedding requests failed: {failed}" if failed else "") + ")")
 
 
 def main():
