@@ -374,6 +374,46 @@ async fn retrieval_and_prompt_packs_on_every_chat_surface() {
     ]);
     let v: Value = serde_json::from_str(&out).expect("run --json");
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 10 && v["sources"].is_null(), "{v}");
+    // Interactive (lines on stdin, --interactive): the pack opens the turn, retrieval searches with
+    // the typed question, the sources follow the answer.
+    let mut child = home
+        .command(&[
+            "run",
+            "smollm2",
+            "--interactive",
+            "--prompt",
+            "ask",
+            "--var",
+            "question=Say hello.",
+            "--collection",
+            "docs",
+            "--top-k",
+            "1",
+            "--max-tokens",
+            "4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ondevice run");
+    let pid = child.id();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(format!("{QUESTION}\n/bye\n").as_bytes()).expect("write stdin");
+    }
+    let chat = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || child.wait_with_output()))
+        .await
+        .unwrap_or_else(|_| {
+            crate::common::terminate(pid);
+            panic!("the interactive run did not exit after /bye")
+        })
+        .expect("join")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&chat.stdout);
+    assert!(chat.status.success(), "{}", describe(&chat));
+    assert!(stdout.contains(">>> ") && stdout.contains("\nSources:\n  [1] notes/varnholm.txt #0 (score "), "{stdout}");
     let out = home.run(&["run", "smollm2", "--prompt", "ask", "--max-tokens", "4"]);
     assert!(
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("question"),
