@@ -13,6 +13,9 @@
 //! Needs `python3` with `mlx` and `mlx-lm`, and `$ONDEVICE_TEST_MODELS_DIR`; skipped with a note
 //! without them (a failure under `CI`).
 
+// The reference is MLX itself, a Python peer the test runs (as other tests run their peers).
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::collections::BTreeMap;

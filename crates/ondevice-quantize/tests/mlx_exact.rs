@@ -5,6 +5,9 @@
 //! bytes. Needs `python3` with `mlx` (`pip install "mlx[cpu]"`): skipped with a note without it,
 //! a failure under `CI`.
 
+// The reference is MLX itself, a Python peer the test runs (as other tests run their peers).
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::path::Path;
@@ -30,6 +33,9 @@ pub fn python_has(test: &str, modules: &str) -> bool {
     }
     ok
 }
+
+/// Name, dtype, shape, the values (exact in the dtype) and their bytes.
+type Input = (String, FloatType, Vec<u64>, Vec<f32>, Vec<u8>);
 
 struct Rng(u64);
 
@@ -113,7 +119,7 @@ fn packed_weights_scales_and_biases_equal_mlx_core_quantize_for_every_bits_and_g
         return;
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut inputs: Vec<(String, FloatType, Vec<u64>, Vec<f32>, Vec<u8>)> = Vec::new();
+    let mut inputs: Vec<Input> = Vec::new();
     for (i, dtype) in [FloatType::F32, FloatType::F16, FloatType::BF16].into_iter().enumerate() {
         for (j, scale) in [0.02f32, 1.0, 300.0].into_iter().enumerate() {
             let (rows, cols) = (6 + i as u64, 384u64);
