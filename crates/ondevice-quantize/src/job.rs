@@ -670,7 +670,9 @@ impl QuantizeKind {
                 self.registry.add_root(&d, owner)?;
                 let parameters = m.parameter_count.unwrap_or(0);
                 let input = if format == SAFETENSORS_FORMAT {
-                    let dir = staging.join("source");
+                    // Named after the model: a conversion's `general.name` is its directory's name.
+                    let base = model.split(':').next().unwrap_or("model").replace('/', "-");
+                    let dir = staging.join(if base.is_empty() { "model".to_owned() } else { base });
                     self.registry.materialize(&m, &dir)?;
                     dir
                 } else {

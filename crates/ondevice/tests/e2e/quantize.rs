@@ -242,3 +242,51 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a registered model"), "{}", describe(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safetensors_registry_model_and_a_directory_quantize_through_the_daemon() {
+    let Some(dir) = ondevice_testkit::minilm("quantize::a_safetensors_registry_model") else { return };
+    let daemon = Daemon::start(Home::new());
+    let out = daemon.home().run(&["models", "import", dir.to_str().expect("utf-8 path"), "--name", "minilm", "--json"]);
+    assert!(out.status.success(), "import: {}", describe(&out));
+    let parent: Value = serde_json::from_slice(&out.stdout).expect("import json");
+    assert_eq!(parent["format"], "safetensors");
+
+    // A safetensors registry model: the job recreates its directory from the blobs and converts it.
+    let out = daemon.home().run(&["quantize", "minilm", "--type", "F16", "--json"]);
+    assert!(out.status.success(), "quantize: {}", describe(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(
+        (done["state"].as_str(), done["detail"]["model"].as_str()),
+        (Some("succeeded"), Some("minilm-f16:latest"))
+    );
+    let (status, m) = daemon.get("/api/v1/models/minilm-f16%3Alatest", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!((m["format"].as_str(), m["architecture"].as_str()), (Some("gguf"), Some("bert")), "{m}");
+    let p = &m["provenance"];
+    assert_eq!((&p["parent"], &p["parent_digest"]), (&json!("minilm:latest"), &parent["digest"]), "{m}");
+    let inputs: Vec<&str> =
+        p["receipt"]["inputs"].as_array().expect("inputs").iter().filter_map(|i| i["name"].as_str()).collect();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(inputs.contains(&f), "{f} is an input by digest: {inputs:?}");
+    }
+    assert_eq!(p["receipt"]["params"]["source_format"], "safetensors");
+
+    // The same directory given as a path (what the CLI sends for a local directory): registered
+    // with its provenance, without a parent.
+    let out =
+        daemon.home().run(&["quantize", dir.to_str().unwrap(), "--type", "F16", "--name", "minilm-path:f16", "--json"]);
+    assert!(out.status.success(), "quantize: {}", describe(&out));
+    let (_, by_path) = daemon.get("/api/v1/models/minilm-path%3Af16", Some(daemon.admin_key())).await;
+    assert_eq!(by_path["provenance"]["receipt"]["source_sha256"], p["receipt"]["source_sha256"], "same inputs");
+    assert_eq!(by_path["provenance"]["parent"], Value::Null);
+    assert_eq!(by_path["source"], format!("quantize:{}", std::fs::canonicalize(&dir).unwrap().display()));
+    // The source's blobs were roots only while the jobs ran.
+    assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
+    let out = daemon.home().run(&["models", "rm", "minilm"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = daemon.home().run(&["models", "gc", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let gc: Value = serde_json::from_slice(&out.stdout).expect("gc json");
+    assert!(gc["removed_blobs"].as_array().is_some_and(|b| b.len() >= 3), "the source's files are collectable: {gc}");
+}
