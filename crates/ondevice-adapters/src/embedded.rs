@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hyper::{Method, StatusCode};
 use ondevice_runtime::wire::{
-    EmbedBody, EmbedReply, GenerateBody, HealthReply, TokenizeBody, TokenizeReply, WireError, WireEvent,
+    EmbedBody, EmbedReply, GenerateBody, HealthReply, TokenizeBody, TokenizeReply, WireError, WireEvent, WirePrompt,
 };
 use ondevice_runtime::{
-    BoxFuture, Capabilities, EmbedRequest, Embeddings, Event, EventStream, GenerateRequest, Health, ModelSpec, Runtime,
-    RuntimeError, Usage,
+    BoxFuture, Capabilities, EmbedRequest, Embeddings, Event, EventStream, GenerateRequest, Health, ModelSpec, Prompt,
+    Runtime, RuntimeError, Usage,
 };
 
 use crate::ipc::{self, Answer, Failure};
@@ -374,7 +374,16 @@ impl Runtime for EmbeddedAdapter {
 
     fn tokenize(&self, model: &ModelSpec, text: &str) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
         let model = model.clone();
-        let body = TokenizeBody { text: text.to_owned() };
+        let body = TokenizeBody { text: text.to_owned(), prompt: None };
+        Box::pin(async move {
+            let reply: TokenizeReply = self.post(&model, "/tokenize", &body).await?;
+            Ok(reply.tokens)
+        })
+    }
+
+    fn tokenize_prompt(&self, model: &ModelSpec, prompt: &Prompt) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
+        let model = model.clone();
+        let body = TokenizeBody { text: String::new(), prompt: Some(WirePrompt::from(prompt)) };
         Box::pin(async move {
             let reply: TokenizeReply = self.post(&model, "/tokenize", &body).await?;
             Ok(reply.tokens)

@@ -118,7 +118,14 @@ async fn tokenize(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(r) => return r,
     };
-    match engine.tokenize(&body.text).await {
+    let tokens = match body.prompt {
+        Some(prompt) => match Prompt::try_from(prompt) {
+            Ok(prompt) => engine.tokenize_prompt(&prompt).await,
+            Err(e) => Err(e),
+        },
+        None => engine.tokenize(&body.text).await,
+    };
+    match tokens {
         Ok(tokens) => axum::Json(TokenizeReply { tokens }).into_response(),
         Err(e) => runtime_error(&e),
     }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ondevice_runtime::{
     BoxFuture, EmbedRequest, Embeddings, GenerateRequest, Generation, Health, Inference, LoadedModel, ModelEntry,
-    ModelSpec, Runtime, RuntimeError, RuntimeStatus,
+    ModelSpec, Prompt, Runtime, RuntimeError, RuntimeStatus,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -644,6 +644,18 @@ impl Inference for Orchestrator {
             let (tokens, _, _) = with_fallback(&self.inner, &model, None, |step| {
                 let text = text.clone();
                 Box::pin(async move { step.runtime.tokenize(&step.spec, &text).await })
+            })
+            .await?;
+            Ok(tokens)
+        })
+    }
+
+    fn tokenize_prompt(&self, model: &str, prompt: Prompt) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
+        let model = model.to_owned();
+        Box::pin(async move {
+            let (tokens, _, _) = with_fallback(&self.inner, &model, None, |step| {
+                let prompt = prompt.clone();
+                Box::pin(async move { step.runtime.tokenize_prompt(&step.spec, &prompt).await })
             })
             .await?;
             Ok(tokens)

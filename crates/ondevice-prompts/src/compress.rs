@@ -12,9 +12,10 @@
 //! 3. the whole prompt is counted again after every change: the result never exceeds the budget,
 //!    or the render fails with [`PromptError::BudgetTooSmall`].
 //!
-//! Counting uses the model's tokenizer on the messages as a ChatML-framed conversation with the
-//! generation prompt ([`chatml`]); for models whose template frames messages with fewer tokens
-//! this over-counts slightly, never under.
+//! With a model, the prompt is counted exactly as a generation sees it: the messages rendered with
+//! the model's own chat template and tokenized by its runtime ([`InferenceCounter`], through
+//! `Inference::tokenize_prompt`). Remote runtimes that cannot say are asked for the tokens of the
+//! ChatML framing ([`chatml`]) instead; without a model, four characters count as a token.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -85,6 +86,28 @@ impl InferenceCounter {
 }
 
 impl TokenCounter for InferenceCounter {
+    /// The prompt's tokens exactly as a generation with the model sees them: the messages
+    /// rendered with the model's own chat template and tokenized by the runtime
+    /// ([`Inference::tokenize_prompt`]). A runtime that cannot say (a remote server) is asked
+    /// for the [`chatml`] framing's tokens instead.
+    fn count<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Result<usize, PromptError>> {
+        Box::pin(async move {
+            let chat = messages
+                .iter()
+                .map(|m| {
+                    ondevice_runtime::Role::parse(m.role.as_str())
+                        .map(|role| ondevice_runtime::ChatMessage::new(role, m.content.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| PromptError::Runtime { model: self.model.clone(), source })?;
+            match self.inference.tokenize_prompt(&self.model, ondevice_runtime::Prompt::Chat(chat)).await {
+                Ok(tokens) => Ok(tokens.len()),
+                Err(ondevice_runtime::RuntimeError::Unsupported { .. }) => self.count_text(&chatml(messages)).await,
+                Err(source) => Err(PromptError::Runtime { model: self.model.clone(), source }),
+            }
+        })
+    }
+
     fn count_text<'a>(&'a self, text: &'a str) -> BoxFuture<'a, Result<usize, PromptError>> {
         Box::pin(async move {
             if text.is_empty() {

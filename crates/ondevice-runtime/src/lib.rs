@@ -53,6 +53,14 @@ pub trait Runtime: Send + Sync {
     fn embed(&self, model: &ModelSpec, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, RuntimeError>>;
     /// Token ids of `text` under `model`'s vocabulary.
     fn tokenize(&self, model: &ModelSpec, text: &str) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>>;
+    /// Token ids of `prompt` exactly as a generation would see them (a chat rendered with the
+    /// model's own chat template). Runtimes that cannot say answer `Unsupported` (the default).
+    fn tokenize_prompt(&self, model: &ModelSpec, prompt: &Prompt) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
+        let _ = (model, prompt);
+        let e =
+            RuntimeError::Unsupported { adapter: self.name().to_owned(), what: "counting a prompt's tokens".into() };
+        Box::pin(async move { Err(e) })
+    }
     /// Models the runtime itself offers (remote runtimes list theirs; the embedded engine, none).
     fn list_models(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>>;
 }
@@ -66,6 +74,13 @@ pub trait Inference: Send + Sync {
     fn embed(&self, request: EmbedRequest) -> BoxFuture<'_, Result<Embeddings, RuntimeError>>;
     /// Token ids of `text` under `model`.
     fn tokenize(&self, model: &str, text: &str) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>>;
+    /// Token ids of `prompt` as a generation with `model` would see them (its chat template
+    /// applied); `Unsupported` when the runtime serving `model` cannot say (the default).
+    fn tokenize_prompt(&self, model: &str, prompt: Prompt) -> BoxFuture<'_, Result<Vec<u32>, RuntimeError>> {
+        let _ = prompt;
+        let e = RuntimeError::Unsupported { adapter: model.to_owned(), what: "counting a prompt's tokens".into() };
+        Box::pin(async move { Err(e) })
+    }
     /// Every model a client can name: registry models and models declared for runtimes.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelEntry>, RuntimeError>>;
     /// Models currently loaded, most recently used first.

@@ -181,8 +181,13 @@ pub struct EmbedReply {
 /// `POST /tokenize`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenizeBody {
-    /// Text.
+    /// Text (special-token texts are parsed; ignored when `prompt` is given).
+    #[serde(default)]
     pub text: String,
+    /// A prompt to tokenize exactly as a generation would (chat template applied, message
+    /// content as plain text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<WirePrompt>,
 }
 
 /// Answer to `POST /tokenize`.

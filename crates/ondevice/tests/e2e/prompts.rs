@@ -172,6 +172,7 @@ async fn llama_budgets_and_extractive_compression_with_smollm2() {
         }
     };
     let mut kept = 0;
+    let mut checked = 0;
     for c in cases {
         let vars = json!({"context": c.context, "question": c.question});
         let full = render(json!({"variables": vars, "model": "smollm2"})).await;
@@ -183,6 +184,22 @@ async fn llama_budgets_and_extractive_compression_with_smollm2() {
         let tokens = r["tokens"].as_u64().expect("tokens");
         assert!(tokens <= budget, "{tokens} tokens for a budget of {budget}");
         assert_eq!(r["compression"]["tokens_before"].as_u64(), Some(total), "{r}");
+        // The count is the model's own: generating from the rendered messages reads exactly as
+        // many prompt tokens (SmolLM2's chat template, BOS and special tokens included).
+        if checked < 3 {
+            checked += 1;
+            let resp = daemon
+                .request(Method::POST, "/v1/chat/completions", Some(daemon.admin_key()))
+                .timeout(Duration::from_secs(600))
+                .json(&json!({"model": "smollm2", "messages": r["messages"], "max_tokens": 1, "temperature": 0}))
+                .send()
+                .await
+                .expect("chat");
+            let status = resp.status();
+            let v: Value = resp.json().await.expect("json");
+            assert_eq!(status, StatusCode::OK, "{v}");
+            assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(tokens), "render said {tokens}: {v}");
+        }
         if r["messages"][1]["content"].as_str().unwrap_or_default().contains(&c.answer) {
             kept += 1;
         }
