@@ -18,6 +18,32 @@ use crate::{CollectionSpec, Distance, TokenPolicy, VectorError};
 /// Texts per embedding request.
 pub const BATCH: usize = 32;
 
+/// Characters of text per embedding request at most (about 2,000 tokens): one request holds the
+/// engine worker for its whole batch, and a generation on the same worker waits for it, so
+/// requests are kept short (a single longer text still goes alone).
+pub const BATCH_CHARS: usize = 8192;
+
+/// Splits `indices` of `texts` into request batches of at most [`BATCH`] texts and
+/// [`BATCH_CHARS`] characters (a text longer than that alone).
+pub fn batches(texts: &[String], indices: &[usize]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut chars = 0;
+    for &i in indices {
+        let n = texts[i].chars().count();
+        match out.last_mut() {
+            Some(b) if b.len() < BATCH && chars + n <= BATCH_CHARS => {
+                b.push(i);
+                chars += n;
+            }
+            _ => {
+                out.push(vec![i]);
+                chars = n;
+            }
+        }
+    }
+    out
+}
+
 /// Cached vectors kept at most.
 pub const CACHE_ENTRIES: usize = 20_000;
 
@@ -230,7 +256,8 @@ impl Embedder {
         let hits = out.iter().filter(|o| o.is_some()).count() as u64;
         self.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
         let missing: Vec<usize> = (0..texts.len()).filter(|i| out[*i].is_none()).collect();
-        for batch in missing.chunks(BATCH) {
+        for batch in batches(texts, &missing) {
+            let batch = batch.as_slice();
             let input: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
             let started = Instant::now();
             let request = EmbedRequest { model: Self::request_model(spec), input, normalize: normalized };
@@ -286,5 +313,27 @@ impl Embedder {
             Some(v) if !v.is_empty() => Ok(v.len() as u32),
             _ => Err(emb_err(model, RuntimeError::Engine { message: format!("{} returned no embedding", r.adapter) })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_cap_texts_and_characters() {
+        let texts: Vec<String> = (0..100).map(|i| "x".repeat(if i == 50 { 20_000 } else { 300 })).collect();
+        let all: Vec<usize> = (0..100).collect();
+        let b = batches(&texts, &all);
+        assert_eq!(b.concat(), all, "every text once, in order");
+        for batch in &b {
+            let chars: usize = batch.iter().map(|i| texts[*i].len()).sum();
+            assert!(batch.len() <= BATCH, "{batch:?}");
+            assert!(chars <= BATCH_CHARS || batch.len() == 1, "{chars} chars in {batch:?}");
+        }
+        assert!(b.iter().any(|x| x == &vec![50]), "the long text goes alone");
+        let short: Vec<String> = (0..40).map(|_| "word".into()).collect();
+        let idx: Vec<usize> = (0..40).collect();
+        assert_eq!(batches(&short, &idx).iter().map(Vec::len).collect::<Vec<_>>(), vec![32, 8]);
     }
 }
