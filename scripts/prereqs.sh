@@ -44,6 +44,10 @@ case "$want" in
   test)
     need bubblewrap command -v bwrap
     need firejail command -v firejail
+    # The egress e2e tests run in a private network namespace (unshare) with an address of their
+    # own (ip).
+    need iproute2 sh -c 'command -v ip || test -x /usr/sbin/ip || test -x /sbin/ip'
+    need util-linux command -v unshare
     ;;
   msi) need wixl command -v wixl ;;
 esac

@@ -1,6 +1,7 @@
 //! Egress ledger, offline mode and telemetry through the real daemon.
 //!
-//! - Offline: a listener on this machine's non-loopback address stands for "the outside". The
+//! - Offline: a listener on a non-loopback address stands for "the outside"; it lives in the
+//!   test's own network namespace, which the test re-runs itself in (see [`outside_ip`]). The
 //!   daemon runs with `[network] offline = true` and telemetry enabled towards it, is driven
 //!   through a pull of a URL on it, a chat request routed to a runtime on it and several
 //!   telemetry ticks: each fails with an error naming the setting, the ledger records each as
@@ -23,14 +24,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{Daemon, Home, describe};
 
-/// This machine's address on its default route (never loopback): a UDP `connect` sends nothing.
-fn outside_ip() -> IpAddr {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-    let ip = ["192.0.2.1:9", "10.255.255.254:9", "8.8.8.8:53"]
-        .iter()
-        .find_map(|a| s.connect(a).ok().and_then(|()| s.local_addr().ok()).map(|l| l.ip()))
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
-    ip.expect("this test needs a non-loopback IPv4 address on this machine (a route to 192.0.2.1, 10/8 or 8.8.8.8)")
+/// The address standing for "the outside". Tests that need one run in a private network
+/// namespace of their own (`unshare --user --map-root-user --net`), where a non-loopback address
+/// added to that namespace's loopback interface is reachable from inside only: nothing binds on
+/// the host's interfaces and nothing can leave. Outside the namespace this re-runs the test in one
+/// and returns `None` once that run has passed; inside, it returns the address.
+fn outside_ip(test: &str) -> Option<IpAddr> {
+    const VAR: &str = "ONDEVICE_TEST_NETNS_IP";
+    const IP: &str = "192.0.2.77";
+    if let Ok(ip) = std::env::var(VAR) {
+        return Some(ip.parse().expect("ONDEVICE_TEST_NETNS_IP is an address"));
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let script = format!("ip link set lo up && ip addr add {IP}/32 dev lo && exec \"$0\" --exact \"$1\" --nocapture");
+    #[allow(clippy::disallowed_methods)] // the test re-run in its namespace, not a daemon spawn
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "--", "sh", "-c", &script])
+            .arg(exe)
+            .arg(format!("egress::{test}"))
+            .env(VAR, IP)
+            .env("PATH", format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default()))
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .expect("run unshare (util-linux) and ip (iproute2)");
+    assert!(out.status.success(), "the test in its network namespace failed: {}", describe(&out));
+    // The re-run must have run the test, not filtered it out.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{}", describe(&out));
+    None
 }
 
 /// A TCP listener that counts every connection it accepts, and what the HTTP requests carried.
@@ -126,7 +148,7 @@ async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_mode_makes_no_connection_for_pulls_runtimes_and_telemetry() {
-    let ip = outside_ip();
+    let Some(ip) = outside_ip("offline_mode_makes_no_connection_for_pulls_runtimes_and_telemetry") else { return };
     let outside = Listener::start(ip).await;
     let home = Home::with_config(&format!(
         r#"
@@ -242,7 +264,8 @@ runtimes = ["remote"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn telemetry_off_sends_nothing_and_the_environment_wins_over_consent() {
-    let outside = Listener::start(outside_ip()).await;
+    let Some(ip) = outside_ip("telemetry_off_sends_nothing_and_the_environment_wins_over_consent") else { return };
+    let outside = Listener::start(ip).await;
     let config = format!("[telemetry]\nendpoint = \"{}\"\ninterval_s = 1\n", outside.url("/collect"));
     // Off by default: no consent given.
     let daemon = Daemon::start(Home::with_config(&config));
