@@ -182,14 +182,19 @@ pub(crate) fn random_id() -> String {
     format!("{a:016x}{:08x}", h.finish() as u32)
 }
 
-/// The schema of an embeddings `input`: one text, or a non-empty list of texts.
+/// The schema of an embeddings `input`: one non-empty text, or a non-empty list of them (an empty
+/// text has no embedding: the server answers 400 naming its index).
 pub(crate) fn inputs_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
     Schema::OneOf(
         OneOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(Type::String))
-            .item(ArrayBuilder::new().items(ObjectBuilder::new().schema_type(Type::String)).min_items(Some(1)))
-            .description(Some("One text, or a non-empty list of texts"))
+            .item(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)))
+            .item(
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)))
+                    .min_items(Some(1)),
+            )
+            .description(Some("One non-empty text, or a non-empty list of non-empty texts"))
             .build(),
     )
 }

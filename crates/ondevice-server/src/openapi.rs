@@ -96,8 +96,7 @@ fn complete_operation(op: &mut Operation) {
     }
     let params = op.parameters.as_deref().unwrap_or_default();
     let has_input = op.request_body.is_some() || !params.is_empty();
-    let names_something =
-        params.iter().any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path));
+    let names_something = params.iter().any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path));
     let mut add = |code: &str, description: &str| {
         op.responses.responses.entry(code.to_owned()).or_insert_with(|| {
             let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();

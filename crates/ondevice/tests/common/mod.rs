@@ -476,3 +476,23 @@ pub async fn import_model_api(daemon: &Daemon, file: &Path, name: &str) -> Strin
     assert_eq!(resp.status(), StatusCode::CREATED, "import of {}", file.display());
     name.to_owned()
 }
+
+/// Runs a Python client script against the daemon: `BASE` (the daemon's URL), `ONDEVICE_TEST_KEY`
+/// and `extra` in its environment, no proxy. The script prints one JSON value as its last line,
+/// which is returned; a failing script fails the test with its output.
+pub fn python(daemon: &Daemon, key: &str, extra: &[(&str, &str)], script: &str) -> Value {
+    #[allow(clippy::disallowed_methods)] // the test's own client process, not a daemon spawn
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .env("BASE", daemon.url(""))
+        .env("ONDEVICE_TEST_KEY", key)
+        .envs(extra.iter().copied())
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "python client failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}

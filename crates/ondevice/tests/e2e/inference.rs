@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
 
-use crate::common::{Daemon, Home, Key, WsEvent, describe, test_model, ws_connect, ws_next, ws_send};
+use crate::common::{Daemon, Home, Key, WsEvent, describe, python, test_model, ws_connect, ws_next, ws_send};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const QUESTION: &str = "What is the capital of France?";
@@ -218,24 +218,6 @@ async fn greedy_chat_names_paris_on_every_surface() {
     assert!(runtimes["loaded"].as_array().unwrap().iter().any(|m| m["model"] == "smollm2:latest"), "{runtimes}");
 }
 
-/// Runs `python3 -c SCRIPT` with the daemon's URL in `BASE` and the key in `ONDEVICE_TEST_KEY`;
-/// returns the JSON it prints last.
-#[allow(clippy::disallowed_methods)] // the tests' own client process, not a daemon spawn
-fn python(daemon: &Daemon, key: &str, script: &str) -> Value {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .env("BASE", daemon.url(""))
-        .env("ONDEVICE_TEST_KEY", key)
-        .env("NO_PROXY", "*")
-        .env("no_proxy", "*")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3");
-    assert!(out.status.success(), "python client failed: {}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
-}
-
 const OPENAI_SCRIPT: &str = r#"
 import json, os, openai
 c = openai.OpenAI(base_url=os.environ["BASE"] + "/v1", api_key=os.environ["ONDEVICE_TEST_KEY"], max_retries=0)
@@ -287,7 +269,7 @@ print(json.dumps({"text": r.message.content, "done_reason": r.done_reason, "eval
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openai_and_ollama_python_clients_work() {
     let Some(Setup { daemon, infer }) = setup("the_openai_and_ollama_python_clients_work").await else { return };
-    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, OPENAI_SCRIPT));
+    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, &[], OPENAI_SCRIPT));
     let text = v["text"].as_str().expect("text");
     assert!(text.contains("Paris"), "{v}");
     assert_eq!(v["stream"], text, "streamed text equals the answer: {v}");
@@ -298,7 +280,7 @@ async fn the_openai_and_ollama_python_clients_work() {
     assert!(v["error"].as_str().is_some_and(|e| e.contains("no-such-model")), "{v}");
     assert_eq!(v["unauth"], 401, "{v}");
 
-    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, OLLAMA_SCRIPT));
+    let v = tokio::task::block_in_place(|| python(&daemon, &infer.secret, &[], OLLAMA_SCRIPT));
     assert_eq!(v["text"], text, "same greedy answer as OpenAI: {v}");
     assert_eq!(v["stream"], text, "{v}");
     assert!(v["generate"].as_str().is_some_and(|g| g.contains("Paris")), "{v}");

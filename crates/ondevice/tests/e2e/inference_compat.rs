@@ -5,13 +5,12 @@
 //! refused with a status naming the limit (not a 500 from the worker socket), over HTTP and
 //! WebSocket. Without `$ONDEVICE_TEST_MODELS_DIR` each test prints a note and returns.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Daemon, Home, Key, describe, test_model, ws_connect, ws_next, ws_send};
+use crate::common::{Daemon, Home, Key, describe, python, test_model, ws_connect, ws_next, ws_send};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -29,25 +28,6 @@ async fn setup(test: &str, scopes: &[&str]) -> Option<Setup> {
     assert!(out.status.success(), "import: {}", describe(&out));
     let key = daemon.key(scopes).await;
     Some(Setup { daemon, key })
-}
-
-/// Runs `python3 -c SCRIPT` with `BASE`, `ONDEVICE_TEST_KEY` and `extra` in the environment;
-/// returns the JSON it prints last.
-#[allow(clippy::disallowed_methods)] // the tests' own client process, not a daemon spawn
-fn python(daemon: &Daemon, key: &str, extra: &[(&str, &str)], script: &str) -> Value {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .env("BASE", daemon.url(""))
-        .env("ONDEVICE_TEST_KEY", key)
-        .envs(extra.iter().copied())
-        .env("NO_PROXY", "*")
-        .env("no_proxy", "*")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3");
-    assert!(out.status.success(), "python client failed: {}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 const CLIENTS_SCRIPT: &str = r#"

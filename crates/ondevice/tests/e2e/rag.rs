@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Daemon, Home, describe, models_entry, test_model, ws_connect, ws_next, ws_send};
+use crate::common::{Daemon, Home, describe, models_entry, python, test_model, ws_connect, ws_next, ws_send};
 
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -60,23 +60,6 @@ async fn post(daemon: &Daemon, key: &str, path: &str, body: &Value) -> (StatusCo
     let status = resp.status();
     let text = resp.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}")))
-}
-
-#[allow(clippy::disallowed_methods)] // the test's own client process, not a daemon spawn
-fn python(daemon: &Daemon, key: &str, script: &str) -> Value {
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .env("BASE", daemon.url(""))
-        .env("ONDEVICE_TEST_KEY", key)
-        .env("QUESTION", QUESTION)
-        .env("NO_PROXY", "*")
-        .env("no_proxy", "*")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run python3");
-    assert!(out.status.success(), "python client failed: {}", describe(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 const OPENAI_SCRIPT: &str = r#"
@@ -147,7 +130,7 @@ async fn retrieval_and_prompt_packs_on_every_chat_surface() {
     let key = infer.secret.as_str();
 
     // OpenAI, through the real Python client and extra_body.
-    let py = python(&daemon, key, OPENAI_SCRIPT);
+    let py = python(&daemon, key, &[("QUESTION", QUESTION)], OPENAI_SCRIPT);
     println!("openai client: {py}");
     let sources = &py["sources"];
     assert_eq!(documents(sources)[0], "varnholm", "the fact's document is retrieved first: {sources}");
