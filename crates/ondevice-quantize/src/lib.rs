@@ -23,9 +23,9 @@ mod imatrix;
 pub mod job;
 #[cfg(feature = "llama")]
 pub mod llama;
-mod numeric;
 pub mod mlx;
 mod mlx_tokenizer;
+mod numeric;
 pub mod pipeline;
 pub mod quality;
 mod tokenizer;

@@ -4,8 +4,8 @@
 //! The download's chunk bookkeeping ([`ChunkState`]) is the job's checkpoint, so a pull resumes
 //! after a restart, even after `kill -9`, where it was.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ondevice_jobs::{
@@ -136,9 +136,7 @@ impl std::fmt::Debug for PullKind {
 impl PullKind {
     /// The kind, downloading into `registry` through `fetcher`.
     pub fn new(registry: Arc<Registry>, fetcher: Fetcher, config: PullConfig) -> Arc<PullKind> {
-        Arc::new(PullKind {
-            shared: PullShared { registry, fetcher, config },
-        })
+        Arc::new(PullKind { shared: PullShared { registry, fetcher, config } })
     }
 }
 
@@ -360,12 +358,12 @@ impl Hooks for JobHooks {
 /// writes into the store: [`Registry::reserve`]). Blocking.
 fn reserve(inner: &PullShared, id: &str, model: &str, bytes: u64) -> Result<(), PullError> {
     let on_disk = std::fs::metadata(inner.registry.partial_path(id)).map(|m| m.len()).unwrap_or(0);
-    inner.registry.reserve(id, model, bytes, on_disk, inner.registry.partials_dir(), &inner.config.quota).map_err(
-        |e| match e {
+    inner.registry.reserve(id, model, bytes, on_disk, inner.registry.partials_dir(), &inner.config.quota).map_err(|e| {
+        match e {
             crate::quota::ReserveError::Quota(q) => PullError::Quota(q),
             crate::quota::ReserveError::Registry(r) => PullError::Registry(r),
-        },
-    )
+        }
+    })
 }
 
 async fn execute(

@@ -299,7 +299,10 @@ fn python_methods(state: &State<'_, '_>, value: &Value, method: &str, args: &[Va
                     [a, b] => (a, b, None),
                     [a, b, c] => (a, b, c.as_i64()),
                     _ => {
-                        return Err(Error::new(ErrorKind::InvalidOperation, "str.replace takes two or three arguments"));
+                        return Err(Error::new(
+                            ErrorKind::InvalidOperation,
+                            "str.replace takes two or three arguments",
+                        ));
                     }
                 };
                 let (Some(from), Some(to)) = (from.as_str(), to.as_str()) else {
