@@ -168,18 +168,18 @@ fn print_receipt(receipt: &Receipt, output: &Path, json: bool) -> anyhow::Result
     Ok(())
 }
 
-/// A progress bar on stderr (plain lines when stderr is not a terminal).
-struct TermBar {
+/// A progress bar on stderr (plain lines when stderr is not a terminal), for both GGUF and MLX.
+pub(super) struct TermBar {
     tty: bool,
     state: std::sync::Mutex<(String, u64, bool)>,
 }
 
 impl TermBar {
-    fn new() -> TermBar {
+    pub(super) fn new() -> TermBar {
         TermBar { tty: std::io::stderr().is_terminal(), state: std::sync::Mutex::new((String::new(), u64::MAX, false)) }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if self.state.lock().map(|s| s.2).unwrap_or(false) {
             eprintln!();
         }
@@ -191,7 +191,6 @@ impl StageProgress for TermBar {
         if let Ok(mut s) = self.state.lock() {
             if s.2 {
                 eprintln!();
-                s.2 = false;
             }
             *s = (name.to_owned(), u64::MAX, false);
         }

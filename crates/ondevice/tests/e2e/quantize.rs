@@ -290,3 +290,45 @@ async fn a_safetensors_registry_model_and_a_directory_quantize_through_the_daemo
     let gc: Value = serde_json::from_slice(&out.stdout).expect("gc json");
     assert!(gc["removed_blobs"].as_array().is_some_and(|b| b.len() >= 3), "the source's files are collectable: {gc}");
 }
+
+/// The local CLI path to MLX, no daemon: the Q4_1 test model widened to an F16 GGUF, then
+/// `--format mlx --bits 4` writes an MLX-LM directory (weights, config with its quantization
+/// block, tokenizer) with a progress line per stage and a receipt; a second run into the same
+/// directory is refused and leaves it as it was. (The tensors themselves are checked against
+/// mlx and mlx-lm in ondevice-quantize's `mlx` and `mlx_exact` tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory() {
+    let Some(file) = test_model("llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory") else { return };
+    let home = Home::new();
+    let f16 = home.root().join("f16.gguf");
+    let out = home.run(&[
+        "quantize",
+        file.to_str().expect("utf-8 path"),
+        "--type",
+        "F16",
+        "--allow-requantize",
+        "--no-quality",
+        "--output",
+        f16.to_str().expect("utf-8 path"),
+    ]);
+    assert!(out.status.success(), "F16: {}", describe(&out));
+    let dir = home.root().join("mlx4");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let args = ["quantize", f16.to_str().expect("utf-8 path"), "--format", "mlx", "--bits", "4", "--output", dir_arg];
+    let out = home.run(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "mlx: {}", describe(&out));
+    let receipt: Value = serde_json::from_slice(&out.stdout).expect("receipt json");
+    assert_eq!((receipt["bits"].as_u64(), receipt["group_size"].as_u64()), (Some(4), Some(64)), "{receipt}");
+    // Progress goes to stderr (plain lines: not a terminal), ending at 100%.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("100%"), "{}", describe(&out));
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization"], json!({"group_size": 64, "bits": 4, "mode": "affine"}), "{config}");
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(dir.join(f).is_file(), "{f} missing in {}", dir.display());
+    }
+    let before = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let again = home.run(&args);
+    assert!(!again.status.success(), "a second export into the same directory must be refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "{}", describe(&again));
+    assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before, "the refused run changed the output");
+}

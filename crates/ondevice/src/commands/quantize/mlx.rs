@@ -3,13 +3,11 @@
 //! quantization, `ondevice_quantize::mlx`), run here in this process with a progress bar; DIR is
 //! written atomically and the provenance receipt printed (`--json`: the whole receipt).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ondevice_quantize::mlx::{self, MlxOptions, MlxReceipt};
-use ondevice_quantize::pipeline::StageProgress;
 
 use crate::cli::QuantizeArgs;
 
@@ -49,7 +47,7 @@ pub async fn run(args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
     let source = std::path::absolute(&source).with_context(|| format!("cannot resolve {}", source.display()))?;
     let out = std::path::absolute(&output).with_context(|| format!("cannot resolve {}", output.display()))?;
     let receipt = tokio::task::spawn_blocking(move || {
-        let bar = Bar::new();
+        let bar = super::TermBar::new();
         let r = mlx::export(&source, &out, options, &bar);
         bar.finish();
         r
@@ -76,52 +74,4 @@ fn print(receipt: &MlxReceipt, output: &Path, json: bool) -> anyhow::Result<()> 
     println!("sha256:{} (over the files' digests)", receipt.output_sha256);
     println!("source sha256:{} ({} files)", receipt.source_sha256, receipt.inputs.len());
     Ok(())
-}
-
-/// A progress bar on stderr (plain lines when stderr is not a terminal).
-struct Bar {
-    tty: bool,
-    state: std::sync::Mutex<(String, u64, bool)>,
-}
-
-impl Bar {
-    fn new() -> Bar {
-        Bar { tty: std::io::stderr().is_terminal(), state: std::sync::Mutex::new((String::new(), u64::MAX, false)) }
-    }
-
-    fn finish(&self) {
-        if self.state.lock().map(|s| s.2).unwrap_or(false) {
-            eprintln!();
-        }
-    }
-}
-
-impl StageProgress for Bar {
-    fn stage(&self, name: &str) {
-        if let Ok(mut s) = self.state.lock() {
-            if s.2 {
-                eprintln!();
-            }
-            *s = (name.to_owned(), u64::MAX, false);
-        }
-        if !self.tty {
-            eprintln!("{name}");
-        }
-    }
-
-    fn report(&self, done: u64, total: u64) {
-        let Ok(mut s) = self.state.lock() else { return };
-        let pct = (done * 100).checked_div(total).unwrap_or(0).min(100);
-        if pct == s.1 {
-            return;
-        }
-        s.1 = pct;
-        if self.tty {
-            let filled = (pct * 30 / 100) as usize;
-            eprint!("\r\x1b[2K{} [{}{}] {pct:3}%", s.0, "#".repeat(filled), "-".repeat(30 - filled));
-            s.2 = true;
-        } else if pct % 10 == 0 {
-            eprintln!("{} {pct}%", s.0);
-        }
-    }
 }
