@@ -315,7 +315,12 @@ pub trait PullService: Send + Sync {
 
 impl PullService for Pulls {
     fn pull<'a>(&'a self, target: &'a str, name: Option<ModelRef>) -> BoxFuture<'a, Result<JobSnapshot, PullError>> {
-        Box::pin(Pulls::pull(self, target, name))
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = Pulls::pull(self, target, name).await;
+            crate::metrics::record(crate::metrics::Op::Pull, result.is_ok(), started.elapsed());
+            result
+        })
     }
 
     fn catalog(&self) -> BoxFuture<'_, Arc<Catalog>> {

@@ -18,6 +18,7 @@ pub mod download;
 pub mod fetch;
 pub mod jobs;
 pub mod layout;
+pub mod metrics;
 pub mod provenance;
 pub mod quota;
 pub mod reference;

@@ -5,9 +5,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ondevice_jobs::BoxFuture;
 
+use crate::metrics::{self, Op};
 use crate::{GcReport, ImportMode, ModelRecord, ModelRef, Registry, RegistryError, VerifyReport};
 
 /// The local model registry as the edge uses it: the native models routes, the gRPC
@@ -64,6 +66,21 @@ impl RegistryModels {
             }
         })
     }
+
+    /// [`Self::blocking`], counted in [`metrics`] as `op`.
+    fn counted<T, F>(&self, op: Op, f: F) -> BoxFuture<'static, Result<T, RegistryError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let started = Instant::now();
+        let work = self.blocking(f);
+        Box::pin(async move {
+            let result = work.await;
+            metrics::record(op, result.is_ok(), started.elapsed());
+            result
+        })
+    }
 }
 
 impl ModelService for RegistryModels {
@@ -81,27 +98,27 @@ impl ModelService for RegistryModels {
         name: Option<ModelRef>,
         mode: ImportMode,
     ) -> BoxFuture<'_, Result<ModelRecord, RegistryError>> {
-        self.blocking(move |r| r.import_path_with(&path, name, mode))
+        self.counted(Op::Import, move |r| r.import_path_with(&path, name, mode))
     }
 
     fn copy(&self, from: ModelRef, to: ModelRef) -> BoxFuture<'_, Result<ModelRecord, RegistryError>> {
-        self.blocking(move |r| r.copy(&from, &to))
+        self.counted(Op::Copy, move |r| r.copy(&from, &to))
     }
 
     fn remove(&self, model: ModelRef) -> BoxFuture<'_, Result<Vec<ModelRecord>, RegistryError>> {
-        self.blocking(move |r| r.remove(&model))
+        self.counted(Op::Remove, move |r| r.remove(&model))
     }
 
     fn set_pinned(&self, model: ModelRef, pinned: bool) -> BoxFuture<'_, Result<Vec<ModelRecord>, RegistryError>> {
-        self.blocking(move |r| r.set_pinned(&model, pinned))
+        self.counted(Op::Pin, move |r| r.set_pinned(&model, pinned))
     }
 
     fn verify(&self, model: Option<ModelRef>) -> BoxFuture<'_, Result<Vec<VerifyReport>, RegistryError>> {
-        self.blocking(move |r| r.verify(model.as_ref()))
+        self.counted(Op::Verify, move |r| r.verify(model.as_ref()))
     }
 
     fn gc(&self) -> BoxFuture<'_, Result<GcReport, RegistryError>> {
-        self.blocking(Registry::gc)
+        self.counted(Op::Gc, Registry::gc)
     }
 
     fn export(
@@ -109,6 +126,6 @@ impl ModelService for RegistryModels {
         model: ModelRef,
         mut out: Box<dyn std::io::Write + Send>,
     ) -> BoxFuture<'_, Result<(), RegistryError>> {
-        self.blocking(move |r| r.export_bundle(&model, &mut out).map(drop))
+        self.counted(Op::Export, move |r| r.export_bundle(&model, &mut out).map(drop))
     }
 }

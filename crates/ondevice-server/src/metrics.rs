@@ -221,6 +221,10 @@ fn render_workers(out: &mut String, workers: &[WorkerView]) {
             u8::from(w.state == "failed")
         );
     }
+    out.push_str("# HELP ondevice_worker_oom_kills Exits of a supervised worker that were kills for memory.\n# TYPE ondevice_worker_oom_kills counter\n");
+    for w in workers {
+        let _ = writeln!(out, "ondevice_worker_oom_kills_total{{worker=\"{}\"}} {}", label(&w.name), w.oom_kills);
+    }
     out.push_str("# HELP ondevice_worker_last_exit_oom Whether the last exit of a supervised worker was a kill for memory.\n# TYPE ondevice_worker_last_exit_oom gauge\n");
     for w in workers {
         let oom = w.last_exit.as_ref().is_some_and(|e| e.oom);
@@ -266,8 +270,86 @@ pub(crate) fn render_services(
         let _ = writeln!(out, "ondevice_egress_bytes_total{{purpose=\"{p}\",direction=\"sent\"}} {sent}");
         let _ = writeln!(out, "ondevice_egress_bytes_total{{purpose=\"{p}\",direction=\"received\"}} {received}");
     }
+    render_registry(out, &ondevice_registry::metrics::snapshot());
     out.push_str(&format!(
         "# HELP ondevice_offline Whether offline mode is on.\n# TYPE ondevice_offline gauge\nondevice_offline {}\n",
         u8::from(ondevice_egress::offline())
     ));
+}
+
+/// Registry operations by operation and outcome, and the time they took (a summary: sum and
+/// count), from the registry's process-wide counters.
+fn render_registry(out: &mut String, ops: &[ondevice_registry::metrics::OpCounts]) {
+    use std::fmt::Write as _;
+    out.push_str("# HELP ondevice_registry_operations Registry operations (import, copy, remove, pin, verify, gc, export, pull submissions) by outcome.\n# TYPE ondevice_registry_operations counter\n");
+    for c in ops {
+        let op = c.op.as_str();
+        let _ = writeln!(out, "ondevice_registry_operations_total{{op=\"{op}\",outcome=\"ok\"}} {}", c.ok);
+        let _ = writeln!(out, "ondevice_registry_operations_total{{op=\"{op}\",outcome=\"error\"}} {}", c.error);
+    }
+    out.push_str("# HELP ondevice_registry_operation_seconds Time registry operations took.\n# TYPE ondevice_registry_operation_seconds summary\n");
+    for c in ops {
+        let op = c.op.as_str();
+        let _ = writeln!(out, "ondevice_registry_operation_seconds_sum{{op=\"{op}\"}} {}", c.seconds);
+        let _ = writeln!(out, "ondevice_registry_operation_seconds_count{{op=\"{op}\"}} {}", c.ok + c.error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ProbeFailuresView;
+
+    fn worker(name: &str, oom_kills: u64) -> WorkerView {
+        WorkerView {
+            name: name.to_owned(),
+            state: "backoff".to_owned(),
+            restarts: 3,
+            oom_kills,
+            last_exit: None,
+            next_restart_at: None,
+            protection: serde_json::Value::Null,
+            required: true,
+            ready: false,
+            probe_failures: ProbeFailuresView::default(),
+        }
+    }
+
+    #[test]
+    fn workers_oom_kills_are_rendered_per_worker() {
+        let text = Metrics::new().render(&[worker("llama", 2), worker("embed", 0)]);
+        assert!(text.contains("# TYPE ondevice_worker_oom_kills counter\n"), "{text}");
+        assert!(text.contains("ondevice_worker_oom_kills_total{worker=\"llama\"} 2\n"), "{text}");
+        assert!(text.contains("ondevice_worker_oom_kills_total{worker=\"embed\"} 0\n"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn registry_operations_are_rendered_by_op_and_outcome() {
+        use ondevice_registry::metrics::{Op, OpCounts};
+        let ops = [
+            OpCounts { op: Op::Import, ok: 3, error: 1, seconds: 1.5 },
+            OpCounts { op: Op::Gc, ok: 0, error: 0, seconds: 0.0 },
+        ];
+        let mut text = String::new();
+        render_registry(&mut text, &ops);
+        for line in [
+            "# TYPE ondevice_registry_operations counter",
+            "ondevice_registry_operations_total{op=\"import\",outcome=\"ok\"} 3",
+            "ondevice_registry_operations_total{op=\"import\",outcome=\"error\"} 1",
+            "ondevice_registry_operations_total{op=\"gc\",outcome=\"ok\"} 0",
+            "# TYPE ondevice_registry_operation_seconds summary",
+            "ondevice_registry_operation_seconds_sum{op=\"import\"} 1.5",
+            "ondevice_registry_operation_seconds_count{op=\"import\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        // The process-wide counters reach the scrape: every operation is listed.
+        let mut all = String::new();
+        render_services(&mut all, &[], &[]);
+        for op in Op::ALL {
+            let line = format!("ondevice_registry_operations_total{{op=\"{}\",outcome=\"ok\"}}", op.as_str());
+            assert!(all.contains(&line), "missing {line} in:\n{all}");
+        }
+    }
 }

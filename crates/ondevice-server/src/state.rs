@@ -73,6 +73,8 @@ pub struct WorkerView {
     pub state: String,
     /// Restarts so far.
     pub restarts: u32,
+    /// Exits so far that were kills for memory (the sandbox's limit or the kernel's OOM killer).
+    pub oom_kills: u64,
     /// The last exit: exit code or signal, and whether the sandbox killed it for memory.
     pub last_exit: Option<ExitView>,
     /// Unix seconds of the next restart, when one is scheduled.

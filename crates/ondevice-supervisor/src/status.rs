@@ -97,6 +97,9 @@ pub struct WorkerStatus {
     pub attempt: u32,
     /// Last exit.
     pub last_exit: Option<ExitInfo>,
+    /// Exits since the worker was added that were kills by the kernel's OOM killer (the
+    /// `oom_kills_total` counter).
+    pub oom_kills: u64,
     /// When the next restart is due (state backoff).
     pub next_restart_at: Option<SystemTime>,
     /// Why the worker failed (state failed).
@@ -120,6 +123,7 @@ impl WorkerStatus {
             restarts: 0,
             attempt: 0,
             last_exit: None,
+            oom_kills: 0,
             next_restart_at: None,
             failure: None,
             protection: None,

@@ -291,6 +291,7 @@ pub(crate) async fn supervise(spec: WorkerSpec, ctx: Ctx, mut cmds: mpsc::Receiv
         let restarts = ctx.update(|s| {
             s.pid = None;
             s.last_exit = Some(exit.clone());
+            s.oom_kills += u64::from(exit.oom);
             s.restarts
         });
         tracing::info!(worker = %name, code = ?exit.code, signal = ?exit.signal, oom = exit.oom, "worker exited");

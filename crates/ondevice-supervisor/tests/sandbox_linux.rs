@@ -70,6 +70,7 @@ async fn memory_hog_is_oom_killed_and_reported() {
     assert!(!log.contains("survived"), "the hog was not stopped: {log}");
     assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
     assert!(exit.oom, "exit not reported as OOM: {exit:?}");
+    assert_eq!(st.oom_kills, 1, "the OOM kill is counted");
     sup.shutdown(Duration::from_secs(1)).await;
     assert!(leftover_cgroups("hog").is_empty(), "cgroups left: {:?}", leftover_cgroups("hog"));
 }

@@ -58,6 +58,7 @@ async fn crash_loop_backs_off_exponentially_then_opens_the_circuit() {
     let st = wait_status(&sup, "crasher", Duration::from_secs(5), |s| s.state == WorkerState::Failed).await;
     assert_eq!(st.restarts, 4);
     assert_eq!(st.last_exit.as_ref().and_then(|e| e.code), Some(3));
+    assert_eq!(st.oom_kills, 0, "exits with a code are not OOM kills");
     assert!(st.failure.as_deref().unwrap_or("").contains("circuit open"), "{:?}", st.failure);
     assert!(st.pid.is_none());
 

@@ -66,6 +66,7 @@ fn view(w: WorkerStatus) -> WorkerView {
     WorkerView {
         state: w.state.as_str().to_owned(),
         restarts: u32::try_from(w.restarts).unwrap_or(u32::MAX),
+        oom_kills: w.oom_kills,
         last_exit: w.last_exit.map(|e| ExitView { code: e.code, signal: e.signal, oom: e.oom }),
         next_restart_at: w.next_restart_at.map(unix),
         protection: serde_json::to_value(&w.protection).unwrap_or_default(),

@@ -494,6 +494,19 @@ async fn metrics_count_requests_by_route_and_auth_failures() {
     assert_eq!(daemon.get("/api/v1/status", None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(daemon.get("/api/v1/status", Some(UNKNOWN_KEY)).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(daemon.get("/api/v1/status", Some(&read.secret)).await.0, StatusCode::OK);
+    // One import that succeeds and one the registry refuses (no such file) reach the registry counters.
+    let file = daemon.home().root().join("metrics-import.gguf");
+    crate::common::write_small_gguf(&file, 1);
+    let missing = daemon.home().root().join("no-such-model.gguf");
+    for (path, ok) in [(&file, true), (&missing, false)] {
+        let resp = daemon
+            .request(Method::POST, "/api/v1/models/import", Some(daemon.admin_key()))
+            .json(&json!({"path": path, "name": "metrics:import"}))
+            .send()
+            .await
+            .expect("import");
+        assert_eq!(resp.status().is_success(), ok, "import of {}: {}", path.display(), resp.status());
+    }
 
     let resp = daemon.request(Method::GET, "/metrics", Some(&read.secret)).send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
@@ -508,4 +521,10 @@ async fn metrics_count_requests_by_route_and_auth_failures() {
     assert_eq!(sample(&text, failures, &[r#"surface="http""#, r#"reason="missing""#]), Some(1.0), "{text}");
     assert_eq!(sample(&text, failures, &[r#"surface="http""#, r#"reason="invalid""#]), Some(1.0), "{text}");
     assert!(text.contains("ondevice_http_request_duration_seconds"), "latency histogram:\n{text}");
+    let ops = "ondevice_registry_operations_total";
+    assert_eq!(sample(&text, ops, &[r#"op="import""#, r#"outcome="ok""#]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, ops, &[r#"op="import""#, r#"outcome="error""#]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, ops, &[r#"op="gc""#, r#"outcome="ok""#]), Some(0.0), "{text}");
+    let count = sample(&text, "ondevice_registry_operation_seconds_count", &[r#"op="import""#]);
+    assert_eq!(count, Some(2.0), "{text}");
 }
