@@ -34,11 +34,14 @@ pub enum Purpose {
     Telemetry,
     /// A supervisor webhook hook.
     Webhook,
+    /// The vector store's PostgreSQL server (`[vector] backend = "pgvector"` over TCP).
+    VectorStore,
 }
 
 impl Purpose {
     /// Every purpose.
-    pub const ALL: [Purpose; 4] = [Purpose::Pull, Purpose::Runtime, Purpose::Telemetry, Purpose::Webhook];
+    pub const ALL: [Purpose; 5] =
+        [Purpose::Pull, Purpose::Runtime, Purpose::Telemetry, Purpose::Webhook, Purpose::VectorStore];
 
     /// The name used in the ledger and in metrics.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Purpose {
             Purpose::Runtime => "runtime",
             Purpose::Telemetry => "telemetry",
             Purpose::Webhook => "webhook",
+            Purpose::VectorStore => "vector-store",
         }
     }
 }
@@ -208,8 +212,8 @@ impl Egress {
 static GLOBAL: OnceLock<Egress> = OnceLock::new();
 
 /// Process-wide counts by purpose and outcome, and bytes by purpose (for `/metrics`).
-static COUNTS: [[AtomicU64; 3]; 4] = [const { [const { AtomicU64::new(0) }; 3] }; 4];
-static BYTES: [[AtomicU64; 2]; 4] = [const { [const { AtomicU64::new(0) }; 2] }; 4];
+static COUNTS: [[AtomicU64; 3]; Purpose::ALL.len()] = [const { [const { AtomicU64::new(0) }; 3] }; Purpose::ALL.len()];
+static BYTES: [[AtomicU64; 2]; Purpose::ALL.len()] = [const { [const { AtomicU64::new(0) }; 2] }; Purpose::ALL.len()];
 
 fn purpose_index(p: Purpose) -> usize {
     match p {
@@ -217,6 +221,7 @@ fn purpose_index(p: Purpose) -> usize {
         Purpose::Runtime => 1,
         Purpose::Telemetry => 2,
         Purpose::Webhook => 3,
+        Purpose::VectorStore => 4,
     }
 }
 

@@ -153,11 +153,30 @@ impl PgVectorBackend {
                 Some(tls::connector(settings.root_cert.as_deref())?)
             }
         };
+        // Each TCP host passes the egress gate: offline mode refuses a remote server, and the
+        // ledger records the connection. A Unix socket is local and is not egress.
+        let ports = config.get_ports().to_vec();
+        let mut flows = Vec::new();
+        for (i, host) in config.get_hosts().iter().enumerate() {
+            if let tokio_postgres::config::Host::Tcp(h) = host {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                let flow = ondevice_egress::begin(ondevice_egress::Purpose::VectorStore, h, port)
+                    .map_err(|e| VectorError::BackendUnavailable(e.to_string()))?;
+                flows.push(flow);
+            }
+        }
+        let failed = |e: tokio_postgres::Error| {
+            let e = connect_err(e);
+            for f in &flows {
+                f.failed(&e);
+            }
+            e
+        };
         let mut clients = Vec::new();
         for _ in 0..connections.clamp(1, 16) {
             let client = match &connector {
                 None => {
-                    let (client, conn) = config.connect(NoTls).await.map_err(connect_err)?;
+                    let (client, conn) = config.connect(NoTls).await.map_err(failed)?;
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::warn!(error = %e, "pgvector connection closed");
@@ -166,7 +185,7 @@ impl PgVectorBackend {
                     client
                 }
                 Some(tls) => {
-                    let (client, conn) = config.connect(tls.clone()).await.map_err(connect_err)?;
+                    let (client, conn) = config.connect(tls.clone()).await.map_err(failed)?;
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::warn!(error = %e, "pgvector connection closed");
