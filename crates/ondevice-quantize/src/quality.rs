@@ -288,6 +288,7 @@ fn value_offset(header: &[u8], key: &str, ty: u32, path: &Path) -> Result<u64, Q
 }
 
 /// Nearest-rank percentile of sorted values.
+#[cfg_attr(not(feature = "llama"), allow(dead_code))] // used by the measurement, behind `llama`
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

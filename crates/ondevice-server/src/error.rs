@@ -403,6 +403,17 @@ where
     }
 }
 
+/// A request's body as bytes, a body over the limit being 413 naming it and any other failure
+/// 400: what the JSON extractors below share.
+async fn body_bytes<S: Send + Sync>(req: axum::extract::Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+    match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
+        Ok(b) => Ok(b),
+        Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::PayloadTooLarge { limit }),
+        Err(rej) => Err(ApiError::InvalidRequest(rej.body_text())),
+    }
+}
+
 /// An optional JSON body: no body at all (or `null`) is `None` (a `POST` whose fields all have
 /// defaults may send nothing); anything else must be JSON. Rejections use the error envelope.
 pub struct OptionalJson<T>(pub Option<T>);
@@ -415,14 +426,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
-            Ok(b) => b,
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
-        };
+        let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
@@ -445,14 +449,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
-        let bytes = match <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state).await {
-            Ok(b) => b,
-            Err(rej) if rej.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge { limit });
-            }
-            Err(rej) => return Err(ApiError::InvalidRequest(rej.body_text())),
-        };
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(AnyJson)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
