@@ -178,17 +178,24 @@ export function field(label, input, hint) {
   return { node: el("div", { class: "field" }, el("label", { for: input.id, text: label }), input, hintNode), input };
 }
 
-/** A table with a header row; `rows` are arrays of cells (nodes or text). */
+/**
+ * A table with a header row; `rows` are `<tr>` nodes or arrays of cells (nodes or text). Each
+ * cell gets its column's name as `data-label`, so narrow windows show rows as labelled cards.
+ */
 export function table(caption, headers, rows, props = {}) {
-  return el(
-    "div",
-    { class: "table-wrap" },
-    el(
-      "table",
-      props,
-      caption ? el("caption", { text: caption }) : null,
-      el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col", text: h })))),
-      el("tbody", {}, rows.map((r) => (r instanceof Node ? r : el("tr", {}, r.map((c) => el("td", {}, c)))))),
-    ),
+  const body = el("tbody", {}, rows.map((r) => (r instanceof Node ? r : el("tr", {}, r.map((c) => el("td", {}, c))))));
+  for (const tr of body.rows) {
+    [...tr.cells].forEach((cell, i) => {
+      if (headers[i] && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", headers[i]);
+    });
+  }
+  const t = el(
+    "table",
+    props,
+    caption ? el("caption", { text: caption }) : null,
+    el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col", text: h })))),
+    body,
   );
+  t.classList.add("cards");
+  return el("div", { class: "table-wrap" }, t);
 }

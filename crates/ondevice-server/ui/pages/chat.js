@@ -69,7 +69,7 @@ export async function render(root, ctx) {
     field("System prompt", system).node,
     el(
       "div",
-      { class: "row" },
+      { class: "row top" },
       field("Prompt pack", pack, "Rendered by the daemon; its messages come first.").node,
       field("Collection for retrieval", collection, "Chunks retrieved with your message; the answer cites them.").node,
     ),
@@ -142,6 +142,7 @@ export async function render(root, ctx) {
     if (pack.value) body.prompt_pack = { name: pack.value, variables: parseVariables(packVars.value) };
     if (collection.value) body.collection = { name: collection.value };
 
+    for (const old of output.querySelectorAll('[data-testid="chat-answer"]')) old.removeAttribute("data-testid");
     bubble("user", text);
     input.value = "";
     const answer = bubble("assistant", "");

@@ -134,7 +134,7 @@ export async function render(root, ctx) {
   function showJob(j) {
     replace(
       detailsBox,
-      el("div", { class: "row" }, el("h2", { text: `Job ${j.id}` }), el("button", { type: "button", class: "ghost small", text: "Close", on: { click: () => ((detailsBox.hidden = true), (shownId = null)) } })),
+      el("div", { class: "page-head" }, el("h2", { text: `Job ${j.id}` }), el("button", { type: "button", class: "ghost small", text: "Close", on: { click: () => ((detailsBox.hidden = true), (shownId = null)) } })),
       el(
         "dl",
         { class: "facts", "data-testid": "job-details" },

@@ -88,9 +88,10 @@ export async function render(root, ctx) {
     "form",
     { class: "inline", "aria-label": "Pull a model" },
     field("Model name or URL", pullName).node,
-    field("Register as", pullAs, "Default: the catalog name or the file name.").node,
+    field("Register as", pullAs).node,
     pullSubmit,
   );
+  const pullHint = el("p", { class: "hint", text: "A catalog name (see `ondevice models list --available`) or an http(s) URL of a GGUF file; registered under the catalog name or the file name unless you name it." });
 
   // ---- import ----
   const importPath = el("input", { type: "text", name: "path", required: true, "data-testid": "import-path", placeholder: "/path/on/the/daemon/machine/model.gguf", pattern: "/.*" });
@@ -115,9 +116,9 @@ export async function render(root, ctx) {
     listBox,
     detailsBox,
     el("h2", { text: "Pull" }),
-    canWrite ? [pullForm, pullStatus] : el("p", { class: "needs-scope", text: 'Pulling needs the "models" scope.' }),
+    ...(canWrite ? [pullForm, pullHint, pullStatus] : [el("p", { class: "needs-scope", text: 'Pulling needs the "models" scope.' })]),
     el("h2", { text: "Import" }),
-    canWrite ? [importForm, importStatus] : el("p", { class: "needs-scope", text: 'Importing needs the "models" scope.' }),
+    ...(canWrite ? [importForm, importStatus] : [el("p", { class: "needs-scope", text: 'Importing needs the "models" scope.' })]),
   );
 
   let models = [];
@@ -226,7 +227,7 @@ export async function render(root, ctx) {
         detailsBox,
         el(
           "div",
-          { class: "row" },
+          { class: "page-head" },
           el("h2", { text: m.model }),
           el("button", { type: "button", class: "ghost small", text: "Close", "aria-label": "Close the details", on: { click: () => (detailsBox.hidden = true) } }),
         ),

@@ -35,6 +35,22 @@ function protectionView(p) {
   );
 }
 
+/** `landlock, seccomp, net namespace, cgroups, bwrap` — what the host offers, in a line. */
+function sandboxSummary(sb) {
+  if (!sb || typeof sb !== "object") return "unknown";
+  const have = [];
+  if (sb.cgroup_v2?.controllers?.length || sb.cgroup_v1) have.push("cgroups");
+  if (sb.rlimits) have.push("rlimits");
+  if (sb.landlock_abi) have.push(`landlock (ABI ${sb.landlock_abi})`);
+  if (sb.seccomp) have.push("seccomp");
+  if (sb.net_namespace) have.push("network namespace");
+  if (sb.bwrap) have.push("bubblewrap");
+  if (sb.firejail) have.push("firejail");
+  if (sb.job_objects) have.push("job objects");
+  if (sb.sandbox_exec) have.push("sandbox-exec");
+  return `${sb.os ?? "host"}: ${have.join(", ") || "no isolation mechanism found"}`;
+}
+
 function stateCell(state) {
   return el("span", { class: `state-${String(state).replace(/[^a-z-]/g, "")}`, text: String(state) });
 }
@@ -51,7 +67,7 @@ export async function render(root, ctx) {
   const workersBox = el("div");
   const runtimesBox = el("div");
   root.append(
-    el("div", { class: "row" }, el("h1", { text: "Status" }), refresh, refreshed),
+    el("div", { class: "page-head" }, el("h1", { text: "Status" }), refresh, refreshed),
     errors,
     daemonBox,
     el("h2", { text: "Workers" }),
@@ -81,7 +97,7 @@ export async function render(root, ctx) {
           ["TLS", s.tls ? "on" : "off"],
           ["Auth", s.auth_enabled ? "keys required" : "off"],
           ["Process id", String(s.pid)],
-          ["Host sandbox", jsonView(s.sandbox), "status-sandbox"],
+          ["Host sandbox", el("details", {}, el("summary", { text: sandboxSummary(s.sandbox) }), jsonView(s.sandbox)), "status-sandbox"],
         ]),
       );
       const workers = s.workers ?? [];
