@@ -2,7 +2,8 @@
 # Installs (or names) what building, testing and packaging ondevice need beyond Rust and Python.
 #
 #   scripts/prereqs.sh build        cmake, clang, libclang (llama.cpp and its bindings), curl
-#   scripts/prereqs.sh test         build + bubblewrap, firejail (sandbox tests), cargo-nextest
+#   scripts/prereqs.sh test         build + bubblewrap, firejail (sandbox tests), chromium and
+#                                   chromium-driver (web console browser tests), cargo-nextest
 #   scripts/prereqs.sh deb|rpm|msi  build + the packaging tool (cargo-deb, cargo-generate-rpm, wixl)
 #
 # As root on Debian/Ubuntu (apt-get) missing system packages are installed; anywhere else the
@@ -48,6 +49,9 @@ case "$want" in
     # own (ip).
     need iproute2 sh -c 'command -v ip || test -x /usr/sbin/ip || test -x /sbin/ip'
     need util-linux command -v unshare
+    # The web console's browser tests (e2e `ui::`) drive Debian's Chromium through its driver.
+    need chromium sh -c 'command -v chromium || test -x /usr/bin/chromium'
+    need chromium-driver sh -c 'command -v chromedriver || test -x /usr/bin/chromedriver'
     ;;
   msi) need wixl command -v wixl ;;
 esac

