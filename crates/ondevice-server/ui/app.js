@@ -48,10 +48,10 @@ function applyTheme() {
   if (stored) document.documentElement.dataset.theme = stored;
   else delete document.documentElement.dataset.theme;
   const dark = effectiveTheme() === "dark";
+  // A toggle button: a constant label, its state in aria-pressed.
   const button = $("theme-toggle");
-  button.textContent = dark ? "Light theme" : "Dark theme";
-  button.setAttribute("aria-label", dark ? "Switch to the light theme" : "Switch to the dark theme");
   button.setAttribute("aria-pressed", String(dark));
+  button.title = dark ? "Dark theme on: press for the light theme" : "Light theme on: press for the dark theme";
 }
 
 function toggleTheme() {
