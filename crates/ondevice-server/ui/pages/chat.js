@@ -30,7 +30,7 @@ function sourcesView(sources) {
       sources.map((s) =>
         el(
           "li",
-          { "data-testid": "chat-source", value: String(s.id) },
+          { "data-testid": "chat-source", "data-document": s.document, value: String(s.id) },
           el("strong", { text: `[${s.id}] ` }),
           el("span", { class: "mono", text: s.source || s.document }),
           el("span", { class: "muted", text: ` · chunk ${s.chunk} · score ${Number(s.score).toFixed(3)}` }),
