@@ -82,8 +82,8 @@ export async function render(root, ctx) {
   // ---- create ----
   const createErr = h("div", {});
   const f = {
-    name: h("input", { id: "coll-name", name: "name", required: true, maxlength: "64", pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}", autocomplete: "off", "data-testid": "collection-name" }),
-    model: h("input", { id: "coll-model", name: "model", required: true, list: "coll-models", autocomplete: "off", "data-testid": "collection-model" }),
+    name: h("input", { id: "coll-name", type: "text", name: "name", required: true, maxlength: "64", pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,63}", autocomplete: "off", "data-testid": "collection-name" }),
+    model: h("input", { id: "coll-model", type: "text", name: "model", required: true, list: "coll-models", autocomplete: "off", "data-testid": "collection-model" }),
     chunk_tokens: h("input", { id: "coll-chunk-tokens", type: "number", min: "1", placeholder: "256", "data-testid": "collection-chunk-tokens" }),
     chunk_overlap: h("input", { id: "coll-chunk-overlap", type: "number", min: "0", placeholder: "32", "data-testid": "collection-chunk-overlap" }),
     max_input_tokens: h("input", { id: "coll-max-input", type: "number", min: "1", placeholder: "512", "data-testid": "collection-max-input" }),

@@ -106,7 +106,7 @@ export async function render(root, ctx) {
       const hint = spec && spec.required ? "required" : spec && spec.default != null ? `default: ${spec.default}` : "optional";
       return field(k, input, hint).node;
     });
-    const model = el("input", { id: "pack-render-model", list: "pack-models", autocomplete: "off", "data-testid": "pack-render-model" });
+    const model = el("input", { id: "pack-render-model", type: "text", list: "pack-models", autocomplete: "off", "data-testid": "pack-render-model" });
     const models = el("datalist", { id: "pack-models" });
     const budget = el("input", { id: "pack-render-budget", type: "number", min: "0", "data-testid": "pack-render-budget" });
     const out = el("div", { "aria-live": "polite", "data-testid": "pack-render-output" });
