@@ -2,7 +2,7 @@
 // paths on the daemon's machine indexed by an `index` job), search, delete. Everything goes
 // through `/api/v1/collections` (queries need `read`; writes need `models`).
 
-import { errorBox, progressBar, clear, field as domField, formatBytes, formatTime } from "../lib/dom.js";
+import { errorBox, progressBar, clear, field as domField, formatBytes, formatTime, table } from "../lib/dom.js";
 import { hasScope, seg } from "../lib/api.js";
 
 export const title = "Collections";
@@ -73,10 +73,7 @@ export async function render(root, ctx) {
         h("td", { text: c.backend }),
         h("td", {},
           h("button", { type: "button", "data-testid": `collection-open-${c.name}`, "aria-label": `Open collection ${c.name}`, on: { click: () => open(c.name) } }, "Open"))));
-    listBox.append(h("div", { class: "table-wrap" },
-      h("table", {},
-        h("thead", {}, h("tr", {}, ...["Name", "Model", "Documents", "Chunks", "Dimension", "Backend", ""].map((t) => h("th", { scope: "col", text: t })))),
-        h("tbody", {}, rows))));
+    listBox.append(table(null, ["Name", "Model", "Documents", "Chunks", "Dimension", "Backend", ""], rows));
   }
 
   // ---- create ----
