@@ -190,7 +190,7 @@ export async function render(root, ctx) {
     const heading = h("h2", { id: "coll-detail-h", tabindex: "-1", text: `Collection ${c.name}` });
     detail.append(heading, factsBox, searchForm(c));
     if (canWrite) {
-      detail.append(uploadForm(c), indexForm(c), deleteBox(c));
+      detail.append(uploadForm(c), indexForm(c), removeDocsForm(c), deleteBox(c));
     } else {
       detail.append(h("p", { text: "Adding documents and deleting need a key with the models scope." }));
     }
@@ -336,6 +336,30 @@ export async function render(root, ctx) {
       h("h3", { id: "coll-search-h", text: "Search" }),
       h("div", { class: "row" }, field("Query", q), topk, btn),
       results);
+  }
+
+  // Documents by id (a file added from the browser has its name as id; an indexed one its path).
+  function removeDocsForm(c) {
+    const ids = h("textarea", { id: "coll-remove-ids", rows: "2", required: true, "data-testid": "collection-remove-ids" });
+    const out = h("div", { "aria-live": "polite", "data-testid": "collection-remove-output" });
+    async function submit(ev) {
+      ev.preventDefault();
+      clear(out);
+      const list = ids.value.split("\n").map((s) => s.trim()).filter(Boolean);
+      try {
+        const r = await api("POST", `/api/v1/collections/${enc(c.name)}/documents/delete`, { ids: list });
+        out.append(h("p", { "data-testid": "collection-remove-result", text: `Removed ${r.deleted} of ${list.length} documents.` }));
+        ids.value = "";
+        await reload(c.name, out);
+      } catch (e) {
+        out.append(errorBox(e));
+      }
+    }
+    return h("form", { class: "card", "aria-labelledby": "coll-remove-h", on: { submit } },
+      h("h3", { id: "coll-remove-h", text: "Remove documents" }),
+      field("Document ids, one a line", ids, "as shown with search hits"),
+      h("button", { type: "submit", "data-testid": "collection-remove-submit" }, "Remove"),
+      out);
   }
 
   function deleteBox(c) {

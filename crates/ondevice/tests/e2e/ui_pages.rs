@@ -87,11 +87,12 @@ async fn collections_packs_diagnostics_and_keys_pages_in_a_browser() {
     );
     println!("browser scenarios took {:.1} s: {result}", started.elapsed().as_secs_f64());
 
-    // Collections: the one kept holds the two uploads and the indexed file; the scratch one is gone.
+    // Collections: the one kept holds an upload and the indexed file (the other upload removed); the
+    // scratch one is gone.
     let admin = daemon.admin_key();
     let (status, notes) = daemon.get("/api/v1/collections/notes", Some(admin)).await;
     assert!(status.is_success(), "{status} {notes}");
-    assert_eq!((notes["documents"].as_u64(), notes["chunk_tokens"].as_u64()), (Some(3), Some(128)), "{notes}");
+    assert_eq!((notes["documents"].as_u64(), notes["chunk_tokens"].as_u64()), (Some(2), Some(128)), "{notes}");
     assert_eq!(notes["dimension"], 384, "{notes}");
     assert_eq!(daemon.get("/api/v1/collections/scratch", Some(admin)).await.0, reqwest::StatusCode::NOT_FOUND);
     let scores = result["collections"]["scores"].as_array().expect("scores");

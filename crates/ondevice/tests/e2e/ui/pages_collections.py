@@ -1,7 +1,7 @@
 """Collections page: create a collection on the real embedding model (chunking settings from the
 form), add two files read by the browser (upserted with progress), index a directory on the
 daemon's machine (an `index` job whose bar reaches 100 %), search (hits with score, chunk text and
-source, the right file first), and delete a second collection after confirming.
+source, the right file first), remove a document by id, and delete a second collection after confirming.
 
 Environment: EMBED_MODEL (a registered embedding model), UPLOAD_DIR (files to upload), DOCS_DIR
 (a directory inside `[vector] index_roots`).
@@ -26,7 +26,7 @@ def check_collections(driver):
     fill(driver, "collection-chunk-overlap", "16")
     click(driver, "collection-create")
     wait_testid(driver, "collection-row-notes")
-    assert "128 tokens, overlap 16" in text_of(driver, "collection-fact-chunking"), text_of(driver, "collection-fact-chunking")
+    wait_until("the new collection's facts", lambda: "128 tokens, overlap 16" in text_of(driver, "collection-fact-chunking"))
     out["dimension"] = text_of(driver, "collection-fact-dimension")
 
     # Files read in the browser and upserted.
@@ -64,6 +64,13 @@ def check_collections(driver):
     out["scores"] = scores
     shot(driver, "collections")
 
+    # Remove a document by id (an uploaded file's id is its name).
+    fill(driver, "collection-remove-ids", "bread.txt")
+    click(driver, "collection-remove-submit")
+    removed = wait_testid(driver, "collection-remove-result")
+    assert removed.text == "Removed 1 of 1 documents.", removed.text
+    wait_until("the document count", lambda: text_of(driver, "collection-fact-documents") == str(total - 1))
+
     # An error from the API is shown: a second collection with the same name.
     if not wait_testid(driver, "collection-new").get_attribute("open"):
         click(driver, "collection-new-toggle")
@@ -79,6 +86,7 @@ def check_collections(driver):
     fill(driver, "collection-model", model)
     click(driver, "collection-create")
     wait_testid(driver, "collection-row-scratch")
+    wait_until("scratch opened", lambda: driver.find_element(By.ID, "coll-detail-h").text == "Collection scratch")
     click(driver, "collection-delete")
     click(driver, "collection-delete-confirm")
     wait_gone(driver, "collection-row-scratch")
