@@ -62,7 +62,9 @@ export async function render(root, ctx) {
         el("td", { text: v.description }),
         el("td", { text: formatTime(v.published_at) }),
         el("td", {}, el("code", { class: "digest", text: v.digest.slice(0, 19) })),
-        el("td", {}, el("button", { type: "button", "aria-label": `Show version ${v.version}`, "data-testid": `pack-show-${v.version}`, on: { click: () => open(name, v.version) } }, "Show"))));
+        el("td", {}, el("div", { class: "actions" },
+          el("button", { type: "button", class: "small", "aria-label": `Show version ${v.version}`, "data-testid": `pack-show-${v.version}`, on: { click: () => open(name, v.version) } }, "Show"),
+          canWrite ? deleteControl(name, v.version) : null))));
     detail.append(
       heading,
       table(`Versions of ${name}`, ["Version", "Labels", "Description", "Published", "Digest", ""], versionRows),
@@ -72,6 +74,33 @@ export async function render(root, ctx) {
       canWrite ? rollbackForm(name, versions, d) : el("p", { text: "Rolling back needs a key with the models scope." }),
       historyView(d));
     heading.focus();
+  }
+
+  // Deleting a version asks once more in place; its labels go with it.
+  function deleteControl(name, version) {
+    const out = el("div", {});
+    const confirmBox = el("div", { hidden: true, role: "group", "aria-label": `Confirm deleting ${name}@${version}` },
+      el("button", { type: "button", class: "danger small", "data-testid": `pack-delete-confirm-${version}`, on: { click: remove } }, `Delete ${version} for good`),
+      " ",
+      el("button", { type: "button", class: "ghost small", on: { click: () => { confirmBox.hidden = true; ask.focus(); } } }, "Keep it"));
+    const ask = el("button", { type: "button", class: "danger small", "aria-label": `Delete version ${version}`, "data-testid": `pack-delete-${version}`,
+      on: { click: () => { confirmBox.hidden = false; confirmBox.querySelector("button").focus(); } } }, "Delete");
+    async function remove() {
+      clear(out);
+      try {
+        await api("DELETE", `/api/v1/prompts/${seg(name)}/versions/${seg(version)}`);
+        ctx.notify(`Deleted ${name}@${version}`);
+        await refresh();
+        if (listBox.querySelector(`[data-testid="pack-row-${name}"]`)) await open(name);
+        else {
+          clear(detail);
+          detail.hidden = true;
+        }
+      } catch (e) {
+        out.append(errorBox(e));
+      }
+    }
+    return [ask, confirmBox, out];
   }
 
   function filesView(d) {

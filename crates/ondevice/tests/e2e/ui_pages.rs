@@ -98,10 +98,10 @@ async fn collections_packs_diagnostics_and_keys_pages_in_a_browser() {
     let scores = result["collections"]["scores"].as_array().expect("scores");
     assert!(scores[0].as_f64().expect("score") > scores[1].as_f64().expect("score"), "{result}");
 
-    // Packs: two versions, the bare name rolled back to 1.0.0.
+    // Packs: rolled back to 1.0.0, then 1.1.0 deleted.
     let (_, packs) = daemon.get("/api/v1/prompts", Some(admin)).await;
     let pack = packs.as_array().expect("packs").iter().find(|p| p["name"] == "summarize").expect("summarize published");
-    assert_eq!(pack["versions"], serde_json::json!(["1.0.0", "1.1.0"]), "{pack}");
+    assert_eq!(pack["versions"], serde_json::json!(["1.0.0"]), "{pack}");
     assert_eq!(pack["current"], "1.0.0", "{pack}");
     assert!(result["packs"]["tokens"].as_u64().expect("tokens") > 10, "{result}");
 

@@ -1,9 +1,9 @@
 """Prompt packs page: publish two versions from the form, show the second rendered with variables
-and its token count, the diff between the versions, and roll back to the first (the list then
-says the bare name serves 1.0.0).
+and its token count, the diff between the versions, roll back to the first (the list then
+says the bare name serves 1.0.0), and delete the second.
 """
 
-from harness import By, Select, click, fill, goto, shot, text_of, wait_testid, wait_until
+from harness import By, Select, click, fill, goto, shot, text_of, wait_gone, wait_testid, wait_until
 
 PACK = """name = "summarize"
 version = "{version}"
@@ -70,4 +70,12 @@ def check_packs(driver):
     click(driver, "pack-rollback-submit")
     wait_until("1.0.0 served", lambda: text_of(driver, "pack-current-summarize") == "1.0.0")
     out["served"] = "1.0.0"
+
+    # Delete 1.1.0 after confirming: the pack keeps 1.0.0 only.
+    wait_testid(driver, "pack-version-1.1.0")
+    click(driver, "pack-delete-1.1.0")
+    click(driver, "pack-delete-confirm-1.1.0")
+    wait_gone(driver, "pack-version-1.1.0")
+    wait_testid(driver, "pack-version-1.0.0")
+    wait_until("one version left", lambda: "1.1.0" not in text_of(driver, "pack-row-summarize"))
     return out
