@@ -3,7 +3,9 @@
 //! `smollm2-q8_0:latest` with its provenance and the result answers "Paris"; a daemon killed
 //! with SIGKILL mid-quantize leaves no registered model, its task dies with it, and the restarted
 //! daemon's cleanup leaves no staging file; a cancel does the same; bad requests are refused
-//! before a job exists.
+//! before a job exists; all-MiniLM-L6-v2's safetensors directory → F16 serves `/v1/embeddings`
+//! within cosine 0.999 of an independent NumPy reference. Tests named `llama_*` run the engine
+//! (nextest `llama` group).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -243,9 +245,39 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a registered model"), "{}", describe(&out));
 }
 
+/// The reference sentence vectors of all-MiniLM-L6-v2 (`crates/ondevice-quantize/tests/golden/minilm.json`,
+/// a NumPy forward pass over the safetensors made by `scripts/golden-minilm.py`, independent of
+/// llama.cpp): (text, unit vector) per sentence.
+fn minilm_golden() -> Vec<(String, Vec<f64>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ondevice-quantize/tests/golden/minilm.json");
+    let golden: Value = serde_json::from_slice(&std::fs::read(&path).expect("golden file")).expect("golden json");
+    golden["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| (s["text"].as_str().expect("text").to_owned(), floats(&s["embedding"])))
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().expect("vector").iter().map(|x| x.as_f64().expect("number")).collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// MiniLM's safetensors directory imported as a registry model → a `quantize` job to F16 → the
+/// registered GGUF serves `/v1/embeddings` through the daemon: cosine("A man is eating food.",
+/// "A man is eating a piece of bread.") = 0.7553 ± 0.002, and every sentence's vector is within
+/// cosine 0.999 of the NumPy reference. Then the same directory as a path, provenance by digest,
+/// and the source's blobs collectable once the jobs are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_safetensors_registry_model_and_a_directory_quantize_through_the_daemon() {
-    let Some(dir) = ondevice_testkit::minilm("quantize::a_safetensors_registry_model") else { return };
+async fn llama_minilm_directory_to_f16_through_the_daemon_embeds_like_the_numpy_reference() {
+    let Some(dir) = ondevice_testkit::minilm("quantize::llama_minilm_directory_to_f16") else { return };
     let daemon = Daemon::start(Home::new());
     let out = daemon.home().run(&["models", "import", dir.to_str().expect("utf-8 path"), "--name", "minilm", "--json"]);
     assert!(out.status.success(), "import: {}", describe(&out));
@@ -271,6 +303,32 @@ async fn a_safetensors_registry_model_and_a_directory_quantize_through_the_daemo
         assert!(inputs.contains(&f), "{f} is an input by digest: {inputs:?}");
     }
     assert_eq!(p["receipt"]["params"]["source_format"], "safetensors");
+
+    // The registered GGUF embeds through the daemon like the independent reference.
+    let golden = minilm_golden();
+    let texts: Vec<&str> = golden.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(&texts[..2], ["A man is eating food.", "A man is eating a piece of bread."]);
+    let infer = daemon.key(&["infer"]).await;
+    let resp = daemon
+        .request(Method::POST, "/v1/embeddings", Some(&infer.secret))
+        .timeout(WAIT)
+        .json(&json!({"model": "minilm-f16", "input": texts}))
+        .send()
+        .await
+        .expect("embeddings");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let e: Value = resp.json().await.expect("embeddings json");
+    let vectors: Vec<Vec<f64>> = e["data"].as_array().expect("data").iter().map(|d| floats(&d["embedding"])).collect();
+    assert_eq!(vectors.len(), golden.len(), "{e}");
+    for (v, (text, reference)) in vectors.iter().zip(&golden) {
+        assert_eq!(v.len(), 384, "{text:?}");
+        let c = cosine(v, reference);
+        println!("minilm-f16 through /v1/embeddings: {text:?} is at cosine {c:.6} from the NumPy reference");
+        assert!(c >= 0.999, "{text:?}: cosine {c} to the reference");
+    }
+    let pair = cosine(&vectors[0], &vectors[1]);
+    println!("minilm-f16 through /v1/embeddings: cosine(sentence 0, sentence 1) = {pair:.6} (reference 0.755337)");
+    assert!((pair - 0.7553).abs() <= 0.002, "cosine {pair}");
 
     // The same directory given as a path (what the CLI sends for a local directory): registered
     // with its provenance, without a parent.
