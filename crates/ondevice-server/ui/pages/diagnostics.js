@@ -123,7 +123,8 @@ export async function render(root, ctx) {
 
   function show(job) {
     const p = job.progress || {};
-    bar.set(p.total ? p.done / p.total : finished(job.state) ? 1 : null, `${job.state}${p.message ? `: ${p.message}` : ""}`);
+    const done = finished(job.state);
+    bar.set(job.state === "succeeded" ? 1 : p.total ? p.done / p.total : done ? 0 : null, `${job.state}${!done && p.message ? `: ${p.message}` : ""}`);
     status.textContent = `Job ${job.id}: ${job.state}`;
   }
 

@@ -71,20 +71,24 @@ async fn collections_packs_diagnostics_and_keys_pages_in_a_browser() {
     let shots = screenshots();
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/ui");
     let started = std::time::Instant::now();
-    let result = python(
-        &daemon,
-        daemon.admin_key(),
-        &[
-            ("PYTHONPATH", utf8(&scenarios)),
-            ("ONDEVICE_UI_SCREENSHOTS", utf8(&shots)),
-            ("READ_KEY", &reader.secret),
-            ("EMBED_MODEL", "minilm"),
-            ("UPLOAD_DIR", utf8(&uploads)),
-            ("DOCS_DIR", utf8(&docs)),
-            ("DOWNLOAD_DIR", utf8(&downloads)),
-        ],
-        include_str!("ui/pages_all.py"),
-    );
+    // The scenario blocks this thread (the daemon is a process of its own).
+    let result = tokio::task::block_in_place(|| {
+        python(
+            &daemon,
+            daemon.admin_key(),
+            &[
+                ("PYTHONPATH", utf8(&scenarios)),
+                ("PYTHONDONTWRITEBYTECODE", "1"),
+                ("ONDEVICE_UI_SCREENSHOTS", utf8(&shots)),
+                ("READ_KEY", &reader.secret),
+                ("EMBED_MODEL", "minilm"),
+                ("UPLOAD_DIR", utf8(&uploads)),
+                ("DOCS_DIR", utf8(&docs)),
+                ("DOWNLOAD_DIR", utf8(&downloads)),
+            ],
+            include_str!("ui/pages_all.py"),
+        )
+    });
     println!("browser scenarios took {:.1} s: {result}", started.elapsed().as_secs_f64());
 
     // Collections: the one kept holds an upload and the indexed file (the other upload removed); the
