@@ -240,17 +240,21 @@ export async function render(root, ctx) {
   function publishForm() {
     const toml = el("textarea", { id: "pack-publish-toml", rows: "10", spellcheck: "false", class: "code", "data-testid": "pack-publish-toml",
       placeholder: 'name = "summarize"\nversion = "1.0.0"\ndescription = "Summarize a text"\n[variables.text]\nrequired = true\n[[messages]]\nrole = "user"\ntemplate = "{{ text }}"' });
-    const files = el("input", { id: "pack-publish-files", type: "file", multiple: true, "data-testid": "pack-publish-files" });
+    // A directory picker: each file keeps its path inside the pack (`tests/basic.toml`).
+    const files = el("input", { id: "pack-publish-files", type: "file", multiple: true, webkitdirectory: true, "data-testid": "pack-publish-files" });
     const out = el("div", { "aria-live": "polite", "data-testid": "pack-publish-output" });
     const btn = el("button", { type: "submit", "data-testid": "pack-publish-submit" }, "Publish");
     async function submit(ev) {
       ev.preventDefault();
       clear(out);
       const body = { files: {} };
-      for (const f of files.files) body.files[f.name] = await f.text();
+      for (const f of files.files) {
+        const path = (f.webkitRelativePath || f.name).split("/").slice(f.webkitRelativePath ? 1 : 0).join("/");
+        body.files[path] = await f.text();
+      }
       if (toml.value.trim()) body.files["pack.toml"] = toml.value;
       if (!body.files["pack.toml"]) {
-        out.append(el("p", { role: "alert", text: "paste pack.toml or choose the pack's files (pack.toml among them)" }));
+        out.append(el("p", { role: "alert", class: "error-box", text: "paste pack.toml or choose the pack's directory (with pack.toml at its top)" }));
         return;
       }
       btn.disabled = true;
@@ -273,7 +277,7 @@ export async function render(root, ctx) {
       el("summary", { text: "Publish a version" }),
       el("form", { "aria-label": "Publish a version", on: { submit } },
         field("pack.toml", toml).node,
-        field("Or the pack's files", files, "pack.toml, templates, tests/*.toml (by file name)").node,
+        field("Or the pack's directory", files, "the directory holding pack.toml (templates and tests/*.toml with it)").node,
         btn, out));
   }
 
