@@ -171,11 +171,15 @@ function showLogin(message) {
     message ? el("p", { class: "notice-inline", role: "status", text: message }) : null,
     el("label", { for: "login-key", text: "API key" }),
     keyInput,
-    el("p", {
-      id: "login-hint",
-      class: "hint",
-      text: "Paste a key from `ondevice keys create`, or run `ondevice ui` for a one-time sign-in link. The key is exchanged for a session cookie and not stored by the page.",
-    }),
+    el(
+      "p",
+      { id: "login-hint", class: "hint" },
+      "Paste a key from ",
+      el("code", { text: "ondevice keys create" }),
+      ", or run ",
+      el("code", { text: "ondevice ui" }),
+      " for a one-time sign-in link. The key is exchanged for a session cookie and not stored by the page.",
+    ),
     submit,
     errors,
   );

@@ -37,6 +37,8 @@ mod quantize;
 mod rag;
 #[path = "e2e/schema.rs"]
 mod schema;
+#[path = "e2e/ui.rs"]
+mod ui;
 #[path = "e2e/ui_pages.rs"]
 mod ui_pages;
 #[path = "e2e/vector.rs"]

@@ -7,7 +7,7 @@
 //! credentials (and a catalog served by URL) with the secret never shown.
 
 #[path = "../../../ondevice-registry/tests/support/range_server.rs"]
-mod range_server;
+pub(crate) mod range_server;
 
 use std::time::{Duration, Instant};
 
