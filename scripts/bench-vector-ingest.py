@@ -158,6 +158,7 @@ def stream_gaps(base, key, model, tokens):
 def stalls(args, procs):
     smol = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
     base, key, env = start_daemon(args.binary, 2, procs, "[engine]\nparallel = 2\n")
+    print(f"stalls daemon home: {env['ONDEVICE_HOME']}")
     subprocess.run([args.binary, "models", "import", smol, "--name", "smol"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     stream_gaps(base, key, "smol", 8)  # loads the model
@@ -174,6 +175,7 @@ def stalls(args, procs):
                 embedded[0] += len(big)
             except urllib.error.HTTPError as e:
                 failed.append(e.code)
+                time.sleep(0.5)  # a refused request is not retried in a tight loop
 
     t = threading.Thread(target=embed_loop, daemon=True)
     t.start()
@@ -187,6 +189,62 @@ def stalls(args, procs):
           f"({embedded[0]} texts embedded meanwhile" + (f", embedding requests failed: {failed}" if failed else "") + ")")
 
 
+def two_workers(args, procs):
+    """A SmolLM2 chat streams while MiniLM embeds in its own worker: two engine workers, each
+    with 2 threads, on the same cores."""
+    smol = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    minilm = os.path.join(MODELS, "all-MiniLM-L6-v2")
+    out = tempfile.mkdtemp(prefix="ondevice-bench-minilm-")
+    gguf = os.path.join(out, "minilm-f32.gguf")
+    subprocess.run([args.binary, "quantize", minilm, "--type", "F32", "--output", gguf], check=True,
+                   stdout=subprocess.DEVNULL)
+    base, key, env = start_daemon(args.binary, 2, procs, "[engine]\nparallel = 2\n")
+    print(f"two-workers daemon home: {env['ONDEVICE_HOME']}")
+    for path, name in ((smol, "smol"), (gguf, "minilm")):
+        subprocess.run([args.binary, "models", "import", path, "--name", name], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+    stream_gaps(base, key, "smol", 8)  # loads the model
+    texts = corpus(32, args.words, seed=11)
+    post(base, "/v1/embeddings", {"model": "minilm", "input": texts[:2]}, key)  # loads MiniLM
+    quiet = stream_gaps(base, key, "smol", args.tokens)
+    # MiniLM alone: texts/s (fresh texts each request: the daemon caches nothing for /v1/embeddings,
+    # but keep them distinct anyway).
+    t = time.perf_counter()
+    n = 0
+    for r in range(4):
+        n += len(post(base, "/v1/embeddings", {"model": "minilm", "input": corpus(32, args.words, seed=100 + r)},
+                      key)["data"])
+    alone_rate = n / (time.perf_counter() - t)
+    stop = threading.Event()
+    embedded = [0]
+    failed = []
+
+    def embed_loop():
+        r = 0
+        while not stop.is_set():
+            try:
+                post(base, "/v1/embeddings", {"model": "minilm", "input": corpus(32, args.words, seed=200 + r)}, key)
+                embedded[0] += 32
+            except urllib.error.HTTPError as e:
+                failed.append(e.code)
+                time.sleep(0.5)
+            r += 1
+
+    th = threading.Thread(target=embed_loop, daemon=True)
+    t = time.perf_counter()
+    th.start()
+    time.sleep(1.0)
+    busy = stream_gaps(base, key, "smol", args.tokens)
+    stop.set()
+    th.join(timeout=600)
+    busy_rate = embedded[0] / (time.perf_counter() - t)
+    print(f"two workers, SmolLM2 chat ({args.tokens} tokens) while MiniLM embeds 32 x ~{args.words} words per request:")
+    print(f"  chat alone:            max gap {quiet[0] * 1000:7.1f} ms, median {quiet[1] * 1000:6.1f} ms")
+    print(f"  chat while embedding:  max gap {busy[0] * 1000:7.1f} ms, median {busy[1] * 1000:6.1f} ms"
+          + (f" (embedding requests failed: {failed})" if failed else ""))
+    print(f"  MiniLM texts/s: alone {alone_rate:.1f}, during the chat and after it {busy_rate:.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=256)
@@ -195,6 +253,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-stalls", action="store_true")
+    ap.add_argument("--skip-two-workers", action="store_true")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/ondevice"))
     args = ap.parse_args()
     procs = []
@@ -210,6 +269,12 @@ def main():
         procs.clear()
         if not args.skip_stalls:
             stalls(args, procs)
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+        procs.clear()
+        if not args.skip_two_workers:
+            two_workers(args, procs)
     finally:
         for p in procs:
             if p.stdin:

@@ -1,12 +1,15 @@
 //! The engine thread: loads the model, then runs the continuous-batching loop. Each step builds one
 //! `llama_batch` holding the next token of every running sequence and prompt chunks of newly
-//! admitted ones, decodes it, and samples every sequence whose logits it produced.
+//! admitted ones, decodes it, and samples every sequence whose logits it produced. Between two
+//! steps the loop embeds one chunk of the oldest embedding request: while a generation runs, a
+//! chunk is what decodes in about [`EMBED_SLICE`], so a streamed token never waits behind a whole
+//! input (see `embed.rs`); with no generation running an input is decoded whole.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc as std_mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -19,7 +22,7 @@ use ondevice_runtime::{Event, FinishReason, RuntimeError, Timings, Usage};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::EngineError;
-use crate::contention::ThreadController;
+use crate::contention::{CpuLoad, ThreadController};
 use crate::embed::Embedder;
 use crate::engine::{Command, EmbedLimits, EmbedResult, EngineConfig, Loaded, ModelInfo, Pending, Shared, Ticket};
 use crate::sampling::{Sampler, TextOut};
@@ -27,6 +30,9 @@ use crate::template::{Rendered, Segment};
 
 /// Default context per slot when neither the caller nor a smaller training context says otherwise.
 const DEFAULT_CTX: u32 = 2048;
+/// About how long one embedding decode may hold the engine while a generation runs: a streamed
+/// token waits at most one generation step and one such chunk.
+pub(crate) const EMBED_SLICE: Duration = Duration::from_millis(100);
 
 /// The thread's entry point.
 pub(crate) fn run(
@@ -86,6 +92,8 @@ pub(crate) fn run(
         has_template: model.chat_template(None).is_ok(),
     };
     let template = model.chat_template(None).ok().and_then(|t| t.to_string().ok());
+    // Inputs of a causal model can be embedded in chunks; when that cannot be read, whole.
+    let causal = crate::contention::causal_attention(&ctx).unwrap_or(false);
     let reply = Loaded { info, template, bos: special(vocab.bos()), eos: special(vocab.eos()) };
     if loaded.send(Ok(reply)).is_err() {
         return;
@@ -99,9 +107,11 @@ pub(crate) fn run(
         slots: (0..config.parallel).map(|_| None).collect(),
         cached: (0..config.parallel).map(|_| Vec::new()).collect(),
         waiting: VecDeque::new(),
-        embedder: Embedder::new(backend, threads_i32, n_ctx_train),
+        embedder: Embedder::new(backend, threads_i32, n_ctx_train, causal),
         embeds: VecDeque::new(),
+        next_embed: 0,
         threads: adaptive.then(|| ThreadController::new(threads, Instant::now())),
+        cpu: CpuLoad::default(),
         shared,
     };
     scheduler.serve(&commands);
@@ -145,15 +155,32 @@ struct Scheduler<'m> {
     cached: Vec<Vec<LlamaToken>>,
     waiting: VecDeque<Pending>,
     embedder: Embedder<'m>,
-    /// Embedding requests, served one input per loop turn between generation steps.
+    /// Embedding requests, served one chunk per loop turn between generation steps.
     embeds: VecDeque<EmbedJob>,
+    /// Number of the next embedding request.
+    next_embed: u64,
     /// Fewer decode threads while the CPU is contended; `None`: a fixed thread count.
     threads: Option<ThreadController>,
+    /// Other processes' CPU use, fed to `threads`.
+    cpu: CpuLoad,
     shared: Arc<Shared>,
+}
+
+/// What a step decodes, for the thread controller.
+#[derive(Debug, Clone, Copy)]
+enum StepKind {
+    /// One token of each running sequence (timed).
+    Decode(u32),
+    /// Prompt tokens (untimed; interrupts a probe).
+    Prompt,
+    /// An embedding chunk between steps (untimed; a probe goes on).
+    Embed,
 }
 
 /// An embedding request in progress.
 struct EmbedJob {
+    /// Its number (with an input index, the key of the input in progress in the embedder).
+    id: u64,
     inputs: Vec<Vec<LlamaToken>>,
     normalize: bool,
     deadline: Option<Instant>,
@@ -201,7 +228,11 @@ impl<'m> Scheduler<'m> {
             self.drop_cancelled();
             self.admit();
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
-            self.step();
+            let stepped = self.step();
+            if stepped && self.embedder.in_progress() {
+                // A generation step ran between two chunks of one embedding input.
+                self.shared.embed_interleaved.fetch_add(1, Ordering::Relaxed);
+            }
             self.embed_step();
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
         }
@@ -233,7 +264,9 @@ impl<'m> Scheduler<'m> {
                     let n = inputs.len() as u32;
                     let backlog = self.shared.embed_backlog.fetch_add(n, Ordering::AcqRel) + n;
                     tracing::info!(inputs = n, backlog, "embedding queued");
+                    self.next_embed += 1;
                     self.embeds.push_back(EmbedJob {
+                        id: self.next_embed,
                         vectors: Vec::with_capacity(inputs.len()),
                         inputs,
                         normalize,
@@ -282,8 +315,9 @@ impl<'m> Scheduler<'m> {
         Ok(out)
     }
 
-    /// Embeds the next input of the oldest embedding request (one decode, so generations keep
-    /// their pace), after dropping requests whose caller went away or whose deadline passed.
+    /// Embeds the next chunk of the oldest embedding request (one decode: while a generation runs,
+    /// what takes about [`EMBED_SLICE`], so generations keep their pace; otherwise a whole
+    /// input), after dropping requests whose caller went away or whose deadline passed.
     fn embed_step(&mut self) {
         // Every request whose caller went away or whose deadline passed leaves now, queued or not.
         let now = Instant::now();
@@ -305,11 +339,19 @@ impl<'m> Scheduler<'m> {
                 i += 1;
             }
         }
+        if self.embeds.is_empty() {
+            return;
+        }
+        let generating = self.slots.iter().any(Option::is_some) || !self.waiting.is_empty();
+        let budget = if generating { self.embedder.chunk_for(EMBED_SLICE) } else { usize::MAX };
+        self.choose_threads(StepKind::Embed);
         let Some(job) = self.embeds.front_mut() else { return };
         let next = job.vectors.len();
-        let result = self.embedder.embed_one(self.model, &job.inputs[next], job.normalize);
+        let result = self.embedder.embed_part(self.model, (job.id, next), &job.inputs[next], job.normalize, budget);
+        self.shared.embed_decodes.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(v) => {
+            Ok(None) => {}
+            Ok(Some(v)) => {
                 job.tokens += job.inputs[next].len() as u32;
                 job.vectors.push(v);
                 self.shared.embed_backlog.fetch_sub(1, Ordering::AcqRel);
@@ -439,8 +481,8 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// One decode step over every running sequence.
-    fn step(&mut self) {
+    /// One decode step over every running sequence; `true` when it decoded anything.
+    fn step(&mut self) -> bool {
         self.batch.clear();
         let mut used = 0;
         // Tokens of running sequences first: they must advance every step.
@@ -480,10 +522,10 @@ impl<'m> Scheduler<'m> {
             }
         }
         if self.batch.n_tokens() == 0 {
-            return;
+            return false;
         }
         let tokens = u32::try_from(self.batch.n_tokens()).unwrap_or(u32::MAX);
-        let threads = self.choose_threads(decode_only.then_some(tokens));
+        let threads = self.choose_threads(if decode_only { StepKind::Decode(tokens) } else { StepKind::Prompt });
         let started = Instant::now();
         let decoded = self.ctx.decode(&mut self.batch);
         if let (Some(controller), Some(threads), true, Ok(())) = (self.threads.as_mut(), threads, decode_only, &decoded)
@@ -502,7 +544,7 @@ impl<'m> Scheduler<'m> {
                 }
                 self.discard(id);
             }
-            return;
+            return true;
         }
         for id in 0..self.slots.len() {
             let Some(at) = self.slots[id].as_ref().and_then(|s| s.logits_at) else { continue };
@@ -510,21 +552,31 @@ impl<'m> Scheduler<'m> {
                 self.finish(id, finish);
             }
         }
+        true
     }
 
     /// The controller's thread count for the next step, applied to both contexts when it changed;
     /// `None` without a controller. A context whose thread count cannot be set turns it off.
-    fn choose_threads(&mut self, decode_tokens: Option<u32>) -> Option<usize> {
+    fn choose_threads(&mut self, kind: StepKind) -> Option<usize> {
         let controller = self.threads.as_mut()?;
-        let choice = controller.choose(Instant::now(), decode_tokens);
+        let now = Instant::now();
+        if let Some((other, cpus)) = self.cpu.sample(now) {
+            controller.note_load(now, other, cpus);
+        }
+        let choice = match kind {
+            StepKind::Decode(tokens) => controller.choose(now, Some(tokens)),
+            StepKind::Prompt => controller.choose(now, None),
+            StepKind::Embed => controller.between(now),
+        };
         if choice.changed {
             self.shared.threads.store(choice.threads as u32, Ordering::Release);
             let applied = crate::contention::set_threads(&mut self.ctx, choice.threads)
-                && self.embedder.context().is_none_or(|c| crate::contention::set_threads(c, choice.threads));
+                && self.embedder.set_threads(choice.threads);
             if !applied {
                 tracing::warn!("cannot change the decode thread count of this llama.cpp context; keeping it fixed");
                 if let Some(c) = self.threads.take() {
                     let _ = crate::contention::set_threads(&mut self.ctx, c.max());
+                    let _ = self.embedder.set_threads(c.max());
                 }
                 return None;
             }

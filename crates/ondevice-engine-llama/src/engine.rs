@@ -3,7 +3,7 @@
 //! caller runs before serving (or in `spawn_blocking`).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,6 +73,16 @@ pub struct ModelInfo {
     pub has_template: bool,
 }
 
+/// How embeddings shared the engine with generations so far (diagnostics and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedStats {
+    /// Embedding decodes: one per input decoded whole, several for an input embedded in chunks
+    /// while a generation ran.
+    pub decodes: u64,
+    /// Generation steps that ran between two chunks of the same input.
+    pub interleaved_steps: u64,
+}
+
 /// Vectors and the number of tokens processed.
 pub(crate) type EmbedResult = Result<(Vec<Vec<f32>>, u32), RuntimeError>;
 
@@ -122,6 +132,10 @@ pub(crate) struct Shared {
     pub(crate) threads: AtomicU32,
     /// Whether the thread count follows CPU contention.
     pub(crate) adaptive: std::sync::atomic::AtomicBool,
+    /// Embedding decodes (chunks) so far.
+    pub(crate) embed_decodes: AtomicU64,
+    /// Generation steps that ran between two chunks of one embedding input.
+    pub(crate) embed_interleaved: AtomicU64,
 }
 
 /// What the thread reports once the model is loaded.
@@ -239,6 +253,14 @@ impl Engine {
         self.shared.embed_backlog.load(Ordering::Acquire)
     }
 
+    /// How embeddings shared the engine with generations so far.
+    pub fn embed_stats(&self) -> EmbedStats {
+        EmbedStats {
+            decodes: self.shared.embed_decodes.load(Ordering::Relaxed),
+            interleaved_steps: self.shared.embed_interleaved.load(Ordering::Relaxed),
+        }
+    }
+
     /// Threads the last decode step used (fewer than [`ModelInfo::threads`] while the CPU is
     /// contended).
     pub fn decode_threads(&self) -> u32 {
@@ -296,8 +318,9 @@ impl Engine {
         self.embed_with(input, normalize, EmbedLimits::default()).await
     }
 
-    /// [`Engine::embed`] with limits. The engine thread embeds one input at a time between
-    /// generation steps, so a large request never holds up running generations; dropping the
+    /// [`Engine::embed`] with limits. The engine thread embeds one chunk at a time between
+    /// generation steps (a generative model's input in pieces of about 100 ms of work while a
+    /// generation runs), so a large request never holds up running generations; dropping the
     /// returned future (the client went away) or passing the deadline stops the work at the next
     /// input. An input longer than the limit is refused with `TooLarge` before any work is done.
     pub async fn embed_with(

@@ -11,8 +11,9 @@
 //! - [`server`]: the worker protocol over HTTP/1.1 on a Unix socket (axum).
 //! - [`threads::physical_cores`]: the default thread count; [`contention`]: fewer threads while
 //!   another process competes for the cores (per-step latency against the engine's own baseline).
-//! - Embeddings run on the same thread, one input per loop turn between generation steps, and stop
-//!   when their caller goes away or their deadline passes.
+//! - Embeddings run on the same thread, one chunk per loop turn between generation steps (a
+//!   generative model's input is split into chunks of about 100 ms of work while a generation
+//!   runs), and stop when their caller goes away or their deadline passes.
 //!
 //! # CPU features of the llama.cpp build (a deliberate choice)
 //!
@@ -59,5 +60,5 @@ pub mod server;
 pub mod template;
 pub mod threads;
 
-pub use engine::{EmbedLimits, Engine, EngineConfig, GenerationEvents, ModelInfo, backend};
+pub use engine::{EmbedLimits, EmbedStats, Engine, EngineConfig, GenerationEvents, ModelInfo, backend};
 pub use error::EngineError;

@@ -337,3 +337,39 @@ async fn the_decode_thread_count_can_follow_contention() {
     config.adapt_threads = false;
     assert!(!Engine::load(config).unwrap().adaptive_threads());
 }
+
+/// An input of a generative model is embedded in chunks while a chat streams, with generation
+/// steps between the chunks, and gives the same vector as the same input decoded whole when the
+/// engine has nothing else to do. (The old engine decoded every input in one piece, so a chat
+/// waited seconds for each long input.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_embedding_input_is_chunked_around_generation_steps() {
+    let Some(path) = model_path("a_long_embedding_input_is_chunked_around_generation_steps") else { return };
+    let engine = engine(path, 2, 4);
+    let text = "The river carries boats past the old city walls every morning. ".repeat(16);
+    let tokens = engine.tokenize(&text).await.unwrap().len();
+    assert!(tokens > 150, "{tokens} tokens");
+
+    // Alone: one decode for the whole input.
+    let before = engine.embed_stats();
+    let (whole, _) = engine.embed(vec![text.clone()], true).await.unwrap();
+    let after = engine.embed_stats();
+    assert_eq!(after.decodes - before.decodes, 1, "decoded whole when no generation runs");
+    assert_eq!(after.interleaved_steps, before.interleaved_steps);
+
+    // With a chat streaming: several decodes, generation steps between them.
+    let story = Prompt::Text { prompt: "Write a long story about a river.".into(), raw: false };
+    let long = Sampling { temperature: Some(0.0), max_tokens: Some(400), ..Default::default() };
+    let mut chat = engine.generate(&story, &long).unwrap();
+    assert!(chat.recv().await.unwrap().is_ok(), "the chat streams");
+    let (chunked, _) = engine.embed(vec![text], true).await.unwrap();
+    let during = engine.embed_stats();
+    drop(chat);
+    let decodes = during.decodes - after.decodes;
+    assert!(decodes > 1, "{decodes} decodes for one {tokens}-token input while a chat streams");
+    assert!(during.interleaved_steps > after.interleaved_steps, "generation steps ran between the chunks: {during:?}");
+    // The chunks give the input's mean-pooled vector (both are unit length).
+    let cosine: f32 = whole[0].iter().zip(&chunked[0]).map(|(a, b)| a * b).sum();
+    assert!(cosine > 0.9999, "cosine {cosine} between the whole and the chunked embedding");
+    println!("{tokens} tokens: {decodes} decodes while a chat streamed, cosine {cosine}");
+}
