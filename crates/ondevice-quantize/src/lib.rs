@@ -8,6 +8,8 @@
 //!   quantization, bit for bit as `mlx.core.quantize`.
 //! - `llama` (feature `llama`): GGUF → any [`QuantType`] through llama.cpp's own
 //!   `llama_model_quantize`, from the same `llama-cpp-sys-2` build as the engine.
+//! - `imatrix_compute` (feature `llama`): an importance matrix computed with the engine's
+//!   llama.cpp over a text, as `llama-imatrix` does.
 //! - [`quality`]: perplexity on a fixed text and KL-divergence against the source, measured with
 //!   the engine's llama.cpp (feature `llama`), recorded in the receipt and the GGUF.
 //!
@@ -20,6 +22,8 @@ mod arch;
 mod convert;
 mod error;
 mod imatrix;
+#[cfg(feature = "llama")]
+pub mod imatrix_compute;
 pub mod job;
 #[cfg(feature = "llama")]
 pub mod llama;

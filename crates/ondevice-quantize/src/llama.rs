@@ -3,7 +3,8 @@
 //!
 //! llama.cpp writes its output with `std::ofstream` to the path it is given; we give it a temporary
 //! name beside the destination and rename it into place after an fsync, so the destination holds
-//! the whole file or nothing. (A process killed with SIGKILL leaves the temporary file; the caller
+//! the whole file or nothing. Before the rename the caller may patch the file in place
+//! ([`quantize_to_temp`]: the pipeline writes the source's digest, hashed while llama.cpp works). (A process killed with SIGKILL leaves the temporary file; the caller
 //! runs this in a scratch directory it removes.) llama.cpp's log lines `[  i/  n] name ...` are
 //! turned into progress.
 
@@ -102,6 +103,66 @@ pub fn quantize(
     params: &LlamaQuantize,
     progress: &dyn Progress,
 ) -> Result<(), QuantizeError> {
+    quantize_to_temp(input, output, params, progress)?.commit()
+}
+
+/// A finished quantization under its temporary name beside the destination, not yet in place:
+/// it can be patched (values of the same length), then [`commit`](Self::commit)ted. Dropped
+/// without a commit, the file is removed.
+#[derive(Debug)]
+pub struct TempOutput {
+    temp: PathBuf,
+    output: PathBuf,
+    committed: bool,
+}
+
+impl TempOutput {
+    /// The temporary file.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// fsyncs the file and renames it to the destination (then fsyncs the directory).
+    pub fn commit(mut self) -> Result<(), QuantizeError> {
+        commit(&self.temp, &self.output)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// As [`commit`](Self::commit), and returns the file's SHA-256 (64 hex digits), read while
+    /// the fsync runs on another thread (both read the same page cache; neither waits for the
+    /// other).
+    pub fn commit_hashed(mut self) -> Result<String, QuantizeError> {
+        let err = |source| QuantizeError::Read { path: self.output.clone(), source };
+        let file = File::open(&self.temp).map_err(err)?;
+        let (synced, sha256) = std::thread::scope(|s| {
+            let sync = s.spawn(|| file.sync_all());
+            let sha256 = crate::sha256_file(&self.temp);
+            (sync.join(), sha256)
+        });
+        let sha256 = sha256?;
+        synced.unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))).map_err(err)?;
+        rename_synced(&self.temp, &self.output)?;
+        self.committed = true;
+        Ok(sha256)
+    }
+}
+
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Quantizes `input` into a temporary file beside `output` (see [`TempOutput`]).
+pub fn quantize_to_temp(
+    input: &Path,
+    output: &Path,
+    params: &LlamaQuantize,
+    progress: &dyn Progress,
+) -> Result<TempOutput, QuantizeError> {
     if params.ftype.needs_imatrix() && params.imatrix.is_none() {
         return Err(QuantizeError::NeedsImatrix { ftype: params.ftype.name().into() });
     }
@@ -228,16 +289,14 @@ pub fn quantize(
     // SAFETY: restores llama.cpp's default logger.
     unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
 
+    let temp = TempOutput { temp, output: output.to_owned(), committed: false };
     if rc != 0 {
-        let _ = std::fs::remove_file(&temp);
         return Err(QuantizeError::Llama {
             input: input.to_owned(),
             reason: last_error.unwrap_or_else(|| format!("llama_model_quantize returned {rc}")),
         });
     }
-    commit(&temp, output).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temp);
-    })
+    Ok(temp)
 }
 
 /// `.NAME.PID.partial` beside `output`.
@@ -249,6 +308,12 @@ fn temp_path(output: &Path) -> PathBuf {
 fn commit(temp: &Path, output: &Path) -> Result<(), QuantizeError> {
     let err = |source| QuantizeError::Read { path: output.to_owned(), source };
     File::open(temp).and_then(|f| f.sync_all()).map_err(err)?;
+    rename_synced(temp, output)
+}
+
+/// Renames a synced `temp` to `output` and fsyncs the directory.
+fn rename_synced(temp: &Path, output: &Path) -> Result<(), QuantizeError> {
+    let err = |source| QuantizeError::Read { path: output.to_owned(), source };
     std::fs::rename(temp, output).map_err(err)?;
     #[cfg(unix)]
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -63,6 +63,12 @@ pub(crate) fn task_config(settings: &ondevice_config::Settings) -> anyhow::Resul
 /// Submits the job to the daemon and follows it.
 async fn submit(resolved: &Resolved, args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
     use ondevice_server::routes::jobs::JobView;
+    if args.make_imatrix {
+        anyhow::bail!(
+            "--make-imatrix runs here with --output FILE only (the daemon's quantize jobs take --imatrix FILE): \
+             add --output, then `ondevice models import FILE`"
+        );
+    }
     let client = super::client::Client::new(resolved)?;
     // A local file or directory goes to the daemon as an absolute path; anything else is a
     // registry model.
@@ -145,6 +151,7 @@ fn local_request(args: &QuantizeArgs, output: &Path) -> anyhow::Result<QuantizeR
         threads: None,
         scratch: None,
         no_quality: args.no_quality,
+        make_imatrix: args.make_imatrix,
     })
 }
 
