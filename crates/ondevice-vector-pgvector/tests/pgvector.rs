@@ -84,4 +84,27 @@ async fn contract_and_recall_against_real_postgres() {
     let recall = testing::recall_at_10(&backend, "recall", n, 384, 200).await;
     println!("pgvector: recall@10 = {recall:.4} on {n} x 384 ({:.1} s)", started.elapsed().as_secs_f64());
     assert!(recall >= 0.95, "recall@10 {recall} < 0.95 on {n} x 384");
+
+    // The recall is the HNSW index's: a query shaped as the backend's (nearest chunks joined to
+    // their documents) is planned as a scan of that index, not as an exact scan and sort.
+    let (client, conn) = tokio_postgres::connect(&server.conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let id: i64 =
+        client.query_one("SELECT id FROM ondevice_collections WHERE name = 'recall'", &[]).await.unwrap().get(0);
+    let probe = format!("[{}]", vec!["0.5"; 384].join(","));
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN SELECT d.doc_id FROM ondevice_chunks_{id} c JOIN ondevice_documents d
+                 ON d.collection_id = {id} AND d.doc_id = c.doc_id
+                 ORDER BY c.embedding <=> '{probe}'::vector LIMIT 10"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(plan.iter().any(|l| l.contains(&format!("ondevice_chunks_{id}_hnsw"))), "{}", plan.join("\n"));
 }
