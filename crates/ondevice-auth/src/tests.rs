@@ -149,3 +149,21 @@ fn bootstrap_token_is_private_reused_and_rotated() {
     let live: Vec<_> = v.list_keys().into_iter().filter(|k| k.revoked_at.is_none()).collect();
     assert_eq!(live.len(), 1);
 }
+
+#[test]
+fn principal_by_id_follows_revocation_and_scopes() {
+    let v = Verifier::new(Arc::new(MemStore::default()), true).unwrap();
+    let (_admin, _) = v.create_key(Some("admin"), Scopes::admin()).unwrap();
+    let (reader, _) = v.create_key(Some("reader"), Scopes::from_list("read").unwrap()).unwrap();
+    let p = v.principal(Some(reader.id), Scope::Read).unwrap();
+    assert_eq!((p.key_id, p.name.as_str()), (Some(reader.id), "reader"));
+    assert!(matches!(v.principal(Some(reader.id), Scope::Admin), Err(AuthError::Forbidden { .. })));
+    assert!(matches!(v.principal(None, Scope::Read), Err(AuthError::Invalid)));
+    let unknown: KeyId = "0123456789ab".parse().unwrap();
+    assert!(matches!(v.principal(Some(unknown), Scope::Read), Err(AuthError::Invalid)));
+    v.revoke(&reader.id.to_string()).unwrap();
+    assert!(matches!(v.principal(Some(reader.id), Scope::Read), Err(AuthError::Revoked(_))));
+    // Without auth every request is admin.
+    let open = Verifier::new(Arc::new(MemStore::default()), false).unwrap();
+    assert!(open.principal(None, Scope::Admin).unwrap().scopes.holds(Scope::Admin));
+}

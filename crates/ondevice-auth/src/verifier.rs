@@ -233,6 +233,31 @@ impl Verifier {
         Ok(principal)
     }
 
+    /// The principal of a key by id, for credentials bound to a key (console sessions): an
+    /// unknown or revoked key is refused, so revoking a key ends what was bound to it at once.
+    /// With auth disabled every request is admin.
+    pub fn principal(&self, id: Option<KeyId>, required: Scope) -> Result<Principal, AuthError> {
+        if !self.enabled {
+            return Ok(Principal { key_id: None, name: "anonymous".to_owned(), scopes: Scopes::admin() });
+        }
+        let id = id.ok_or(AuthError::Invalid)?;
+        let now = now_unix();
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let entry = keys.get_mut(&id).ok_or(AuthError::Invalid)?;
+        let r = &mut entry.record;
+        if r.revoked_at.is_some() {
+            return Err(AuthError::Revoked(r.id));
+        }
+        if !r.scopes.satisfies(required) {
+            return Err(AuthError::Forbidden { required });
+        }
+        if r.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_S) {
+            r.last_used_at = Some(now);
+            entry.touched = true;
+        }
+        Ok(Principal { key_id: Some(r.id), name: r.name.clone(), scopes: r.scopes })
+    }
+
     /// Creates a key; returns its record and the key string (shown once). Without a name the
     /// key is named `key-<id>`.
     pub fn create_key(&self, name: Option<&str>, scopes: Scopes) -> Result<(KeyInfo, String), AuthError> {

@@ -18,6 +18,7 @@ pub mod schema;
 pub mod secret;
 mod settings;
 pub mod telemetry;
+pub mod ui;
 mod units;
 pub mod vector;
 pub mod workers;
@@ -316,6 +317,7 @@ fn validate(
     s.jobs.validate().map_err(|(key, message)| invalid(key, message))?;
     s.vector.validate().map_err(|(key, message)| invalid(key, message))?;
     s.telemetry.validate().map_err(|(key, message)| invalid(key, message))?;
+    s.ui.validate().map_err(|(key, message)| invalid(key, message))?;
     if s.log.max_files == 0 {
         return Err(invalid("log.max_files", "must be at least 1".to_owned()));
     }

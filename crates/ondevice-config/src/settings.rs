@@ -37,6 +37,8 @@ pub struct Settings {
     pub network: crate::network::NetworkSettings,
     /// The opt-in usage report: endpoint and interval (consent is given with `ondevice telemetry enable`).
     pub telemetry: crate::telemetry::TelemetrySettings,
+    /// The web console at `/ui/`: on or off, and how long its browser sessions last.
+    pub ui: crate::ui::UiSettings,
 }
 
 /// `[server]`: the single listener serving HTTP, WebSocket and gRPC.

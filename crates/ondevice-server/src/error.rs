@@ -32,6 +32,10 @@ pub enum ApiError {
     /// Valid credential without the scope (403).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A request authenticated by the console's session cookie without its CSRF token, or from
+    /// another site (403 `csrf_failed`).
+    #[error("{0}")]
+    CsrfFailed(String),
     /// Unknown resource or route (404).
     #[error("{0}")]
     NotFound(String),
@@ -117,6 +121,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => answer(StatusCode::UNAUTHORIZED, Code::Unauthenticated, "unauthenticated"),
             ApiError::PermissionDenied(_) => answer(StatusCode::FORBIDDEN, Code::PermissionDenied, "permission_denied"),
+            ApiError::CsrfFailed(_) => answer(StatusCode::FORBIDDEN, Code::PermissionDenied, "csrf_failed"),
             ApiError::NotFound(_) => answer(StatusCode::NOT_FOUND, Code::NotFound, "not_found"),
             ApiError::InvalidRequest(_) => answer(StatusCode::BAD_REQUEST, Code::InvalidArgument, "invalid_request"),
             ApiError::Conflict(_) => answer(StatusCode::CONFLICT, Code::FailedPrecondition, "conflict"),

@@ -18,6 +18,7 @@ mod middleware;
 pub mod openapi;
 pub mod routes;
 mod state;
+pub mod ui;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -34,6 +35,7 @@ pub use state::{
     AppState, BoxFuture, DaemonEvent, EdgeOptions, ExitView, NoWorkers, ProbeFailuresView, Services, StatusSource,
     WorkerView,
 };
+pub use ui::UiOptions;
 
 use crate::middleware::{Guard, authenticate, reject, require_scope};
 
@@ -44,6 +46,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::health::healthz))
         .routes(routes!(routes::health::readyz))
         .routes(routes!(routes::health::openapi));
+    // Signing in to the console checks the key (or login token) itself: it may come in the body.
+    let sign_in = OpenApiRouter::new().routes(routes!(ui::session::login));
     let read = OpenApiRouter::new()
         .routes(routes!(routes::health::metrics))
         .routes(routes!(routes::status::status))
@@ -71,6 +75,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::ollama::ps))
         .routes(routes!(routes::ollama::manage::show))
         .routes(routes!(routes::ollama::manage::version))
+        .routes(routes!(ui::session::show, ui::session::logout))
+        .routes(routes!(ui::session::login_link))
         .route_layer(guarded(Scope::Read));
     let infer = OpenApiRouter::new()
         .routes(routes!(routes::openai::chat_completions))
@@ -116,7 +122,13 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::diagnostics::bundle))
         .routes(routes!(routes::diagnostics::download))
         .route_layer(guarded(Scope::Admin));
-    OpenApiRouter::with_openapi(openapi::base()).merge(public).merge(read).merge(infer).merge(models).merge(admin)
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(public)
+        .merge(sign_in)
+        .merge(read)
+        .merge(infer)
+        .merge(models)
+        .merge(admin)
 }
 
 /// The OpenAPI document generated from the handlers.
@@ -135,6 +147,7 @@ pub async fn router(state: AppState) -> (Router, grpc::HealthReporter) {
     let opts = &state.inner.options;
     let mut app = http
         .merge(grpc)
+        .merge(ui::assets())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::limit_body))

@@ -1,6 +1,6 @@
 //! Tower/axum layers of the HTTP surface: metrics, Host allowlist (DNS rebinding), load
 //! shedding, body limit, and the authentication layer shared by HTTP routes and the WebSocket
-//! upgrade. The gRPC interceptor in `grpc.rs` calls the same [`ondevice_auth::Verifier`].
+//! upgrade (a key, or the web console's session cookie: `ui/auth.rs`). The gRPC interceptor in `grpc.rs` calls the same [`ondevice_auth::Verifier`].
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -143,11 +143,22 @@ pub(crate) struct Guard {
     pub scope: Scope,
 }
 
-/// Authenticates the request (header, `x-api-key` or WebSocket subprotocol) and checks the
-/// group's scope; the [`Principal`] is put in the request extensions.
+/// Authenticates the request (header, `x-api-key`, WebSocket subprotocol, or the console's
+/// session cookie with its CSRF checks) and checks the group's scope; the [`Principal`] is put in
+/// the request extensions.
 pub(crate) async fn require_scope(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
-    match authenticate(&guard.state, req.headers(), guard.scope, surface(req.headers())) {
-        Ok(p) => {
+    let surface = surface(req.headers());
+    match authenticate_as(&guard.state, req.headers(), guard.scope, surface) {
+        Ok((p, session)) => {
+            if let Some(session) = session {
+                let checked =
+                    crate::ui::auth::check_request(&guard.state, req.method(), req.uri(), req.headers(), &session);
+                if let Err(e) = checked {
+                    guard.state.metrics().auth_failure(surface, "csrf");
+                    return reject(&req, e);
+                }
+                req.extensions_mut().insert(crate::ui::auth::CookieAuth(session));
+            }
             req.extensions_mut().insert(p);
             next.run(req).await
         }
@@ -172,15 +183,30 @@ pub(crate) fn authenticate(
     scope: Scope,
     surface: &'static str,
 ) -> Result<Principal, ApiError> {
+    authenticate_as(state, headers, scope, surface).map(|(p, _)| p)
+}
+
+/// [`authenticate`], also telling whether the console's session cookie was the credential (then
+/// the caller makes the CSRF checks of `ui::auth::check_request`).
+pub(crate) fn authenticate_as(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope,
+    surface: &'static str,
+) -> Result<(Principal, Option<ondevice_auth::SessionInfo>), ApiError> {
     let presented = Presented {
         authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
         x_api_key: headers.get("x-api-key").map(|v| v.as_bytes()),
         websocket_protocol: headers.get(header::SEC_WEBSOCKET_PROTOCOL).map(|v| v.as_bytes()),
     };
-    state.verifier().authorize(&presented, scope).map_err(|e| {
+    if let Some(by_cookie) = crate::ui::auth::by_cookie(state, headers, &presented, scope, surface) {
+        return by_cookie.map(|(p, s)| (p, Some(s)));
+    }
+    let principal = state.verifier().authorize(&presented, scope).map_err(|e| {
         state.metrics().auth_failure(surface, e.reason());
         ApiError::from(e)
-    })
+    })?;
+    Ok((principal, None))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "ondevice",
-        description = "Private, local AI model runtime. Every route except /healthz, /readyz and /openapi.json needs an API key: `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+        description = "Private, local AI model runtime. Every route except /healthz, /readyz and /openapi.json needs an API key: `Authorization: Bearer <key>` or `x-api-key: <key>` (or the web console's session cookie with its CSRF token, see /api/v1/ui/session).",
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),
@@ -38,7 +38,8 @@ use utoipa::{Modify, OpenApi};
         (name = "openai", description = "OpenAI-compatible inference"),
         (name = "ollama", description = "Ollama-compatible inference"),
         (name = "keys", description = "API key management (admin)"),
-        (name = "diagnostics", description = "Redacted diagnostics bundles (admin)")
+        (name = "diagnostics", description = "Redacted diagnostics bundles (admin)"),
+        (name = "ui", description = "Web console sessions: a key (or a one-time login link) exchanged for an HttpOnly session cookie")
     )
 )]
 struct Base;
@@ -56,6 +57,13 @@ impl Modify for Security {
         );
         components
             .add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "ondevice_session",
+                "The web console's session (POST /api/v1/ui/session), accepted in place of a key on every route                  with the key's scopes; other methods than GET, HEAD and OPTIONS also need `X-CSRF-Token`",
+            ))),
+        );
     }
 }
 

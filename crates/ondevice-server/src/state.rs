@@ -178,6 +178,8 @@ pub struct EdgeOptions {
     pub max_concurrent_requests: u32,
     /// Whether TLS is on.
     pub tls: bool,
+    /// The web console (`[ui]`).
+    pub ui: crate::ui::UiOptions,
 }
 
 /// State shared by every handler. Cheap to clone.
@@ -196,6 +198,7 @@ pub(crate) struct Inner {
     pub permits: Arc<Semaphore>,
     pub openapi_json: std::sync::OnceLock<String>,
     pub tasks: tokio_util::task::TaskTracker,
+    pub sessions: ondevice_auth::Sessions,
 }
 
 impl std::fmt::Debug for AppState {
@@ -213,6 +216,7 @@ impl AppState {
                 services,
                 metrics: Metrics::new(),
                 permits: Arc::new(Semaphore::new(options.max_concurrent_requests as usize)),
+                sessions: ondevice_auth::Sessions::new(options.ui.limits),
                 options,
                 started: Instant::now(),
                 shutdown,
@@ -278,6 +282,11 @@ impl AppState {
     /// The verifier.
     pub fn verifier(&self) -> &Arc<Verifier> {
         &self.inner.services.verifier
+    }
+
+    /// The web console's sessions and login links.
+    pub(crate) fn sessions(&self) -> &ondevice_auth::Sessions {
+        &self.inner.sessions
     }
 
     /// The metrics registry.

@@ -162,6 +162,7 @@ async fn fixture(with_inference: bool) -> Fixture {
         body_limit: 64 * 1024,
         max_concurrent_requests: 8,
         tls: false,
+        ui: Default::default(),
     };
     let scripted = Arc::new(Scripted { dropped: Arc::new(AtomicBool::new(false)), last: Default::default() });
     let mut services = ondevice_server::Services::new(verifier, models, Arc::new(NoWorkers));

@@ -28,6 +28,7 @@ fn options() -> EdgeOptions {
         body_limit: 1024,
         max_concurrent_requests: 8,
         tls: false,
+        ui: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ async fn https_serves_h2_and_http1_with_auth() {
         body_limit: 1 << 20,
         max_concurrent_requests: 16,
         tls: true,
+        ui: Default::default(),
     };
     let registry = Arc::new(ondevice_registry::Registry::new(store.clone(), dir.path()).unwrap());
     let models = Arc::new(ondevice_registry::RegistryModels::new(registry));

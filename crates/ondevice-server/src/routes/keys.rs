@@ -131,6 +131,7 @@ pub async fn create(
 pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<KeyView>, ApiError> {
     let verifier = state.verifier().clone();
     let info = tokio::task::spawn_blocking(move || verifier.revoke(&id)).await??;
-    tracing::info!(key_id = %info.id, "api key revoked");
+    let sessions = state.sessions().end_key(info.id);
+    tracing::info!(key_id = %info.id, console_sessions_ended = sessions, "api key revoked");
     Ok(Json(info.into()))
 }

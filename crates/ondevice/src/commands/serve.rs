@@ -70,6 +70,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         body_limit: settings.server.body_limit.bytes(),
         max_concurrent_requests: settings.server.max_concurrent_requests,
         tls: tls.is_some(),
+        ui: (&settings.ui).into(),
     };
     let workers = Arc::new(SupervisedWorkers::start(settings, &paths.logs().join("workers")).await?);
     crate::diagnostics::watch_worker_crashes(workers.supervisor(), &paths.home);

@@ -225,6 +225,11 @@ async fn fixture(daemon: &Daemon, op: &Operation) -> Fixture {
             handled("/api/v1/prompts/coverage-nosuch/render", Some(json!({"variables": {}})))
         }
         "POST /api/v1/prompts/{reference}/test" => handled("/api/v1/prompts/coverage-nosuch/test", None),
+        // Signing in to the console with the bearer key (the body may also carry a key or a
+        // login token: `ui_auth::`); a login link for the key.
+        "POST /api/v1/ui/session" | "POST /api/v1/ui/login-links" => plain(None),
+        // A key without a session cookie: 404 "no console session" once authorized.
+        "GET /api/v1/ui/session" => handled(&op.path, None),
         "POST /api/v1/workers/{name}/restart" => {
             Fixture { path: "/api/v1/workers/sleeper/restart".to_owned(), body: None, expect: None, handled: false }
         }
