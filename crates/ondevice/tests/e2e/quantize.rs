@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 
 use crate::common::{Daemon, Home, describe, test_model};
 
+/// Writes a Hugging Face llama directory from a GGUF (shared with ondevice-quantize's tests).
+#[path = "../../../ondevice-quantize/tests/support/mod.rs"]
+mod llama_dir;
+
 const WAIT: Duration = Duration::from_secs(600);
 
 /// A daemon with the test model imported as `smollm2:latest`; its digest.
@@ -389,4 +393,64 @@ async fn llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory() {
     assert!(!again.status.success(), "a second export into the same directory must be refused");
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "{}", describe(&again));
     assert_eq!(std::fs::read(dir.join("model.safetensors")).unwrap(), before, "the refused run changed the output");
+}
+
+/// A llama-family safetensors directory, written here from the SmolLM2 GGUF (every tensor
+/// dequantized to BF16 under its Hugging Face name, q/k rows back in Hugging Face's order, its
+/// tokenizer and chat template) → `ondevice quantize --type F16` → `ondevice quantize --type Q4_K_M
+/// --make-imatrix` (an importance matrix computed with the engine over the shipped text) → imported
+/// into the daemon → greedy chat through `/v1/chat/completions` answers with "Paris". (This source
+/// was 4-bit (Q4_1) before: quantized to Q4_K_M a second time without an importance matrix the
+/// 135M model's greedy answer drifts into French.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_paris() {
+    let Some(gguf) = test_model("quantize::llama_safetensors_directory_to_f16_then_q4_k_m") else { return };
+    let home = Home::new();
+    let dir = home.root().join("SmolLM2-135M-Instruct");
+    std::fs::create_dir(&dir).expect("mkdir");
+    llama_dir::write_llama_dir(&gguf, &dir);
+    let f16 = home.root().join("smollm2-f16.gguf");
+    let (dir_arg, f16_arg) = (dir.to_str().expect("utf-8 path"), f16.to_str().expect("utf-8 path"));
+    let out = home.run(&["quantize", dir_arg, "--type", "F16", "--no-quality", "--output", f16_arg]);
+    assert!(out.status.success(), "F16: {}", describe(&out));
+
+    let q4 = home.root().join("smollm2-q4_k_m.gguf");
+    let q4_arg = q4.to_str().expect("utf-8 path");
+    // Longer than `Home::run` allows: the importance matrix is two 512-token passes of the F16
+    // model with a callback on every product, tens of seconds on a busy 2-core machine.
+    let started = Instant::now();
+    let args =
+        ["quantize", f16_arg, "--type", "Q4_K_M", "--make-imatrix", "--no-quality", "--output", q4_arg, "--json"];
+    let out = home.command(&args).output().expect("ondevice quantize");
+    assert!(out.status.success(), "Q4_K_M: {}", describe(&out));
+    let receipt: Value = serde_json::from_slice(&out.stdout).expect("receipt json");
+    println!("F16 → Q4_K_M with a computed importance matrix: {:.1} s", started.elapsed().as_secs_f64());
+    assert_eq!(receipt["params"]["quant_type"], "Q4_K_M", "{receipt}");
+    assert!(receipt["imatrix_sha256"].as_str().is_some_and(|s| s.len() == 64), "{receipt}");
+    assert!(receipt["params"]["imatrix_text_sha256"].as_str().is_some_and(|s| s.len() == 64), "{receipt}");
+    // The daemon's jobs take --imatrix FILE; computing one is a local (--output) step for now.
+    let refused = home.run(&["quantize", f16_arg, "--type", "Q4_K_M", "--make-imatrix"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--output"));
+
+    let daemon = Daemon::start(home);
+    let out = daemon.home().run(&["models", "import", q4_arg, "--name", "smollm2-q4km", "--json"]);
+    assert!(out.status.success(), "import: {}", describe(&out));
+    let (status, m) = daemon.get("/api/v1/models/smollm2-q4km%3Alatest", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["quantization"], "Q4_K_M", "the file type is Q4_K_M: {m}");
+    let infer = daemon.key(&["infer"]).await;
+    let body = json!({"model": "smollm2-q4km", "temperature": 0, "max_tokens": 40, "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]});
+    let resp = daemon
+        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
+        .timeout(WAIT)
+        .json(&body)
+        .send()
+        .await
+        .expect("chat");
+    let v: Value = resp.json().await.expect("chat json");
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    println!("SmolLM2 safetensors → F16 → Q4_K_M (computed imatrix) answers: {answer:?}");
+    assert!(answer.contains("Paris"), "{v}");
 }
