@@ -2,7 +2,7 @@
 """Quantization speed: ondevice against llama.cpp's own quantizer and against mlx-lm.
 
     python3 scripts/bench-quantize.py [--ondevice target/release/ondevice]
-        [--llama-python /path/to/venv/bin/python] [--runs 3] [--workdir DIR]
+        [--llama-python /path/to/venv/bin/python] [--runs 3] [--workdir DIR] [--skip-mlx]
 
 Source: SmolLM2-135M-Instruct from $ONDEVICE_TEST_MODELS_DIR (Q4_1 GGUF, the demo model),
 dequantized once into a Hugging Face safetensors directory (BF16, q/k rows back in Hugging Face
@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -39,9 +40,18 @@ from pathlib import Path
 import numpy as np
 
 
+CPU = []  # CPU seconds (user + system) of each finished child, in order
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(cmd, **kw):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), child_cpu()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    CPU.append(child_cpu() - cpu)
     return time.perf_counter() - start
 
 
@@ -182,6 +192,7 @@ def main() -> None:
     ap.add_argument("--llama-python", default=sys.executable)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir")
+    ap.add_argument("--skip-mlx", action="store_true", help="only the GGUF types")
     args = ap.parse_args()
     models = Path(os.environ.get("ONDEVICE_TEST_MODELS_DIR", ".cache/models"))
     source = models / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -204,6 +215,7 @@ def main() -> None:
     ours_version = subprocess.run([ondevice, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"source: {source.name} → safetensors BF16 → {f16.name} ({f16.stat().st_size} bytes); {args.runs} runs, median")
     print(f"ondevice: {ours_version}; llama.cpp's own quantizer: {llama_version}")
+    print(f"load average at the start: {load()}")
     print(f"{'task':<22}{'ondevice s':>12}{'reference s':>13}{'speed ratio':>13}  same tensor bytes")
 
     for name, ftype in [("Q8_0", 7), ("Q4_K_M", 15)]:
@@ -214,21 +226,32 @@ def main() -> None:
             ours_out(i).unlink(missing_ok=True)
             return run([ondevice, "quantize", str(f16), "--type", name, "--output", str(ours_out(i))] + extra)
 
-        process_times = []
+        process_times, ours_cpu, ref_cpu = [], [], []
 
         def reference(i):
             ref_out(i).unlink(missing_ok=True)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), child_cpu()
             r = subprocess.run([args.llama_python, "-c", LLAMA_QUANTIZE, str(f16), str(ref_out(i)), str(ftype)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
             process_times.append(time.perf_counter() - start)
+            ref_cpu.append(child_cpu() - cpu)
             return float(r.stdout.strip().splitlines()[-1])
 
-        t_ours, t_ref = median_time(ours, args.runs), median_time(reference, args.runs)
+        # Interleaved, so a change in the machine's load hits both sides alike.
+        times = []
+        for i in range(args.runs):
+            times.append((ours(i), reference(i)))
+            ours_cpu.append(CPU[-1])
+        t_ours, t_ref = statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
         same = gguf_tensor_digest(ours_out(0)) == gguf_tensor_digest(ref_out(0))
         t_proc = statistics.median(process_times)
         print(f"GGUF {name:<17}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {'yes' if same else 'no'}"
-              f"  (reference as a whole process: {t_proc:.2f} s, ratio {t_proc / t_ours:.2f}x)")
+              f"  (reference as a whole process: {t_proc:.2f} s, ratio {t_proc / t_ours:.2f}x;"
+              f" CPU s {statistics.median(ours_cpu):.2f} vs {statistics.median(ref_cpu):.2f})")
+
+    if args.skip_mlx:
+        finish(args, work)
+        return
 
     def mlx_ours(i):
         d = work / f"ours-mlx-{i}"
@@ -248,6 +271,15 @@ def main() -> None:
     import mlx_lm
     print(f"{'MLX 4-bit g64':<22}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {'yes' if same else 'no'}"
           f"  (mlx {mx.__version__}, mlx-lm {mlx_lm.__version__})")
+    finish(args, work)
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} cores)"
+
+
+def finish(args, work: Path) -> None:
+    print(f"load average at the end: {load()}")
     print("speed ratio = reference time / ondevice time (above 1: ondevice is faster)")
     if not args.workdir:
         shutil.rmtree(work)
