@@ -186,18 +186,24 @@ async fn llama_console_signs_in_pulls_chats_cancels_and_signs_out() {
     }
 }
 
+/// The ids of every key, revoked ones included.
+async fn key_ids(daemon: &Daemon) -> Vec<String> {
+    let (status, keys) = daemon.get("/api/v1/keys", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    keys.as_array().expect("keys").iter().map(|k| k["id"].as_str().expect("id").to_owned()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_link_works_once_leaves_the_url_and_cross_site_posts_are_refused() {
     let daemon = Daemon::start(Home::new());
     let key = daemon.key(&["read"]).await;
-    // What `ondevice ui` asks for with the key the CLI holds.
-    let resp = daemon.request(Method::POST, "/api/v1/ui/login-links", Some(&key.secret)).send().await.expect("POST");
-    let status = resp.status();
-    let link: Value = resp.json().await.expect("login link JSON");
-    assert_eq!(status, StatusCode::OK, "{link}");
+    // `ondevice ui` makes a link for the key the CLI holds.
+    let out = daemon.home().run_with(&["ui", "--json"], &[("ONDEVICE_API_KEY", key.secret.as_str())]);
+    assert!(out.status.success(), "ondevice ui --json: {}", describe(&out));
+    let link: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
     let url = link["url"].as_str().expect("url");
     assert!(url.ends_with(&format!("/ui/#login={}", link["token"].as_str().expect("token"))), "{link}");
-    let keys_before = daemon.get("/api/v1/keys", Some(daemon.admin_key())).await.1;
+    let keys_before = key_ids(&daemon).await;
 
     // The link signs in with the read key; then the admin key is pasted, so that the cross-site
     // post is refused for being cross-site, not for lacking a scope.
@@ -206,8 +212,7 @@ async fn login_link_works_once_leaves_the_url_and_cross_site_posts_are_refused()
     assert_eq!(result["cross_site"], json!([403, "csrf_failed"]), "{result}");
 
     // The cross-site form post created no key.
-    let keys_after = daemon.get("/api/v1/keys", Some(daemon.admin_key())).await.1;
-    assert_eq!(keys_before, keys_after, "a cross-site post changed the keys");
+    assert_eq!(key_ids(&daemon).await, keys_before, "a cross-site post created a key");
     // The link's token is spent.
     let resp = daemon
         .request(Method::POST, "/api/v1/ui/session", None)
