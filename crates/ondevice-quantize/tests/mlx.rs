@@ -4,11 +4,15 @@
 //! - twice, byte-identical;
 //! - every tensor (names, dtypes, shapes and bytes) and the `quantization` block equal what
 //!   `mlx_lm.convert -q` writes for the same directory;
-//! - `mlx_lm` loads both and generates; the 8-bit model answers "What is the capital of France?"
-//!   greedily with Paris (the 4-bit one drifts into French: this SmolLM2 was 4-bit already);
+//! - `mlx_lm` loads both and both answer "What is the capital of France?" greedily with Paris
+//!   (computing in float32, see `tests/mlx/generate.py`; in BF16 on the CPU the 4-bit one drifted
+//!   into French, and the three answers took four minutes);
 //! - the same model as an F16 GGUF (by our converter) → MLX 8-bit also answers Paris;
 //! - a quantized GGUF, a truncated safetensors file and an existing output are refused, nothing
 //!   written.
+//!
+//! mlx-lm runs once, in one Python process (`tests/mlx/generate.py`): its two conversions and the
+//! three models' answers (importing mlx-lm takes seconds; five processes paid it five times).
 //!
 //! Needs `python3` with `mlx` and `mlx-lm`, and `$ONDEVICE_TEST_MODELS_DIR`; skipped with a note
 //! without them (a failure under `CI`).
@@ -67,12 +71,30 @@ fn config(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
 }
 
-fn answer(dir: &Path) -> String {
+/// Runs mlx-lm once: `convert` (source, output, bits, group) with mlx-lm's own converter, then a
+/// greedy answer from each of `answer`; returns the answers in that order.
+fn mlx_lm(convert: &[(&Path, &Path, u32, u32)], answer: &[&Path]) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlx/generate.py");
-    let run = Command::new("python3").arg(script).arg(dir).output().unwrap();
-    assert!(run.status.success(), "mlx_lm could not load {}: {}", dir.display(), String::from_utf8_lossy(&run.stderr));
+    let mut cmd = Command::new("python3");
+    cmd.arg(script);
+    for (hf, out, bits, group) in convert {
+        cmd.arg("--convert").arg(hf).arg(out).arg(bits.to_string()).arg(group.to_string());
+    }
+    cmd.args(answer);
+    let run = cmd.output().unwrap();
+    assert!(run.status.success(), "mlx_lm: {}", String::from_utf8_lossy(&run.stderr));
     let stdout = String::from_utf8_lossy(&run.stdout);
-    stdout.lines().rev().find_map(|l| l.strip_prefix("answer: ")).unwrap_or_default().to_owned()
+    answer
+        .iter()
+        .map(|dir| {
+            let prefix = format!("answer {}: ", dir.display());
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("mlx_lm gave no answer for {}: {stdout}", dir.display()))
+                .to_owned()
+        })
+        .collect()
 }
 
 #[test]
@@ -89,30 +111,42 @@ fn smollm2_to_mlx_matches_mlx_lm_convert_and_answers_paris() {
     std::fs::create_dir(&hf).unwrap();
     support::write_llama_dir(&gguf, &hf);
 
+    let started = std::time::Instant::now();
+    let stage = |what: &str| eprintln!("{test}: {what} at {:.1} s", started.elapsed().as_secs_f64());
+    stage("safetensors directory written");
+
+    // Ours: 4 and 8 bits, each twice (byte-identical), and 8 bits from an F16 GGUF source (our
+    // converter's).
+    let ours = |bits: u32| tmp.path().join(format!("ours-{bits}"));
     for bits in [4u32, 8] {
         let options = MlxOptions::new(bits, 64).unwrap();
-        let ours = tmp.path().join(format!("ours-{bits}"));
-        let first = MlxExport::plan(&hf, options).unwrap().write(&ours, &NoProgress).unwrap();
+        let first = MlxExport::plan(&hf, options).unwrap().write(ours(bits), &NoProgress).unwrap();
         let again = MlxExport::plan(&hf, options)
             .unwrap()
             .write(tmp.path().join(format!("again-{bits}")), &NoProgress)
             .unwrap();
         assert_eq!(first.sha256, again.sha256, "two exports give the same bytes");
         assert_eq!(first.files, again.files);
+    }
+    let f16 = tmp.path().join("f16.gguf");
+    Conversion::plan(&hf, &ConvertOptions { out_type: OutType::F16, name: None })
+        .unwrap()
+        .write(&f16, &NoProgress)
+        .unwrap();
+    let from_gguf = tmp.path().join("from-gguf-8");
+    MlxExport::plan(&f16, MlxOptions::new(8, 64).unwrap()).unwrap().write(&from_gguf, &NoProgress).unwrap();
+    assert_eq!(config(&from_gguf)["torch_dtype"], "float16");
+    stage("our exports written");
 
-        // mlx-lm's own conversion of the same directory.
-        let reference = tmp.path().join(format!("mlx-lm-{bits}"));
-        let run = Command::new("python3")
-            .args(["-m", "mlx_lm", "convert", "--hf-path"])
-            .arg(&hf)
-            .arg("--mlx-path")
-            .arg(&reference)
-            .args(["-q", "--q-bits", &bits.to_string(), "--q-group-size", "64"])
-            .output()
-            .unwrap();
-        assert!(run.status.success(), "mlx_lm convert: {}", String::from_utf8_lossy(&run.stderr));
-        let want = tensors(&reference);
-        let got = tensors(&ours);
+    // mlx-lm's own conversions of the same directory, and mlx-lm loading and running ours.
+    let reference = |bits: u32| tmp.path().join(format!("mlx-lm-{bits}"));
+    let (ref4, ref8, ours4, ours8) = (reference(4), reference(8), ours(4), ours(8));
+    let answers = mlx_lm(&[(&hf, &ref4, 4, 64), (&hf, &ref8, 8, 64)], &[&ours4, &ours8, &from_gguf]);
+    stage("mlx-lm converted and answered");
+
+    for (bits, text) in [(4u32, &answers[0]), (8, &answers[1])] {
+        let want = tensors(&reference(bits));
+        let got = tensors(&ours(bits));
         assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>(), "the same tensors");
         let mut quantized = 0;
         for (name, (dtype, shape, bytes)) in &want {
@@ -122,31 +156,15 @@ fn smollm2_to_mlx_matches_mlx_lm_convert_and_answers_paris() {
             quantized += usize::from(name.ends_with(".scales"));
         }
         assert_eq!(quantized, 1 + 30 * 7, "embeddings and every projection are quantized");
-        assert_eq!(config(&ours)["quantization"], config(&reference)["quantization"]);
-        assert_eq!(config(&ours)["quantization_config"], config(&reference)["quantization_config"]);
+        assert_eq!(config(&ours(bits))["quantization"], config(&reference(bits))["quantization"]);
+        assert_eq!(config(&ours(bits))["quantization_config"], config(&reference(bits))["quantization_config"]);
 
-        let text = answer(&ours);
         println!("MLX {bits}-bit answer: {text:?}");
-        if bits == 8 {
-            assert!(text.contains("Paris"), "{bits}-bit: {text:?}");
-        } else {
-            // This SmolLM2 was 4-bit (Q4_1) already: quantized to 4 bits a second time, the 135M
-            // model's greedy answer drifts into French, with mlx-lm's own conversion (the same
-            // bytes, checked above) as with llama.cpp's Q4_K_M. It must still load and generate.
-            assert!(!text.trim().is_empty(), "{bits}-bit: no answer");
-        }
+        assert!(text.contains("Paris"), "{bits}-bit: {text:?}");
     }
 
     // A GGUF F16 source (our converter's) gives a directory mlx-lm runs too.
-    let f16 = tmp.path().join("f16.gguf");
-    Conversion::plan(&hf, &ConvertOptions { out_type: OutType::F16, name: None })
-        .unwrap()
-        .write(&f16, &NoProgress)
-        .unwrap();
-    let from_gguf = tmp.path().join("from-gguf-8");
-    MlxExport::plan(&f16, MlxOptions::new(8, 64).unwrap()).unwrap().write(&from_gguf, &NoProgress).unwrap();
-    assert_eq!(config(&from_gguf)["torch_dtype"], "float16");
-    let text = answer(&from_gguf);
+    let text = &answers[2];
     println!("MLX 8-bit from the F16 GGUF answer: {text:?}");
     assert!(text.contains("Paris"), "{text:?}");
 
