@@ -66,6 +66,10 @@ pub enum Command {
         /// `name[:tag]` or `sha256:<hex>` (see `ondevice ps`).
         model: String,
     },
+    /// Print a one-time login link to the web console (`/ui/`) of the running daemon: it signs a
+    /// browser in with this CLI's key ($ONDEVICE_API_KEY or the bootstrap token), once, within
+    /// two minutes.
+    Ui(JsonFlag),
     /// Inspect and validate configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -39,6 +39,8 @@ mod rag;
 mod schema;
 #[path = "e2e/ui.rs"]
 mod ui;
+#[path = "e2e/ui_auth.rs"]
+mod ui_auth;
 #[path = "e2e/ui_pages.rs"]
 mod ui_pages;
 #[path = "e2e/vector.rs"]

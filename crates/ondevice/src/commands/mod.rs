@@ -19,6 +19,7 @@ pub(crate) mod search;
 mod serve;
 mod stop;
 mod telemetry;
+mod ui;
 mod vector;
 mod worker;
 
@@ -117,6 +118,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Telemetry(cmd) => {
             let _guard = crate::logging::init(&quiet(&resolved), None)?;
             telemetry::run(resolved, cmd)
+        }
+        Command::Ui(flag) => {
+            let _guard = crate::logging::init(&quiet(&resolved), None)?;
+            with_runtime(ui::run(resolved, flag))
         }
         Command::Config(cmd) => config::run(resolved, cmd),
         Command::GenerateAssets { out } => assets::run(&out),
