@@ -18,6 +18,7 @@ mod jobs;
 mod models;
 mod prompts;
 mod provenance;
+mod read;
 mod roots;
 mod telemetry;
 mod vector;
@@ -213,6 +214,8 @@ fn restrict_mode(_path: &Path) -> std::io::Result<()> {
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Read-only connections for hot read paths (`read.rs`).
+    readers: read::Readers,
 }
 
 impl std::fmt::Debug for Store {
@@ -242,7 +245,7 @@ impl Store {
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
-        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), readers: read::Readers::default() })
     }
 
     /// The database file.
@@ -258,6 +261,12 @@ impl Store {
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         f(&conn).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// Like `with`, on a read-only connection of the pool (`read.rs`): for reads that must not wait
+    /// behind a writer's transaction.
+    fn with_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.readers.with(&self.path, f).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
     }
 
     fn corrupt(&self, detail: String) -> StoreError {

@@ -386,10 +386,12 @@ impl Store {
         })
     }
 
-    /// The chunks with these ids (in no particular order; missing ids are skipped).
+    /// The chunks with these ids (in no particular order; missing ids are skipped), read in one
+    /// snapshot on a read-only connection, so a query never waits behind a write.
     pub fn vector_chunks(&self, collection_id: i64, ids: &[i64]) -> Result<Vec<VectorChunkRow>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(
+        self.with_read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let mut st = tx.prepare_cached(
                 "SELECT k.id, k.doc_id, k.seq, k.text, d.source, d.metadata FROM vector_chunks k
                  JOIN vector_documents d ON d.collection_id = k.collection_id AND d.doc_id = k.doc_id
                  WHERE k.id = ?1 AND k.collection_id = ?2",
@@ -410,11 +412,14 @@ impl Store {
                     .optional()?;
                 out.extend(row);
             }
+            drop(st);
+            tx.finish()?;
             Ok(out)
         })
     }
 
-    /// Ids of the chunks whose document's metadata passes every condition.
+    /// Ids of the chunks whose document's metadata passes every condition (on a read-only
+    /// connection).
     pub fn vector_filtered_chunk_ids(
         &self,
         collection_id: i64,
@@ -461,8 +466,8 @@ impl Store {
                 sql.push(')');
             }
         }
-        self.with(|c| {
-            let mut st = c.prepare(&sql)?;
+        self.with_read(|c| {
+            let mut st = c.prepare_cached(&sql)?;
             st.query_map(params_from_iter(args.iter()), |r| r.get(0))?.collect()
         })
     }

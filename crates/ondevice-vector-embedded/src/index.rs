@@ -47,7 +47,9 @@ struct Meta {
     sha256: String,
 }
 
-const META_FORMAT: u32 = 1;
+/// 2: cosine collections hold unit vectors in the index (`metric.rs`); a format-1 file (raw
+/// vectors) is rebuilt at open.
+const META_FORMAT: u32 = 2;
 
 pub(crate) struct Loaded {
     pub id: i64,
@@ -67,7 +69,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A new empty index for `spec`, with this CPU's distance kernel (`metric.rs`).
 fn new_index(spec: &CollectionSpec) -> Result<Index, VectorError> {
+    let mut index = bare_index(spec)?;
+    crate::metric::install(&mut index, spec.distance, spec.dimension as usize);
+    Ok(index)
+}
+
+/// A new empty index for `spec` with usearch's built-in metric (to `load` a file into, which
+/// resets the metric; the kernel is installed after).
+fn bare_index(spec: &CollectionSpec) -> Result<Index, VectorError> {
     let metric = match spec.distance {
         Distance::Cosine => MetricKind::Cos,
         Distance::Dot => MetricKind::IP,
@@ -217,9 +228,10 @@ impl Loaded {
         if meta.seq < row.pruned_seq {
             return Err("index file is older than the change log".into());
         }
-        let index = new_index(spec).map_err(|e| e.to_string())?;
+        let mut index = bare_index(spec).map_err(|e| e.to_string())?;
         let path = ip.to_str().ok_or("index path is not UTF-8")?;
         index.load(path).map_err(|e| format!("index file unreadable: {e}"))?;
+        crate::metric::install(&mut index, spec.distance, spec.dimension as usize);
         if index.size() as u64 != meta.count || index.dimensions() != spec.dimension as usize {
             return Err("index file does not match its metadata".into());
         }
@@ -239,7 +251,8 @@ impl Loaded {
                 index.remove(id as u64).map_err(|e| e.to_string())?;
             }
             if added && let Some(bytes) = store.vector_embedding(row.id, id).map_err(|e| e.to_string())? {
-                adds.push((id as u64, decode_embedding(&bytes).map_err(|e| e.to_string())?));
+                let v = decode_embedding(&bytes).map_err(|e| e.to_string())?;
+                adds.push((id as u64, crate::metric::unit(spec.distance, v)));
             }
         }
         add_all(&index, &adds).map_err(|e| e.to_string())?;
@@ -259,7 +272,7 @@ impl Loaded {
             after = last.0;
             let items = page
                 .iter()
-                .map(|(id, b)| Ok((*id as u64, decode_embedding(b)?)))
+                .map(|(id, b)| Ok((*id as u64, crate::metric::unit(spec.distance, decode_embedding(b)?))))
                 .collect::<Result<Vec<_>, VectorError>>()?;
             add_all(&index, &items)?;
         }

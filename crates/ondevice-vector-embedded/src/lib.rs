@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod index;
+mod metric;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,23 @@ impl EmbeddedBackend {
         blocking(move || Ok(this.loaded(&name)?.opened.clone())).await
     }
 
+    /// The distance kernels the indexes use on this CPU (`"avx2+fma"` or usearch's portable ones).
+    pub fn distance_kernel() -> &'static str {
+        metric::kernel_name()
+    }
+
+    /// The index search alone: the ids and distances of the `k` chunks nearest to `vector`, without
+    /// reading their rows (what an ANN library's own benchmark measures; for benchmarks and
+    /// diagnostics: a query answers with [`VectorBackend::query`]). Blocks the calling thread.
+    pub fn nearest_chunk_ids(&self, name: &str, vector: &[f32], k: usize) -> Result<Vec<(i64, f32)>, VectorError> {
+        let l = self.loaded(name)?;
+        check_vector(&l.spec, vector)?;
+        let vector = metric::unit(l.spec.distance, vector.to_vec());
+        let index = l.index.read().unwrap_or_else(|e| e.into_inner());
+        let m = index.search(&vector, k).map_err(|e| backend_err(format!("index search: {e}")))?;
+        Ok(m.keys.into_iter().map(|k| k as i64).zip(m.distances).collect())
+    }
+
     /// The index file of a collection (for tests and diagnostics).
     pub fn index_file(&self, name: &str) -> Result<Option<PathBuf>, VectorError> {
         let row = self.inner.store.vector_collection(name).map_err(backend_err)?;
@@ -185,7 +203,7 @@ impl EmbeddedBackend {
             for c in d.chunks {
                 check_vector(&l.spec, &c.embedding)?;
                 chunks.push((c.text, encode_embedding(&c.embedding)));
-                vectors.push(c.embedding);
+                vectors.push(metric::unit(l.spec.distance, c.embedding));
             }
             let metadata = serde_json::Value::Object(d.metadata).to_string();
             inputs.push(VectorDocInput {
@@ -233,6 +251,8 @@ impl EmbeddedBackend {
         validate_query(&l.spec, q)?;
         let distance = l.spec.distance;
         let want = q.k + SLACK;
+        // The query as the index compares it (unit length for cosine: `metric.rs`).
+        let unit = metric::unit(distance, q.vector.clone());
         let exact = |ids: &[i64]| -> Result<Vec<(u64, f32)>, VectorError> {
             let index = l.index.read().unwrap_or_else(|e| e.into_inner());
             let mut buf = vec![0f32; l.spec.dimension as usize];
@@ -248,7 +268,7 @@ impl EmbeddedBackend {
         };
         let found: Vec<(u64, f32)> = if q.filter.is_empty() {
             let index = l.index.read().unwrap_or_else(|e| e.into_inner());
-            let m = index.search(&q.vector, want).map_err(|e| backend_err(format!("index search: {e}")))?;
+            let m = index.search(&unit, want).map_err(|e| backend_err(format!("index search: {e}")))?;
             m.keys.into_iter().zip(m.distances).collect()
         } else {
             let ids =
@@ -260,34 +280,38 @@ impl EmbeddedBackend {
                 let walked = {
                     let index = l.index.read().unwrap_or_else(|e| e.into_inner());
                     let m = index
-                        .filtered_search(&q.vector, want, |key| set.contains(&key))
+                        .filtered_search(&unit, want, |key| set.contains(&key))
                         .map_err(|e| backend_err(format!("index search: {e}")))?;
                     m.keys.into_iter().zip(m.distances).collect::<Vec<_>>()
                 };
                 if walked.len() < q.k.min(ids.len()) { exact(&ids)? } else { walked }
             }
         };
-        let keys: Vec<i64> = found.iter().map(|(k, _)| *k as i64).collect();
-        let rows = self.inner.store.vector_chunks(l.id, &keys).map_err(backend_err)?;
-        let mut by_id: HashMap<i64, _> = rows.into_iter().map(|r| (r.id, r)).collect();
+        // Rows for the nearest `k` first; the extra candidates only when some of those were
+        // deleted or rewritten since the index read.
         let mut hits = Vec::with_capacity(q.k);
-        for (key, d) in found {
-            let Some(row) = by_id.remove(&(key as i64)) else { continue };
-            let metadata: Metadata = serde_json::from_str(&row.metadata).unwrap_or_default();
-            if !q.filter.matches(&metadata) {
-                continue; // rewritten between the id read and the row read
-            }
-            hits.push(Hit {
-                document_id: row.doc_id,
-                chunk: row.seq as u32,
-                text: row.text,
-                source: row.source,
-                metadata,
-                score: distance.score(d),
-                distance: d,
-            });
-            if hits.len() == q.k {
-                break;
+        let mut next = 0;
+        while hits.len() < q.k && next < found.len() {
+            let batch = &found[next..(next + q.k - hits.len()).min(found.len())];
+            next += batch.len();
+            let keys: Vec<i64> = batch.iter().map(|(k, _)| *k as i64).collect();
+            let rows = self.inner.store.vector_chunks(l.id, &keys).map_err(backend_err)?;
+            let mut by_id: HashMap<i64, _> = rows.into_iter().map(|r| (r.id, r)).collect();
+            for &(key, d) in batch {
+                let Some(row) = by_id.remove(&(key as i64)) else { continue };
+                let metadata: Metadata = serde_json::from_str(&row.metadata).unwrap_or_default();
+                if !q.filter.matches(&metadata) {
+                    continue; // rewritten between the id read and the row read
+                }
+                hits.push(Hit {
+                    document_id: row.doc_id,
+                    chunk: row.seq as u32,
+                    text: row.text,
+                    source: row.source,
+                    metadata,
+                    score: distance.score(d),
+                    distance: d,
+                });
             }
         }
         Ok(hits)
