@@ -1,6 +1,7 @@
 //! The whole pipeline on a llama-family model: a safetensors directory (written from the SmolLM2
 //! GGUF, see `support`) → F16 GGUF by the converter (checked tensor by tensor against the
-//! original) → Q4_K_M and Q5_K_M by llama.cpp's quantizer → greedy chat answers from the real engine. Conversion and quantization are each run
+//! original) → Q4_K_M (with and without an importance matrix computed by the engine) and Q5_K_M
+//! by llama.cpp's quantizer → greedy chat answers from the real engine. Conversion and quantization are each run
 //! twice and must give identical bytes. Skipped with a note when `$ONDEVICE_TEST_MODELS_DIR` is
 //! unset.
 
@@ -9,7 +10,9 @@ mod support;
 use ondevice_engine_llama::{Engine, EngineConfig};
 use ondevice_gguf::GgufFile;
 use ondevice_quantize::llama::{LlamaQuantize, quantize};
-use ondevice_quantize::{Conversion, ConvertOptions, NoProgress, OutType, QuantType, sha256_file};
+use ondevice_quantize::{
+    Conversion, ConvertOptions, Imatrix, NoProgress, OutType, QuantType, imatrix_compute, quality, sha256_file,
+};
 use ondevice_runtime::{ChatMessage, Event, Prompt, Role, Sampling};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,9 +69,9 @@ async fn smollm2_safetensors_to_f16_and_k_quants_is_faithful_reproducible_and_an
     }
 
     // Q4_K_M: reproducible, marked with its provenance, loads and generates. (This source is
-    // SmolLM2 after a first 4-bit quantization (Q4_1): quantized to 4 bits a second time, the
-    // 135M model's greedy answer drifts into French; the F16 conversion, Q6_K and Q5_K_M answer
-    // "The capital of France is Paris.", so Paris is checked on Q5_K_M, the same llama.cpp path.)
+    // SmolLM2 after a first 4-bit quantization (Q4_1): quantized to 4 bits a second time without
+    // an importance matrix, the 135M model's greedy answer drifts into French; with one computed
+    // over the shipped text (below), and as Q5_K_M, it answers "The capital of France is Paris.".)
     let params = |ftype| LlamaQuantize {
         ftype,
         threads: Some(2),
@@ -90,6 +93,33 @@ async fn smollm2_safetensors_to_f16_and_k_quants_is_faithful_reproducible_and_an
     let answer = greedy_answer(&q4).await;
     println!("Q4_K_M answer: {answer:?}");
     assert!(!answer.trim().is_empty());
+
+    // An importance matrix computed with the engine over the shipped text: one entry per block
+    // weight, the same on 1 and 2 threads; Q4_K_M quantized with it answers "Paris".
+    let matrix = imatrix_compute::compute(&f16, quality::TEXT, Some(2), &NoProgress).unwrap();
+    let again = imatrix_compute::compute(&f16, quality::TEXT, Some(1), &NoProgress).unwrap();
+    assert!(matrix == again, "the importance matrix depends on nothing but the model and the text");
+    let mut weights: Vec<(String, u64)> = converted
+        .tensors()
+        .iter()
+        .filter(|t| t.name().starts_with("blk.") && t.dims().len() == 2)
+        .map(|t| (t.name().to_owned(), t.dims()[0]))
+        .collect();
+    weights.sort();
+    assert_eq!(matrix.len(), weights.len(), "every block weight has an entry");
+    for ((name, values), (weight, cols)) in matrix.iter().zip(&weights) {
+        assert_eq!((name, values.len() as u64), (weight, *cols));
+        assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0), "{name}");
+    }
+    let imatrix_file = ondevice_quantize::write_legacy(&tmp.path().join("imatrix.dat"), &matrix).unwrap();
+    let with_imatrix =
+        LlamaQuantize { imatrix: Some(Imatrix::open(&imatrix_file).unwrap()), ..params(QuantType::Q4_K_M) };
+    let q4i = tmp.path().join("q4_k_m-imatrix.gguf");
+    quantize(&f16, &q4i, &with_imatrix, &NoProgress).unwrap();
+    assert_eq!(GgufFile::open(&q4i).unwrap().quantization(), Some("Q4_K_M"));
+    let answer = greedy_answer(&q4i).await;
+    println!("Q4_K_M with an importance matrix answers: {answer:?}");
+    assert!(answer.contains("Paris"), "{answer:?}");
 
     let q5 = tmp.path().join("q5_k_m.gguf");
     quantize(&f16, &q5, &params(QuantType::Q5_K_M), &NoProgress).unwrap();

@@ -33,6 +33,7 @@ fn request(source: &Path, output: &Path, quant_type: &str) -> QuantizeRequest {
         threads: Some(2),
         scratch: None,
         no_quality: false,
+        make_imatrix: false,
     }
 }
 
@@ -121,6 +122,13 @@ fn smollm2_q8_0_and_q4_k_m_are_measured_against_the_f16_source_deterministically
     assert!(kl(&g8) < 0.01, "Q8_0 is nearly lossless: {}", kl(&g8));
     assert_recorded(&q8, &r8);
     assert_recorded(&q4, &r4);
+    // The source's digest (hashed while llama.cpp quantized) is in the file and the receipt.
+    assert_eq!(r8.inputs.len(), 1);
+    assert_eq!(r8.inputs[0].sha256, sha256_file(&f16).unwrap());
+    for (path, r) in [(&q8, &r8), (&q4, &r4)] {
+        let gguf = GgufFile::open(path).unwrap();
+        assert_eq!(gguf.get_str("ondevice.quantize.source_sha256"), Some(r.source_sha256.as_str()), "{path:?}");
+    }
 
     // Deterministic: a second run gives the same figures and the same bytes.
     let q8_again = tmp.path().join("q8_0-again.gguf");
