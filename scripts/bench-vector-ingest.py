@@ -80,7 +80,7 @@ def start_daemon(binary, threads, procs, config=""):
     procs.append(subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     addr = os.path.join(home, "listen.addr")
     for _ in range(600):
-        if os.path.exists(addr):
+        if os.path.exists(addr) and open(addr).read().strip():
             break
         time.sleep(0.05)
     base = "http://" + open(addr).read().strip()

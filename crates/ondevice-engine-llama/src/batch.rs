@@ -33,6 +33,8 @@ const DEFAULT_CTX: u32 = 2048;
 /// About how long one embedding decode may hold the engine while a generation runs: a streamed
 /// token waits at most one generation step and one such chunk.
 pub(crate) const EMBED_SLICE: Duration = Duration::from_millis(100);
+/// A loop turn (generation step and embedding chunk) longer than this is logged with its parts.
+const SLOW_TURN: Duration = Duration::from_millis(400);
 
 /// The thread's entry point.
 pub(crate) fn run(
@@ -228,12 +230,24 @@ impl<'m> Scheduler<'m> {
             self.drop_cancelled();
             self.admit();
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
+            let turn = Instant::now();
             let stepped = self.step();
             if stepped && self.embedder.in_progress() {
                 // A generation step ran between two chunks of one embedding input.
                 self.shared.embed_interleaved.fetch_add(1, Ordering::Relaxed);
             }
-            self.embed_step();
+            let stepped_in = turn.elapsed();
+            let embedded = self.embed_step();
+            if stepped && turn.elapsed() > SLOW_TURN {
+                // What made a streamed token wait: the diagnosis of a stall, logged only then.
+                tracing::info!(
+                    step_ms = stepped_in.as_secs_f64() * 1e3,
+                    embed_ms = (turn.elapsed() - stepped_in).as_secs_f64() * 1e3,
+                    embed_tokens = embedded,
+                    threads = self.shared.threads.load(Ordering::Relaxed),
+                    "slow engine turn: a generation waited"
+                );
+            }
             self.shared.busy.store(self.slots.iter().filter(|s| s.is_some()).count() as u32, Ordering::Release);
         }
         for seq in self.slots.iter_mut().filter_map(Option::take) {
@@ -317,8 +331,9 @@ impl<'m> Scheduler<'m> {
 
     /// Embeds the next chunk of the oldest embedding request (one decode: while a generation runs,
     /// what takes about [`EMBED_SLICE`], so generations keep their pace; otherwise a whole
-    /// input), after dropping requests whose caller went away or whose deadline passed.
-    fn embed_step(&mut self) {
+    /// input), after dropping requests whose caller went away or whose deadline passed. Returns
+    /// the tokens decoded.
+    fn embed_step(&mut self) -> usize {
         // Every request whose caller went away or whose deadline passed leaves now, queued or not.
         let now = Instant::now();
         let mut i = 0;
@@ -340,12 +355,12 @@ impl<'m> Scheduler<'m> {
             }
         }
         if self.embeds.is_empty() {
-            return;
+            return 0;
         }
         let generating = self.slots.iter().any(Option::is_some) || !self.waiting.is_empty();
         let budget = if generating { self.embedder.chunk_for(EMBED_SLICE) } else { usize::MAX };
         self.choose_threads(StepKind::Embed);
-        let Some(job) = self.embeds.front_mut() else { return };
+        let Some(job) = self.embeds.front_mut() else { return 0 };
         let next = job.vectors.len();
         let result = self.embedder.embed_part(self.model, (job.id, next), &job.inputs[next], job.normalize, budget);
         self.shared.embed_decodes.fetch_add(1, Ordering::Relaxed);
@@ -367,6 +382,7 @@ impl<'m> Scheduler<'m> {
                 }
             }
         }
+        self.embedder.last_decoded()
     }
 
     /// Removes embedding request `index` (0: the oldest), taking its inputs not yet embedded off

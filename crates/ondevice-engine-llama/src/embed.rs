@@ -57,6 +57,8 @@ pub(crate) struct Embedder<'m> {
     partial: Option<Partial>,
     /// Tokens per second of recent embedding decodes (moving average).
     rate: Option<f64>,
+    /// Tokens the last decode took.
+    last: usize,
 }
 
 fn engine(message: String) -> RuntimeError {
@@ -75,12 +77,18 @@ impl<'m> Embedder<'m> {
             batch: None,
             partial: None,
             rate: None,
+            last: 0,
         }
     }
 
     /// The longest input (in tokens) one request may hold.
     pub(crate) fn max_tokens(&self) -> u32 {
         self.n_ctx
+    }
+
+    /// Tokens the last call of [`Embedder::embed_part`] decoded.
+    pub(crate) fn last_decoded(&self) -> usize {
+        self.last
     }
 
     /// Whether an input is part-way through its chunks.
@@ -107,6 +115,7 @@ impl<'m> Embedder<'m> {
         normalize: bool,
         budget: usize,
     ) -> Result<Option<Vec<f32>>, RuntimeError> {
+        self.last = 0;
         self.ensure_context(model)?;
         let (Some(ctx), Some(batch)) = (self.ctx.as_mut(), self.batch.as_mut()) else { unreachable!("created above") };
         let mut partial = match self.partial.take() {
@@ -117,13 +126,14 @@ impl<'m> Embedder<'m> {
             }
         };
         let from = partial.done;
-        let to = if self.causal { tokens.len().min(from + budget.max(1)) } else { tokens.len() };
+        let to = if self.causal { tokens.len().min(from.saturating_add(budget.max(1))) } else { tokens.len() };
         batch.clear();
         for (pos, token) in tokens.iter().enumerate().take(to).skip(from) {
             batch.add(*token, pos as i32, &[0], true).map_err(|e| engine(format!("embedding batch: {e}")))?;
         }
         let started = Instant::now();
         ctx.decode(batch).map_err(|e| engine(format!("llama.cpp could not embed an input: {e}")))?;
+        self.last = to - from;
         let secs = started.elapsed().as_secs_f64();
         if secs > 0.0 {
             let rate = (to - from) as f64 / secs;

@@ -346,7 +346,7 @@ async fn the_decode_thread_count_can_follow_contention() {
 async fn a_long_embedding_input_is_chunked_around_generation_steps() {
     let Some(path) = model_path("a_long_embedding_input_is_chunked_around_generation_steps") else { return };
     let engine = engine(path, 2, 4);
-    let text = "The river carries boats past the old city walls every morning. ".repeat(16);
+    let text = text_again();
     let tokens = engine.tokenize(&text).await.unwrap().len();
     assert!(tokens > 150, "{tokens} tokens");
 
@@ -372,4 +372,16 @@ async fn a_long_embedding_input_is_chunked_around_generation_steps() {
     let cosine: f32 = whole[0].iter().zip(&chunked[0]).map(|(a, b)| a * b).sum();
     assert!(cosine > 0.9999, "cosine {cosine} between the whole and the chunked embedding");
     println!("{tokens} tokens: {decodes} decodes while a chat streamed, cosine {cosine}");
+
+    // A chat that ends part-way through the input: the rest is decoded in one piece.
+    let short = Sampling { temperature: Some(0.0), max_tokens: Some(6), ..Default::default() };
+    let mut chat = engine.generate(&story, &short).unwrap();
+    assert!(chat.recv().await.unwrap().is_ok(), "the chat streams");
+    let (rest, _) = engine.embed(vec![text_again()], true).await.unwrap();
+    let cosine: f32 = whole[0].iter().zip(&rest[0]).map(|(a, b)| a * b).sum();
+    assert!(cosine > 0.9999, "cosine {cosine} after the chat ended mid-input");
+}
+
+fn text_again() -> String {
+    "The river carries boats past the old city walls every morning. ".repeat(16)
 }
