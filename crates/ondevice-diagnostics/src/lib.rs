@@ -13,12 +13,15 @@
 //! - [`doctor`]: the check result type and the checks that need no daemon internals.
 //! - [`job`]: the `diagnostics` job kind whose result is a bundle.
 //! - [`telemetry`]: opt-in, versioned consent, the anonymous report, its outbox and uploader.
+//! - [`inspect`]: [`inspect::InspectService`], the read-only doctor and telemetry views the edge
+//!   serves (`/api/v1/diagnostics/doctor`, `/api/v1/telemetry`), implemented by the binary.
 
 #![warn(missing_docs)]
 
 pub mod bundle;
 pub mod crash;
 pub mod doctor;
+pub mod inspect;
 pub mod job;
 pub mod redact;
 pub mod system;
@@ -53,6 +56,12 @@ pub enum DiagError {
     /// No bundle with this name exists (bundles are kept for a while, then removed).
     #[error("no diagnostics bundle {0}: create one with `ondevice diag bundle`")]
     NoBundle(String),
+    /// The store (telemetry consent, outbox, registry) cannot be read.
+    #[error(transparent)]
+    Store(#[from] ondevice_store::StoreError),
+    /// A check could not run to completion (its task failed).
+    #[error("the doctor checks failed: {0}")]
+    Checks(String),
 }
 
 impl DiagError {

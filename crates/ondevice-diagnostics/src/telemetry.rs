@@ -342,6 +342,86 @@ impl Sink {
     }
 }
 
+/// What `ondevice telemetry status --json` and `GET /api/v1/telemetry` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// On, off, stale consent, or vetoed by the environment.
+    pub state: State,
+    /// Whether reports are made and sent.
+    pub sending: bool,
+    /// The environment variable that turns telemetry off, if one is set.
+    pub disabled_by: Option<&'static str>,
+    /// The report version of this build.
+    pub report_version: u32,
+    /// The report version consented to (0: never).
+    pub consented_version: u32,
+    /// The random install id (created on first enable).
+    pub install_id: Option<String>,
+    /// Where reports go (see [`Sink::describe`]).
+    pub endpoint: String,
+    /// Seconds between reports.
+    pub interval_s: u64,
+    /// Whether offline mode blocks sending.
+    pub offline: bool,
+    /// Events queued and not yet acknowledged.
+    pub pending: usize,
+}
+
+/// Telemetry's status as this process sees it (its environment decides the veto).
+pub fn status(store: &Store, sink: &Sink, interval_s: u64, offline: bool) -> Result<(Status, Consent), StoreError> {
+    let c = consent(store)?;
+    let veto = process_env_veto();
+    let st = state(&c, veto);
+    let pending = store.outbox_all()?.len();
+    let s = Status {
+        sending: st == State::On,
+        state: st,
+        disabled_by: veto,
+        report_version: REPORT_VERSION,
+        consented_version: c.version,
+        install_id: c.install_id.clone(),
+        endpoint: sink.describe(),
+        interval_s,
+        offline,
+        pending,
+    };
+    Ok((s, c))
+}
+
+/// What `ondevice telemetry preview --json` and `GET /api/v1/telemetry/preview` show: the queued
+/// events and the next report, each exactly as it would be sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preview {
+    /// Queued events, parsed from the bytes that will be sent.
+    pub queued: Vec<serde_json::Value>,
+    /// The next report, parsed from [`Preview::next_bytes`].
+    pub next: serde_json::Value,
+    /// The queued events' exact bytes.
+    #[serde(skip)]
+    pub queued_bytes: Vec<String>,
+    /// The next report's exact bytes (its event id is drawn when it is made).
+    #[serde(skip)]
+    pub next_bytes: String,
+}
+
+/// The preview: queued events and the report that would be made now (request counts are shown as
+/// zero: they are the daemon's since its previous report).
+pub fn preview(store: &Store, machine: &Machine) -> Result<Preview, StoreError> {
+    let queued_bytes: Vec<String> = store.outbox_all()?.into_iter().map(|r| r.body).collect();
+    let c = consent(store)?;
+    let models = store.list_models().map(|m| m.len() as u64).unwrap_or(0);
+    let seq = store.telemetry_get("seq")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+    let id = c.install_id.unwrap_or_else(|| "<created when you enable telemetry>".to_owned());
+    let next_bytes = encode(&report(&id, seq, crate::now_unix(), machine, Usage { models, ..Usage::default() }));
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
+    Ok(Preview {
+        queued: queued_bytes.iter().map(|q| parse(q)).collect(),
+        next: parse(&next_bytes),
+        queued_bytes,
+        next_bytes,
+    })
+}
+
 /// Delay before attempt `attempts + 1`: 2 s doubled per failure, at most an hour, plus up to 50%
 /// random jitter.
 pub fn backoff(attempts: i64) -> Duration {

@@ -339,7 +339,9 @@ impl From<DiagError> for ApiError {
         let message = e.to_string();
         match e {
             DiagError::NoBundle(_) => ApiError::NotFound(message),
-            DiagError::Io { .. } | DiagError::Encode { .. } => ApiError::Internal(message),
+            DiagError::Io { .. } | DiagError::Encode { .. } | DiagError::Store(_) | DiagError::Checks(_) => {
+                ApiError::Internal(message)
+            }
         }
     }
 }

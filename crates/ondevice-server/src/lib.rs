@@ -121,6 +121,9 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(routes::workers::restart))
         .routes(routes!(routes::diagnostics::bundle))
         .routes(routes!(routes::diagnostics::download))
+        .routes(routes!(routes::diagnostics::doctor))
+        .routes(routes!(routes::diagnostics::telemetry))
+        .routes(routes!(routes::diagnostics::telemetry_preview))
         .route_layer(guarded(Scope::Admin));
     OpenApiRouter::with_openapi(openapi::base())
         .merge(public)

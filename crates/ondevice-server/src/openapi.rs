@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi};
         (name = "openai", description = "OpenAI-compatible inference"),
         (name = "ollama", description = "Ollama-compatible inference"),
         (name = "keys", description = "API key management (admin)"),
-        (name = "diagnostics", description = "Redacted diagnostics bundles (admin)"),
+        (name = "diagnostics", description = "Redacted diagnostics bundles, doctor checks, telemetry status and preview (admin, read-only)"),
         (name = "ui", description = "Web console sessions: a key (or a one-time login link) exchanged for an HttpOnly session cookie")
     )
 )]

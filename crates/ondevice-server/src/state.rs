@@ -40,6 +40,9 @@ pub struct Services {
     pub vectors: Option<Arc<dyn VectorService>>,
     /// Diagnostics bundles, a kind of job (`/api/v1/diagnostics`).
     pub diagnostics: Option<Arc<dyn ondevice_diagnostics::job::DiagnosticsService>>,
+    /// The doctor's checks and telemetry's status and preview (`/api/v1/diagnostics/doctor`,
+    /// `/api/v1/telemetry`), read-only.
+    pub inspect: Option<Arc<dyn ondevice_diagnostics::inspect::InspectService>>,
     /// Prompt packs (`/api/v1/prompts`, gRPC `PromptService`).
     pub prompts: Option<Arc<dyn ondevice_prompts::PromptService>>,
     /// Quantizations into the registry, a kind of job (`/api/v1/quantize`).
@@ -58,6 +61,7 @@ impl Services {
             pulls: None,
             vectors: None,
             diagnostics: None,
+            inspect: None,
             prompts: None,
             quantize: None,
         }
@@ -255,6 +259,11 @@ impl AppState {
     /// The quantization service, or the error its routes answer without one.
     pub(crate) fn require_quantize(&self) -> Result<&Arc<dyn ondevice_quantize::job::QuantizeService>, ApiError> {
         self.inner.services.quantize.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
+    }
+
+    /// The doctor and telemetry views, or the error their routes answer without them.
+    pub(crate) fn require_inspect(&self) -> Result<&Arc<dyn ondevice_diagnostics::inspect::InspectService>, ApiError> {
+        self.inner.services.inspect.as_ref().ok_or(ApiError::Overloaded { retry_after_s: 5 })
     }
 
     /// The diagnostics service, or the error its routes answer without one.

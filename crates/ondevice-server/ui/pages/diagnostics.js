@@ -1,8 +1,10 @@
 // Diagnostics page (admin): a diagnostics bundle made by a `diagnostics` job (progress over SSE),
 // downloaded as a file, and opened in the browser (the `.tar.gz` is unpacked here with
 // `DecompressionStream`): its manifest (files, redactions, what was left out), the egress ledger
-// it carries, and any file's text. Live egress counters come from `/metrics`. Doctor checks and
-// telemetry consent are not part of the HTTP API: the page names the CLI commands for them.
+// it carries, and any file's text. Live egress counters come from `/metrics`. The doctor's checks
+// (`GET /api/v1/diagnostics/doctor`) and telemetry's status and preview (`GET /api/v1/telemetry`,
+// `/api/v1/telemetry/preview`) are read-only: consent is given or withdrawn with the CLI, at the
+// machine.
 
 import { errorBox, clear, field, formatBytes, formatTime, progressBar, table } from "../lib/dom.js";
 import { download, seg } from "../lib/api.js";
@@ -274,11 +276,81 @@ export async function render(root, ctx) {
     ])));
   }
 
-  const cli = (cmd, what) => el("li", {}, el("code", { text: cmd }), ` — ${what}`);
+  // ---- doctor ----
+  const doctorBox = el("div", { "data-testid": "doctor" });
+  const doctorBtn = el("button", { type: "button", class: "ghost", "data-testid": "doctor-run", on: { click: runDoctor } }, "Run the checks again");
+  async function runDoctor() {
+    clear(doctorBox);
+    doctorBtn.disabled = true;
+    doctorBox.append(el("p", { class: "muted", "aria-live": "polite", text: "Running the checks (models are re-hashed) …" }));
+    let res;
+    try {
+      res = await api("GET", "/api/v1/diagnostics/doctor");
+    } catch (e) {
+      clear(doctorBox);
+      doctorBox.append(errorBox(e));
+      return;
+    } finally {
+      doctorBtn.disabled = false;
+    }
+    clear(doctorBox);
+    const checks = res.checks || [];
+    const failed = checks.filter((c) => c.status === "fail").length;
+    const warned = checks.filter((c) => c.status === "warn").length;
+    doctorBox.append(
+      el("p", { "data-testid": "doctor-summary", text: `${checks.length} checks: ${failed} failed, ${warned} with a warning.` }),
+      table("Doctor checks", ["Check", "Status", "Detail", "Fix"], checks.map((c) => [
+        c.name,
+        el("span", { class: `check-${c.status}`, text: c.status }),
+        c.detail,
+        c.fix || "",
+      ]), { "data-testid": "doctor-table" }));
+  }
+
+  // ---- telemetry ----
+  const telemetryBox = el("div", { "data-testid": "telemetry" });
+  async function showTelemetry() {
+    clear(telemetryBox);
+    let st;
+    let preview;
+    try {
+      [st, preview] = await Promise.all([api("GET", "/api/v1/telemetry"), api("GET", "/api/v1/telemetry/preview")]);
+    } catch (e) {
+      telemetryBox.append(errorBox(e));
+      return;
+    }
+    const words = {
+      on: "on: a usage report is sent",
+      off: "off (the default): nothing is sent",
+      stale: `off: consent was given for report version ${st.consented_version}, the report is now version ${st.report_version}`,
+      disabled_by_environment: `off: ${st.disabled_by || "the environment"} is set, which wins over consent`,
+    };
+    telemetryBox.append(
+      el("p", { "data-testid": "telemetry-status", text: `Telemetry: ${words[st.state] || st.state}.` }),
+      el("dl", { class: "json" },
+        el("dt", { text: "Endpoint" }), el("dd", { text: `${st.endpoint} (every ${st.interval_s} s${st.offline ? "; offline mode blocks sending" : ""})` }),
+        el("dt", { text: "Report version" }), el("dd", { text: String(st.report_version) }),
+        el("dt", { text: "Install id" }), el("dd", { text: st.install_id || "none (made when telemetry is enabled)" }),
+        el("dt", { text: "Queued events" }), el("dd", { text: String(st.pending) })),
+      el("p", { class: "hint" },
+        "Turning telemetry on or off is a consent given at the machine, not over the API: ",
+        el("code", { text: "ondevice telemetry enable" }), " / ", el("code", { text: "ondevice telemetry disable" }),
+        ". DO_NOT_TRACK=1 or ONDEVICE_TELEMETRY=0 turn it off whatever was consented."),
+      el("h3", { id: "telemetry-preview-h", text: "What would be sent" }),
+      el("p", { class: "hint", text: `${(preview.queued || []).length} queued events, then the next report (its event id is drawn when it is made; request counts are the daemon's since its previous report).` }),
+      el("pre", { tabindex: "0", "aria-labelledby": "telemetry-preview-h", "data-testid": "telemetry-preview", text: JSON.stringify(preview, null, 2) }));
+  }
 
   clear(root);
   root.append(
     el("h1", { text: "Diagnostics" }),
+    el("section", { class: "panel", "aria-labelledby": "diag-doctor-h" },
+      el("h2", { id: "diag-doctor-h", text: "Doctor" }),
+      el("p", { text: "The checks of ondevice diag doctor, run by the daemon about itself: CPU build, sandbox, disk space, listen address, permissions, models, runtimes, clock; each problem with its fix." }),
+      doctorBtn, doctorBox),
+    el("section", { class: "panel", "aria-labelledby": "diag-telemetry-h" },
+      el("h2", { id: "diag-telemetry-h", text: "Telemetry" }),
+      telemetryBox),
     el("section", { class: "panel", "aria-labelledby": "diag-bundle-h" },
       el("h2", { id: "diag-bundle-h", text: "Diagnostics bundle" }),
       el("p", { text: "A .tar.gz with a manifest.json: build, system, redacted config, daemon status and metrics, jobs, registry, crash reports, log tails and the egress ledger; secrets are redacted." }),
@@ -286,16 +358,8 @@ export async function render(root, ctx) {
     el("section", { class: "panel", "aria-labelledby": "diag-egress-h" },
       el("h2", { id: "diag-egress-h", text: "Outbound connections" }),
       el("button", { type: "button", class: "ghost", "data-testid": "diag-egress-refresh", on: { click: liveEgress } }, "Refresh"),
-      egressBox),
-    el("section", { class: "panel", "aria-labelledby": "diag-cli-h", "data-testid": "diag-cli" },
-      el("h2", { id: "diag-cli-h", text: "Doctor and telemetry" }),
-      el("p", { text: "The HTTP API does not expose doctor checks or telemetry consent; on the daemon's machine:" }),
-      el("ul", {},
-        cli("ondevice diag doctor", "checks (CPU build, sandbox, disk, port, permissions, models, runtimes, clock) with fixes"),
-        cli("ondevice telemetry status", "telemetry is off by default; DO_NOT_TRACK=1 or ONDEVICE_TELEMETRY=0 turn it off whatever the config says"),
-        cli("ondevice telemetry preview", "the exact report that would be sent"),
-        cli("ondevice telemetry enable | disable", "consent"))));
-  await Promise.all([listBundles(), liveEgress()]);
+      egressBox));
+  await Promise.all([listBundles(), liveEgress(), showTelemetry(), runDoctor()]);
   return () => {
     controller.abort();
     for (const u of urls) URL.revokeObjectURL(u);

@@ -2,6 +2,7 @@
 //! fixes, the crash reports of the daemon and its workers, and the egress ledger.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -121,16 +122,12 @@ async fn daemon_data(resolved: &Resolved) -> DaemonData {
 
 async fn doctor(resolved: Resolved, json: bool) -> anyhow::Result<ExitCode> {
     let daemon = daemon_data(&resolved).await;
-    let mut checks = vec![cpu_check()];
-    checks.push(sandbox_check(daemon.status.as_ref()));
-    let home = resolved.paths.home.clone();
-    checks.push(doctor::disk_space(&home));
-    checks.push(doctor::listen_port(resolved.settings.server.listen.0, daemon.status.is_some()));
-    checks.extend(doctor::permissions(&home, &resolved.paths.bootstrap_token()));
-    let r2 = resolved.clone();
-    checks.push(tokio::task::spawn_blocking(move || models_check(&r2)).await.context("the models check failed")?);
-    checks.push(runtimes_check(&resolved, daemon.status.is_some()).await);
-    checks.push(doctor::clock(&home));
+    let runtimes = match daemon.status.is_some() {
+        true => daemon_runtimes(&resolved).await,
+        false => None,
+    };
+    let listen = resolved.settings.server.listen.0;
+    let checks = checks(&resolved, daemon.status.as_ref(), listen, daemon.status.is_some(), runtimes).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": checks }))?);
     } else {
@@ -138,6 +135,29 @@ async fn doctor(resolved: Resolved, json: bool) -> anyhow::Result<ExitCode> {
     }
     let failed = checks.iter().any(|c| c.status == CheckStatus::Fail);
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Every doctor check, given what the daemon reported (`status`: `GET /api/v1/status`;
+/// `runtimes`: `GET /api/v1/runtimes`): shared by `ondevice diag doctor` and the daemon's
+/// `GET /api/v1/diagnostics/doctor` (which passes its own views, in process).
+pub async fn checks(
+    resolved: &Resolved,
+    status: Option<&serde_json::Value>,
+    listen: std::net::SocketAddr,
+    daemon_running: bool,
+    runtimes: Option<serde_json::Value>,
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = vec![cpu_check()];
+    checks.push(sandbox_check(status));
+    let home = resolved.paths.home.clone();
+    checks.push(doctor::disk_space(&home));
+    checks.push(doctor::listen_port(listen, daemon_running));
+    checks.extend(doctor::permissions(&home, &resolved.paths.bootstrap_token()));
+    let r2 = resolved.clone();
+    checks.push(tokio::task::spawn_blocking(move || models_check(&r2)).await.context("the models check failed")?);
+    checks.push(runtimes_check(daemon_running, runtimes));
+    checks.push(doctor::clock(&home));
+    Ok(checks)
 }
 
 /// The engine build the daemon would start for this CPU, and whether the CPU runs it.
@@ -267,19 +287,24 @@ fn models_check(resolved: &Resolved) -> Check {
     }
 }
 
-/// The daemon's runtimes: healthy and circuits closed.
-async fn runtimes_check(resolved: &Resolved, daemon: bool) -> Check {
-    const NAME: &str = "runtimes";
-    if !daemon {
-        return Check::skip(NAME, "no daemon running: start it to check its runtimes");
-    }
-    let Ok(client) = Client::new(resolved) else { return Check::skip(NAME, "no key to ask the daemon") };
+/// `GET /api/v1/runtimes` of the running daemon, if it answers within 10 s.
+async fn daemon_runtimes(resolved: &Resolved) -> Option<serde_json::Value> {
+    let client = Client::new(resolved).ok()?;
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
         client.call::<serde_json::Value>(Method::GET, "/api/v1/runtimes", None),
     )
     .await;
-    let Ok(Ok(v)) = answer else { return Check::skip(NAME, "the daemon did not report its runtimes") };
+    answer.ok()?.ok()
+}
+
+/// The daemon's runtimes: healthy and circuits closed.
+fn runtimes_check(daemon: bool, answer: Option<serde_json::Value>) -> Check {
+    const NAME: &str = "runtimes";
+    if !daemon {
+        return Check::skip(NAME, "no daemon running: start it to check its runtimes");
+    }
+    let Some(v) = answer else { return Check::skip(NAME, "the daemon did not report its runtimes") };
     let runtimes = v["runtimes"].as_array().cloned().unwrap_or_default();
     let bad: Vec<String> = runtimes
         .iter()
@@ -326,4 +351,63 @@ fn crashes(resolved: &Resolved, json: bool) -> anyhow::Result<ExitCode> {
         CrashStore::MAX_REPORTS
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's [`InspectService`](ondevice_diagnostics::inspect::InspectService): the same
+/// doctor checks as `ondevice diag doctor` and the same telemetry views as `ondevice telemetry
+/// status|preview`, computed in process (the daemon is running, so it listens on `listen`).
+pub struct DaemonInspect {
+    resolved: Resolved,
+    store: Arc<ondevice_store::Store>,
+    listen: std::net::SocketAddr,
+    state: std::sync::OnceLock<ondevice_server::AppState>,
+}
+
+impl DaemonInspect {
+    /// The views of this daemon's home and config, listening on `listen`.
+    pub fn new(resolved: Resolved, store: Arc<ondevice_store::Store>, listen: std::net::SocketAddr) -> Arc<Self> {
+        Arc::new(DaemonInspect { resolved, store, listen, state: std::sync::OnceLock::new() })
+    }
+
+    /// Sets the edge state once it exists (its status and runtimes feed the checks).
+    pub fn attach(&self, state: ondevice_server::AppState) {
+        let _ = self.state.set(state);
+    }
+}
+
+impl ondevice_diagnostics::inspect::InspectService for DaemonInspect {
+    fn doctor(
+        &self,
+    ) -> ondevice_jobs::BoxFuture<'_, Result<Vec<ondevice_diagnostics::Check>, ondevice_diagnostics::DiagError>> {
+        Box::pin(async move {
+            let status = self.state.get().and_then(|s| serde_json::to_value(s.status()).ok());
+            let runtimes = match self.state.get().and_then(|s| s.inference().cloned()) {
+                Some(inference) => {
+                    let list: Vec<ondevice_server::routes::runtimes::RuntimeView> =
+                        inference.runtimes().await.into_iter().map(Into::into).collect();
+                    Some(serde_json::json!({ "runtimes": list }))
+                }
+                None => None,
+            };
+            checks(&self.resolved, status.as_ref(), self.listen, true, runtimes)
+                .await
+                .map_err(|e| ondevice_diagnostics::DiagError::Checks(format!("{e:#}")))
+        })
+    }
+
+    fn telemetry_status(
+        &self,
+    ) -> ondevice_jobs::BoxFuture<'_, Result<ondevice_diagnostics::telemetry::Status, ondevice_diagnostics::DiagError>>
+    {
+        Box::pin(async move { Ok(super::telemetry::status_of(&self.resolved, &self.store)?.0) })
+    }
+
+    fn telemetry_preview(
+        &self,
+    ) -> ondevice_jobs::BoxFuture<'_, Result<ondevice_diagnostics::telemetry::Preview, ondevice_diagnostics::DiagError>>
+    {
+        Box::pin(
+            async move { Ok(ondevice_diagnostics::telemetry::preview(&self.store, &super::telemetry::machine())?) },
+        )
+    }
 }

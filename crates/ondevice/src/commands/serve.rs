@@ -109,6 +109,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         Arc::new(ondevice_prompts::Library::new(registry.clone())),
         Some(Arc::new(orchestrator.clone())),
     );
+    // The doctor and telemetry views (`/api/v1/diagnostics/doctor`, `/api/v1/telemetry`).
+    let inspect = super::diag::DaemonInspect::new(resolved.clone(), store.clone(), addr);
     let services = Services {
         prompts: Some(Arc::new(prompts)),
         inference: Some(Arc::new(orchestrator.clone())),
@@ -117,10 +119,12 @@ async fn serve(resolved: Resolved) -> anyhow::Result<()> {
         pulls: Some(Arc::new(pulls)),
         diagnostics: Some(Arc::new(ondevice_diagnostics::job::Diagnostics::new(jobs.clone(), &paths.home))),
         quantize: Some(Arc::new(quantizer)),
+        inspect: Some(inspect.clone()),
         ..Services::new(verifier.clone(), Arc::new(RegistryModels::new(registry)), workers.clone())
     };
     let state = AppState::new(services, options, shutdown.clone());
     bundles.attach(state.clone(), jobs.clone());
+    inspect.attach(state.clone());
     crate::commands::telemetry::spawn_uploader(&resolved, store.clone(), &state, shutdown.clone());
     workers.forward_events(state.clone());
     let (app, health) = ondevice_server::router(state.clone()).await;

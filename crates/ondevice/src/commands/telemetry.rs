@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ondevice_config::Resolved;
 use ondevice_diagnostics::telemetry::{self, Machine, Sink, State, Usage};
-use ondevice_store::Store;
+use ondevice_store::{Store, StoreError};
 
 use crate::cli::TelemetryCommand;
 
@@ -25,32 +25,22 @@ pub fn machine() -> Machine {
     Machine::detect(env!("CARGO_PKG_VERSION"), crate::cpu::own_build())
 }
 
+/// Telemetry's status for this home and config (`status --json`, `GET /api/v1/telemetry`).
+pub fn status_of(resolved: &Resolved, store: &Store) -> Result<(telemetry::Status, telemetry::Consent), StoreError> {
+    let sink = Sink::from_endpoint(&resolved.settings.telemetry.endpoint, &resolved.paths.home);
+    telemetry::status(store, &sink, resolved.settings.telemetry.interval_s, resolved.settings.network.offline)
+}
+
 pub fn run(resolved: Resolved, cmd: TelemetryCommand) -> anyhow::Result<ExitCode> {
     let store = open(&resolved)?;
     let sink = Sink::from_endpoint(&resolved.settings.telemetry.endpoint, &resolved.paths.home);
     match cmd {
         TelemetryCommand::Status(flag) => {
-            let c = telemetry::consent(&store)?;
-            let veto = telemetry::process_env_veto();
-            let st = telemetry::state(&c, veto);
-            let pending = store.outbox_all()?.len();
+            let (status, c) = status_of(&resolved, &store)?;
             if flag.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "state": st,
-                        "sending": st == State::On,
-                        "disabled_by": veto,
-                        "report_version": telemetry::REPORT_VERSION,
-                        "consented_version": c.version,
-                        "install_id": c.install_id,
-                        "endpoint": sink.describe(),
-                        "interval_s": resolved.settings.telemetry.interval_s,
-                        "offline": resolved.settings.network.offline,
-                        "pending": pending,
-                    }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
+                let (st, veto, pending) = (status.state, status.disabled_by, status.pending);
                 let line = match st {
                     State::On => "on: a usage report is sent".to_owned(),
                     State::Off => {
@@ -93,31 +83,14 @@ pub fn run(resolved: Resolved, cmd: TelemetryCommand) -> anyhow::Result<ExitCode
             println!("new install id {id}; queued events dropped");
         }
         TelemetryCommand::Preview(flag) => {
-            let queued: Vec<String> = store.outbox_all()?.into_iter().map(|r| r.body).collect();
-            let c = telemetry::consent(&store)?;
-            let models = store.list_models().map(|m| m.len() as u64).unwrap_or(0);
-            let seq = store.telemetry_get("seq")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-            let id = c.install_id.unwrap_or_else(|| "<created when you enable telemetry>".to_owned());
-            let next = telemetry::encode(&telemetry::report(
-                &id,
-                seq,
-                ondevice_diagnostics::now_unix(),
-                &machine(),
-                Usage { models, ..Usage::default() },
-            ));
+            let p = telemetry::preview(&store, &machine())?;
+            let (queued, next) = (&p.queued_bytes, &p.next_bytes);
             if flag.json {
-                let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_default();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "queued": queued.iter().map(|q| parse(q)).collect::<Vec<_>>(),
-                        "next": parse(&next),
-                    }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&p)?);
             } else {
                 if !queued.is_empty() {
                     println!("# queued, sent byte for byte as below (one event per line):");
-                    for q in &queued {
+                    for q in queued {
                         println!("{q}");
                     }
                 }

@@ -354,6 +354,54 @@ async fn doctor_reports_problems_with_their_fixes() {
     assert!(text.contains("[FAIL] token file permissions") && text.contains("fix: run `chmod 600"), "{text}");
 }
 
+/// The daemon's doctor and telemetry views over HTTP: admin only, the checks the CLI prints
+/// (listen address "ok" from inside the daemon), telemetry off by default, the preview carrying
+/// the report version and agreeing with `ondevice telemetry preview --json`.
+#[tokio::test]
+async fn doctor_and_telemetry_over_http_are_admin_only_and_match_the_cli() {
+    let daemon = Daemon::with_config("");
+    let read = daemon.key(&["read"]).await;
+    for path in ["/api/v1/diagnostics/doctor", "/api/v1/telemetry", "/api/v1/telemetry/preview"] {
+        let (code, _) = daemon.get(path, Some(&read.secret)).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path} with a read key");
+        let denied = daemon.request(Method::POST, path, Some(daemon.admin_key())).send().await.unwrap();
+        assert_eq!(denied.status(), StatusCode::METHOD_NOT_ALLOWED, "{path} has no write method");
+    }
+    let (code, v) = daemon.get("/api/v1/diagnostics/doctor", Some(daemon.admin_key())).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let checks = v["checks"].as_array().expect("checks");
+    let find = |name: &str| checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name} in {v}"));
+    let disk = find("disk space");
+    assert!(["ok", "warn", "fail"].contains(&disk["status"].as_str().unwrap()), "{disk}");
+    assert!(disk["detail"].as_str().is_some_and(|d| !d.is_empty()), "{disk}");
+    let listen = find("listen address");
+    assert_eq!(listen["status"], "ok", "{listen}");
+    assert!(listen["detail"].as_str().unwrap().contains("the daemon is listening"), "{listen}");
+    assert_eq!(find("home permissions")["status"], "ok");
+    assert_eq!(find("models")["detail"], "0 models verified", "{v}");
+    // The same checks, by name and order, as the CLI prints.
+    let out = daemon.home().run(&["diag", "doctor", "--json"]);
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("doctor JSON: {}", describe(&out)));
+    let names = |v: &Value| v["checks"].as_array().unwrap().iter().map(|c| c["name"].clone()).collect::<Vec<_>>();
+    assert_eq!(names(&v), names(&cli));
+
+    let (code, t) = daemon.get("/api/v1/telemetry", Some(daemon.admin_key())).await;
+    assert_eq!(code, StatusCode::OK, "{t}");
+    assert!(t["state"] == "off" || t["state"] == "disabled_by_environment", "off by default: {t}");
+    assert_eq!(t["sending"], false);
+    assert_eq!(t["pending"], 0);
+    let cli: Value = serde_json::from_str(&daemon.home().run_ok(&["telemetry", "status", "--json"])).unwrap();
+    assert_eq!(t, cli, "the API and the CLI agree");
+    let (code, p) = daemon.get("/api/v1/telemetry/preview", Some(daemon.admin_key())).await;
+    assert_eq!(code, StatusCode::OK, "{p}");
+    assert_eq!(p["next"]["report_version"], t["report_version"], "{p}");
+    assert_eq!(p["queued"], serde_json::json!([]));
+    let cli: Value = serde_json::from_str(&daemon.home().run_ok(&["telemetry", "preview", "--json"])).unwrap();
+    for field in ["report_version", "install_id", "os", "arch", "cpu_class", "cores", "memory", "models", "seq"] {
+        assert_eq!(p["next"][field], cli["next"][field], "{field}");
+    }
+}
+
 /// The embedded engine's worker aborting after it loaded the model (as a crash inside llama.cpp
 /// would) gives a report tagged with the model's digest; the daemon keeps serving. Runs llama.cpp
 /// (the `llama` test group).

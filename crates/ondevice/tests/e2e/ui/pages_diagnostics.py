@@ -1,4 +1,4 @@
-"""Diagnostics page: make a bundle (a job followed to the end), download it as a file (the
+"""Diagnostics page: the doctor's checks in a table, telemetry off with its preview, then make a bundle (a job followed to the end), download it as a file (the
 browser's download directory is DOWNLOAD_DIR), and read its manifest and egress ledger in the
 page.
 """
@@ -15,6 +15,16 @@ def check_diagnostics(driver):
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
     out = {}
     goto(driver, "diagnostics")
+    # The doctor's checks, run by the daemon: one row per check, the disk among them.
+    doctor = wait_testid(driver, "doctor-table", timeout=120)
+    rows = doctor.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) >= 8, doctor.text
+    assert "disk space" in doctor.text and "listen address" in doctor.text, doctor.text
+    # Telemetry: off by default, and the preview shows the report's version.
+    tele = wait_testid(driver, "telemetry-status")
+    assert tele.text.startswith("Telemetry: off"), tele.text
+    preview = wait_testid(driver, "telemetry-preview")
+    assert '"report_version"' in preview.text, preview.text
     click(driver, "diag-bundle-create")
     link = wait_testid(driver, "diag-download", timeout=120)
     name = link.get_attribute("download")
