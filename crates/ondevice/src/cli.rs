@@ -469,14 +469,14 @@ pub struct QuantizeArgs {
     /// Importance matrix (llama-imatrix output, GGUF or .dat); recorded by its SHA-256.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
-    /// Quantize tensors that are already quantized (a quantized source; quality suffers).
-    #[arg(long)]
-    pub allow_requantize: bool,
-    /// Per-tensor type, PATTERN=TYPE with a regular expression over tensor names (repeatable).
     /// Compute an importance matrix from the source with the engine, over the text the quality
     /// gate reads, and quantize with it (with --output; recorded by its SHA-256).
     #[arg(long, conflicts_with = "imatrix")]
     pub make_imatrix: bool,
+    /// Quantize tensors that are already quantized (a quantized source; quality suffers).
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// Per-tensor type, PATTERN=TYPE with a regular expression over tensor names (repeatable).
     #[arg(long, value_name = "PATTERN=TYPE")]
     pub tensor_type: Vec<String>,
     /// Type of the output tensor (output.weight).
