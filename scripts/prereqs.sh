@@ -49,6 +49,8 @@ case "$want" in
     # own (ip).
     need iproute2 sh -c 'command -v ip || test -x /usr/sbin/ip || test -x /sbin/ip'
     need util-linux command -v unshare
+    # The pgvector TLS test runs Debian's PostgreSQL with TLS on (pgserver's build has no OpenSSL).
+    need postgresql sh -c 'ls /usr/lib/postgresql/*/bin/postgres'
     # The web console's browser tests (e2e `ui::`) drive Debian's Chromium through its driver.
     need chromium sh -c 'command -v chromium || test -x /usr/bin/chromium'
     need chromium-driver sh -c 'command -v chromedriver || test -x /usr/bin/chromedriver'
