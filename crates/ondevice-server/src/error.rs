@@ -421,8 +421,9 @@ async fn body_bytes<S: Send + Sync>(req: axum::extract::Request, state: &S) -> R
     }
 }
 
-/// An optional JSON body: no body at all (or `null`) is `None` (a `POST` whose fields all have
-/// defaults may send nothing); anything else must be JSON. Rejections use the error envelope.
+/// An optional JSON object body: no body at all (or `null`) is `None` (a `POST` whose fields all
+/// have defaults may send nothing); anything else must be a JSON object (serde would otherwise
+/// read a struct from an array such as `[null, null]`). Rejections use the error envelope.
 pub struct OptionalJson<T>(pub Option<T>);
 
 impl<T, S> axum::extract::FromRequest<S> for OptionalJson<T>
@@ -438,6 +439,10 @@ where
             return Ok(OptionalJson(None));
         }
         // `null` counts as no body, as it does for an optional request body in the schema.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if !matches!(first, Some(b'{') | Some(b'n')) {
+            return Err(ApiError::InvalidRequest("invalid JSON body: expected a JSON object".to_owned()));
+        }
         serde_json::from_slice::<Option<T>>(&bytes)
             .map(OptionalJson)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))

@@ -209,6 +209,17 @@ async fn a_key_becomes_a_session_cookie() {
         .unwrap();
     let a = send(&f.app, r).await;
     assert_eq!((a.status, a.json()["key_id"].as_str()), (StatusCode::OK, Some(f.admin_id.as_str())));
+    // A body that is not an object is refused even when the header carries a good key (serde
+    // alone would read the struct from an array).
+    for body in ["[null, null]", "[]", "\"odk\"", "7"] {
+        let r = req(Method::POST, "/api/v1/ui/session")
+            .header(header::AUTHORIZATION, format!("Bearer {}", f.admin))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let a = send(&f.app, r).await;
+        assert_eq!((a.status, a.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
+    }
 }
 
 #[tokio::test]

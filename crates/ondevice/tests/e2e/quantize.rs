@@ -64,6 +64,25 @@ async fn job(daemon: &Daemon, id: &str) -> Value {
     v
 }
 
+/// Greedy chat through the daemon with the demo question: the answer names Paris.
+async fn assert_answers_paris(daemon: &Daemon, model: &str) {
+    let infer = daemon.key(&["infer"]).await;
+    let body = json!({"model": model, "temperature": 0, "max_tokens": 40, "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"}]});
+    let resp = daemon
+        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
+        .timeout(WAIT)
+        .json(&body)
+        .send()
+        .await
+        .expect("chat");
+    let v: Value = resp.json().await.expect("chat json");
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    println!("{model} answers: {answer:?}");
+    assert!(answer.contains("Paris"), "{model}: {v}");
+}
+
 async fn start(daemon: &Daemon, body: Value) -> Value {
     let resp = daemon
         .request(Method::POST, "/api/v1/quantize", Some(daemon.admin_key()))
@@ -113,21 +132,7 @@ async fn llama_smollm2_to_q8_0_is_registered_with_provenance_and_answers_paris()
     let text = daemon.home().run_ok(&["models", "show", "smollm2-q8_0"]);
     assert!(text.contains("provenance:") && text.contains("parent:       smollm2:latest"), "{text}");
     // The result runs: greedy chat names Paris.
-    let infer = daemon.key(&["infer"]).await;
-    let body = json!({"model": "smollm2-q8_0", "temperature": 0, "max_tokens": 40, "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"}]});
-    let resp = daemon
-        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
-        .timeout(WAIT)
-        .json(&body)
-        .send()
-        .await
-        .expect("chat");
-    let v: Value = resp.json().await.expect("chat json");
-    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-    println!("smollm2-q8_0 answers: {answer:?}");
-    assert!(answer.contains("Paris"), "{v}");
+    assert_answers_paris(&daemon, "smollm2-q8_0").await;
     // Nothing staged is left, and the same request again joins nothing (the job finished): it
     // runs again and registers the same bytes.
     assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
@@ -438,19 +443,5 @@ async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_
     let (status, m) = daemon.get("/api/v1/models/smollm2-q4km%3Alatest", Some(daemon.admin_key())).await;
     assert_eq!(status, StatusCode::OK, "{m}");
     assert_eq!(m["quantization"], "Q4_K_M", "the file type is Q4_K_M: {m}");
-    let infer = daemon.key(&["infer"]).await;
-    let body = json!({"model": "smollm2-q4km", "temperature": 0, "max_tokens": 40, "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"}]});
-    let resp = daemon
-        .request(Method::POST, "/v1/chat/completions", Some(&infer.secret))
-        .timeout(WAIT)
-        .json(&body)
-        .send()
-        .await
-        .expect("chat");
-    let v: Value = resp.json().await.expect("chat json");
-    let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
-    println!("SmolLM2 safetensors → F16 → Q4_K_M (computed imatrix) answers: {answer:?}");
-    assert!(answer.contains("Paris"), "{v}");
+    assert_answers_paris(&daemon, "smollm2-q4km").await;
 }
