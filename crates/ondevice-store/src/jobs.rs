@@ -180,7 +180,8 @@ impl Store {
     }
 
     /// Deletes finished jobs (not `queued` or `running`) last updated before `before`, and the
-    /// oldest finished ones beyond the newest `keep`; returns how many.
+    /// oldest finished ones beyond the newest `keep` (newest: last updated, then last created, as
+    /// timestamps are whole seconds); returns how many.
     pub fn prune_jobs(&self, before: i64, keep: usize) -> Result<usize, StoreError> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         self.with(|c| {
@@ -189,7 +190,7 @@ impl Store {
             let extra = c.execute(
                 &format!(
                     "DELETE FROM jobs WHERE state IN {FINISHED} AND id NOT IN (
-                         SELECT id FROM jobs WHERE state IN {FINISHED} ORDER BY updated_at DESC, id DESC LIMIT ?1)"
+                         SELECT id FROM jobs WHERE state IN {FINISHED} ORDER BY updated_at DESC, rowid DESC LIMIT ?1)"
                 ),
                 [keep],
             )?;
@@ -264,6 +265,15 @@ mod tests {
         assert_eq!(store.prune_jobs(0, 1).unwrap(), 1);
         let left: Vec<String> = store.list_jobs(None, None).unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(left, ["c", "d"], "queued jobs are never pruned; the newest finished one stays");
+        // Finished in the same second (timestamps are whole seconds): the later-created job is
+        // the newer one, whatever the random ids say.
+        for id in ["zz", "aa"] {
+            store.insert_job(&job(id, 50)).unwrap();
+            store.set_job_state(id, "succeeded", None, progress(0), "{}", 51).unwrap();
+        }
+        assert_eq!(store.prune_jobs(0, 1).unwrap(), 2);
+        let left: Vec<String> = store.list_jobs(None, None).unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(left, ["c", "aa"], "the job created last wins a tie");
     }
 
     #[test]
