@@ -25,7 +25,8 @@ far below what one thread makes alone; ondevice's engine notices it (per-step la
 own baseline) and decodes with fewer threads while it lasts (target: >= 0.8x the quiet one-thread
 rate).
 
-Usage: scripts/bench-generate.py [--threads N] [--tokens N] [--runs N] [--json] [--contended] [--binary PATH] [--model GGUF]
+Usage: scripts/bench-generate.py [--threads N] [--tokens N] [--runs N] [--json] [--contended] [--log-level L]
+                                 [--binary PATH] [--model GGUF]
 """
 
 import argparse
@@ -93,7 +94,8 @@ def stream_chat(base, key, model, max_tokens, json_mode=False):
 
 def measure(servers, args):
     """Runs the servers in turn (peer, ondevice, peer, ...) so drifting machine load hits both
-    alike; returns per server (median ttft, median tokens/s, text of the first run)."""
+    alike; returns per server (median ttft, median tokens/s, text of the first run); each server's
+    per-run rates are kept in `args.rates[name]`."""
     for _, base, key, model in servers:
         stream_chat(base, key, model, 8, args.json)  # warm-up: loads the model, fills caches
     runs = {name: [] for name, *_ in servers}
@@ -108,6 +110,7 @@ def measure(servers, args):
         spread = ", ".join(f"{x['tps']:.0f}" for x in r)
         print(f"{name:10s} ttft {ttft:7.1f} ms   {tps:7.1f} tokens/s   ({r[0]['tokens']} tokens per run, runs: {spread})")
         out.append((ttft, tps, r[0]["text"]))
+        args.rates[name] = [x["tps"] for x in r]
     return out
 
 
@@ -120,9 +123,13 @@ def main():
     ap.add_argument("--json", action="store_true", help="constrain both to JSON (grammar sampling)")
     ap.add_argument("--contended", action="store_true",
                     help="also measure with one core kept busy by another process")
+    ap.add_argument("--log-level", default="warn",
+                    help="the daemons' log level; their logs go to daemon.log in each one's home (info shows"
+                         " the engine's thread-count decisions)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/ondevice"))
     ap.add_argument("--model", default=os.path.join(REPO, ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
+    args.rates = {}
     import xllamacpp
 
     print(f"model {os.path.basename(args.model)}, {args.threads} threads, ctx {args.ctx}, greedy, max_tokens {args.tokens}"
@@ -175,14 +182,16 @@ def start_daemon(args, threads, daemons):
     the model as bench:latest; returns (base URL, admin key)."""
     home = tempfile.mkdtemp(prefix="ondevice-bench-")
     env = dict(os.environ, ONDEVICE_HOME=home, ONDEVICE_LISTEN="127.0.0.1:0",
-               ONDEVICE_ENGINE_THREADS=str(threads), ONDEVICE_LOG="warn")
+               ONDEVICE_ENGINE_THREADS=str(threads), ONDEVICE_LOG=args.log_level)
     env.pop("ONDEVICE_API_KEY", None)
     config = os.path.join(home, "config.toml")
     with open(config, "w") as f:
         f.write(f"[engine]\ncontext_length = {args.ctx}\nparallel = 1\n")
     env["ONDEVICE_CONFIG"] = config
-    daemons.append(subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL))
+    log = open(os.path.join(home, "daemon.log"), "w")
+    daemons.append(subprocess.Popen([args.binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log))
+    if args.log_level != "warn":
+        print(f"daemon ({threads} threads) logs to {log.name}")
     addr_file = os.path.join(home, "listen.addr")
     for _ in range(300):
         if os.path.exists(addr_file):
@@ -216,6 +225,8 @@ def contended(args, peer_base, base, key, daemons):
     print(f"contended tokens/s: ondevice {o_tps:.1f}, llama.cpp {p_tps:.1f}; quiet 1-thread ondevice {one_tps:.1f}")
     print(f"ratio vs the quiet one-thread rate: ondevice {o_tps / one_tps:.2f}x (target >= 0.8x), "
           f"llama.cpp {p_tps / one_tps:.2f}x")
+    print(f"slowest contended run vs the quiet one-thread rate: ondevice {min(args.rates['ondevice']) / one_tps:.2f}x "
+          f"(target >= 0.8x on every run), llama.cpp {min(args.rates['llama.cpp']) / one_tps:.2f}x")
     print(f"ratio contended ondevice/llama.cpp: {o_tps / p_tps:.2f}x")
 
 

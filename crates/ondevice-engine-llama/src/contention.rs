@@ -21,8 +21,9 @@
 //! hypervisor steal time counts as other load). When the cores left free by others cannot hold the
 //! current thread count, it drops to what they hold at once, before any timed step (also for
 //! prompt and embedding steps, so an embedding-only worker makes room for a generating one); while
-//! they cannot hold one more thread it does not probe upwards at all, and when they can again it
-//! probes upwards right away. Latency still decides everything the signal leaves open. The decision
+//! they cannot hold one more thread it does not probe upwards at all (the last figure holds until a
+//! newer one, also across idle gaps between requests), and when they can again it probes upwards
+//! right away. Latency still decides everything the signal leaves open. The decision
 //! carries across requests: the engine keeps the controller for its life.
 //!
 //! The controller is pure logic over timings and load figures, tested with synthetic values;
@@ -289,9 +290,12 @@ impl ThreadController {
         let up = self.current < self.max;
         let down = self.current > 1;
         let go_up = if contended_now { false } else { (up && self.probe_up) || !down };
-        if go_up && self.free_cores(now).is_some_and(|f| !room_for(f, self.current + 1)) {
-            // Other processes leave no core for one more thread: such a probe could only lose.
-            // Look again soon; `note_load` brings the probe forward when the load goes away.
+        if go_up && self.free.is_some_and(|(f, _)| !room_for(f, self.current + 1)) {
+            // Other processes left no core for one more thread at the last figure: such a probe
+            // could only lose. That holds until a newer figure says otherwise, even when the last
+            // one is old (the first steps after an idle gap have none yet: probing then cost every
+            // request a few slow steps). `note_load` brings the probe forward when the load goes
+            // away.
             self.next_probe = now + PROBE_MIN;
             return;
         }
@@ -633,6 +637,15 @@ mod tests {
         now += Duration::from_secs(5);
         c.note_load(now, 1.0, 2);
         assert_eq!(c.choose(now, None), Choice { threads: 1, changed: false });
+        // After another idle gap the load figure is old and the next one takes a window to come:
+        // the steps before it do not probe 2 threads on the strength of no figure.
+        now += Duration::from_secs(20);
+        let used = run(&mut c, &mut now, 30, |t| if t == 2 { 0.060 } else { 0.019 });
+        assert!(used.iter().all(|&t| t == 1), "no probe before a fresh load figure: {used:?}");
+        // A fresh figure showing a free core again starts the upward probe at once.
+        let used = run_loaded(&mut c, &mut now, 40, 0.1, |t| if t == 2 { 0.010 } else { 0.018 });
+        assert!(used.iter().position(|&t| t == 2).is_some_and(|i| i < 3), "{used:?}");
+        assert_eq!(c.current(), 2);
     }
 
     #[test]
