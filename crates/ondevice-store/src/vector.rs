@@ -122,6 +122,8 @@ pub struct VectorChunkRow {
     pub source: Option<String>,
     /// Document metadata (JSON object).
     pub metadata: String,
+    /// The chunk's embedding as stored (little-endian `f32`s), to re-score a hit exactly.
+    pub embedding: Vec<u8>,
 }
 
 /// A stored document with its chunk texts.
@@ -392,7 +394,7 @@ impl Store {
         self.with_read(|c| {
             let tx = c.unchecked_transaction()?;
             let mut st = tx.prepare_cached(
-                "SELECT k.id, k.doc_id, k.seq, k.text, d.source, d.metadata FROM vector_chunks k
+                "SELECT k.id, k.doc_id, k.seq, k.text, d.source, d.metadata, k.embedding FROM vector_chunks k
                  JOIN vector_documents d ON d.collection_id = k.collection_id AND d.doc_id = k.doc_id
                  WHERE k.id = ?1 AND k.collection_id = ?2",
             )?;
@@ -407,6 +409,7 @@ impl Store {
                             text: r.get(3)?,
                             source: r.get(4)?,
                             metadata: r.get(5)?,
+                            embedding: r.get(6)?,
                         })
                     })
                     .optional()?;
@@ -584,6 +587,7 @@ mod tests {
         let rows = store.vector_chunks(id, &out.added).unwrap();
         assert_eq!(rows[0].doc_id, "a");
         assert_eq!(rows[0].source.as_deref(), Some("/docs/a"));
+        assert_eq!(rows[0].embedding, vec![0u8; 8]);
 
         store.vector_prune_changes(id, 4).unwrap();
         let c = store.vector_collection("notes").unwrap().unwrap();

@@ -68,28 +68,36 @@ async fn main() {
             .expect("query");
     }
 
+    // For profiling (`perf record -p`): ONDEVICE_BENCH_REPEAT=R runs each timed loop R times
+    // (the figures are per pass), with a line on stderr before each loop.
+    let repeat: usize = std::env::var("ONDEVICE_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+
     // Index search only: what faiss and usearch measure (ids and distances, no rows). Chunk ids
     // are SQLite row ids given in insertion order from 1, so chunk id i + 1 is document d{i}.
+    eprintln!("bench: index search");
     let started = Instant::now();
     let mut index_found = 0usize;
-    for (q, t) in queries.iter().zip(&truth) {
+    for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
         let ids = backend.nearest_chunk_ids("bench", q, 10).expect("search");
         index_found += ids.iter().filter(|(id, _)| t.contains(&(*id as usize - 1))).count();
     }
-    let index_s = started.elapsed().as_secs_f64();
+    let index_s = started.elapsed().as_secs_f64() / repeat as f64;
+    index_found /= repeat;
 
     // The full query, as the daemon answers it: index search, then the hits' chunk text, source
     // and metadata from SQLite, through the async VectorBackend (a blocking-pool task each).
+    eprintln!("bench: full query");
     let started = Instant::now();
     let mut found = 0usize;
-    for (q, t) in queries.iter().zip(&truth) {
+    for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
         let hits = backend
             .query("bench", &VectorQuery { vector: q.clone(), k: 10, filter: Filter::default() })
             .await
             .expect("query");
         found += hits.iter().filter(|h| t.contains(&h.document_id[1..].parse::<usize>().unwrap_or(usize::MAX))).count();
     }
-    let query_s = started.elapsed().as_secs_f64();
+    let query_s = started.elapsed().as_secs_f64() / repeat as f64;
+    found /= repeat;
     println!(
         "{}",
         serde_json::json!({

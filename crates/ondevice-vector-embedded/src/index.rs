@@ -15,7 +15,7 @@ use ondevice_store::{Store, VectorCollectionRow};
 use ondevice_vector::{CollectionSpec, Distance, VectorError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+use usearch::{Index, IndexOptions, MetricKind};
 
 use crate::{backend_err, decode_embedding};
 
@@ -47,9 +47,9 @@ struct Meta {
     sha256: String,
 }
 
-/// 2: cosine collections hold unit vectors in the index (`metric.rs`); a format-1 file (raw
-/// vectors) is rebuilt at open.
-const META_FORMAT: u32 = 2;
+/// 2: cosine collections hold unit vectors in the index (`metric.rs`); 3: as half floats. A file
+/// of an older format is rebuilt at open.
+const META_FORMAT: u32 = 3;
 
 pub(crate) struct Loaded {
     pub id: i64,
@@ -87,7 +87,7 @@ fn bare_index(spec: &CollectionSpec) -> Result<Index, VectorError> {
     let options = IndexOptions {
         dimensions: spec.dimension as usize,
         metric,
-        quantization: ScalarKind::F32,
+        quantization: crate::metric::scalar_kind(spec.distance),
         connectivity: spec.index.m as usize,
         expansion_add: spec.index.ef_construction as usize,
         expansion_search: spec.index.ef_search as usize,
