@@ -56,21 +56,57 @@ const SCHEMA: &str = "CREATE EXTENSION IF NOT EXISTS vector;
     );
     CREATE INDEX IF NOT EXISTS ondevice_documents_metadata ON ondevice_documents USING gin (metadata jsonb_path_ops);";
 
-fn pg_err(e: tokio_postgres::Error) -> VectorError {
-    VectorError::backend(BACKEND, e)
+/// A PostgreSQL failure in words a user can act on. tokio-postgres shows a server error as a bare
+/// "db error" (the server's message, SQLSTATE, detail and hint are in its source) and other
+/// failures without their cause (a TLS failure's reason, such as an unknown certificate issuer, is
+/// only in the source chain); this spells them out.
+#[derive(Debug)]
+pub struct PgError {
+    message: String,
+    code: Option<String>,
 }
 
-/// A connection failure with its causes spelled out (a TLS failure's reason, such as an unknown
-/// certificate issuer, is only in the source chain).
-fn connect_err(e: tokio_postgres::Error) -> VectorError {
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
+impl PgError {
+    /// The server's SQLSTATE code (`42P01`, ...), when the server reported the error.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
     }
-    VectorError::backend(BACKEND, std::io::Error::other(message))
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> PgError {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code().to_owned();
+            let mut message = format!("postgresql error {code}: {}", db.message());
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(" (detail: {detail})"));
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(&format!(" (hint: {hint})"));
+            }
+            return PgError { message, code: Some(code) };
+        }
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        PgError { message, code: None }
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> VectorError {
+    VectorError::backend(BACKEND, PgError::from(e))
 }
 
 fn now() -> i64 {
@@ -231,7 +267,7 @@ impl PgVectorBackend {
             }
         }
         let failed = |e: tokio_postgres::Error| {
-            let e = connect_err(e);
+            let e = pg_err(e);
             for f in &flows {
                 f.failed(&e);
             }

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 
-use ondevice_vector::testing;
+use ondevice_vector::{Distance, Filter, VectorBackend, VectorQuery, testing};
 use ondevice_vector_pgvector::PgVectorBackend;
 
 /// Starts PostgreSQL through pgserver; the server stops when the helper's stdin closes.
@@ -107,4 +107,41 @@ async fn contract_and_recall_against_real_postgres() {
         .map(|r| r.get(0))
         .collect();
     assert!(plan.iter().any(|l| l.contains(&format!("ondevice_chunks_{id}_hnsw"))), "{}", plan.join("\n"));
+}
+
+/// A failure on the server reaches the user with PostgreSQL's own message and SQLSTATE, not
+/// tokio-postgres's bare "db error", and the backend keeps working after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_carry_the_postgresql_message() {
+    let Some(server) = PgServer::start() else { return };
+    let backend = PgVectorBackend::connect(&server.conninfo, 1).await.unwrap();
+    backend.create_collection(&testing::spec("errors", 4, Distance::Cosine)).await.unwrap();
+
+    // PostgreSQL's text cannot hold a NUL character: the server refuses the COPY.
+    let mut doc = testing::docs_for(&[vec![1.0, 0.0, 0.0, 0.0]], 0, 1).remove(0);
+    doc.chunks[0].text = "a NUL \0 inside".into();
+    let e = backend.upsert("errors", vec![doc.clone()]).await.unwrap_err().to_string();
+    println!("NUL in a chunk's text: {e}");
+    assert!(e.contains("postgresql error 22021") && e.contains("0x00"), "{e}");
+    assert!(!e.contains("db error"), "{e}");
+
+    // The chunks table dropped behind the backend's back: the query fails in the server's words.
+    let (client, conn) = tokio_postgres::connect(&server.conninfo, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let id: i64 =
+        client.query_one("SELECT id FROM ondevice_collections WHERE name = 'errors'", &[]).await.unwrap().get(0);
+    client.batch_execute(&format!("DROP TABLE ondevice_chunks_{id}")).await.unwrap();
+    let query = VectorQuery { vector: vec![1.0, 0.0, 0.0, 0.0], k: 1, filter: Filter::default() };
+    let e = backend.query("errors", &query).await.unwrap_err().to_string();
+    println!("a missing chunks table: {e}");
+    assert!(
+        e.contains("postgresql error 42P01") && e.contains(&format!("\"ondevice_chunks_{id}\" does not exist")),
+        "{e}"
+    );
+
+    // The failed transactions were rolled back: the same connection serves the next request.
+    backend.create_collection(&testing::spec("after", 4, Distance::Cosine)).await.unwrap();
+    doc.chunks[0].text = "no NUL".into();
+    backend.upsert("after", vec![doc]).await.unwrap();
+    assert_eq!(backend.query("after", &query).await.unwrap()[0].text, "no NUL");
 }
