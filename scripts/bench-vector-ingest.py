@@ -71,7 +71,8 @@ def post(base, path, body, key=None, timeout=600):
 def start_daemon(binary, threads, procs, config=""):
     home = tempfile.mkdtemp(prefix="ondevice-bench-")
     env = dict(os.environ, ONDEVICE_HOME=home, ONDEVICE_LISTEN="127.0.0.1:0",
-               ONDEVICE_ENGINE_THREADS=str(threads), ONDEVICE_LOG="warn")
+               ONDEVICE_ENGINE_THREADS=str(threads),
+               ONDEVICE_LOG=os.environ.get("ONDEVICE_BENCH_LOG", "warn"))
     env.pop("ONDEVICE_API_KEY", None)
     cfg = os.path.join(home, "config.toml")
     with open(cfg, "w") as f:

@@ -175,8 +175,9 @@ enum StepKind {
     Decode(u32),
     /// Prompt tokens (untimed; interrupts a probe).
     Prompt,
-    /// An embedding chunk between steps (untimed; a probe goes on).
-    Embed,
+    /// An embedding chunk between steps (untimed; a probe goes on). `alone`: no generation is
+    /// running or waiting in this engine.
+    Embed { alone: bool },
 }
 
 /// An embedding request in progress.
@@ -359,7 +360,7 @@ impl<'m> Scheduler<'m> {
         }
         let generating = self.slots.iter().any(Option::is_some) || !self.waiting.is_empty();
         let budget = if generating { self.embedder.chunk_for(EMBED_SLICE) } else { usize::MAX };
-        self.choose_threads(StepKind::Embed);
+        self.choose_threads(StepKind::Embed { alone: !generating });
         let Some(job) = self.embeds.front_mut() else { return 0 };
         let next = job.vectors.len();
         let result = self.embedder.embed_part(self.model, (job.id, next), &job.inputs[next], job.normalize, budget);
@@ -576,13 +577,27 @@ impl<'m> Scheduler<'m> {
     fn choose_threads(&mut self, kind: StepKind) -> Option<usize> {
         let controller = self.threads.as_mut()?;
         let now = Instant::now();
-        if let Some((other, cpus)) = self.cpu.sample(now) {
+        let load = self.cpu.sample(now);
+        if let Some((other, cpus)) = load {
             controller.note_load(now, other, cpus);
         }
         let choice = match kind {
             StepKind::Decode(tokens) => controller.choose(now, Some(tokens)),
             StepKind::Prompt => controller.choose(now, None),
-            StepKind::Embed => controller.between(now),
+            // The controller goes back up only through probes of timed decode steps, and a worker
+            // that only embeds (an encoder model, or a chat model between chats) has none: one
+            // burst of other load kept MiniLM on 1 of 2 threads for the worker's life (half its
+            // speed). While nothing generates here, the load figure alone brings the threads back.
+            StepKind::Embed { alone } if restores_threads(alone, controller.contended(), load, controller.max()) => {
+                let (from, max) = (controller.current(), controller.max());
+                tracing::info!(from, to = max, "decode threads changed: the cores are free again (embedding)");
+                *controller = ThreadController::new(max, now);
+                if let Some((other, cpus)) = load {
+                    controller.note_load(now, other, cpus);
+                }
+                crate::contention::Choice { threads: max, changed: true }
+            }
+            StepKind::Embed { .. } => controller.between(now),
         };
         if choice.changed {
             self.shared.threads.store(choice.threads as u32, Ordering::Release);
@@ -666,7 +681,37 @@ pub(crate) fn tokenize_rendered(model: &LlamaModel, prompt: &Rendered) -> Vec<Ll
     tokens
 }
 
+/// Whether an embedding turn goes back to all `max` threads: nothing generates in this engine
+/// (`alone`), the controller runs below `max` (`contended`), and the latest load figure (`other`
+/// processes' busy cores of `cpus`) leaves room for `max` threads, each needing at least half a
+/// free core as the controller counts them.
+fn restores_threads(alone: bool, contended: bool, load: Option<(f64, usize)>, max: usize) -> bool {
+    alone && contended && load.is_some_and(|(other, cpus)| cpus as f64 - other.max(0.0) + 0.5 >= max as f64)
+}
+
 /// Length of the common prefix of two token lists.
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_embedding_turn_restores_the_threads_only_when_the_cores_are_free() {
+        // 2 cores, the other processes quiet: back to 2 threads.
+        assert!(restores_threads(true, true, Some((0.2, 2)), 2));
+        assert!(restores_threads(true, true, Some((0.5, 2)), 2), "half a free core is enough for a thread");
+        // Another process still holds a core: stay.
+        assert!(!restores_threads(true, true, Some((0.9, 2)), 2));
+        // No fresh load figure: nothing to go on.
+        assert!(!restores_threads(true, true, None, 2));
+        // A generation runs or waits here: the controller's probes decide.
+        assert!(!restores_threads(false, true, Some((0.0, 2)), 2));
+        // Already at the most threads.
+        assert!(!restores_threads(true, false, Some((0.0, 2)), 2));
+        // 8 cores, 4 busy elsewhere: 4.5 free cannot hold 8 threads.
+        assert!(!restores_threads(true, true, Some((4.0, 8)), 8));
+    }
 }

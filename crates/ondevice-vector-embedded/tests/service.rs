@@ -593,3 +593,34 @@ async fn index_reads_only_inside_the_configured_roots() {
     assert!(hits.iter().all(|h| !h.text.contains("swordfish")), "{hits:?}");
     d.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chunks_of_one_upsert_share_embedding_requests() {
+    let home = tempfile::tempdir().unwrap();
+    let bow = Bow::new();
+    let d = daemon(home.path(), bow.clone()).await;
+    let s = &d.service;
+    s.create(CreateCollection::new("many", "bow")).await.unwrap();
+    // 40 short documents of one chunk each; two of them repeat another's text.
+    let words = ["otter", "volcano", "bread", "river", "garden", "winter", "city", "forest"];
+    let text = |i: usize| format!("note {} {} {i}", words[i % 8], words[(i / 8) % 8]);
+    let mut docs: Vec<DocumentInput> =
+        (0..40).map(|i| doc(&format!("d{i}"), &text(i), Format::Text, json!({"n": i}))).collect();
+    docs[38].text = text(1);
+    docs[39].text = text(2);
+    let (calls, texts) = (bow.calls.load(Ordering::SeqCst), bow.texts.load(Ordering::SeqCst));
+    let out = s.upsert("many", docs).await.unwrap();
+    assert_eq!((out.documents, out.chunks), (40, 40));
+    // Before, each document was one request (40); now the 38 distinct texts go in batches of 32.
+    assert_eq!(bow.calls.load(Ordering::SeqCst) - calls, 2, "one request per batch of 32 chunks");
+    assert_eq!(bow.texts.load(Ordering::SeqCst) - texts, 38, "a repeated text is embedded once");
+    // Each document got its own chunk's vector (not a neighbour's), repeats included.
+    for (id, want) in [("d7", text(7)), ("d25", text(25)), ("d38", text(1)), ("d39", text(2))] {
+        let filter = Filter::from_json(&json!({"n": id[1..].parse::<u64>().unwrap()})).unwrap();
+        let hits = s.query("many", QueryRequest { filter, ..text_query(&want, 1) }).await.unwrap();
+        assert_eq!(hits[0].document_id, id);
+        assert_eq!(hits[0].text, want);
+        assert!(hits[0].score > 0.999, "{id}: its stored vector is its own text's: {}", hits[0].score);
+    }
+    d.shutdown.cancel();
+}

@@ -255,7 +255,19 @@ impl Embedder {
         };
         let hits = out.iter().filter(|o| o.is_some()).count() as u64;
         self.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
-        let missing: Vec<usize> = (0..texts.len()).filter(|i| out[*i].is_none()).collect();
+        // A text given twice (the same chunk in two documents of one request) is embedded once.
+        let mut first: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut repeats = Vec::new();
+        let mut missing = Vec::new();
+        for i in (0..texts.len()).filter(|i| out[*i].is_none()) {
+            match first.entry(keys[i]) {
+                std::collections::hash_map::Entry::Occupied(o) => repeats.push((i, *o.get())),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                    missing.push(i);
+                }
+            }
+        }
         for batch in batches(texts, &missing) {
             let batch = batch.as_slice();
             let input: Vec<String> = batch.iter().map(|i| texts[*i].clone()).collect();
@@ -296,6 +308,9 @@ impl Embedder {
                 cache.put(keys[*i], v.clone().into());
                 out[*i] = Some(v);
             }
+        }
+        for (i, of) in repeats {
+            out[i] = out[of].clone();
         }
         Ok(out.into_iter().map(|v| v.unwrap_or_default()).collect())
     }

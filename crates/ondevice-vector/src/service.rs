@@ -146,6 +146,17 @@ pub trait VectorService: Send + Sync {
     fn stats(&self) -> VectorStats;
 }
 
+/// A document's write: its chunks paired with their vectors, in order.
+fn document_write(doc: DocumentInput, hash: String, chunks: Vec<String>, vectors: Vec<Vec<f32>>) -> DocumentWrite {
+    DocumentWrite {
+        id: doc.id,
+        source: doc.source,
+        content_hash: hash,
+        metadata: doc.metadata,
+        chunks: chunks.into_iter().zip(vectors).map(|(text, embedding)| ChunkWrite { text, embedding }).collect(),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -354,6 +365,14 @@ impl Collections {
         doc: DocumentInput,
         hash: String,
     ) -> Result<DocumentWrite, VectorError> {
+        let chunks = self.chunk_document(spec, &doc).await?;
+        let vectors = self.inner.embedder.embed(spec, &chunks).await?;
+        Ok(document_write(doc, hash, chunks, vectors))
+    }
+
+    /// One document's chunks, cut with its own characters-per-token estimate and within the
+    /// collection's token policy (not embedded yet).
+    async fn chunk_document(&self, spec: &CollectionSpec, doc: &DocumentInput) -> Result<Vec<String>, VectorError> {
         crate::validate_document_id(&doc.id)?;
         let text = chunk::extract_text(doc.format, &doc.text);
         let e = &self.inner.embedder;
@@ -362,14 +381,7 @@ impl Collections {
         for c in chunk::split(doc.format, &text, spec.chunking, estimate) {
             chunks.push(e.apply_policy(spec, &c, estimate)?.to_owned());
         }
-        let vectors = e.embed(spec, &chunks).await?;
-        Ok(DocumentWrite {
-            id: doc.id,
-            source: doc.source,
-            content_hash: hash,
-            metadata: doc.metadata,
-            chunks: chunks.into_iter().zip(vectors).map(|(text, embedding)| ChunkWrite { text, embedding }).collect(),
-        })
+        Ok(chunks)
     }
 
     async fn do_create(&self, req: CreateCollection) -> Result<CollectionRecord, VectorError> {
@@ -408,7 +420,10 @@ impl Collections {
         let ids: Vec<String> = docs.iter().map(|d| d.id.clone()).collect();
         let stored = backend.content_hashes(name, &ids).await?;
         let mut out = UpsertOutcome::default();
-        let mut writes = Vec::new();
+        // Every changed document is chunked first and all their chunks are embedded together, so
+        // a request of many short documents makes a few full embedding batches, not one small
+        // request per document.
+        let mut chunked = Vec::new();
         for d in docs {
             let mut h = Sha256::new();
             h.update(d.text.as_bytes());
@@ -419,10 +434,17 @@ impl Collections {
                 out.unchanged += 1;
                 continue;
             }
-            let w = self.prepare(&spec, d, hash).await?;
+            let chunks = self.chunk_document(&spec, &d).await?;
+            chunked.push((d, hash, chunks));
+        }
+        let texts: Vec<String> = chunked.iter().flat_map(|(_, _, c)| c.iter().cloned()).collect();
+        let mut vectors = self.inner.embedder.embed(&spec, &texts).await?.into_iter();
+        let mut writes = Vec::with_capacity(chunked.len());
+        for (d, hash, chunks) in chunked {
+            let mine: Vec<Vec<f32>> = vectors.by_ref().take(chunks.len()).collect();
             out.documents += 1;
-            out.chunks += w.chunks.len() as u64;
-            writes.push(w);
+            out.chunks += chunks.len() as u64;
+            writes.push(document_write(d, hash, chunks, mine));
         }
         if !writes.is_empty() {
             backend.upsert(name, writes).await?;
