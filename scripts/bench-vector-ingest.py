@@ -14,8 +14,12 @@
    alone, then while another client embeds large batches with the same model (the same engine
    worker). Prints both gaps.
 
+`--compare BINARY` times another ondevice build (say, one from before a change) in the same
+rounds, its own daemon, so a before/after ratio is measured under the same load.
+
 Not a test: it asserts nothing. Usage:
-  scripts/bench-vector-ingest.py [--docs 256] [--words 120] [--rounds 2]
+  scripts/bench-vector-ingest.py [--docs 256] [--words 120] [--rounds 2] [--compare BINARY]
+                                 [--skip-ingest] [--skip-stalls] [--skip-two-workers]
 """
 
 import argparse
@@ -109,34 +113,47 @@ def ingest(args, procs):
     subprocess.run([args.binary, "quantize", minilm, "--type", "F32", "--output", gguf], check=True,
                    stdout=subprocess.DEVNULL)
     peer = start_peer(gguf, 2, procs, embedding=True)
-    base, key, env = start_daemon(args.binary, 2, procs)
-    subprocess.run([args.binary, "models", "import", gguf, "--name", "minilm"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    post(base, "/api/v1/collections", {"name": "bench", "model": "minilm"}, key)
-    # Warm-up: loads the model in both.
-    post(base, "/api/v1/collections/bench/documents", {"documents": [{"id": "w", "text": "warm up"}]}, key)
+    # ondevice, and with --compare another build of it (say, before a change), each its own daemon.
+    daemons = []
+    for label, binary in [("ondevice", args.binary)] + ([("compare", args.compare)] if args.compare else []):
+        base, key, env = start_daemon(binary, 2, procs)
+        subprocess.run([binary, "models", "import", gguf, "--name", "minilm"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        post(base, "/api/v1/collections", {"name": "bench", "model": "minilm"}, key)
+        daemons.append((label, base, key))
+    # Warm-up: loads the model in each.
+    for _, base, key in daemons:
+        post(base, "/api/v1/collections/bench/documents", {"documents": [{"id": "w", "text": "warm up"}]}, key)
     post(peer, "/v1/embeddings", {"model": "any", "input": ["warm up"]})
-    ours, theirs = [], []
+    rates = {label: [] for label, _, _ in daemons}
+    theirs = []
     for r in range(args.rounds):
-        texts = corpus(args.docs, args.words, seed=1000 + r)
-        t = time.perf_counter()
-        chunks = 0
-        for i in range(0, len(texts), 32):
-            docs = [{"id": f"r{r}-{i + j}", "text": x} for j, x in enumerate(texts[i:i + 32])]
-            chunks += post(base, "/api/v1/collections/bench/documents", {"documents": docs}, key)["chunks"]
-        ours.append(chunks / (time.perf_counter() - t))
+        line = []
+        for n, (label, base, key) in enumerate(daemons):
+            texts = corpus(args.docs, args.words, seed=1000 + 10 * r + n)
+            t = time.perf_counter()
+            chunks = 0
+            for i in range(0, len(texts), 32):
+                docs = [{"id": f"r{r}-{i + j}", "text": x} for j, x in enumerate(texts[i:i + 32])]
+                chunks += post(base, "/api/v1/collections/bench/documents", {"documents": docs}, key)["chunks"]
+            rates[label].append(chunks / (time.perf_counter() - t))
+            line.append(f"{label} {rates[label][-1]:.1f} chunks/s end to end ({chunks} chunks)")
         texts = corpus(args.docs, args.words, seed=2000 + r)
         t = time.perf_counter()
         for i in range(0, len(texts), 32):
             got = post(peer, "/v1/embeddings", {"model": "any", "input": texts[i:i + 32]})
             assert len(got["data"]) == len(texts[i:i + 32])
         theirs.append(len(texts) / (time.perf_counter() - t))
-        print(f"round {r + 1}: ondevice {ours[-1]:.1f} chunks/s end to end ({chunks} chunks), "
-              f"llama.cpp server {theirs[-1]:.1f} texts/s embedding only")
-    o, p = statistics.median(ours), statistics.median(theirs)
-    print(f"ingest, all-MiniLM-L6-v2 F32, {args.docs} docs x ~{args.words} words, batches of 32, 2 threads:")
-    print(f"  ondevice {o:.1f} chunks/s (end to end), llama.cpp server {p:.1f} texts/s (embeddings only)")
-    print(f"  ratio ondevice/llama.cpp: {o / p:.3f}x (goal >= 1.0x)")
+        print(f"round {r + 1}: " + ", ".join(line) + f", llama.cpp server {theirs[-1]:.1f} texts/s embedding only",
+              flush=True)
+    p = statistics.median(theirs)
+    print(f"ingest, all-MiniLM-L6-v2 F32, {args.docs} docs x ~{args.words} words, batches of 32, 2 threads "
+          f"(load average {os.getloadavg()[0]:.2f}):")
+    print(f"  llama.cpp server {p:.1f} texts/s (embeddings only)")
+    for label, _, _ in daemons:
+        o = statistics.median(rates[label])
+        name = "ondevice" if label == "ondevice" else f"compare ({args.compare})"
+        print(f"  {name} {o:.1f} chunks/s (end to end): ratio to llama.cpp {o / p:.3f}x (goal >= 1.0x)")
 
 
 def stream_gaps(base, key, model, tokens):
@@ -256,6 +273,8 @@ def main():
     ap.add_argument("--skip-stalls", action="store_true")
     ap.add_argument("--skip-two-workers", action="store_true")
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/ondevice"))
+    ap.add_argument("--compare", metavar="BINARY",
+                    help="ingest: also time this ondevice build (its own daemon), interleaved in the same rounds")
     args = ap.parse_args()
     procs = []
     try:
