@@ -74,7 +74,9 @@ async fn main() {
 
     // Index search only: what faiss and usearch measure (ids and distances, no rows). Chunk ids
     // are SQLite row ids given in insertion order from 1, so chunk id i + 1 is document d{i}.
-    eprintln!("bench: index search");
+    if repeat > 1 {
+        eprintln!("bench: index search");
+    }
     let started = Instant::now();
     let mut index_found = 0usize;
     for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
@@ -86,7 +88,9 @@ async fn main() {
 
     // The full query, as the daemon answers it: index search, then the hits' chunk text, source
     // and metadata from SQLite, through the async VectorBackend (a blocking-pool task each).
-    eprintln!("bench: full query");
+    if repeat > 1 {
+        eprintln!("bench: full query");
+    }
     let started = Instant::now();
     let mut found = 0usize;
     for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
