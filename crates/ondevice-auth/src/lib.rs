@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod browser;
 mod scope;
 mod session;
 mod token;

@@ -17,7 +17,7 @@ use crate::middleware::is_grpc;
 use crate::state::AppState;
 
 /// The session cookie's name.
-pub const COOKIE: &str = "ondevice_session";
+pub const COOKIE: &str = ondevice_auth::browser::SESSION_COOKIE;
 /// The header carrying the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
@@ -27,15 +27,7 @@ pub struct CookieAuth(pub SessionInfo);
 
 /// The session token among the request's cookies.
 pub(crate) fn cookie_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.trim().trim_matches('"'))
-        .filter(|v| !v.is_empty())
+    ondevice_auth::browser::session_cookie(headers.get_all(header::COOKIE).iter().map(|v| v.as_bytes()))
 }
 
 /// Authentication by the session cookie, for a request that relies on one; `None` when it does
@@ -129,35 +121,5 @@ pub(crate) fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&
 /// in `Host`); `None` without an `Origin` header.
 fn same_origin(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Option<bool> {
     let origin = headers.get(header::ORIGIN)?;
-    let Ok(origin) = origin.to_str() else {
-        return Some(false);
-    };
-    let scheme = if state.inner.options.tls { "https://" } else { "http://" };
-    let same = match (origin.strip_prefix(scheme), request_host(uri, headers)) {
-        (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
-        _ => false,
-    };
-    Some(same)
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-
-    use super::*;
-
-    #[test]
-    fn the_session_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        assert_eq!(cookie_token(&h), None);
-        h.append(header::COOKIE, HeaderValue::from_static("theme=dark; ondevice_session=abc123 ; x=1"));
-        assert_eq!(cookie_token(&h), Some("abc123"));
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=b"));
-        h.append(header::COOKIE, HeaderValue::from_static("ondevice_session=zz"));
-        assert_eq!(cookie_token(&h), Some("zz"));
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("ondevice_session=; xondevice_session=q"));
-        assert_eq!(cookie_token(&h), None);
-    }
+    Some(ondevice_auth::browser::same_origin(origin.as_bytes(), state.inner.options.tls, request_host(uri, headers)))
 }
