@@ -686,7 +686,9 @@ pub(crate) fn tokenize_rendered(model: &LlamaModel, prompt: &Rendered) -> Vec<Ll
 /// processes' busy cores of `cpus`) leaves room for `max` threads, each needing at least half a
 /// free core as the controller counts them.
 fn restores_threads(alone: bool, contended: bool, load: Option<(f64, usize)>, max: usize) -> bool {
-    alone && contended && load.is_some_and(|(other, cpus)| cpus as f64 - other.max(0.0) + 0.5 >= max as f64)
+    alone
+        && contended
+        && load.is_some_and(|(other, cpus)| crate::contention::room_for(cpus as f64 - other.max(0.0), max))
 }
 
 /// Length of the common prefix of two token lists.

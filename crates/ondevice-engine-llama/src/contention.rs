@@ -313,7 +313,7 @@ impl ThreadController {
 }
 
 /// Whether `free` cores can hold `threads` threads.
-fn room_for(free: f64, threads: usize) -> bool {
+pub(crate) fn room_for(free: f64, threads: usize) -> bool {
     free + SLACK >= threads as f64
 }
 
