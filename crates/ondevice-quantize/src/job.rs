@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::imatrix::hex;
+use crate::pipeline::InputDigest;
 use crate::{QuantType, ggml_type_from_name};
 
 /// The job kind's name.
@@ -526,7 +527,7 @@ impl QuantizeKind {
         let (kind, dir, sp, own, id) =
             (self.clone(), staging.to_path_buf(), spec.clone(), owner.clone(), ctx.id().to_owned());
         ctx.message("preparing");
-        let (input, parent, parameters) = blocking(move || {
+        let (input, parent, parameters, known) = blocking(move || {
             let _ = std::fs::remove_dir_all(&dir);
             let mut b = std::fs::DirBuilder::new();
             #[cfg(unix)]
@@ -568,6 +569,7 @@ impl QuantizeKind {
             "no_quality": spec.no_quality,
             "threads": self.config.threads,
             "scratch": staging,
+            "known_digests": known,
         });
         let mut task = TaskSpec::new(
             format!("quantize-{}", ctx.id()),
@@ -652,7 +654,9 @@ impl QuantizeKind {
 
     /// Roots the source model's blobs and finds the input the task reads: a GGUF blob in place, a
     /// safetensors model materialized under `staging`, or the given path. Returns the input, the
-    /// parent model (`name:tag`, digest) and the parameter count. Blocking.
+    /// parent model (`name:tag`, digest), the parameter count and the digests of the input's files
+    /// the blob store already holds (content-addressed: the task need not hash them again).
+    /// Blocking.
     #[allow(clippy::type_complexity)]
     fn prepare_source(
         &self,
@@ -660,7 +664,7 @@ impl QuantizeKind {
         staging: &Path,
         owner: &RootOwner,
         _id: &str,
-    ) -> Result<(PathBuf, Option<(String, Digest)>, u64), Stop> {
+    ) -> Result<(PathBuf, Option<(String, Digest)>, u64, Vec<InputDigest>), Stop> {
         match &spec.source {
             SourceSpec::Model { model, digest, format } => {
                 let d: Digest = digest.parse()?;
@@ -669,16 +673,30 @@ impl QuantizeKind {
                 })?;
                 self.registry.add_root(&d, owner)?;
                 let parameters = m.parameter_count.unwrap_or(0);
-                let input = if format == SAFETENSORS_FORMAT {
+                let (input, known) = if format == SAFETENSORS_FORMAT {
                     // Named after the model: a conversion's `general.name` is its directory's name.
                     let base = model.split(':').next().unwrap_or("model").replace('/', "-");
                     let dir = staging.join(if base.is_empty() { "model".to_owned() } else { base });
                     self.registry.materialize(&m, &dir)?;
-                    dir
+                    // The receipt names a directory's files by their paths inside it.
+                    let known = self.registry.layout(&m)?.map_or_else(Vec::new, |layout| {
+                        layout
+                            .files
+                            .iter()
+                            .filter_map(|f| {
+                                let sha256 = f.digest.strip_prefix("sha256:")?.to_owned();
+                                Some(InputDigest { name: f.path.clone(), sha256, size: f.size })
+                            })
+                            .collect()
+                    });
+                    (dir, known)
                 } else {
-                    self.registry.blobs().path(&d)
+                    // A GGUF blob is read in place; the receipt names a file by its file name.
+                    let path = self.registry.blobs().path(&d);
+                    let known = vec![InputDigest { name: d.file_name(), sha256: d.hex(), size: m.size }];
+                    (path, known)
                 };
-                Ok((input, Some((model.clone(), d)), parameters))
+                Ok((input, Some((model.clone(), d)), parameters, known))
             }
             SourceSpec::Path { path } => {
                 let parameters = if path.is_dir() {
@@ -686,7 +704,7 @@ impl QuantizeKind {
                 } else {
                     ondevice_gguf::GgufFile::open(path)?.parameter_count()
                 };
-                Ok((path.clone(), None, parameters))
+                Ok((path.clone(), None, parameters, Vec::new()))
             }
         }
     }

@@ -20,6 +20,7 @@
 
 mod arch;
 mod convert;
+mod digest;
 mod error;
 mod imatrix;
 #[cfg(feature = "llama")]

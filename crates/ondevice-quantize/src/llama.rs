@@ -135,9 +135,15 @@ impl TempOutput {
     pub fn commit_hashed(mut self) -> Result<String, QuantizeError> {
         let err = |source| QuantizeError::Read { path: self.output.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
+        let start = std::time::Instant::now();
         let (synced, sha256) = std::thread::scope(|s| {
-            let sync = s.spawn(|| file.sync_all());
-            let sha256 = crate::sha256_file(&self.temp);
+            let sync = s.spawn(|| {
+                let r = file.sync_all();
+                tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output synced");
+                r
+            });
+            let sha256 = crate::digest::sha256_own_file(&self.temp);
+            tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output hashed");
             (sync.join(), sha256)
         });
         let sha256 = sha256?;
@@ -283,8 +289,17 @@ pub fn quantize_to_temp(
         sys::llama_backend_init();
         sys::llama_log_set(Some(log_callback), std::ptr::null_mut());
     }
-    // SAFETY: every pointer in `p` points into a live buffer above, each list is terminated.
-    let rc = unsafe { sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &p) };
+    // While llama.cpp writes, the pages it has written are sent to the disk in the background, so
+    // the fsync before the rename finds little left to write.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let rc = std::thread::scope(|s| {
+        let writeback = s.spawn(|| write_back_while(&temp, &stop));
+        // SAFETY: every pointer in `p` points into a live buffer above, each list is terminated.
+        let rc = unsafe { sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &p) };
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        writeback.thread().unpark();
+        rc
+    });
     let last_error = LOG.lock().ok().and_then(|mut g| g.take()).and_then(|s| s.last_error);
     // SAFETY: restores llama.cpp's default logger.
     unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
@@ -297,6 +312,40 @@ pub fn quantize_to_temp(
         });
     }
     Ok(temp)
+}
+
+/// How often written pages are handed to the disk while llama.cpp writes.
+const WRITEBACK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Until `stop`: starts the disk write of the pages of `path` written so far, every
+/// [`WRITEBACK_EVERY`] (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`: it starts the write and
+/// returns; it makes nothing durable, the fsync before the rename still does). Elsewhere it does
+/// nothing. Errors are ignored: this only moves work earlier.
+fn write_back_while(path: &Path, stop: &std::sync::atomic::AtomicBool) {
+    let stopped = || stop.load(std::sync::atomic::Ordering::Acquire);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut file = None;
+        while !stopped() {
+            std::thread::park_timeout(WRITEBACK_EVERY);
+            if file.is_none() {
+                // llama.cpp creates the file once it has read the source's header.
+                file = File::open(path).ok();
+            }
+            if let Some(f) = &file {
+                // SAFETY: a valid descriptor, whole-file range, a flag that only starts writes.
+                unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        while !stopped() {
+            std::thread::park_timeout(WRITEBACK_EVERY);
+        }
+    }
 }
 
 /// `.NAME.PID.partial` beside `output`.

@@ -11,10 +11,12 @@
 //! into the GGUF as `ondevice.quantize.*` strings, so a file carries where it came from. Nothing in
 //! it depends on time or place: the same inputs and parameters give the same bytes.
 //!
-//! Time: when llama.cpp quantizes, the inputs are hashed on another thread meanwhile (the output
-//! carries a placeholder of the digest's length, filled in before the file is moved into place),
-//! and the output is hashed while its fsync runs, so the work beyond llama.cpp's own is one read
-//! of the output from the page cache.
+//! Time: when llama.cpp quantizes, the inputs are hashed meanwhile on a thread of the lowest
+//! priority, in the gaps llama.cpp's threads leave ([`crate::digest`]; the output carries a
+//! placeholder of the digest's length, filled in before the file is moved into place); a
+//! registry model's files are not hashed again (`known_digests`: the blob store verified them).
+//! The output's pages go to the disk while llama.cpp writes them, so its fsync finds little left;
+//! the work beyond llama.cpp's own is then one SHA-256 of the output, read from the page cache.
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +68,11 @@ pub struct QuantizeRequest {
     /// ([`crate::quality::TEXT`]) and quantize with it (instead of `imatrix`).
     #[serde(default)]
     pub make_imatrix: bool,
+    /// Digests the caller has already verified (a registry model's blobs: the store is
+    /// content-addressed), named as the receipt names the files: a file whose name and size match
+    /// one of these is not read again to hash it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_digests: Vec<InputDigest>,
 }
 
 /// One input file of a receipt.
@@ -140,7 +147,7 @@ pub fn llama_cpp_version() -> Option<String> {
 /// The `llama-cpp-sys-2` version this crate is built against (kept equal to Cargo.lock's).
 pub const LLAMA_SYS_VERSION: &str = "0.1.161";
 
-fn digest_inputs(source: &Path, files: &[PathBuf]) -> Result<Vec<InputDigest>, QuantizeError> {
+fn digest_inputs(source: &Path, files: &[PathBuf], known: &[InputDigest]) -> Result<Vec<InputDigest>, QuantizeError> {
     let mut out = Vec::new();
     for f in files {
         let name = f
@@ -151,7 +158,11 @@ fn digest_inputs(source: &Path, files: &[PathBuf]) -> Result<Vec<InputDigest>, Q
             .map(|p| p.to_string_lossy().replace('\\', "/"))
             .unwrap_or_default();
         let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
-        out.push(InputDigest { name, sha256: sha256_file(f)?, size });
+        let sha256 = match known.iter().find(|k| k.name == name && k.size == size) {
+            Some(k) => k.sha256.clone(),
+            None => sha256_file(f)?,
+        };
+        out.push(InputDigest { name, sha256, size });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -165,8 +176,18 @@ fn source_digest(inputs: &[InputDigest]) -> String {
     hex(&h.finalize())
 }
 
+/// Logs at debug level how long after the start each step ended (`--log-level debug`).
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn mark(&self, step: &str) {
+        tracing::debug!(ms = format!("{:.1}", self.0.elapsed().as_secs_f64() * 1e3), "quantize: {step}");
+    }
+}
+
 /// Runs the request. Progress is reported in bytes of the current stage (`stage` says which).
 pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Receipt, QuantizeError> {
+    let clock = Clock(std::time::Instant::now());
     let quant_type = QuantType::from_name(&request.quant_type)?;
     if request.make_imatrix && request.imatrix.is_some() {
         return Err(QuantizeError::Unsupported {
@@ -227,6 +248,7 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
         (request.source.parent().unwrap_or(Path::new("")).to_owned(), vec![request.source.clone()], None)
     };
     let gate = if request.no_quality { Gate::Off } else { gate };
+    clock.mark("source header read");
     // Measures the written output at `path` (against `reference`) and writes the figures into it.
     let measure_output = |path: &Path, reference: Option<&Path>| -> Result<Option<Quality>, QuantizeError> {
         let Gate::Measure { reference: with_reference, note } = &gate else {
@@ -271,8 +293,9 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             // The converter hashes its output while writing it, so the inputs are hashed first
             // and their digest written with the header.
             progress.stage("hashing inputs");
-            let inputs = digest_inputs(&base, &files)?;
+            let inputs = digest_inputs(&base, &files, &request.known_digests)?;
             let source_sha256 = source_digest(&inputs);
+            clock.mark("inputs hashed");
             for (k, v) in metadata(&source_sha256, None) {
                 conversion.add_metadata(k, ondevice_gguf::Value::String(v))?;
             }
@@ -290,11 +313,11 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             };
             (inputs, source_sha256, output_sha256, written.len, quality, None)
         }
-        conversion => std::thread::scope(|s| {
+        conversion => (|| {
             // The inputs are hashed while llama.cpp works (and the converter before it); the
             // output is written with a placeholder digest of the same length, patched in before
             // the file is moved into place.
-            let hashing = s.spawn(|| digest_inputs(&base, &files));
+            let hashing = crate::digest::Background::start(&base, &files, &request.known_digests)?;
             let scratch = request
                 .scratch
                 .clone()
@@ -345,12 +368,13 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                 ),
                 progress,
             )?;
-            let inputs = hashing.join().map_err(|_| QuantizeError::Unsupported {
-                what: "hashing the inputs failed unexpectedly (a thread panicked)".into(),
-            })??;
+            clock.mark("llama.cpp done");
+            let inputs = hashing.finish()?;
+            clock.mark("inputs hashed");
             let source_sha256 = source_digest(&inputs);
             let path = staged_path(&staged).to_owned();
             patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
+            clock.mark("source digest written");
             let quality =
                 measure_output(&path, Some(intermediate.as_ref().map_or(request.source.as_path(), |g| g.0.as_path())))?;
             drop(intermediate);
@@ -358,8 +382,9 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             let size =
                 std::fs::metadata(&path).map_err(|source| QuantizeError::Read { path: path.clone(), source })?.len();
             let output_sha256 = commit_hashed(staged)?;
+            clock.mark("output hashed, synced and renamed");
             Ok::<_, QuantizeError>((inputs, source_sha256, output_sha256, size, quality, imatrix_sha256))
-        })?,
+        })()?,
     };
     Ok(Receipt { inputs, source_sha256, tool, llama_cpp, params, imatrix_sha256, output_sha256, output_size, quality })
 }
@@ -368,21 +393,39 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
 const SOURCE_KEY: &str = "ondevice.quantize.source_sha256";
 
 /// Overwrites the string value `old` of metadata `key` in the GGUF at `path` with `new` (same
-/// length), in place. The key must be there exactly once with that value.
+/// length), in place. The key must be in the key-value section exactly once with that value.
+/// Reads only that section (no parse of the whole header: a tokenizer's vocabulary is most of it).
 fn patch_string(path: &Path, key: &str, old: &str, new: &str) -> Result<(), QuantizeError> {
     use std::io::{Read, Seek, SeekFrom, Write};
     debug_assert_eq!(old.len(), new.len());
-    let header_len = ondevice_gguf::GgufFile::open(path)?.data_offset();
     let err = |source| QuantizeError::Read { path: path.to_owned(), source };
     let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
+    let file_len = file.metadata().map_err(err)?.len();
+    // Read more of the file until the section fits.
     let mut header = Vec::new();
-    (&mut file).take(header_len).read_to_end(&mut header).map_err(err)?;
+    let mut want = file_len.min(4 << 20);
+    let section = loop {
+        let have = header.len() as u64;
+        (&mut file).take(want - have).read_to_end(&mut header).map_err(err)?;
+        match metadata_len(&header) {
+            Ok(Some(n)) => break n,
+            Ok(None) if want < file_len => want = file_len.min(want * 2),
+            Ok(None) => {
+                return Err(QuantizeError::Unsupported {
+                    what: format!("{}: the file ends inside its metadata", path.display()),
+                });
+            }
+            Err(e) => return Err(QuantizeError::Unsupported { what: format!("{}: {e}", path.display()) }),
+        }
+    };
+    let header = &header[..section as usize];
     let mut needle = (key.len() as u64).to_le_bytes().to_vec();
     needle.extend_from_slice(key.as_bytes());
     needle.extend_from_slice(&8u32.to_le_bytes());
     needle.extend_from_slice(&(old.len() as u64).to_le_bytes());
     needle.extend_from_slice(old.as_bytes());
-    let mut found = header.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_slice());
+    let mut found =
+        header.windows(needle.len()).enumerate().filter(|(_, w)| w[0] == needle[0] && *w == needle.as_slice());
     let at = match (found.next(), found.next()) {
         (Some((at, _)), None) => (at + needle.len() - old.len()) as u64,
         _ => {
@@ -393,6 +436,88 @@ fn patch_string(path: &Path, key: &str, old: &str, new: &str) -> Result<(), Quan
     };
     file.seek(SeekFrom::Start(at)).map_err(err)?;
     file.write_all(new.as_bytes()).map_err(err)
+}
+
+/// The length of a GGUF's key-value section (magic, counts, every key and value) at the start of
+/// `bytes`, or `None` when `bytes` ends before the section does. Nothing is kept or allocated.
+fn metadata_len(bytes: &[u8]) -> Result<Option<u64>, String> {
+    /// Why a walk stopped: more bytes are needed, or the data is wrong.
+    enum Stop {
+        Short,
+        Bad(String),
+    }
+    struct Walk<'a> {
+        bytes: &'a [u8],
+        pos: usize,
+    }
+    impl Walk<'_> {
+        fn skip(&mut self, n: u64) -> Result<(), Stop> {
+            let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).ok_or(Stop::Short)?;
+            if end > self.bytes.len() {
+                return Err(Stop::Short);
+            }
+            self.pos = end;
+            Ok(())
+        }
+        fn le<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
+            let start = self.pos;
+            self.skip(N as u64)?;
+            let mut b = [0u8; N];
+            b.copy_from_slice(&self.bytes[start..self.pos]);
+            Ok(b)
+        }
+        fn u32(&mut self) -> Result<u32, Stop> {
+            self.le::<4>().map(u32::from_le_bytes)
+        }
+        fn u64(&mut self) -> Result<u64, Stop> {
+            self.le::<8>().map(u64::from_le_bytes)
+        }
+        fn value(&mut self, ty: u32, depth: u32) -> Result<(), Stop> {
+            match ty {
+                0 | 1 | 7 => self.skip(1),
+                2 | 3 => self.skip(2),
+                4..=6 => self.skip(4),
+                10..=12 => self.skip(8),
+                8 => {
+                    let n = self.u64()?;
+                    self.skip(n)
+                }
+                9 if depth < 4 => {
+                    let inner = self.u32()?;
+                    let n = self.u64()?;
+                    let width = match inner {
+                        0 | 1 | 7 => 1,
+                        2 | 3 => 2,
+                        4..=6 => 4,
+                        10..=12 => 8,
+                        _ => return (0..n).try_for_each(|_| self.value(inner, depth + 1)),
+                    };
+                    self.skip(n.checked_mul(width).ok_or(Stop::Short)?)
+                }
+                _ => Err(Stop::Bad(format!("unknown or too deeply nested value type {ty} at byte {}", self.pos))),
+            }
+        }
+        fn section(&mut self) -> Result<u64, Stop> {
+            if self.le::<4>()? != *b"GGUF" {
+                return Err(Stop::Bad("not a GGUF file".into()));
+            }
+            let _version = self.u32()?;
+            let _tensors = self.u64()?;
+            let kvs = self.u64()?;
+            for _ in 0..kvs {
+                let key = self.u64()?;
+                self.skip(key)?;
+                let ty = self.u32()?;
+                self.value(ty, 0)?;
+            }
+            Ok(self.pos as u64)
+        }
+    }
+    match (Walk { bytes, pos: 0 }).section() {
+        Ok(n) => Ok(Some(n)),
+        Err(Stop::Short) => Ok(None),
+        Err(Stop::Bad(e)) => Err(e),
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -517,5 +642,81 @@ impl Progress for Adapter<'_> {
     }
     fn cancelled(&self) -> bool {
         self.0.cancelled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// A GGUF key-value section: a string, an array of strings, a u32 array; then a tensor info.
+    fn gguf() -> (Vec<u8>, usize) {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes());
+        string(&mut b, "general.name");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut b, "tiny");
+        string(&mut b, "tokenizer.ggml.tokens");
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        string(&mut b, "a");
+        string(&mut b, "bc");
+        string(&mut b, "tokenizer.ggml.token_type");
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&4u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        b.extend_from_slice(&[1, 0, 0, 0, 3, 0, 0, 0]);
+        let section = b.len();
+        string(&mut b, "output.weight");
+        b.extend_from_slice(&[1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        (b, section)
+    }
+
+    #[test]
+    fn the_metadata_section_is_measured_without_parsing_it() {
+        let (bytes, section) = gguf();
+        assert_eq!(metadata_len(&bytes), Ok(Some(section as u64)));
+        for cut in [3, 20, section - 1] {
+            assert_eq!(metadata_len(&bytes[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[44] = 13; // the first value's type
+        assert!(metadata_len(&bad).is_err());
+        assert!(metadata_len(b"GGML\x03\0\0\0").is_err());
+        let mut huge = bytes;
+        // An array claiming 2^63 u32 elements needs more bytes than any file has.
+        let at = section - 16;
+        huge[at..at + 8].copy_from_slice(&(1u64 << 63).to_le_bytes());
+        assert_eq!(metadata_len(&huge), Ok(None));
+    }
+
+    #[test]
+    fn the_placeholder_is_patched_once_in_the_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let (mut bytes, _) = gguf();
+        // A second metadata entry with the placeholder, after the first three.
+        bytes[16..24].copy_from_slice(&4u64.to_le_bytes());
+        let (_, section) = gguf();
+        let mut entry = Vec::new();
+        string(&mut entry, SOURCE_KEY);
+        entry.extend_from_slice(&8u32.to_le_bytes());
+        string(&mut entry, &"0".repeat(64));
+        bytes.splice(section..section, entry.iter().copied());
+        std::fs::write(&path, &bytes).unwrap();
+        patch_string(&path, SOURCE_KEY, &"0".repeat(64), &"a".repeat(64)).unwrap();
+        let patched = std::fs::read(&path).unwrap();
+        assert_eq!(patched.len(), bytes.len());
+        assert_eq!(&patched[section + entry.len() - 64..section + entry.len()], "a".repeat(64).as_bytes());
+        // It is gone now: a second patch finds nothing to fill in.
+        assert!(patch_string(&path, SOURCE_KEY, &"0".repeat(64), &"b".repeat(64)).is_err());
     }
 }

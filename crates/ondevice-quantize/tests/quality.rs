@@ -34,6 +34,7 @@ fn request(source: &Path, output: &Path, quant_type: &str) -> QuantizeRequest {
         scratch: None,
         no_quality: false,
         make_imatrix: false,
+        known_digests: Vec::new(),
     }
 }
 

@@ -152,6 +152,7 @@ fn local_request(args: &QuantizeArgs, output: &Path) -> anyhow::Result<QuantizeR
         scratch: None,
         no_quality: args.no_quality,
         make_imatrix: args.make_imatrix,
+        known_digests: Vec::new(),
     })
 }
 

@@ -1,0 +1,267 @@
+//! SHA-256 of a source's files beside llama.cpp, without taking its CPU, and of a finished output
+//! without copying it.
+//!
+//! [`Background`] hashes the inputs on a thread of the lowest priority (Linux: nice 19, so it runs
+//! in the gaps llama.cpp's threads leave, between tensors and while it writes) and publishes its
+//! state after every chunk. [`Background::finish`] stops it and carries on from the last state at
+//! normal priority, so a busy machine delays the digest by the remaining part only, never by a
+//! starved thread. Files whose digests the caller already verified (a registry blob) are not read.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::QuantizeError;
+use crate::imatrix::hex;
+use crate::pipeline::InputDigest;
+
+/// Bytes hashed between two published states.
+const CHUNK: usize = 4 << 20;
+
+/// One input file.
+#[derive(Debug, Clone)]
+struct Item {
+    path: PathBuf,
+    name: String,
+    size: u64,
+    /// A digest the caller verified.
+    known: Option<String>,
+}
+
+/// How far the hashing is: files `..file` are done (their digests in `done`), `file` is hashed up
+/// to `offset` into `state`.
+#[derive(Clone)]
+struct Snapshot {
+    file: usize,
+    offset: u64,
+    state: Sha256,
+    done: Vec<String>,
+}
+
+impl Snapshot {
+    fn start() -> Snapshot {
+        Snapshot { file: 0, offset: 0, state: Sha256::new(), done: Vec::new() }
+    }
+}
+
+/// Inputs being hashed in the background (see the module documentation).
+pub(crate) struct Background {
+    items: Arc<Vec<Item>>,
+    stop: Arc<AtomicBool>,
+    states: mpsc::Receiver<Snapshot>,
+}
+
+impl Background {
+    /// Starts hashing `files` (named relative to `base`, as receipts name them); `known` digests
+    /// are taken as they are for a file of the same name and size.
+    pub(crate) fn start(base: &Path, files: &[PathBuf], known: &[InputDigest]) -> Result<Background, QuantizeError> {
+        let mut items = Vec::with_capacity(files.len());
+        for f in files {
+            let name = f
+                .strip_prefix(base)
+                .ok()
+                .filter(|p| !p.as_os_str().is_empty())
+                .or_else(|| f.file_name().map(Path::new))
+                .map(|p| p.to_string_lossy().replace('\\', "/"))
+                .unwrap_or_default();
+            let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
+            let known = known.iter().find(|k| k.name == name && k.size == size).map(|k| k.sha256.clone());
+            items.push(Item { path: f.clone(), name, size, known });
+        }
+        let items = Arc::new(items);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, states) = mpsc::channel();
+        let all_known = items.iter().all(|i| i.known.is_some());
+        if !all_known {
+            let (items, stop) = (items.clone(), stop.clone());
+            // Detached: once stopped it ends at its next chunk; nobody waits for it.
+            let spawned = std::thread::Builder::new().name("quantize-hash".into()).spawn(move || {
+                lower_priority();
+                let mut snap = Snapshot::start();
+                let _ = advance(&items, &mut snap, &|| stop.load(Ordering::Relaxed), &|s| {
+                    let _ = tx.send(s.clone());
+                });
+            });
+            if spawned.is_err() {
+                tracing::debug!("no thread to hash the inputs in the background: they are hashed at the end");
+            }
+        }
+        Ok(Background { items, stop, states })
+    }
+
+    /// Stops the background thread and completes the digests from its last state, here.
+    pub(crate) fn finish(self) -> Result<Vec<InputDigest>, QuantizeError> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut snap = self.states.try_iter().last().unwrap_or_else(Snapshot::start);
+        advance(&self.items, &mut snap, &|| false, &|_| {})?;
+        let mut out: Vec<InputDigest> = self
+            .items
+            .iter()
+            .zip(snap.done)
+            .map(|(i, sha256)| InputDigest { name: i.name.clone(), sha256, size: i.size })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// Hashes from `snap` on, publishing the state after every chunk and finished file, until done
+/// or `stopped`.
+fn advance(
+    items: &[Item],
+    snap: &mut Snapshot,
+    stopped: &dyn Fn() -> bool,
+    publish: &dyn Fn(&Snapshot),
+) -> Result<(), QuantizeError> {
+    let mut buf = Vec::new();
+    while let Some(item) = items.get(snap.file) {
+        if let Some(k) = &item.known {
+            snap.done.push(k.clone());
+        } else {
+            let err = |source| QuantizeError::Read { path: item.path.clone(), source };
+            let mut f = File::open(&item.path).map_err(err)?;
+            if snap.offset > 0 {
+                f.seek(SeekFrom::Start(snap.offset)).map_err(err)?;
+            }
+            buf.resize(CHUNK, 0);
+            loop {
+                if stopped() {
+                    return Ok(());
+                }
+                let n = read_full(&mut f, &mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                snap.state.update(&buf[..n]);
+                snap.offset += n as u64;
+                publish(snap);
+            }
+            let state = std::mem::replace(&mut snap.state, Sha256::new());
+            snap.done.push(hex(&state.finalize()));
+        }
+        snap.file += 1;
+        snap.offset = 0;
+        publish(snap);
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The calling thread yields to every other (Linux: nice 19 for this thread only).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
+}
+
+/// SHA-256 (64 hex digits) of a file this process wrote and no one else changes (a staged
+/// output), read through a memory map: no copy out of the page cache.
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+pub(crate) fn sha256_own_file(path: &Path) -> Result<String, QuantizeError> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let err = |source| QuantizeError::Read { path: path.to_owned(), source };
+        let f = File::open(path).map_err(err)?;
+        let len = usize::try_from(f.metadata().map_err(err)?.len())
+            .map_err(|_| err(std::io::Error::other("the file is larger than the address space")))?;
+        if len == 0 {
+            return Ok(hex(&Sha256::digest([])));
+        }
+        // SAFETY: a read-only private mapping of a file only this process writes, unmapped below;
+        // the slice lives only inside this block.
+        unsafe {
+            let addr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
+            if addr == libc::MAP_FAILED {
+                return crate::sha256_file(path);
+            }
+            libc::madvise(addr, len, libc::MADV_SEQUENTIAL);
+            let digest = Sha256::digest(std::slice::from_raw_parts(addr.cast::<u8>(), len));
+            libc::munmap(addr, len);
+            Ok(hex(&digest))
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        crate::sha256_file(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(bytes: &[u8]) -> String {
+        hex(&Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_stopped_hash_is_completed_from_its_last_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let a: Vec<u8> = (0..CHUNK * 2 + 123).map(|i| (i * 7 % 251) as u8).collect();
+        let b = b"second file".to_vec();
+        std::fs::write(dir.path().join("a.bin"), &a).unwrap();
+        std::fs::write(dir.path().join("b.bin"), &b).unwrap();
+        let files = [dir.path().join("b.bin"), dir.path().join("a.bin")];
+        let items: Vec<Item> = files
+            .iter()
+            .map(|p| Item {
+                path: p.clone(),
+                name: p.file_name().unwrap().to_string_lossy().into_owned(),
+                size: std::fs::metadata(p).unwrap().len(),
+                known: None,
+            })
+            .collect();
+        // Stop after the first chunk of the second file, as a starved thread would.
+        let last = std::cell::RefCell::new(None);
+        let count = std::cell::Cell::new(0);
+        advance(&items, &mut Snapshot::start(), &|| count.get() >= 3, &|s| {
+            count.set(count.get() + 1);
+            *last.borrow_mut() = Some(s.clone());
+        })
+        .unwrap();
+        let mut snap = last.into_inner().unwrap();
+        assert_eq!((snap.file, snap.offset), (1, CHUNK as u64));
+        advance(&items, &mut snap, &|| false, &|_| {}).unwrap();
+        assert_eq!(snap.done, vec![sha(&b), sha(&a)]);
+        assert_eq!(sha256_own_file(&dir.path().join("a.bin")).unwrap(), sha(&a));
+    }
+
+    #[test]
+    fn background_digests_match_and_known_ones_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x.gguf"), b"model bytes").unwrap();
+        std::fs::write(dir.path().join("y.json"), b"{}").unwrap();
+        let files = vec![dir.path().join("y.json"), dir.path().join("x.gguf")];
+        let known = vec![InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 2 }];
+        let digests = Background::start(dir.path(), &files, &known).unwrap().finish().unwrap();
+        assert_eq!(digests[0], InputDigest { name: "x.gguf".into(), sha256: sha(b"model bytes"), size: 11 });
+        assert_eq!(digests[1], InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 2 });
+        // A known digest of another size does not count: the file is hashed.
+        let stale = vec![InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 3 }];
+        let digests = Background::start(dir.path(), &files, &stale).unwrap().finish().unwrap();
+        assert_eq!(digests[1].sha256, sha(b"{}"));
+        assert_eq!(sha256_own_file(&dir.path().join("y.json")).unwrap(), sha(b"{}"));
+    }
+}
