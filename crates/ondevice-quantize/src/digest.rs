@@ -56,20 +56,27 @@ pub(crate) struct Background {
     states: mpsc::Receiver<Snapshot>,
 }
 
+/// An input's name as receipts give it (relative to `base`, `/`-separated; the file name when
+/// `f` is `base` itself or lies outside it) and its size.
+pub(crate) fn input_name_and_size(base: &Path, f: &Path) -> Result<(String, u64), QuantizeError> {
+    let name = f
+        .strip_prefix(base)
+        .ok()
+        .filter(|p| !p.as_os_str().is_empty())
+        .or_else(|| f.file_name().map(Path::new))
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.to_path_buf(), source })?.len();
+    Ok((name, size))
+}
+
 impl Background {
     /// Starts hashing `files` (named relative to `base`, as receipts name them); `known` digests
     /// are taken as they are for a file of the same name and size.
     pub(crate) fn start(base: &Path, files: &[PathBuf], known: &[InputDigest]) -> Result<Background, QuantizeError> {
         let mut items = Vec::with_capacity(files.len());
         for f in files {
-            let name = f
-                .strip_prefix(base)
-                .ok()
-                .filter(|p| !p.as_os_str().is_empty())
-                .or_else(|| f.file_name().map(Path::new))
-                .map(|p| p.to_string_lossy().replace('\\', "/"))
-                .unwrap_or_default();
-            let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
+            let (name, size) = crate::digest::input_name_and_size(base, f)?;
             let known = known.iter().find(|k| k.name == name && k.size == size).map(|k| k.sha256.clone());
             items.push(Item { path: f.clone(), name, size, known });
         }

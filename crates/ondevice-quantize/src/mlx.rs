@@ -558,14 +558,7 @@ pub fn export(
     progress.stage("hashing inputs");
     let mut inputs = Vec::new();
     for f in plan.inputs() {
-        let name = f
-            .strip_prefix(plan.source_root())
-            .ok()
-            .filter(|p| !p.as_os_str().is_empty())
-            .or_else(|| f.file_name().map(Path::new))
-            .map(|p| p.to_string_lossy().replace('\\', "/"))
-            .unwrap_or_default();
-        let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
+        let (name, size) = crate::digest::input_name_and_size(plan.source_root(), f)?;
         inputs.push(crate::pipeline::InputDigest { name, sha256: crate::sha256_file(f)?, size });
     }
     inputs.sort_by(|a, b| a.name.cmp(&b.name));

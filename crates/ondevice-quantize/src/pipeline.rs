@@ -150,14 +150,7 @@ pub const LLAMA_SYS_VERSION: &str = "0.1.161";
 fn digest_inputs(source: &Path, files: &[PathBuf], known: &[InputDigest]) -> Result<Vec<InputDigest>, QuantizeError> {
     let mut out = Vec::new();
     for f in files {
-        let name = f
-            .strip_prefix(source)
-            .ok()
-            .filter(|p| !p.as_os_str().is_empty())
-            .or_else(|| f.file_name().map(Path::new))
-            .map(|p| p.to_string_lossy().replace('\\', "/"))
-            .unwrap_or_default();
-        let size = std::fs::metadata(f).map_err(|source| QuantizeError::Read { path: f.clone(), source })?.len();
+        let (name, size) = crate::digest::input_name_and_size(source, f)?;
         let sha256 = match known.iter().find(|k| k.name == name && k.size == size) {
             Some(k) => k.sha256.clone(),
             None => sha256_file(f)?,
