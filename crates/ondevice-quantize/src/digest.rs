@@ -182,39 +182,6 @@ fn lower_priority() {
     }
 }
 
-/// SHA-256 (64 hex digits) of a file this process wrote and no one else changes (a staged
-/// output), read through a memory map: no copy out of the page cache.
-#[cfg_attr(not(feature = "llama"), allow(dead_code))]
-pub(crate) fn sha256_own_file(path: &Path) -> Result<String, QuantizeError> {
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        let err = |source| QuantizeError::Read { path: path.to_owned(), source };
-        let f = File::open(path).map_err(err)?;
-        let len = usize::try_from(f.metadata().map_err(err)?.len())
-            .map_err(|_| err(std::io::Error::other("the file is larger than the address space")))?;
-        if len == 0 {
-            return Ok(hex(&Sha256::digest([])));
-        }
-        // SAFETY: a read-only private mapping of a file only this process writes, unmapped below;
-        // the slice lives only inside this block.
-        unsafe {
-            let addr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0);
-            if addr == libc::MAP_FAILED {
-                return crate::sha256_file(path);
-            }
-            libc::madvise(addr, len, libc::MADV_SEQUENTIAL);
-            let digest = Sha256::digest(std::slice::from_raw_parts(addr.cast::<u8>(), len));
-            libc::munmap(addr, len);
-            Ok(hex(&digest))
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        crate::sha256_file(path)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +219,7 @@ mod tests {
         assert_eq!((snap.file, snap.offset), (1, CHUNK as u64));
         advance(&items, &mut snap, &|| false, &|_| {}).unwrap();
         assert_eq!(snap.done, vec![sha(&b), sha(&a)]);
-        assert_eq!(sha256_own_file(&dir.path().join("a.bin")).unwrap(), sha(&a));
+        assert_eq!(crate::sha256_file(&dir.path().join("a.bin")).unwrap(), sha(&a));
     }
 
     #[test]
@@ -269,6 +236,6 @@ mod tests {
         let stale = vec![InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 3 }];
         let digests = Background::start(dir.path(), &files, &stale).unwrap().finish().unwrap();
         assert_eq!(digests[1].sha256, sha(b"{}"));
-        assert_eq!(sha256_own_file(&dir.path().join("y.json")).unwrap(), sha(b"{}"));
+        assert_eq!(crate::sha256_file(&dir.path().join("y.json")).unwrap(), sha(b"{}"));
     }
 }

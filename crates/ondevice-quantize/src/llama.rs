@@ -142,7 +142,7 @@ impl TempOutput {
                 tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output synced");
                 r
             });
-            let sha256 = crate::digest::sha256_own_file(&self.temp);
+            let sha256 = crate::sha256_file(&self.temp);
             tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output hashed");
             (sync.join(), sha256)
         });
