@@ -10,6 +10,15 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 
+step "free disk space"
+# A full run (build, tests, installers, fuzz) writes about 10 GB; a full disk shows up later as
+# an obscure compiler or linker crash, so say it plainly first.
+df -h . /tmp 2>/dev/null || true
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((12 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024 / 1024)) GB free here; a full run needs about 10 GB" >&2
+fi
+
 step "system packages for the build (scripts/prereqs.sh build)"
 # cmake/clang/libclang for llama.cpp: fmt and clippy need them; the rest waits for the tests.
 scripts/prereqs.sh build
