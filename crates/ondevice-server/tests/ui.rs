@@ -294,6 +294,84 @@ async fn the_cookie_authenticates_reads_and_csrf_guards_writes() {
     assert_eq!(a.header("grpc-status"), "16", "gRPC with a cookie only is unauthenticated");
 }
 
+/// Every operation of the OpenAPI document that changes state (any method but GET, HEAD and
+/// OPTIONS), called with the admin session's cookie from the console's own origin but without the
+/// CSRF token, is refused before its handler runs (403 `csrf_failed`); with the token but from
+/// another origin too. Signing in (`POST /api/v1/ui/session`) needs no session and is checked
+/// for cross-site requests in `a_cross_site_form_post_is_refused`.
+#[tokio::test]
+async fn every_state_changing_operation_needs_the_csrf_token() {
+    let f = fixture(options()).await;
+    let s = sign_in(&f.app, json!({"key": f.admin})).await.ok().unwrap();
+    let doc = send(&f.app, req(Method::GET, "/openapi.json").body(Body::empty()).unwrap()).await.json();
+    let mut checked = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["post", "put", "patch", "delete"] {
+            if item.get(method).is_none() || (method == "post" && path == "/api/v1/ui/session") {
+                continue;
+            }
+            // Path parameters take a plain value: the refusal comes before any lookup.
+            let concrete: String =
+                path.split('/').map(|seg| if seg.starts_with('{') { "x" } else { seg }).collect::<Vec<_>>().join("/");
+            let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let body = || Body::from(json!({}).to_string());
+            let r = from_page(m.clone(), &concrete, &s, false).header(header::CONTENT_TYPE, "application/json");
+            let a = send(&f.app, r.body(body()).unwrap()).await;
+            assert_eq!((a.status, a.code().as_str()), (StatusCode::FORBIDDEN, "csrf_failed"), "{method} {path}");
+            let r = req(m, &concrete)
+                .header(header::COOKIE, &s.cookie)
+                .header("x-csrf-token", &s.csrf)
+                .header(header::ORIGIN, "http://evil.example")
+                .header(header::CONTENT_TYPE, "application/json");
+            let a = send(&f.app, r.body(body()).unwrap()).await;
+            assert_eq!(
+                (a.status, a.code().as_str()),
+                (StatusCode::FORBIDDEN, "csrf_failed"),
+                "{method} {path} cross-site"
+            );
+            checked.push(format!("{method} {path}"));
+        }
+    }
+    for op in
+        ["post /api/v1/keys", "delete /api/v1/ui/session", "post /v1/chat/completions", "post /api/v1/models/pull"]
+    {
+        assert!(checked.iter().any(|c| c == op), "{op} was not checked: {checked:?}");
+    }
+    // The session still works: nothing above ended it.
+    let a = send(&f.app, from_page(Method::GET, "/api/v1/ui/session", &s, false).body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+/// A session ends after `[ui] session_idle` without a request (and at `session_ttl`): the next
+/// request with its cookie is 401, and the cookie's `Max-Age` is the lifetime. (Lifetimes of a
+/// second stand in for the configured minutes; the clock rules are unit-tested in
+/// `ondevice_auth::session`.)
+#[tokio::test]
+async fn an_idle_session_expires() {
+    let limits = ondevice_auth::SessionLimits {
+        ttl: std::time::Duration::from_secs(60),
+        idle: std::time::Duration::from_secs(1),
+        ..ondevice_auth::SessionLimits::default()
+    };
+    let f = fixture(EdgeOptions { ui: UiOptions { enabled: true, limits }, ..options() }).await;
+    let r = req(Method::POST, "/api/v1/ui/session")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"key": f.read}).to_string()))
+        .unwrap();
+    let a = send(&f.app, r).await;
+    assert!(a.header("set-cookie").contains("Max-Age=60;") || a.header("set-cookie").ends_with("Max-Age=60"));
+    let s = sign_in(&f.app, json!({"key": f.read})).await.ok().unwrap();
+    let a = send(&f.app, from_page(Method::GET, "/api/v1/status", &s, false).body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let a = send(&f.app, from_page(Method::GET, "/api/v1/status", &s, false).body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        "idle for longer than the limit"
+    );
+}
+
 #[tokio::test]
 async fn a_cross_site_form_post_is_refused() {
     let f = fixture(options()).await;

@@ -157,4 +157,93 @@ mod tests {
         assert_eq!(content_type("README"), None);
         assert_eq!(content_type("notes.md"), None);
     }
+
+    #[test]
+    fn options_follow_the_config() {
+        let settings = ondevice_config::ui::UiSettings {
+            enabled: false,
+            session_ttl: "30m".to_owned(),
+            session_idle: "5m".to_owned(),
+            max_sessions: 3,
+        };
+        let o = UiOptions::from(&settings);
+        assert!(!o.enabled);
+        assert_eq!(o.limits.ttl, std::time::Duration::from_secs(1800));
+        assert_eq!(o.limits.idle, std::time::Duration::from_secs(300));
+        assert_eq!(o.limits.max_sessions, 3);
+    }
+
+    /// Every embedded file, as text (the console has no binary files).
+    fn embedded() -> Vec<(String, String)> {
+        let files: Vec<(String, String)> = Assets::iter()
+            .map(|p| {
+                let data = Assets::get(&p).expect("listed file").data;
+                (p.to_string(), String::from_utf8(data.into_owned()).unwrap_or_else(|_| panic!("{p} is not UTF-8")))
+            })
+            .collect();
+        assert!(files.iter().any(|(p, _)| p == "index.html") && files.len() > 5, "the console is embedded");
+        files
+    }
+
+    /// What the Content-Security-Policy would block, caught before a browser does: the pages load
+    /// only their own files (no inline script, style or event handler, nothing from another
+    /// origin), and no script turns text into markup or code.
+    #[test]
+    fn the_console_has_no_inline_code_and_loads_nothing_from_elsewhere() {
+        for (path, text) in embedded() {
+            let lower = text.to_ascii_lowercase();
+            if path.ends_with(".html") {
+                for tag in lower.split("<script").skip(1) {
+                    let open = tag.split('>').next().unwrap_or_default();
+                    let body = tag.split_once('>').map(|(_, b)| b).unwrap_or_default();
+                    assert!(open.contains("src=\"/ui/"), "{path}: a script not loaded from /ui/: <script{open}>");
+                    assert!(body.trim_start().starts_with("</script>"), "{path}: an inline script");
+                }
+                assert!(!lower.contains("<style"), "{path}: an inline stylesheet");
+                assert!(!lower.contains(" style="), "{path}: an inline style attribute");
+                for attr in
+                    [" onclick=", " onload=", " onerror=", " onsubmit=", " oninput=", " onchange=", "javascript:"]
+                {
+                    assert!(!lower.contains(attr), "{path}: an inline event handler ({attr})");
+                }
+                for link in lower.split(" href=\"").skip(1).chain(lower.split(" src=\"").skip(1)) {
+                    assert!(
+                        link.starts_with("/ui/") || link.starts_with('#'),
+                        "{path}: a link elsewhere: {}",
+                        link.chars().take(60).collect::<String>()
+                    );
+                }
+            }
+            if path.ends_with(".js") {
+                for bad in [
+                    "innerhtml",
+                    "outerhtml",
+                    "insertadjacenthtml",
+                    "document.write",
+                    "new function(",
+                    "import(\"http",
+                    "from \"http",
+                    "from \"//",
+                ] {
+                    assert!(!lower.contains(bad), "{path}: {bad}");
+                }
+                let evals = lower.match_indices("eval(").filter(|(i, _)| {
+                    !lower[..*i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$')
+                });
+                assert_eq!(evals.count(), 0, "{path}: eval");
+                for line in text.lines().filter(|l| l.starts_with("import ")) {
+                    assert!(
+                        line.contains("from \"./") || line.contains("from \"../"),
+                        "{path}: imports from elsewhere: {line}"
+                    );
+                }
+            }
+            if path.ends_with(".css") {
+                assert!(
+                    !lower.contains("@import") && !lower.contains("url(http"),
+                    "{path}: loads a stylesheet or font from elsewhere"
+                );
+            }
+        }
+    }
 }
