@@ -5,16 +5,20 @@
 //! browser session; screenshots go to `target/ui-screenshots/` (or `$ONDEVICE_UI_SCREENSHOTS`).
 //!
 //! `llama_console_*` runs the real SmolLM2 model (nextest `llama` group): sign-in with a key,
-//! status, a pull from a loopback server whose progress bar reaches 100 %, a chat that streams
+//! status, a pull by catalog name from a loopback server whose progress bar reaches 100 %, a chat that streams
 //! "Paris", a stopped answer, a chat with a prompt pack and a collection (MiniLM embeddings)
 //! showing its cited sources, a slow pull cancelled on the jobs page, every page's screenshot in
-//! light, dark and 360 px wide, sign-out. `login_link_*` needs no model: the one-time
+//! light, dark and 360 px wide, sign-out; also the status page's workers with the sandbox
+//! protection in effect and runtimes with their health, a model's provenance, import, pin and
+//! removal, a session ended behind the page's back, and no control without an accessible name
+//! on any page. `login_link_*` needs no model: the one-time
 //! `#login=TOKEN` link, used once and removed from the URL, and a cross-site form post refused.
 
 use std::path::{Path, PathBuf};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::common::models::MINILM;
 use crate::common::{Daemon, Home, describe, models_entry, python, test_model};
@@ -79,16 +83,16 @@ const PACK: &str = "name = \"brief\"\nversion = \"1.0.0\"\ndescription = \"Short
     [variables.tone]\ndefault = \"brief\"\n\
     [[messages]]\nrole = \"system\"\ntemplate = \"You answer in a {{ tone }} way, citing sources as [n].\"\n";
 
-/// MiniLM converted to GGUF and imported as `minilm`, a collection `notes` of [`DOCS`] embedded
-/// with it, and the pack `brief` published.
+/// MiniLM's safetensors imported as `minilm-src` and converted to GGUF by a quantize job as
+/// `minilm` (so it has provenance to show), a collection `notes` of [`DOCS`] embedded with it,
+/// and the pack `brief` published.
 async fn retrieval_setup(daemon: &Daemon, minilm: &Path) {
     let home = daemon.home();
-    let gguf = home.root().join("minilm-f16.gguf");
-    let (src, dst) = (minilm.to_str().expect("utf-8 path"), gguf.to_str().expect("utf-8 path"));
-    let out = home.run(&["quantize", src, "--type", "F16", "--output", dst]);
-    assert!(out.status.success(), "convert MiniLM: {}", describe(&out));
-    let out = home.run(&["models", "import", dst, "--name", "minilm"]);
+    let src = minilm.to_str().expect("utf-8 path");
+    let out = home.run(&["models", "import", src, "--name", "minilm-src"]);
     assert!(out.status.success(), "import MiniLM: {}", describe(&out));
+    let out = home.run(&["quantize", "minilm-src", "--type", "F16", "--name", "minilm"]);
+    assert!(out.status.success(), "convert MiniLM: {}", describe(&out));
     let admin = daemon.admin_key();
     let post = |path: &str, body: Value| {
         let req = daemon.request(Method::POST, path, Some(admin)).json(&body);
@@ -123,9 +127,28 @@ const SCREENSHOTS: [&str; 11] = [
     "keys-empty",
 ];
 
-/// Pulls from loopback, in 1 MiB chunks over two connections.
-const PULL_CONFIG: &str =
-    "[registry]\nallow_hosts = [\"127.0.0.1\"]\nchunk_size = \"1MiB\"\nconnections = 2\nretries = 1\n";
+/// Pulls from loopback, in 1 MiB chunks over two connections, with a catalog of its own (`CATALOG`,
+/// replaced by the path of a TOML file); two supervised workers for the
+/// status page: one sandboxed and running, one that exits with code 3, is restarted once and
+/// then given up.
+const CONSOLE_CONFIG: &str = r#"
+[registry]
+allow_hosts = ["127.0.0.1"]
+chunk_size = "1MiB"
+connections = 2
+retries = 1
+catalogs = [CATALOG]
+
+[workers.console-sleeper]
+command = ["sleep", "600"]
+sandbox = { mode = "auto", memory_max = "64MiB", pids_max = 32, network = "none" }
+
+[workers.console-crashy]
+command = ["sh", "-c", "exit 3"]
+restart = "on-failure"
+backoff = { initial_ms = 100, max_ms = 200, factor = 2.0 }
+max_restarts = { count = 1, within_s = 60 }
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_console_signs_in_pulls_chats_cancels_and_signs_out() {
@@ -134,25 +157,42 @@ async fn llama_console_signs_in_pulls_chats_cancels_and_signs_out() {
     let Some(minilm) = models_entry(test, MINILM) else { return };
     let server = RangeServer::start().await;
     // About two seconds for 8 MiB over two connections: the bar has time to move.
-    server.put("/console.gguf", Served { throttle: 2 << 20, ..Served::bytes(generated_gguf(1, 8 << 20)) });
+    let pulled = generated_gguf(1, 8 << 20);
+    server.put("/console.gguf", Served { throttle: 2 << 20, ..Served::bytes(pulled.clone()) });
     // Far too slow to finish: cancelled from the jobs page.
     server.put("/slow.gguf", Served { throttle: 32 << 10, ..Served::bytes(generated_gguf(2, 8 << 20)) });
 
-    let daemon = Daemon::start(Home::with_config(PULL_CONFIG));
+    // The pulled model is pulled by its catalog name; the slow one by its URL.
+    let home = Home::new();
+    let catalog = home.root().join("catalog.toml");
+    let digest = sha2::Sha256::digest(&pulled).iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let entry = format!(
+        "[[model]]\nname = \"console:pulled\"\ndescription = \"the console's pull\"\nlicense = \"mit\"\n\
+         [[model.files]]\nname = \"console.gguf\"\nsize = {}\nsha256 = \"sha256:{digest}\"\nurls = [{:?}]\n",
+        pulled.len(),
+        server.url("/console.gguf"),
+    );
+    std::fs::write(&catalog, entry).expect("write the catalog");
+    let config = CONSOLE_CONFIG.replace("CATALOG", &format!("{:?}", catalog.to_str().expect("utf-8 path")));
+    std::fs::write(home.config(), config).expect("write the config");
+    let daemon = Daemon::start(home);
     let out = daemon.home().run(&["models", "import", model.to_str().expect("utf-8 path"), "--name", "smollm2"]);
     assert!(out.status.success(), "import: {}", describe(&out));
     retrieval_setup(&daemon, &minilm).await;
     let key = daemon.key(&["admin"]).await;
+    // A file on the daemon's machine for the import form.
+    let import = daemon.home().root().join("console-import.gguf");
+    std::fs::write(&import, generated_gguf(3, 1 << 20)).expect("write the file to import");
 
     let started = std::time::Instant::now();
-    let (pull_url, slow_url) = (server.url("/console.gguf"), server.url("/slow.gguf"));
+    let slow_url = server.url("/slow.gguf");
     let result = scenario(
         &daemon,
         &key.secret,
         "console.py",
         &[
             ("MODEL", "smollm2:latest"),
-            ("PULL_URL", &pull_url),
+            ("PULL_SOURCE", "console:pulled"),
             ("PULL_NAME", "console:pulled"),
             ("SLOW_URL", &slow_url),
             ("SLOW_NAME", "console:slow"),
@@ -161,6 +201,11 @@ async fn llama_console_signs_in_pulls_chats_cancels_and_signs_out() {
             ("PACK", "brief"),
             ("RAG_QUESTION", "Who keeps the lighthouse on Varnholm island?"),
             ("RAG_DOCUMENT", "varnholm"),
+            ("WORKERS", "console-sleeper,console-crashy"),
+            ("PROVENANCE_MODEL", "minilm:latest"),
+            ("PROVENANCE_PARENT", "minilm-src:latest"),
+            ("IMPORT_PATH", import.to_str().expect("utf-8 path")),
+            ("IMPORT_NAME", "console:imported"),
         ],
     );
     println!("browser scenario: {:.1} s, {result}", started.elapsed().as_secs_f64());
@@ -174,6 +219,9 @@ async fn llama_console_signs_in_pulls_chats_cancels_and_signs_out() {
     let names: Vec<&str> = models.as_array().expect("models").iter().filter_map(|m| m["model"].as_str()).collect();
     assert!(names.contains(&"console:pulled"), "the pull registered nothing: {names:?}");
     assert!(!names.contains(&"console:slow"), "a cancelled pull registered a model: {names:?}");
+    assert!(!names.contains(&"console:imported"), "the model removed in the page is still there: {names:?}");
+    let crashy = &result["workers"]["console-crashy"];
+    assert!(crashy["restarts"].as_u64().is_some_and(|r| r >= 1), "{result}");
     let job = result["cancelled"].as_str().expect("cancelled job id");
     let (_, job) = daemon.get(&format!("/api/v1/jobs/{job}"), Some(admin)).await;
     assert_eq!(job["state"], "cancelled", "{job}");

@@ -55,6 +55,8 @@ __all__ = [
     "record_changes",
     "recorded",
     "no_horizontal_overflow",
+    "fetch_json",
+    "accessibility_problems",
     "BASE",
     "KEY",
 ]
@@ -236,6 +238,57 @@ def recorded(driver, testid):
 def no_horizontal_overflow(driver):
     """Whether the page fits the window's width (tables scroll inside their own box)."""
     return driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def fetch_json(driver, path):
+    """`GET path` from the page with its session cookie: `[status, JSON body or None]`."""
+    return driver.execute_async_script(
+        """const [path, done] = arguments;
+        fetch(path, {credentials: 'same-origin'})
+          .then(async r => done([r.status, await r.json().catch(() => null)]), e => done([0, String(e)]));""",
+        path,
+    )
+
+
+# Roles a person operates (or reads progress from): each needs a name a screen reader announces.
+NAMED_ROLES = {
+    "button", "link", "textbox", "searchbox", "combobox", "listbox", "checkbox", "radio", "switch",
+    "spinbutton", "slider", "progressbar", "tab", "menuitem",
+}
+
+
+def accessibility_problems(driver, landmarks=("banner", "navigation", "main")):
+    """What a screen reader would miss on the page as shown, from Chromium's own accessibility
+    tree (the names it computes from labels, aria-label, aria-labelledby and content): every
+    visible control without a name, and each landmark in `landmarks` that is missing. Returns
+    a list of descriptions (empty when all is well)."""
+    driver.execute_cdp_cmd("Accessibility.enable", {})
+    try:
+        nodes = driver.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]
+    finally:
+        driver.execute_cdp_cmd("Accessibility.disable", {})
+    problems = []
+    roles = set()
+    for n in nodes:
+        if n.get("ignored"):
+            continue
+        role = (n.get("role") or {}).get("value", "")
+        roles.add(role)
+        name = str((n.get("name") or {}).get("value", "")).strip()
+        if role in NAMED_ROLES and not name:
+            what = role
+            if "backendDOMNodeId" in n:
+                try:
+                    node = driver.execute_cdp_cmd("DOM.describeNode", {"backendNodeId": n["backendDOMNodeId"]})["node"]
+                    attrs = node.get("attributes", [])
+                    what = f"{role} <{node.get('localName')} {' '.join(f'{k}={v!r}' for k, v in zip(attrs[::2], attrs[1::2]))}>"
+                except WebDriverException:
+                    pass
+            problems.append(f"no accessible name: {what}")
+    for landmark in landmarks:
+        if landmark not in roles:
+            problems.append(f"no {landmark} landmark")
+    return problems
 
 
 def run(name, scenario):
