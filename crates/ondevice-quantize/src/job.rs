@@ -11,7 +11,7 @@
 //!    safetensors model is materialized (hard links) in the staging directory;
 //! 3. the output's size is estimated and reserved under the registry's quota before anything is
 //!    written ([`Registry::reserve`], shared with pulls);
-//! 4. `ondevice quantize-task` runs once through [`Supervisor::run_task`], sandboxed (reads the
+//! 4. `ondevice quantize-task` runs through [`Supervisor::run_task`], sandboxed (reads the
 //!    source, the importance matrix and the program; writes only the staging directory; no
 //!    network, empty environment); its `progress STAGE DONE TOTAL` lines become the job's
 //!    progress, its `receipt {json}` line the provenance; a cancel kills it;
@@ -19,16 +19,27 @@
 //!    store and records the model, its provenance (receipt, parent model) in one step
 //!    ([`Registry::register_made`]).
 //!
-//! Whatever way the job ends the staging directory goes, with the roots and the reservation. A
-//! daemon killed mid-way (`kill -9`) leaves the directory and no registry row; the job resumes at
-//! the next start and starts over in a clean directory, and [`QuantizeKind::new`] removes the
-//! directories of jobs that will not resume.
+//! Checkpoints ([`JobCheckpoint`], the job's stored checkpoint): the task reports each finished
+//! step (`checkpoint {json}` lines: the F16 intermediate of a safetensors directory converted; the
+//! output quantized and synced, before the quality gate), with each staged file's SHA-256 and
+//! size; once the task has succeeded the daemon records the output it hashed. A daemon that stops
+//! (even by `kill -9`) leaves the staging directory and the roots, and no registry row; at the
+//! next start the job keeps only the files its checkpoint names, the task checks each against its
+//! digest and size and skips the steps whose files match (anything else is removed and made
+//! again), or the daemon only registers the finished output. A path source whose size or time
+//! changed starts over.
+//!
+//! Whatever other way the job ends (success, failure, cancel) the staging directory goes, with
+//! the roots and the reservation; [`QuantizeKind::new`] removes the directories of jobs that will
+//! not resume.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ondevice_jobs::{BoxFuture, JobContext, JobError, JobFailure, JobKind, JobSnapshot, Jobs, ResourceClass};
+use ondevice_jobs::{
+    BoxFuture, CancelReason, JobContext, JobError, JobFailure, JobKind, JobSnapshot, Jobs, ResourceClass,
+};
 use ondevice_registry::provenance::made_now;
 use ondevice_registry::quota::{QuotaPolicy, ReserveError};
 use ondevice_registry::{DEFAULT_TAG, Digest, ModelRef, Registry, RegistryError, RootOwner, SAFETENSORS_FORMAT};
@@ -38,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::imatrix::hex;
-use crate::pipeline::InputDigest;
+use crate::pipeline::{Checkpoint, InputDigest, StagedFile};
 use crate::{QuantType, ggml_type_from_name};
 
 /// The job kind's name.
@@ -48,6 +59,57 @@ pub const ROOT_KIND: &str = "quantize-input";
 /// Prefix of a job's staging directory in `blobs/` (a temporary name `gc` leaves alone while it
 /// is a directory).
 pub const STAGING_PREFIX: &str = ".tmp-quantize-";
+/// The output's name in the staging directory.
+pub const OUTPUT_NAME: &str = "output.gguf";
+
+/// A `quantize` job's checkpoint (JSON, stored by `ondevice-jobs`): the steps of the task that
+/// finished, with their staged files, and once the task is done the output the daemon hashed.
+/// A resumed job checks every file against its SHA-256 and size before reusing it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobCheckpoint {
+    /// The task's last checkpoint (the F16 intermediate, the quantized output before the quality
+    /// gate), files in the staging directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Checkpoint>,
+    /// The task's finished output ([`OUTPUT_NAME`] in the staging directory): only its
+    /// registration is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<FinishedOutput>,
+}
+
+/// The output of a task that succeeded, before it is registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishedOutput {
+    /// The output file as the daemon hashed it.
+    pub file: StagedFile,
+    /// The task's receipt.
+    pub receipt: serde_json::Value,
+}
+
+impl JobCheckpoint {
+    /// The checkpoint with only the files directly inside `staging` (the task writes nowhere
+    /// else; anything naming another place is dropped, never kept or reused).
+    pub fn confined(mut self, staging: &Path) -> JobCheckpoint {
+        let inside = |f: &StagedFile| f.path.parent() == Some(staging) && f.path.file_name().is_some();
+        if let Some(t) = &mut self.task {
+            t.converted = t.converted.take().filter(&inside);
+            t.quantized = t.quantized.take().filter(|q| inside(&q.file));
+        }
+        self.output = self.output.filter(|o| inside(&o.file) && o.file.path.file_name() == Some(OUTPUT_NAME.as_ref()));
+        self
+    }
+
+    /// The staged files it names.
+    pub fn files(&self) -> Vec<&StagedFile> {
+        let mut files = Vec::new();
+        if let Some(t) = &self.task {
+            files.extend(t.converted.as_ref());
+            files.extend(t.quantized.as_ref().map(|q| &q.file));
+        }
+        files.extend(self.output.as_ref().map(|o| &o.file));
+        files
+    }
+}
 
 /// What a user asks for (the HTTP body, the gRPC request and the CLI flags carry these).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,11 +507,16 @@ impl JobKind for QuantizeKind {
         let staging = self.staging_dir(ctx.id());
         let owner = RootOwner::new(ROOT_KIND, ctx.id()).map_err(|e| JobFailure::Failed(e.to_string()))?;
         let result = self.execute(&spec, &ctx, &staging, &owner).await;
-        // Whatever happened: no staging directory, no roots, no reservation left behind.
+        // A daemon that stops keeps the job's staged files and roots for its resume at the next
+        // start. Any other end leaves nothing behind: no staging directory, no roots, no
+        // reservation.
+        let resumable = result.is_err() && ctx.cancel_reason() == Some(CancelReason::Shutdown);
         let (kind, dir, id) = (self.clone(), staging.clone(), ctx.id().to_owned());
         let _ = tokio::task::spawn_blocking(move || {
-            let _ = std::fs::remove_dir_all(&dir);
-            kind.drop_roots(&id);
+            if !resumable {
+                let _ = std::fs::remove_dir_all(&dir);
+                kind.drop_roots(&id);
+            }
             kind.registry.release(&id);
         })
         .await;
@@ -504,6 +571,10 @@ fn apply_line(ctx: &JobContext, line: &TaskLine, receipt: &mut Option<serde_json
                 ctx.progress(done, (total > 0).then_some(total), unit);
             } else if let Some(json) = line.text.strip_prefix("receipt ") {
                 *receipt = serde_json::from_str(json).ok();
+            } else if let Some(step) = line.text.strip_prefix("resumed ") {
+                // The furthest step the task skipped (they come in order).
+                let step = step.to_owned();
+                ctx.update_detail(|d| d["resumed_from"] = serde_json::Value::String(step));
             }
         }
         TaskStream::Stderr => {
@@ -514,7 +585,89 @@ fn apply_line(ctx: &JobContext, line: &TaskLine, receipt: &mut Option<serde_json
     }
 }
 
+/// Saves the task's `checkpoint {json}` line as the job's checkpoint.
+async fn save_task_checkpoint(ctx: &JobContext, staging: &Path, json: &str) {
+    let task: Checkpoint = match serde_json::from_str(json) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job = %ctx.id(), error = %e, "the quantize task sent an unreadable checkpoint");
+            return;
+        }
+    };
+    let checkpoint = JobCheckpoint { task: Some(task), output: None }.confined(staging);
+    let bytes = serde_json::to_vec(&checkpoint).unwrap_or_default();
+    match ctx.save_checkpoint_async(bytes).await {
+        Ok(()) => tracing::debug!(job = %ctx.id(), "quantize checkpoint saved"),
+        Err(e) => tracing::warn!(job = %ctx.id(), error = %e, "cannot save the quantize checkpoint"),
+    }
+}
+
+/// Empties the staging directory `dir` but for the regular files in `keep` (creating it when
+/// missing); returns the bytes kept.
+fn clean_staging(dir: &Path, keep: &[PathBuf]) -> Result<u64, Stop> {
+    if keep.is_empty() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if !dir.is_dir() {
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(|e| Stop::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut kept = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| Stop::Failed(format!("cannot read {}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Stop::Failed(format!("cannot read {}: {e}", dir.display())))?;
+        let path = entry.path();
+        // `DirEntry::metadata` does not follow a symbolic link.
+        let meta = entry.metadata().map_err(|e| Stop::Failed(format!("cannot stat {}: {e}", path.display())))?;
+        if meta.is_file() && keep.contains(&path) {
+            kept += meta.len();
+            continue;
+        }
+        let removed = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| Stop::Failed(format!("cannot remove {}: {e}", path.display())))?;
+    }
+    Ok(kept)
+}
+
+/// Where the output of a task that finished before a restart is.
+enum Finished {
+    /// Still staged, as hashed.
+    Staged,
+    /// Already registered under the job's name (the daemon stopped before the job's end was
+    /// recorded).
+    Registered(Box<ondevice_registry::ModelRecord>),
+    /// Gone or changed: the task runs again.
+    Gone,
+}
+
 impl QuantizeKind {
+    /// Whether the source is what it was when the job was submitted: a registry model's digest
+    /// is its content; a path's size and modification time are compared. Blocking.
+    fn source_unchanged(&self, spec: &QuantizeSpec) -> bool {
+        match &spec.source {
+            SourceSpec::Model { .. } => true,
+            SourceSpec::Path { path } => Quantizer::resolve_source(&self.registry, &path.to_string_lossy())
+                .is_ok_and(|(_, id)| id == spec.source_id),
+        }
+    }
+
+    /// What became of a finished output recorded in the checkpoint. Blocking.
+    fn finished_state(&self, done: &FinishedOutput, target: &ModelRef) -> Finished {
+        let f = &done.file;
+        let staged = std::fs::symlink_metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() == f.size)
+            && crate::sha256_file(&f.path).is_ok_and(|s| s == f.sha256);
+        if staged {
+            return Finished::Staged;
+        }
+        let _ = std::fs::remove_file(&f.path);
+        match self.registry.show(target) {
+            Ok(m) if m.digest.hex() == f.sha256 => Finished::Registered(Box::new(m)),
+            _ => Finished::Gone,
+        }
+    }
+
     async fn execute(
         self: &Arc<Self>,
         spec: &QuantizeSpec,
@@ -523,17 +676,38 @@ impl QuantizeKind {
         owner: &RootOwner,
     ) -> Result<(), Stop> {
         let target: ModelRef = spec.model.parse()?;
-        // A resumed job starts over in a clean directory.
+        // A resumed job keeps the files its checkpoint names (each is checked before it is
+        // reused) and nothing else: whatever was being written when it stopped goes.
+        let checkpoint = match ctx.checkpoint() {
+            None => None,
+            Some(bytes) => match serde_json::from_slice::<JobCheckpoint>(bytes) {
+                Ok(c) => Some(c.confined(staging)),
+                Err(e) => {
+                    tracing::warn!(job = %ctx.id(), error = %e, "unreadable quantize checkpoint; starting over");
+                    None
+                }
+            },
+        };
+        ctx.update_detail(|d| {
+            if let Some(o) = d.as_object_mut() {
+                o.remove("resumed_from");
+            }
+        });
         let (kind, dir, sp, own, id) =
             (self.clone(), staging.to_path_buf(), spec.clone(), owner.clone(), ctx.id().to_owned());
         ctx.message("preparing");
-        let (input, parent, parameters, known) = blocking(move || {
-            let _ = std::fs::remove_dir_all(&dir);
-            let mut b = std::fs::DirBuilder::new();
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-            b.create(&dir).map_err(|e| Stop::Failed(format!("cannot create {}: {e}", dir.display())))?;
-            kind.prepare_source(&sp, &dir, &own, &id)
+        let (input, parent, parameters, known, checkpoint, kept) = blocking(move || {
+            let checkpoint = checkpoint.filter(|_| {
+                let same = kind.source_unchanged(&sp);
+                if !same {
+                    tracing::info!(job = %id, "the quantize source changed since the checkpoint; starting over");
+                }
+                same
+            });
+            let keep: Vec<PathBuf> = checkpoint.iter().flat_map(|c| c.files()).map(|f| f.path.clone()).collect();
+            let kept = clean_staging(&dir, &keep)?;
+            let (input, parent, parameters, known) = kind.prepare_source(&sp, &dir, &own, &id)?;
+            Ok((input, parent, parameters, known, checkpoint.unwrap_or_default(), kept))
         })
         .await?;
         if ctx.cancel_token().is_cancelled() {
@@ -548,7 +722,7 @@ impl QuantizeKind {
         let (kind, id, what, dir) =
             (self.clone(), ctx.id().to_owned(), spec.model.clone(), self.registry.blobs().dir().to_path_buf());
         blocking(move || {
-            kind.registry.reserve(&id, &what, needed, 0, &dir, &kind.config.quota).map_err(|e| match e {
+            kind.registry.reserve(&id, &what, needed, kept, &dir, &kind.config.quota).map_err(|e| match e {
                 ReserveError::Quota(q) => Stop::Failed(q.to_string()),
                 ReserveError::Registry(r) => Stop::Failed(r.to_string()),
             })
@@ -556,7 +730,28 @@ impl QuantizeKind {
         .await?;
         ctx.update_detail(|d| d["reserved_bytes"] = needed.into());
 
-        let output = staging.join("output.gguf");
+        // The task had finished before the daemon stopped: only the registration is left.
+        if let Some(done) = checkpoint.output.clone() {
+            let (kind, d, t) = (self.clone(), done.clone(), target.clone());
+            let state = blocking(move || Ok(kind.finished_state(&d, &t))).await?;
+            match state {
+                Finished::Staged => {
+                    ctx.update_detail(|d| d["resumed_from"] = "output".into());
+                    return self.register(ctx, spec, &target, done, parent).await;
+                }
+                Finished::Registered(record) => {
+                    tracing::info!(job = %ctx.id(), model = %record.reference(), "the quantized model was registered before the restart");
+                    ctx.update_detail(|d| d["resumed_from"] = "registered".into());
+                    self.finished(ctx, &record);
+                    return Ok(());
+                }
+                Finished::Gone => {
+                    tracing::info!(job = %ctx.id(), "the finished output is gone; quantizing again");
+                }
+            }
+        }
+
+        let output = staging.join(OUTPUT_NAME);
         let request = serde_json::json!({
             "source": input,
             "output": output,
@@ -570,6 +765,8 @@ impl QuantizeKind {
             "threads": self.config.threads,
             "scratch": staging,
             "known_digests": known,
+            "checkpoints": true,
+            "resume": checkpoint.task,
         });
         let mut task = TaskSpec::new(
             format!("quantize-{}", ctx.id()),
@@ -594,10 +791,16 @@ impl QuantizeKind {
         task.lines = Some(tx);
         ctx.message("starting");
         let reader = {
-            let ctx = ctx.clone();
+            let (ctx, staging) = (ctx.clone(), staging.to_path_buf());
             tokio::spawn(async move {
                 let (mut receipt, mut last_error) = (None, String::new());
                 while let Some(line) = rx.recv().await {
+                    // A step finished: recorded before the next line is read, so a stage shown
+                    // after it implies the checkpoint is stored.
+                    if let (TaskStream::Stdout, Some(json)) = (line.stream, line.text.strip_prefix("checkpoint ")) {
+                        save_task_checkpoint(&ctx, &staging, json).await;
+                        continue;
+                    }
                     apply_line(&ctx, &line, &mut receipt, &mut last_error);
                 }
                 (receipt, last_error)
@@ -631,25 +834,56 @@ impl QuantizeKind {
             return Err(Stop::Cancelled);
         }
 
-        // The daemon hashes the output itself: the blob store is content-addressed.
+        // The daemon hashes the output itself (the blob store is content-addressed) and records
+        // it: a restart from here only registers it.
+        ctx.message("hashing the output");
+        let out = output.clone();
+        let file = blocking(move || {
+            let err = |e: std::io::Error| Stop::Failed(format!("cannot hash the output: {e}"));
+            let size = std::fs::metadata(&out).map_err(err)?.len();
+            let file = std::fs::File::open(&out).map_err(err)?;
+            let digest =
+                ondevice_registry::bundle::sha256_of(std::io::BufReader::with_capacity(1 << 20, file)).map_err(err)?;
+            Ok(StagedFile { path: out, sha256: digest.hex(), size })
+        })
+        .await?;
+        let done = FinishedOutput { file, receipt };
+        let checkpoint = JobCheckpoint { task: None, output: Some(done.clone()) };
+        if let Err(e) = ctx.save_checkpoint_async(serde_json::to_vec(&checkpoint).unwrap_or_default()).await {
+            tracing::warn!(job = %ctx.id(), error = %e, "cannot save the quantize checkpoint");
+        }
+        self.register(ctx, spec, &target, done, parent).await
+    }
+
+    /// Registers a finished output with its provenance.
+    async fn register(
+        self: &Arc<Self>,
+        ctx: &JobContext,
+        spec: &QuantizeSpec,
+        target: &ModelRef,
+        done: FinishedOutput,
+        parent: Option<(String, Digest)>,
+    ) -> Result<(), Stop> {
         ctx.message("registering");
-        let (kind, out, model, from) = (self.clone(), output.clone(), target.clone(), spec.source_text());
+        let (kind, model, from) = (self.clone(), target.clone(), spec.source_text());
         let record = blocking(move || {
-            let file = std::fs::File::open(&out).map_err(|e| Stop::Failed(format!("cannot open the output: {e}")))?;
-            let digest = ondevice_registry::bundle::sha256_of(std::io::BufReader::with_capacity(1 << 20, file))
-                .map_err(|e| Stop::Failed(format!("cannot hash the output: {e}")))?;
-            let provenance = made_now(receipt, parent);
-            Ok(kind.registry.register_made(&out, digest, &model, &format!("quantize:{from}"), provenance)?)
+            let digest: Digest = format!("sha256:{}", done.file.sha256).parse()?;
+            let provenance = made_now(done.receipt, parent);
+            Ok(kind.registry.register_made(&done.file.path, digest, &model, &format!("quantize:{from}"), provenance)?)
         })
         .await?;
         tracing::info!(job = %ctx.id(), model = %record.reference(), digest = %record.digest, "quantized model registered");
+        self.finished(ctx, &record);
+        Ok(())
+    }
+
+    fn finished(&self, ctx: &JobContext, record: &ondevice_registry::ModelRecord) {
         ctx.update_detail(|d| {
             d["digest"] = serde_json::Value::String(record.digest.to_string());
             d["size"] = record.size.into();
             d["stage"] = "done".into();
         });
         ctx.message("done");
-        Ok(())
     }
 
     /// Roots the source model's blobs and finds the input the task reads: a GGUF blob in place, a
@@ -733,6 +967,66 @@ mod tests {
         assert!(estimate_output(n, "Q8_0") > estimate_output(n, "Q4_K_M"));
         assert!(estimate_output(n, "F16") > estimate_output(n, "Q8_0"));
         assert!(estimate_output(n, "Q8_0") as f64 > n as f64 * 8.5 / 8.0);
+    }
+
+    fn staged(path: &Path, bytes: &[u8]) -> StagedFile {
+        std::fs::write(path, bytes).unwrap();
+        StagedFile { path: path.to_owned(), sha256: hex(&Sha256::digest(bytes)), size: bytes.len() as u64 }
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_only_files_inside_the_staging_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(".tmp-quantize-j1");
+        std::fs::create_dir(&staging).unwrap();
+        let converted = staged(&staging.join(".ondevice-convert-f16.gguf"), b"f16");
+        let outside = staged(&tmp.path().join("elsewhere.gguf"), b"x");
+        let quantized = crate::pipeline::QuantizedStep {
+            file: outside.clone(),
+            inputs: vec![],
+            source_sha256: String::new(),
+            imatrix_sha256: None,
+        };
+        let task = Checkpoint { sources: vec![], converted: Some(converted.clone()), quantized: Some(quantized) };
+        let cp = JobCheckpoint { task: Some(task), output: None }.confined(&staging);
+        assert_eq!(cp.files(), vec![&converted], "a file outside the staging directory is never kept");
+        let mut output = staged(&staging.join("other.gguf"), b"out");
+        let named =
+            JobCheckpoint { task: None, output: Some(FinishedOutput { file: output.clone(), receipt: 1.into() }) };
+        assert!(named.confined(&staging).output.is_none(), "the output is output.gguf");
+        output.path = staging.join("sub").join(OUTPUT_NAME);
+        let nested = JobCheckpoint { task: None, output: Some(FinishedOutput { file: output, receipt: 1.into() }) };
+        assert!(nested.confined(&staging).output.is_none());
+        // The JSON stored in the job: readable back.
+        let json = serde_json::to_vec(&cp).unwrap();
+        assert_eq!(serde_json::from_slice::<JobCheckpoint>(&json).unwrap(), cp);
+    }
+
+    #[test]
+    fn cleaning_the_staging_directory_keeps_only_the_checkpointed_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(".tmp-quantize-j2");
+        std::fs::create_dir(&staging).unwrap();
+        let keep = staged(&staging.join(".ondevice-convert-f16.gguf"), b"f16 bytes");
+        staged(&staging.join(".output.gguf.123.partial"), b"half");
+        std::fs::create_dir(staging.join("model")).unwrap();
+        staged(&staging.join("model").join("config.json"), b"{}");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&keep.path, staging.join("link")).unwrap();
+        let kept = clean_staging(&staging, std::slice::from_ref(&keep.path)).ok().unwrap();
+        assert_eq!(kept, 9);
+        let names: Vec<String> = std::fs::read_dir(&staging)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![".ondevice-convert-f16.gguf".to_owned()]);
+        // Nothing to keep: a fresh, empty directory (created when missing).
+        assert_eq!(clean_staging(&staging, &[]).ok(), Some(0));
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        std::fs::remove_dir(&staging).unwrap();
+        assert_eq!(clean_staging(&staging, &[]).ok(), Some(0));
+        assert!(staging.is_dir());
     }
 
     #[test]

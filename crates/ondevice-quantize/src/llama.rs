@@ -122,6 +122,27 @@ impl TempOutput {
         &self.temp
     }
 
+    /// A file an earlier run staged for `output` (by [`quantize_to_temp`]), taken over as if just
+    /// written: the caller has checked its contents. Dropped without a commit, it is removed.
+    pub fn adopt(temp: &Path, output: &Path) -> TempOutput {
+        TempOutput { temp: temp.to_owned(), output: output.to_owned(), committed: false }
+    }
+
+    /// fsyncs the file where it is and returns its SHA-256 (64 hex digits) and size, for a
+    /// checkpoint: the file is then durable as it is, under its temporary name.
+    pub fn sync_hashed(&self) -> Result<(String, u64), QuantizeError> {
+        let err = |source| QuantizeError::Read { path: self.temp.clone(), source };
+        let file = File::open(&self.temp).map_err(err)?;
+        let (synced, sha256) = std::thread::scope(|s| {
+            let sync = s.spawn(|| file.sync_all());
+            (sync.join(), crate::sha256_file(&self.temp))
+        });
+        let sha256 = sha256?;
+        synced.unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))).map_err(err)?;
+        let size = file.metadata().map_err(err)?.len();
+        Ok((sha256, size))
+    }
+
     /// fsyncs the file and renames it to the destination (then fsyncs the directory).
     pub fn commit(mut self) -> Result<(), QuantizeError> {
         commit(&self.temp, &self.output)?;

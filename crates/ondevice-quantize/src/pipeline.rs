@@ -6,6 +6,13 @@
 //!   llama.cpp quantizes it (the intermediate file is removed).
 //! - GGUF → any type: llama.cpp quantizes it.
 //!
+//! Resuming: with [`QuantizeRequest::checkpoints`] a run reports each finished step
+//! ([`Checkpoint`]: the F16 intermediate written; the output quantized, its source digest written
+//! in and synced, before the quality gate), each file with its SHA-256 and size. A run given that
+//! checkpoint as [`QuantizeRequest::resume`] checks every file against it, skips the steps whose
+//! files match (reporting [`StageProgress::resumed`]) and removes and redoes the others; the bytes
+//! and the receipt are those of an uninterrupted run.
+//!
 //! The receipt names every input by SHA-256 (never by path), the tool and llama.cpp versions, the
 //! parameters and the output's digest. Its stable part (everything but the output digest) also goes
 //! into the GGUF as `ondevice.quantize.*` strings, so a file carries where it came from. Nothing in
@@ -73,6 +80,134 @@ pub struct QuantizeRequest {
     /// one of these is not read again to hash it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub known_digests: Vec<InputDigest>,
+    /// Report each finished step through [`StageProgress::checkpoint`] (a daemon job records them
+    /// so an interrupted job can resume). Costs one fsync and SHA-256 of the output before the
+    /// quality gate; off for a one-shot `--output`.
+    #[serde(default)]
+    pub checkpoints: bool,
+    /// What an interrupted run of the same request left: its last [`Checkpoint`]. Each staged file
+    /// is checked against the SHA-256 and size recorded there before it is reused; a file that
+    /// does not match is removed and its step done again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Checkpoint>,
+}
+
+/// The steps a run finished, with the files they left, as [`StageProgress::checkpoint`] reports
+/// them and [`QuantizeRequest::resume`] takes them back. Cumulative: the last one describes
+/// everything a resumed run may reuse.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The input files by name and size when the run started: a resume whose inputs differ
+    /// reuses nothing.
+    #[serde(default)]
+    pub sources: Vec<SourceFile>,
+    /// The F16 intermediate converted from a safetensors directory (llama.cpp's input and the
+    /// quality gate's reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted: Option<StagedFile>,
+    /// The output, quantized (or converted) with its source digest written in and synced, before
+    /// the quality gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<QuantizedStep>,
+}
+
+/// An input file by name and size (no digest: it may not be hashed yet).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceFile {
+    /// The name the receipt gives it.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A file a finished step left.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes, 64 hex digits.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The quantized output before the quality gate, with what its receipt needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuantizedStep {
+    /// The file (llama.cpp's temporary name beside the output, or the output a conversion wrote).
+    pub file: StagedFile,
+    /// The inputs' digests.
+    pub inputs: Vec<InputDigest>,
+    /// Their combined digest (written into the file).
+    pub source_sha256: String,
+    /// The importance matrix's digest.
+    pub imatrix_sha256: Option<String>,
+}
+
+/// The step names [`StageProgress::resumed`] reports.
+pub mod step {
+    /// The F16 intermediate was reused.
+    pub const CONVERTED: &str = "converted";
+    /// The quantized output was reused: only the quality gate and the commit ran.
+    pub const QUANTIZED: &str = "quantized";
+}
+
+/// The input files' names and sizes.
+fn source_files(base: &Path, files: &[PathBuf]) -> Result<Vec<SourceFile>, QuantizeError> {
+    let mut out = files
+        .iter()
+        .map(|f| crate::digest::input_name_and_size(base, f).map(|(name, size)| SourceFile { name, size }))
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Whether `file`, left by an earlier run, is a regular file with its recorded size and SHA-256.
+/// One that is not is removed: a partial or altered file is never reused.
+fn reusable(file: &StagedFile) -> bool {
+    let ok = std::fs::symlink_metadata(&file.path).is_ok_and(|m| m.is_file() && m.len() == file.size)
+        && sha256_file(&file.path).is_ok_and(|s| s == file.sha256);
+    if !ok {
+        tracing::info!(path = %file.path.display(), "a staged file does not match its checkpoint; redoing its step");
+        let _ = std::fs::remove_file(&file.path);
+    }
+    ok
+}
+
+/// What of `request.resume` can be reused, given the inputs now: the files that match are kept,
+/// the others removed. `quantized_at` says whether a path is where this request's quantized
+/// output is staged, `converted_at` the intermediate's.
+fn resumable(
+    request: &QuantizeRequest,
+    sources: &[SourceFile],
+    quantized_at: impl Fn(&Path) -> bool,
+    converted_at: Option<&Path>,
+    progress: &dyn StageProgress,
+) -> (Option<QuantizedStep>, Option<StagedFile>) {
+    let Some(resume) = &request.resume else { return (None, None) };
+    let discard = |f: &StagedFile, ours: bool| {
+        if ours {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    };
+    let quantized_ours = resume.quantized.as_ref().is_some_and(|q| quantized_at(&q.file.path));
+    let converted_ours = resume.converted.as_ref().is_some_and(|c| Some(c.path.as_path()) == converted_at);
+    if resume.sources != sources {
+        tracing::info!("the inputs changed since the checkpoint; starting over");
+        if let Some(q) = &resume.quantized {
+            discard(&q.file, quantized_ours);
+        }
+        if let Some(c) = &resume.converted {
+            discard(c, converted_ours);
+        }
+        return (None, None);
+    }
+    if resume.quantized.is_some() || resume.converted.is_some() {
+        progress.stage("verifying staged files");
+    }
+    let quantized = resume.quantized.clone().filter(|q| quantized_ours && reusable(&q.file));
+    let converted = resume.converted.clone().filter(|c| converted_ours && reusable(c));
+    (quantized, converted)
 }
 
 /// One input file of a receipt.
@@ -281,97 +416,182 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
         metadata
     };
 
+    let sources = source_files(&base, &files)?;
+    let measured = matches!(gate, Gate::Measure { .. });
     let (inputs, source_sha256, output_sha256, output_size, quality, imatrix_sha256) = match conversion {
         Some(mut conversion) if direct => {
-            // The converter hashes its output while writing it, so the inputs are hashed first
-            // and their digest written with the header.
-            progress.stage("hashing inputs");
-            let inputs = digest_inputs(&base, &files, &request.known_digests)?;
-            let source_sha256 = source_digest(&inputs);
-            clock.mark("inputs hashed");
-            for (k, v) in metadata(&source_sha256, None) {
-                conversion.add_metadata(k, ondevice_gguf::Value::String(v))?;
-            }
-            for (k, v) in gate.metadata() {
-                conversion.add_metadata(k, v)?;
-            }
-            progress.stage("converting");
-            let written = conversion.write(&request.output, &Adapter(progress))?;
+            let (resumed, _) = resumable(request, &sources, |p| p == request.output, None, progress);
+            let (inputs, source_sha256, written_sha256, written_len) = match resumed {
+                Some(q) => {
+                    progress.resumed(step::QUANTIZED);
+                    (q.inputs, q.source_sha256, q.file.sha256, q.file.size)
+                }
+                None => {
+                    // The converter hashes its output while writing it, so the inputs are hashed
+                    // first and their digest written with the header.
+                    progress.stage("hashing inputs");
+                    let inputs = digest_inputs(&base, &files, &request.known_digests)?;
+                    let source_sha256 = source_digest(&inputs);
+                    clock.mark("inputs hashed");
+                    for (k, v) in metadata(&source_sha256, None) {
+                        conversion.add_metadata(k, ondevice_gguf::Value::String(v))?;
+                    }
+                    for (k, v) in gate.metadata() {
+                        conversion.add_metadata(k, v)?;
+                    }
+                    progress.stage("converting");
+                    let written = conversion.write(&request.output, &Adapter(progress))?;
+                    if request.checkpoints && measured {
+                        let file = StagedFile {
+                            path: request.output.clone(),
+                            sha256: written.sha256.clone(),
+                            size: written.len,
+                        };
+                        let q = QuantizedStep {
+                            file,
+                            inputs: inputs.clone(),
+                            source_sha256: source_sha256.clone(),
+                            imatrix_sha256: None,
+                        };
+                        progress.checkpoint(&Checkpoint { sources, converted: None, quantized: Some(q) });
+                    }
+                    (inputs, source_sha256, written.sha256, written.len)
+                }
+            };
             let quality = measure_output(&request.output, None)?;
             // Recording the figures rewrote a few bytes of the output.
             let output_sha256 = if quality.as_ref().is_some_and(|q| q.perplexity.is_some()) {
                 sha256_file(&request.output)?
             } else {
-                written.sha256
+                written_sha256
             };
-            (inputs, source_sha256, output_sha256, written.len, quality, None)
+            (inputs, source_sha256, output_sha256, written_len, quality, None)
         }
         conversion => (|| {
             // The inputs are hashed while llama.cpp works (and the converter before it); the
             // output is written with a placeholder digest of the same length, patched in before
             // the file is moved into place.
-            let hashing = crate::digest::Background::start(&base, &files, &request.known_digests)?;
             let scratch = request
                 .scratch
                 .clone()
                 .or_else(|| request.output.parent().map(Path::to_owned))
                 .unwrap_or_else(|| PathBuf::from("."));
+            let converted_path = scratch.join(".ondevice-convert-f16.gguf");
+            let (resumed, converted) = resumable(
+                request,
+                &sources,
+                |p| is_staged_name(p, &request.output),
+                conversion.is_some().then_some(converted_path.as_path()),
+                progress,
+            );
+            // The intermediate is llama.cpp's input, and the quality gate's reference.
+            let needs_intermediate =
+                conversion.is_some() && (resumed.is_none() || matches!(gate, Gate::Measure { reference: true, .. }));
+            if !needs_intermediate {
+                if let Some(c) = &converted {
+                    let _ = std::fs::remove_file(&c.path);
+                }
+            }
+            let mut checkpoint = Checkpoint { sources, converted: None, quantized: None };
+            let hashing = match resumed {
+                None => Some(crate::digest::Background::start(&base, &files, &request.known_digests)?),
+                Some(_) => None,
+            };
             let mut intermediate = None;
             let input = match conversion {
-                Some(conversion) => {
-                    progress.stage("converting to F16");
-                    let path = scratch.join(".ondevice-convert-f16.gguf");
-                    let guard = RemoveOnDrop(path.clone());
-                    conversion.write(&path, &Adapter(progress))?;
+                Some(conversion) if needs_intermediate => {
+                    let guard = RemoveOnDrop(converted_path.clone());
+                    match converted {
+                        Some(c) => {
+                            progress.resumed(step::CONVERTED);
+                            checkpoint.converted = Some(c);
+                        }
+                        None => {
+                            progress.stage("converting to F16");
+                            let written = conversion.write(&converted_path, &Adapter(progress))?;
+                            if request.checkpoints {
+                                checkpoint.converted = Some(StagedFile {
+                                    path: converted_path.clone(),
+                                    sha256: written.sha256,
+                                    size: written.len,
+                                });
+                                progress.checkpoint(&checkpoint);
+                            }
+                        }
+                    }
                     intermediate = Some(guard);
-                    path
+                    converted_path.clone()
                 }
-                None => request.source.clone(),
+                _ => request.source.clone(),
             };
-            let mut imatrix = imatrix;
-            let mut made_imatrix = None;
-            if request.make_imatrix {
-                progress.stage("computing importance matrix");
-                let path = scratch.join(".ondevice-imatrix.dat");
-                let guard = RemoveOnDrop(path.clone());
-                let entries = compute_imatrix(&input, request.threads, progress)?;
-                crate::write_legacy(&path, &entries)
-                    .map_err(|source| QuantizeError::Read { path: path.clone(), source })?;
-                imatrix = Some(Imatrix::open(&path)?);
-                made_imatrix = Some(guard);
-            }
-            let imatrix_sha256 = imatrix.as_ref().map(|m| m.sha256().to_owned());
-            progress.stage("quantizing");
-            let placeholder = "0".repeat(64);
-            let staged = quantize_llama(
-                &input,
-                request,
-                quant_type,
-                output_type,
-                token_type,
-                overrides,
-                imatrix,
-                crate::quality::without_stale(
-                    metadata(&placeholder, imatrix_sha256.as_deref())
-                        .into_iter()
-                        .map(|(k, v)| (k, ondevice_gguf::Value::String(v)))
-                        .chain(gate.metadata())
-                        .collect(),
-                    inherited,
-                ),
-                progress,
-            )?;
-            clock.mark("llama.cpp done");
-            let inputs = hashing.finish()?;
-            clock.mark("inputs hashed");
-            let source_sha256 = source_digest(&inputs);
+            let (staged, inputs, source_sha256, imatrix_sha256) = match (resumed, hashing) {
+                (Some(q), _) => {
+                    progress.resumed(step::QUANTIZED);
+                    (adopt_staged(&q.file.path, &request.output)?, q.inputs, q.source_sha256, q.imatrix_sha256)
+                }
+                (None, hashing) => {
+                    let mut imatrix = imatrix;
+                    let mut _made_imatrix = None;
+                    if request.make_imatrix {
+                        progress.stage("computing importance matrix");
+                        let path = scratch.join(".ondevice-imatrix.dat");
+                        let guard = RemoveOnDrop(path.clone());
+                        let entries = compute_imatrix(&input, request.threads, progress)?;
+                        crate::write_legacy(&path, &entries)
+                            .map_err(|source| QuantizeError::Read { path: path.clone(), source })?;
+                        imatrix = Some(Imatrix::open(&path)?);
+                        _made_imatrix = Some(guard);
+                    }
+                    let imatrix_sha256 = imatrix.as_ref().map(|m| m.sha256().to_owned());
+                    progress.stage("quantizing");
+                    let placeholder = "0".repeat(64);
+                    let staged = quantize_llama(
+                        &input,
+                        request,
+                        quant_type,
+                        output_type,
+                        token_type,
+                        overrides,
+                        imatrix,
+                        crate::quality::without_stale(
+                            metadata(&placeholder, imatrix_sha256.as_deref())
+                                .into_iter()
+                                .map(|(k, v)| (k, ondevice_gguf::Value::String(v)))
+                                .chain(gate.metadata())
+                                .collect(),
+                            inherited,
+                        ),
+                        progress,
+                    )?;
+                    clock.mark("llama.cpp done");
+                    let inputs = match hashing {
+                        Some(h) => h.finish()?,
+                        None => digest_inputs(&base, &files, &request.known_digests)?,
+                    };
+                    clock.mark("inputs hashed");
+                    let source_sha256 = source_digest(&inputs);
+                    let path = staged_path(&staged).to_owned();
+                    patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
+                    clock.mark("source digest written");
+                    // The quality gate may take long: what is quantized is kept for a resume.
+                    if request.checkpoints && measured {
+                        let (sha256, size) = sync_hashed(&staged)?;
+                        checkpoint.quantized = Some(QuantizedStep {
+                            file: StagedFile { path, sha256, size },
+                            inputs: inputs.clone(),
+                            source_sha256: source_sha256.clone(),
+                            imatrix_sha256: imatrix_sha256.clone(),
+                        });
+                        progress.checkpoint(&checkpoint);
+                        clock.mark("checkpoint: output synced and hashed");
+                    }
+                    (staged, inputs, source_sha256, imatrix_sha256)
+                }
+            };
             let path = staged_path(&staged).to_owned();
-            patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
-            clock.mark("source digest written");
-            let quality =
-                measure_output(&path, Some(intermediate.as_ref().map_or(request.source.as_path(), |g| g.0.as_path())))?;
+            let reference = intermediate.as_ref().map_or(request.source.as_path(), |g: &RemoveOnDrop| g.0.as_path());
+            let quality = measure_output(&path, Some(reference))?;
             drop(intermediate);
-            drop(made_imatrix);
             let size =
                 std::fs::metadata(&path).map_err(|source| QuantizeError::Read { path: path.clone(), source })?.len();
             let output_sha256 = commit_hashed(staged)?;
@@ -587,6 +807,39 @@ fn commit_hashed(staged: Staged) -> Result<String, QuantizeError> {
     staged.commit_hashed()
 }
 
+/// Whether `path` is a name [`quantize_llama`] stages the output of `output` under.
+fn is_staged_name(path: &Path, output: &Path) -> bool {
+    let (Some(name), Some(out)) =
+        (path.file_name().and_then(|n| n.to_str()), output.file_name().and_then(|n| n.to_str()))
+    else {
+        return false;
+    };
+    path.parent() == output.parent() && name.starts_with(&format!(".{out}.")) && name.ends_with(".partial")
+}
+
+#[cfg(feature = "llama")]
+fn adopt_staged(path: &Path, output: &Path) -> Result<Staged, QuantizeError> {
+    Ok(crate::llama::TempOutput::adopt(path, output))
+}
+
+#[cfg(feature = "llama")]
+fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
+    staged.sync_hashed()
+}
+
+#[cfg(not(feature = "llama"))]
+fn adopt_staged(_: &Path, _: &Path) -> Result<Staged, QuantizeError> {
+    Err(QuantizeError::Unsupported {
+        what: "resuming a quantization needs llama.cpp's quantizer, which this build lacks (built without the engine)"
+            .into(),
+    })
+}
+
+#[cfg(not(feature = "llama"))]
+fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
+    match *staged {}
+}
+
 #[cfg(not(feature = "llama"))]
 fn staged_path(staged: &Staged) -> &Path {
     match *staged {}
@@ -625,6 +878,12 @@ pub trait StageProgress {
     fn cancelled(&self) -> bool {
         false
     }
+    /// A step finished and its files are synced: a run given `checkpoint` as
+    /// [`QuantizeRequest::resume`] continues after it. Only with [`QuantizeRequest::checkpoints`].
+    fn checkpoint(&self, _checkpoint: &Checkpoint) {}
+    /// A step is skipped because its file from an earlier run matched its checkpoint (a
+    /// [`step`] name).
+    fn resumed(&self, _step: &str) {}
 }
 
 struct Adapter<'a>(&'a dyn StageProgress);

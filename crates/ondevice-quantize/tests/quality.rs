@@ -35,6 +35,8 @@ fn request(source: &Path, output: &Path, quant_type: &str) -> QuantizeRequest {
         no_quality: false,
         make_imatrix: false,
         known_digests: Vec::new(),
+        checkpoints: false,
+        resume: None,
     }
 }
 

@@ -153,6 +153,8 @@ fn local_request(args: &QuantizeArgs, output: &Path) -> anyhow::Result<QuantizeR
         no_quality: args.no_quality,
         make_imatrix: args.make_imatrix,
         known_digests: Vec::new(),
+        checkpoints: false,
+        resume: None,
     })
 }
 

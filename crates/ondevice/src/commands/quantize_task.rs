@@ -1,14 +1,16 @@
 //! `ondevice quantize-task` (hidden): one quantization, run by the daemon's supervisor as a
 //! sandboxed one-shot task (`Supervisor::run_task`). The request comes as JSON on the command line
 //! (`ondevice_quantize::pipeline::QuantizeRequest`); stdout carries `progress STAGE DONE TOTAL`
-//! lines and, on success, one `receipt {json}` line; errors go to stderr with exit code 1. Needs no
-//! config file and no home directory.
+//! lines, a `checkpoint {json}` line after each step a resumed job may skip (when the request asks
+//! for checkpoints), a `resumed STEP` line for each step skipped and, on success, one
+//! `receipt {json}` line; errors go to stderr with exit code 1. Needs no config file and no home
+//! directory.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ondevice_quantize::pipeline::{self, QuantizeRequest, StageProgress};
+use ondevice_quantize::pipeline::{self, Checkpoint, QuantizeRequest, StageProgress};
 
 /// Prints progress as lines the job reads, at most one per percent of each stage.
 struct Lines {
@@ -32,6 +34,19 @@ impl StageProgress for Lines {
         stage.1 = pct;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "progress {} {done} {total}", stage.0);
+        let _ = out.flush();
+    }
+
+    fn checkpoint(&self, checkpoint: &Checkpoint) {
+        let Ok(json) = serde_json::to_string(checkpoint) else { return };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "checkpoint {json}");
+        let _ = out.flush();
+    }
+
+    fn resumed(&self, step: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "resumed {step}");
         let _ = out.flush();
     }
 }
