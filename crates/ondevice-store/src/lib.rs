@@ -31,8 +31,8 @@ pub use provenance::ProvenanceRow;
 pub use roots::RootRow;
 pub use telemetry::{OUTBOX_MAX_EVENTS, OutboxRow};
 pub use vector::{
-    VectorChange, VectorChunkRow, VectorCollectionRow, VectorDocInput, VectorDocRow, VectorFilterCondition,
-    VectorFilterValue, VectorWriteOutcome,
+    VectorChange, VectorChunkRef, VectorChunkRow, VectorCollectionRow, VectorDocInput, VectorDocRow,
+    VectorFilterCondition, VectorFilterValue, VectorWriteOutcome,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.

@@ -7,7 +7,10 @@
 //! the log after it; a file from before the pruned part of the log (or ahead of `head_seq`, or
 //! damaged) is rebuilt from `vector_chunks`. Rows are plain data: `ondevice-vector` validates names.
 
-use rusqlite::{OptionalExtension, Row, params, params_from_iter, types::Value as SqlValue};
+use std::fmt::Write as _;
+
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 
 use crate::{Store, StoreError};
 
@@ -126,6 +129,25 @@ pub struct VectorChunkRow {
     pub embedding: Vec<u8>,
 }
 
+/// A chunk with its document's fields, borrowed from SQLite's row ([`Store::vector_chunks_with`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VectorChunkRef<'a> {
+    /// Chunk id.
+    pub id: i64,
+    /// Document id.
+    pub doc_id: &'a str,
+    /// Position in the document.
+    pub seq: i64,
+    /// Text.
+    pub text: &'a str,
+    /// Document source.
+    pub source: Option<&'a str>,
+    /// Document metadata (JSON object).
+    pub metadata: &'a str,
+    /// The chunk's embedding as stored (little-endian `f32`s).
+    pub embedding: &'a [u8],
+}
+
 /// A stored document with its chunk texts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorDocRow {
@@ -172,6 +194,23 @@ fn collection_from_row(r: &Row<'_>) -> rusqlite::Result<VectorCollectionRow> {
         documents: r.get(6)?,
         chunks: r.get(7)?,
     })
+}
+
+/// The chunks (with their documents' fields) whose ids are in the JSON array `?1`.
+/// `+k.collection_id`: the ids pick the rows by primary key; without the `+` SQLite may choose the
+/// collection's index and scan all its chunks.
+const CHUNKS_BY_ID: &str = "SELECT k.id, k.doc_id, k.seq, k.text, d.source, d.metadata, k.embedding
+     FROM vector_chunks k JOIN vector_documents d ON d.collection_id = k.collection_id AND d.doc_id = k.doc_id
+     WHERE k.id IN (SELECT value FROM json_each(?1)) AND +k.collection_id = ?2";
+
+/// Column `i` of a row, borrowed from SQLite's buffer.
+fn borrowed<'r, T>(
+    r: &'r Row<'_>,
+    i: usize,
+    get: impl FnOnce(&ValueRef<'r>) -> rusqlite::types::FromSqlResult<T>,
+) -> rusqlite::Result<T> {
+    let v = r.get_ref(i)?;
+    get(&v).map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)))
 }
 
 /// Appends a change and returns its seq.
@@ -391,33 +430,55 @@ impl Store {
     /// The chunks with these ids (in no particular order; missing ids are skipped), read in one
     /// snapshot on a read-only connection, so a query never waits behind a write.
     pub fn vector_chunks(&self, collection_id: i64, ids: &[i64]) -> Result<Vec<VectorChunkRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        self.vector_chunks_with(collection_id, ids, |r| {
+            out.push(VectorChunkRow {
+                id: r.id,
+                doc_id: r.doc_id.to_owned(),
+                seq: r.seq,
+                text: r.text.to_owned(),
+                source: r.source.map(str::to_owned),
+                metadata: r.metadata.to_owned(),
+                embedding: r.embedding.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each of the chunks with these ids (in no particular order; missing ids are
+    /// skipped), borrowed from SQLite's row: one statement for all of them (one snapshot, one
+    /// cached prepared statement whatever the number of ids), on a read-only connection, so a
+    /// query never waits behind a write and copies only what it keeps.
+    pub fn vector_chunks_with(
+        &self,
+        collection_id: i64,
+        ids: &[i64],
+        mut f: impl FnMut(VectorChunkRef<'_>),
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // The ids as a JSON array for json_each: one statement text for any number of ids.
+        let mut list = String::with_capacity(ids.len() * 8 + 2);
+        for (i, id) in ids.iter().enumerate() {
+            let _ = write!(list, "{}{id}", if i == 0 { '[' } else { ',' });
+        }
+        list.push(']');
         self.with_read(|c| {
-            let tx = c.unchecked_transaction()?;
-            let mut st = tx.prepare_cached(
-                "SELECT k.id, k.doc_id, k.seq, k.text, d.source, d.metadata, k.embedding FROM vector_chunks k
-                 JOIN vector_documents d ON d.collection_id = k.collection_id AND d.doc_id = k.doc_id
-                 WHERE k.id = ?1 AND k.collection_id = ?2",
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let row = st
-                    .query_row(params![id, collection_id], |r| {
-                        Ok(VectorChunkRow {
-                            id: r.get(0)?,
-                            doc_id: r.get(1)?,
-                            seq: r.get(2)?,
-                            text: r.get(3)?,
-                            source: r.get(4)?,
-                            metadata: r.get(5)?,
-                            embedding: r.get(6)?,
-                        })
-                    })
-                    .optional()?;
-                out.extend(row);
+            let mut st = c.prepare_cached(CHUNKS_BY_ID)?;
+            let mut rows = st.query(params![list, collection_id])?;
+            while let Some(r) = rows.next()? {
+                f(VectorChunkRef {
+                    id: r.get(0)?,
+                    doc_id: borrowed(r, 1, ValueRef::as_str)?,
+                    seq: r.get(2)?,
+                    text: borrowed(r, 3, ValueRef::as_str)?,
+                    source: borrowed(r, 4, ValueRef::as_str_or_null)?,
+                    metadata: borrowed(r, 5, ValueRef::as_str)?,
+                    embedding: borrowed(r, 6, ValueRef::as_blob)?,
+                });
             }
-            drop(st);
-            tx.finish()?;
-            Ok(out)
+            Ok(())
         })
     }
 
@@ -598,6 +659,20 @@ mod tests {
         assert_eq!((del.existed, del.removed.len()), (1, 1));
         let hashes = store.vector_content_hashes(id, &["a".into(), "b".into()]).unwrap();
         assert_eq!(hashes, vec![("a".to_string(), "sha256:a".to_string())]);
+    }
+
+    #[test]
+    fn chunks_by_id_are_looked_up_by_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ondevice.db")).unwrap();
+        let plan: Vec<String> = store
+            .with(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {CHUNKS_BY_ID}"))?;
+                st.query_map(params!["[1,2]", 1], |r| r.get(3))?.collect()
+            })
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("SEARCH k USING INTEGER PRIMARY KEY")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("SCAN k") || p.contains("vector_chunks_by_doc")), "{plan:?}");
     }
 
     #[test]

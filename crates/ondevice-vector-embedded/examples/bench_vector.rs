@@ -1,13 +1,22 @@
 //! `scripts/bench-vector`'s ondevice side: builds the embedded backend (SQLite + usearch HNSW,
-//! through `VectorBackend`, as the daemon does) on clustered random vectors, measures build time,
-//! recall@10 against exact search and single-thread queries per second, and writes the data so the
-//! script can run faiss and usearch (PyPI) on the very same vectors and queries. Queries are timed
-//! twice: the index search alone (ids and distances, what faiss and usearch measure) and the full
-//! query (with each hit's chunk text, source and metadata read from SQLite).
+//! through `VectorBackend`, as the daemon does) on clustered random vectors, writes the data so the
+//! script can run faiss and usearch (PyPI) on the very same vectors and queries, then times query
+//! passes when asked on stdin, so the script can interleave them with the peers' passes in rounds
+//! (one busy moment of the shared machine then skews one round, not the whole comparison).
 //!
 //! `cargo run --release -p ondevice-vector-embedded --example bench_vector -- OUT_DIR [N] [DIM] [QUERIES] [M] [EF_CONSTRUCTION] [EF]`
+//!
+//! Once built it prints one JSON line (build time, kernel) and then reads commands, one a line,
+//! answering each with one JSON line (queries/s and recall@10 of one pass over every query):
+//!
+//! - `index [R]`: the index search alone, ids and distances (what faiss and usearch measure);
+//! - `query [R]`: the full query as the daemon answers it, through the async `VectorBackend`:
+//!   the search, then each hit's chunk text, source and metadata from SQLite, re-scored exactly.
+//!
+//! `R` (default 1) repeats the pass, for profiling (`perf record -p PID` while it runs); the figure
+//! is per pass. End of input ends the program.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +33,13 @@ fn write_f32(path: &std::path::Path, rows: &[Vec<f32>]) {
             f.write_all(&x.to_le_bytes()).expect("write");
         }
     }
+}
+
+/// One line of JSON on stdout, flushed (the script waits for it).
+fn answer(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}").expect("stdout");
+    out.flush().expect("stdout");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -58,6 +74,7 @@ async fn main() {
         backend.upsert("bench", docs_for(part, i * 10_000, 10)).await.expect("upsert");
     }
     let build_s = started.elapsed().as_secs_f64();
+    drop(data);
 
     // Warm-up (first touch of the index pages and of SQLite's cache), not timed.
     for q in queries.iter().take(50) {
@@ -67,49 +84,44 @@ async fn main() {
             .await
             .expect("query");
     }
+    answer(serde_json::json!({
+        "n": n, "dim": dim, "queries": nq, "m": m, "ef_construction": efc, "ef": ef,
+        "build_s": build_s, "build_threads": std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1),
+        "kernel": EmbeddedBackend::distance_kernel(),
+    }));
 
-    // For profiling (`perf record -p`): ONDEVICE_BENCH_REPEAT=R runs each timed loop R times
-    // (the figures are per pass), with a line on stderr before each loop.
-    let repeat: usize = std::env::var("ONDEVICE_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
-
-    // Index search only: what faiss and usearch measure (ids and distances, no rows). Chunk ids
-    // are SQLite row ids given in insertion order from 1, so chunk id i + 1 is document d{i}.
-    if repeat > 1 {
-        eprintln!("bench: index search");
+    let requests: Vec<VectorQuery> =
+        queries.iter().map(|q| VectorQuery { vector: q.clone(), k: 10, filter: Filter::default() }).collect();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("stdin");
+        let mut words = line.split_whitespace();
+        let Some(what) = words.next() else { continue };
+        let repeat: usize = words.next().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+        let mut found = 0usize;
+        let started = Instant::now();
+        match what {
+            // Chunk ids are SQLite row ids given in insertion order from 1: chunk id i + 1 is
+            // document d{i}.
+            "index" => {
+                for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
+                    let ids = backend.nearest_chunk_ids("bench", q, 10).expect("search");
+                    found += ids.iter().filter(|(id, _)| t.contains(&(*id as usize - 1))).count();
+                }
+            }
+            "query" => {
+                for (q, t) in std::iter::repeat_n(requests.iter().zip(&truth), repeat).flatten() {
+                    let hits = backend.query("bench", q).await.expect("query");
+                    found += hits
+                        .iter()
+                        .filter(|h| t.contains(&h.document_id[1..].parse::<usize>().unwrap_or(usize::MAX)))
+                        .count();
+                }
+            }
+            other => panic!("unknown command {other:?}: use index [R] or query [R]"),
+        }
+        let secs = started.elapsed().as_secs_f64() / repeat as f64;
+        answer(serde_json::json!({
+            "what": what, "qps": nq as f64 / secs, "recall_at_10": (found / repeat) as f64 / (nq * 10) as f64,
+        }));
     }
-    let started = Instant::now();
-    let mut index_found = 0usize;
-    for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
-        let ids = backend.nearest_chunk_ids("bench", q, 10).expect("search");
-        index_found += ids.iter().filter(|(id, _)| t.contains(&(*id as usize - 1))).count();
-    }
-    let index_s = started.elapsed().as_secs_f64() / repeat as f64;
-    index_found /= repeat;
-
-    // The full query, as the daemon answers it: index search, then the hits' chunk text, source
-    // and metadata from SQLite, through the async VectorBackend (a blocking-pool task each).
-    if repeat > 1 {
-        eprintln!("bench: full query");
-    }
-    let started = Instant::now();
-    let mut found = 0usize;
-    for (q, t) in std::iter::repeat_n(queries.iter().zip(&truth), repeat).flatten() {
-        let hits = backend
-            .query("bench", &VectorQuery { vector: q.clone(), k: 10, filter: Filter::default() })
-            .await
-            .expect("query");
-        found += hits.iter().filter(|h| t.contains(&h.document_id[1..].parse::<usize>().unwrap_or(usize::MAX))).count();
-    }
-    let query_s = started.elapsed().as_secs_f64() / repeat as f64;
-    found /= repeat;
-    println!(
-        "{}",
-        serde_json::json!({
-            "n": n, "dim": dim, "queries": nq, "m": m, "ef_construction": efc, "ef": ef,
-            "build_s": build_s, "build_threads": std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1),
-            "kernel": EmbeddedBackend::distance_kernel(),
-            "recall_at_10": found as f64 / (nq * 10) as f64, "qps": nq as f64 / query_s,
-            "index_recall_at_10": index_found as f64 / (nq * 10) as f64, "index_qps": nq as f64 / index_s,
-        })
-    );
 }

@@ -103,20 +103,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Runs a short blocking call (a query: index search and a few row reads) for an async caller. On
-/// a multi-thread runtime it runs in place (`block_in_place`: the worker hands its other tasks to
-/// another thread meanwhile), which saves the hop to a blocking-pool thread and back, a large part
-/// of a sub-millisecond query, and keeps the index's upper layers in this core's cache. Elsewhere
-/// (a current-thread runtime) it goes to the blocking pool like every other call.
-async fn blocking_short<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, VectorError> + Send + 'static,
-) -> Result<T, VectorError> {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => blocking(f).await,
-    }
-}
-
 fn filter_conditions(filter: &Filter) -> Vec<ondevice_store::VectorFilterCondition> {
     filter
         .conditions
@@ -314,37 +300,47 @@ impl EmbeddedBackend {
             }
         };
         // Rows for the nearest `k` first; the extra candidates only when some of those were
-        // deleted or rewritten since the index read.
+        // deleted or rewritten since the index read. One statement per batch, rows borrowed from
+        // SQLite: only what a hit keeps is copied.
         let mut hits = Vec::with_capacity(q.k);
         let mut next = 0;
+        let mut keys = Vec::with_capacity(q.k);
+        let mut stored = Vec::with_capacity(q.vector.len());
         while hits.len() < q.k && next < found.len() {
             let batch = &found[next..(next + q.k - hits.len()).min(found.len())];
             next += batch.len();
-            let keys: Vec<i64> = batch.iter().map(|(k, _)| *k as i64).collect();
-            let rows = self.inner.store.vector_chunks(l.id, &keys).map_err(backend_err)?;
-            let mut by_id: HashMap<i64, _> = rows.into_iter().map(|r| (r.id, r)).collect();
-            for &(key, d) in batch {
-                let Some(row) = by_id.remove(&(key as i64)) else { continue };
-                let metadata: Metadata = serde_json::from_str(&row.metadata).unwrap_or_default();
-                if !q.filter.matches(&metadata) {
-                    continue; // rewritten between the id read and the row read
-                }
-                // The exact distance from the stored embedding (the index's may be rounded:
-                // `metric.rs`); the index's when the row's embedding is unreadable.
-                let d = match decode_embedding(&row.embedding) {
-                    Ok(v) if v.len() == q.vector.len() => distance.distance(&q.vector, &v),
-                    _ => d,
-                };
-                hits.push(Hit {
-                    document_id: row.doc_id,
-                    chunk: row.seq as u32,
-                    text: row.text,
-                    source: row.source,
-                    metadata,
-                    score: distance.score(d),
-                    distance: d,
-                });
-            }
+            keys.clear();
+            keys.extend(batch.iter().map(|(k, _)| *k as i64));
+            self.inner
+                .store
+                .vector_chunks_with(l.id, &keys, |row| {
+                    let Some(&(_, d)) = batch.iter().find(|(k, _)| *k as i64 == row.id) else { return };
+                    let metadata: Metadata = serde_json::from_str(row.metadata).unwrap_or_default();
+                    if !q.filter.matches(&metadata) {
+                        return; // rewritten between the id read and the row read
+                    }
+                    // The exact distance from the stored embedding (the index's may be rounded:
+                    // `metric.rs`); the index's when the row's embedding is unreadable.
+                    let d = if row.embedding.len() == q.vector.len() * 4 {
+                        stored.clear();
+                        stored.extend(
+                            row.embedding.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                        );
+                        distance.distance(&q.vector, &stored)
+                    } else {
+                        d
+                    };
+                    hits.push(Hit {
+                        document_id: row.doc_id.to_owned(),
+                        chunk: row.seq as u32,
+                        text: row.text.to_owned(),
+                        source: row.source.map(str::to_owned),
+                        metadata,
+                        score: distance.score(d),
+                        distance: d,
+                    });
+                })
+                .map_err(backend_err)?;
         }
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         Ok(hits)
@@ -516,10 +512,23 @@ impl VectorBackend for EmbeddedBackend {
         collection: &'a str,
         query: &'a VectorQuery,
     ) -> BoxFuture<'a, Result<Vec<Hit>, VectorError>> {
-        let this = self.clone();
-        let name = collection.to_owned();
-        let query = query.clone();
-        Box::pin(blocking_short(move || this.query_blocking(&name, &query)))
+        // A query is a short blocking call (index search and a few row reads). On a multi-thread
+        // runtime it runs in place (`block_in_place`: the worker hands its other tasks to another
+        // thread meanwhile), borrowing the query: that saves the hop to a blocking-pool thread and
+        // back, a large part of a sub-millisecond query, and keeps the index's upper layers in this
+        // core's cache. Elsewhere (a current-thread runtime) it goes to the blocking pool like
+        // every other call.
+        Box::pin(async move {
+            if let Ok(tokio::runtime::RuntimeFlavor::MultiThread) =
+                tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor())
+            {
+                return tokio::task::block_in_place(|| self.query_blocking(collection, query));
+            }
+            let this = self.clone();
+            let name = collection.to_owned();
+            let query = query.clone();
+            blocking(move || this.query_blocking(&name, &query)).await
+        })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), VectorError>> {
