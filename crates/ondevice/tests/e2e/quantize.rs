@@ -2,7 +2,8 @@
 //! model imported as `smollm2:latest`: `ondevice quantize smollm2 --type Q8_0` registers
 //! `smollm2-q8_0:latest` with its provenance and the result answers "Paris"; a daemon killed
 //! with SIGKILL mid-quantize leaves no registered model, its task dies with it, and the restarted
-//! daemon's cleanup leaves no staging file; a cancel does the same; bad requests are refused
+//! daemon's cleanup leaves no staging file; a cancel does the same; a daemon killed during the
+//! quality gate resumes the job without quantizing again; bad requests are refused
 //! before a job exists; all-MiniLM-L6-v2's safetensors directory → F16 serves `/v1/embeddings`
 //! within cosine 0.999 of an independent NumPy reference. Tests named `llama_*` run the engine
 //! (nextest `llama` group).
@@ -208,6 +209,86 @@ async fn llama_kill_9_mid_quantize_leaves_no_model_and_a_restart_cleans_up() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, roots_free) = daemon.get("/api/v1/models", Some(daemon.admin_key())).await;
     assert_eq!(roots_free.as_array().map(Vec::len), Some(1), "only the source model: {roots_free}");
+}
+
+/// A daemon killed with SIGKILL while the quality gate runs (after the quantized output's
+/// checkpoint): the restarted daemon resumes the job from that checkpoint: the task checks the
+/// staged file against its digest and measures it without quantizing again, and the model is
+/// registered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_kill_9_during_the_quality_gate_resumes_without_quantizing_again() {
+    let Some((daemon, _)) = setup("quantize::llama_kill_9_during_the_quality_gate").await else { return };
+    let body = json!({"source": "smollm2", "type": "Q8_0", "allow_requantize": true, "name": "resumed:q8"});
+    let id = start(&daemon, body).await["id"].as_str().unwrap().to_owned();
+    // The stage after the checkpoint: the job stores a checkpoint before it reads the next line.
+    let home_dir = daemon.home().dir();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let j = job(&daemon, &id).await;
+        assert_eq!(j["state"], "running", "finished before the quality gate could be interrupted: {j}");
+        if j["detail"]["stage"] == "measuring quality" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the quality gate never started: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let home = daemon.kill9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !task_processes(&home_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the quantize task outlived its daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let staging = home_dir.join("blobs").join(format!(".tmp-quantize-{id}"));
+    let staged: Vec<String> = std::fs::read_dir(&staging)
+        .expect("the staging directory stays for the resume")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(staged.iter().any(|n| n.ends_with(".partial")), "the quantized output is staged: {staged:?}");
+
+    // Restarted: the job resumes from the quantized output and succeeds.
+    let daemon = Daemon::start(home);
+    let deadline = Instant::now() + WAIT;
+    let done = loop {
+        let j = job(&daemon, &id).await;
+        if j["state"] != "running" && j["state"] != "queued" {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "the resumed job never ended: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("resumed after SIGKILL during the quality gate: {done}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["detail"]["resumed_from"], "quantized", "the task skipped quantizing: {done}");
+    let (status, m) = daemon.get("/api/v1/models/resumed%3Aq8", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["digest"], done["detail"]["digest"]);
+    let receipt = &m["provenance"]["receipt"];
+    assert_eq!(receipt["output_sha256"], m["digest"].as_str().unwrap().trim_start_matches("sha256:"), "{receipt}");
+    assert!(
+        receipt["quality"]["perplexity"].as_f64().is_some_and(f64::is_finite),
+        "measured after the resume: {receipt}"
+    );
+    let (_, models) = daemon.get("/api/v1/models", Some(daemon.admin_key())).await;
+    let names: Vec<&str> = models.as_array().expect("models").iter().filter_map(|m| m["model"].as_str()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "resumed:q8").count(), 1, "registered once: {models}");
+    assert_eq!(names.len(), 2, "the source and the result: {models}");
+    assert!(staging_entries(&home_dir).is_empty(), "{:?}", staging_entries(&home_dir));
+    // The same bytes as an uninterrupted job.
+    let out = daemon.home().run(&[
+        "quantize",
+        "smollm2",
+        "--type",
+        "Q8_0",
+        "--allow-requantize",
+        "--name",
+        "straight:q8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "quantize: {}", describe(&out));
+    let straight: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(straight["detail"]["resumed_from"], Value::Null, "{straight}");
+    assert_eq!(straight["detail"]["digest"], done["detail"]["digest"], "{straight}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
