@@ -22,12 +22,12 @@
 //! Checkpoints ([`JobCheckpoint`], the job's stored checkpoint): the task reports each finished
 //! step (`checkpoint {json}` lines: the F16 intermediate of a safetensors directory converted; the
 //! output quantized and synced, before the quality gate), with each staged file's SHA-256 and
-//! size; once the task has succeeded the daemon records the output it hashed. A daemon that stops
-//! (even by `kill -9`) leaves the staging directory and the roots, and no registry row; at the
-//! next start the job keeps only the files its checkpoint names, the task checks each against its
-//! digest and size and skips the steps whose files match (anything else is removed and made
-//! again), or the daemon only registers the finished output. A path source whose size or time
-//! changed starts over.
+//! size; when the task prints its receipt the job records the finished output it describes. A
+//! daemon that stops (even by `kill -9`) leaves the staging directory and the roots, and no
+//! registry row; at the next start the job keeps only the files its checkpoint names, the task
+//! checks each against its digest and size and skips the steps whose files match (anything else
+//! is removed and made again), or the daemon checks the finished output and only registers it. A
+//! path source whose size or time changed starts over.
 //!
 //! Whatever other way the job ends (success, failure, cancel) the staging directory goes, with
 //! the roots and the reservation; [`QuantizeKind::new`] removes the directories of jobs that will
@@ -63,7 +63,7 @@ pub const STAGING_PREFIX: &str = ".tmp-quantize-";
 pub const OUTPUT_NAME: &str = "output.gguf";
 
 /// A `quantize` job's checkpoint (JSON, stored by `ondevice-jobs`): the steps of the task that
-/// finished, with their staged files, and once the task is done the output the daemon hashed.
+/// finished, with their staged files, and once the task is done the output its receipt describes.
 /// A resumed job checks every file against its SHA-256 and size before reusing it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobCheckpoint {
@@ -80,7 +80,7 @@ pub struct JobCheckpoint {
 /// The output of a task that succeeded, before it is registered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinishedOutput {
-    /// The output file as the daemon hashed it.
+    /// The output file, as the receipt describes it (checked before a resume uses it).
     pub file: StagedFile,
     /// The task's receipt.
     pub receipt: serde_json::Value,
@@ -602,6 +602,20 @@ async fn save_task_checkpoint(ctx: &JobContext, staging: &Path, json: &str) {
     }
 }
 
+/// Saves the finished output a task's receipt describes (`output_sha256`, `output_size`) as the
+/// job's checkpoint.
+async fn save_output_checkpoint(ctx: &JobContext, staging: &Path, receipt: &serde_json::Value) {
+    let (Some(sha256), Some(size)) = (receipt["output_sha256"].as_str(), receipt["output_size"].as_u64()) else {
+        return;
+    };
+    let file = StagedFile { path: staging.join(OUTPUT_NAME), sha256: sha256.to_owned(), size };
+    let checkpoint = JobCheckpoint { task: None, output: Some(FinishedOutput { file, receipt: receipt.clone() }) };
+    match ctx.save_checkpoint_async(serde_json::to_vec(&checkpoint).unwrap_or_default()).await {
+        Ok(()) => tracing::debug!(job = %ctx.id(), "quantize checkpoint saved: the output is finished"),
+        Err(e) => tracing::warn!(job = %ctx.id(), error = %e, "cannot save the quantize checkpoint"),
+    }
+}
+
 /// Empties the staging directory `dir` but for the regular files in `keep` (creating it when
 /// missing); returns the bytes kept.
 fn clean_staging(dir: &Path, keep: &[PathBuf]) -> Result<u64, Stop> {
@@ -802,6 +816,13 @@ impl QuantizeKind {
                         continue;
                     }
                     apply_line(&ctx, &line, &mut receipt, &mut last_error);
+                    // The output is in place when the task prints its receipt: a restart from
+                    // here checks it against the receipt's digest and only registers it.
+                    if let (TaskStream::Stdout, Some(r)) = (line.stream, &receipt) {
+                        if line.text.starts_with("receipt ") {
+                            save_output_checkpoint(&ctx, &staging, r).await;
+                        }
+                    }
                 }
                 (receipt, last_error)
             })
@@ -834,8 +855,8 @@ impl QuantizeKind {
             return Err(Stop::Cancelled);
         }
 
-        // The daemon hashes the output itself (the blob store is content-addressed) and records
-        // it: a restart from here only registers it.
+        // The daemon hashes the output itself (the blob store is content-addressed; the
+        // registration refuses a receipt that describes other bytes).
         ctx.message("hashing the output");
         let out = output.clone();
         let file = blocking(move || {
@@ -847,12 +868,7 @@ impl QuantizeKind {
             Ok(StagedFile { path: out, sha256: digest.hex(), size })
         })
         .await?;
-        let done = FinishedOutput { file, receipt };
-        let checkpoint = JobCheckpoint { task: None, output: Some(done.clone()) };
-        if let Err(e) = ctx.save_checkpoint_async(serde_json::to_vec(&checkpoint).unwrap_or_default()).await {
-            tracing::warn!(job = %ctx.id(), error = %e, "cannot save the quantize checkpoint");
-        }
-        self.register(ctx, spec, &target, done, parent).await
+        self.register(ctx, spec, &target, FinishedOutput { file, receipt }, parent).await
     }
 
     /// Registers a finished output with its provenance.

@@ -1,11 +1,11 @@
 //! The `quantize` job kind across daemon restarts, in the daemon's real queue (SQLite in a temp
 //! dir, the registry, the supervisor), with a stand-in task program (no llama.cpp needed): a job
 //! stopped by a shutdown keeps its staging directory for the resume; a job whose checkpoint holds
-//! the finished output registers it at the next start without running the task again (the
-//! stand-in that the resume runs fails, so a task run would fail the job), and it ends
-//! successfully when the output was already registered; a finished output that no longer
-//! matches its checkpoint is not registered: the task runs again, and its failure leaves nothing
-//! staged.
+//! the finished output (recorded from the task's receipt) registers it at the next start without
+//! running the task again (the stand-in that the resume runs fails, so a task run would fail the
+//! job), and it ends successfully when the output was already registered; a finished output that
+//! no longer matches its checkpoint is not registered: the task runs again, and its failure leaves
+//! nothing staged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,7 +100,12 @@ fn staging(home: &Path, id: &str) -> PathBuf {
 /// Starts a job whose task waits (a stand-in still working), stops the daemon while it runs,
 /// returns the job's id: the staging directory stays for the resume.
 async fn stopped_job(home: &Path, source: &Path) -> String {
-    let waits = program(home, "waits.sh", "exec /bin/sleep 600");
+    stopped_job_with(home, source, "exec /bin/sleep 600", |_, _| true).await
+}
+
+/// As [`stopped_job`] with the task's script `body`, stopped once `ready(home, id)`.
+async fn stopped_job_with(home: &Path, source: &Path, body: &str, ready: impl Fn(&Path, &str) -> bool) -> String {
+    let waits = program(home, "waits.sh", body);
     let d = daemon(home, waits).await;
     let q = Quantizer::new(d.registry.clone(), d.jobs.clone());
     let params = QuantizeParams {
@@ -113,6 +118,7 @@ async fn stopped_job(home: &Path, source: &Path) -> String {
     d.until(&job.id, |j| j.detail["reserved_bytes"].is_u64() && j.progress.message.as_deref() == Some("starting"))
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    d.until(&job.id, |_| ready(home, &job.id)).await;
     d.stop().await;
     let dir = staging(home, &job.id);
     assert!(dir.is_dir(), "a shutdown keeps the staging directory of a resumable job");
@@ -178,6 +184,35 @@ async fn a_finished_output_is_registered_at_the_next_start_without_running_the_t
     let models = d.registry.list().unwrap();
     assert_eq!(models.iter().filter(|m| m.reference() == "tiny-q8:latest").count(), 1, "registered once");
     assert!(!dir.exists());
+    d.stop().await;
+}
+
+/// The task finished (its output in place, its receipt printed) and the daemon stopped before it
+/// registered the output: the receipt was recorded as the checkpoint, and the next start
+/// registers the output without running the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_printed_its_receipt_is_not_run_again() {
+    let home = tempfile::tempdir().unwrap();
+    let source = home.path().join("tiny.gguf");
+    small_gguf(&source, 1);
+    let made = home.path().join("made.gguf");
+    let bytes = small_gguf(&made, 5);
+    let receipt = serde_json::json!({"output_sha256": sha(&bytes), "output_size": bytes.len(), "inputs": []});
+    // The stand-in writes the output, prints its receipt and is still running when the daemon stops.
+    let body = format!("/bin/cp {} {OUTPUT_NAME}\necho 'receipt {receipt}'\nexec /bin/sleep 600", made.display());
+    let recorded = |home: &Path, id: &str| {
+        let store = Store::open(&home.join("ondevice.db")).unwrap();
+        store.get_job(id).unwrap().is_some_and(|j| j.checkpoint.is_some())
+    };
+    let id = stopped_job_with(home.path(), &source, &body, recorded).await;
+    let fails = program(home.path(), "fails.sh", "echo 'error: the task ran again' >&2; exit 1");
+    let d = daemon(home.path(), fails).await;
+    let j = d.until(&id, |j| j.state.is_terminal()).await;
+    assert_eq!(j.state.as_str(), "succeeded", "{j:?}");
+    assert_eq!(j.detail["resumed_from"], "output", "{:?}", j.detail);
+    let m = d.registry.show(&"tiny-q8:latest".parse::<ModelRef>().unwrap()).unwrap();
+    assert_eq!(m.digest.hex(), sha(&bytes));
+    assert!(!staging(home.path(), &id).exists());
     d.stop().await;
 }
 
