@@ -79,8 +79,14 @@ async fn env(allow: &[&str], config: PullConfig) -> Env {
     env_in(tempfile::tempdir().unwrap(), allow, config).await
 }
 
+/// The job's end. A job that already ended (a quota refusal can end it before the caller gets
+/// here) is no longer live, so `watch` has nothing for it: its stored record is the end.
 async fn finish(jobs: &Pulls, job: &JobInfo) -> JobInfo {
-    let mut rx = jobs.jobs().watch(&job.id).expect("live job");
+    let Some(mut rx) = jobs.jobs().watch(&job.id) else {
+        let done = jobs.jobs().get(&job.id).await.unwrap();
+        assert!(done.state.is_terminal(), "neither live nor finished: {done:?}");
+        return done;
+    };
     tokio::time::timeout(Duration::from_secs(60), rx.wait_for(|i| i.state.is_terminal()))
         .await
         .unwrap()
