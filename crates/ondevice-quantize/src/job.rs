@@ -669,15 +669,11 @@ impl QuantizeKind {
 
     /// What became of a finished output recorded in the checkpoint. Blocking.
     fn finished_state(&self, done: &FinishedOutput, target: &ModelRef) -> Finished {
-        let f = &done.file;
-        let staged = std::fs::symlink_metadata(&f.path).is_ok_and(|m| m.is_file() && m.len() == f.size)
-            && crate::sha256_file(&f.path).is_ok_and(|s| s == f.sha256);
-        if staged {
+        if crate::pipeline::reusable(&done.file) {
             return Finished::Staged;
         }
-        let _ = std::fs::remove_file(&f.path);
         match self.registry.show(target) {
-            Ok(m) if m.digest.hex() == f.sha256 => Finished::Registered(Box::new(m)),
+            Ok(m) if m.digest.hex() == done.file.sha256 => Finished::Registered(Box::new(m)),
             _ => Finished::Gone,
         }
     }

@@ -164,7 +164,7 @@ fn source_files(base: &Path, files: &[PathBuf]) -> Result<Vec<SourceFile>, Quant
 
 /// Whether `file`, left by an earlier run, is a regular file with its recorded size and SHA-256.
 /// One that is not is removed: a partial or altered file is never reused.
-fn reusable(file: &StagedFile) -> bool {
+pub(crate) fn reusable(file: &StagedFile) -> bool {
     let ok = std::fs::symlink_metadata(&file.path).is_ok_and(|m| m.is_file() && m.len() == file.size)
         && sha256_file(&file.path).is_ok_and(|s| s == file.sha256);
     if !ok {
