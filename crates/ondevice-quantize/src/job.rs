@@ -14,7 +14,11 @@
 //! 4. `ondevice quantize-task` runs through [`Supervisor::run_task`], sandboxed (reads the
 //!    source, the importance matrix and the program; writes only the staging directory; no
 //!    network, empty environment); its `progress STAGE DONE TOTAL` lines become the job's
-//!    progress, its `receipt {json}` line the provenance; a cancel kills it;
+//!    progress, its `receipt {json}` line the provenance; a cancel kills it. With `make_imatrix`
+//!    the task computes the importance matrix first, as `ondevice quantize --output
+//!    --make-imatrix` does (the same [`crate::pipeline::run`]; the matrix file is written in the
+//!    staging directory, the step shown as `computing importance matrix`, its SHA-256 and the
+//!    text's in the receipt);
 //! 5. on success the daemon hashes the output itself, and the registry moves it into the blob
 //!    store and records the model, its provenance (receipt, parent model) in one step
 //!    ([`Registry::register_made`]).
@@ -28,6 +32,10 @@
 //! checks each against its digest and size and skips the steps whose files match (anything else
 //! is removed and made again), or the daemon checks the finished output and only registers it. A
 //! path source whose size or time changed starts over.
+//!
+//! A computed importance matrix is not a checkpoint of its own: a job stopped before its output
+//! was quantized computes it again (deterministic: the same matrix); once the quantized output is
+//! checkpointed the matrix is no longer needed (its SHA-256 is in the checkpoint).
 //!
 //! Whatever other way the job ends (success, failure, cancel) the staging directory goes, with
 //! the roots and the reservation; [`QuantizeKind::new`] removes the directories of jobs that will
@@ -123,6 +131,9 @@ pub struct QuantizeParams {
     pub name: Option<String>,
     /// Absolute path of an importance matrix on the daemon's machine.
     pub imatrix: Option<PathBuf>,
+    /// Compute the importance matrix from the source with the engine, in the job's task (over
+    /// the text the quality gate reads), and quantize with it; excludes `imatrix`.
+    pub make_imatrix: bool,
     /// Quantize tensors that are already quantized.
     pub allow_requantize: bool,
     /// Per-tensor types, `PATTERN=TYPE`.
@@ -166,6 +177,9 @@ pub struct QuantizeSpec {
     pub model: String,
     /// Importance matrix.
     pub imatrix: Option<PathBuf>,
+    /// Compute the importance matrix in the task (never with `imatrix`).
+    #[serde(default)]
+    pub make_imatrix: bool,
     /// Quantize already-quantized tensors.
     pub allow_requantize: bool,
     /// Per-tensor types.
@@ -365,9 +379,24 @@ impl Quantizer {
     pub fn spec(registry: &Registry, p: &QuantizeParams) -> Result<QuantizeSpec, QuantizeJobError> {
         let invalid = QuantizeJobError::Invalid;
         let t = QuantType::from_name(&p.quant_type).map_err(|e| invalid(e.to_string()))?;
-        if t.needs_imatrix() && p.imatrix.is_none() {
+        if p.make_imatrix && p.imatrix.is_some() {
+            return Err(invalid(
+                "make_imatrix (--make-imatrix) computes an importance matrix and imatrix (--imatrix) gives one: \
+                 choose one"
+                    .into(),
+            ));
+        }
+        if t.needs_imatrix() && p.imatrix.is_none() && !p.make_imatrix {
             return Err(invalid(format!(
-                "{} needs an importance matrix: pass --imatrix FILE (llama-imatrix output)",
+                "{} needs an importance matrix: pass --imatrix FILE (llama-imatrix output) or --make-imatrix \
+                 (make_imatrix) to compute one from the source",
+                t.name()
+            )));
+        }
+        if p.make_imatrix && t.converter_type().is_some() {
+            return Err(invalid(format!(
+                "{} does not use an importance matrix: make_imatrix (--make-imatrix) applies to llama.cpp's \
+                 quantized types (Q4_K_M, IQ2_XS, ...)",
                 t.name()
             )));
         }
@@ -407,6 +436,7 @@ impl Quantizer {
             quant_type: t.name().to_owned(),
             model,
             imatrix: p.imatrix.clone(),
+            make_imatrix: p.make_imatrix,
             allow_requantize: p.allow_requantize,
             tensor_types: p.tensor_types.clone(),
             output_tensor_type: p.output_tensor_type.clone(),
@@ -469,7 +499,7 @@ impl QuantizeService for Quantizer {
 /// The dedup key of a job: SHA-256 over the source's identity (a registry digest, or a path's
 /// identity), the parameters and the target name.
 pub fn dedup_key(spec: &QuantizeSpec) -> String {
-    let params = serde_json::json!({
+    let mut params = serde_json::json!({
         "source": spec.source_id,
         "type": spec.quant_type,
         "model": spec.model,
@@ -480,6 +510,10 @@ pub fn dedup_key(spec: &QuantizeSpec) -> String {
         "token_embedding_type": spec.token_embedding_type,
         "no_quality": spec.no_quality,
     });
+    // Only when set, so the keys of jobs without it stay what they were.
+    if spec.make_imatrix {
+        params["make_imatrix"] = true.into();
+    }
     hex(&Sha256::digest(params.to_string().as_bytes()))
 }
 
@@ -561,6 +595,7 @@ fn apply_line(ctx: &JobContext, line: &TaskLine, receipt: &mut Option<serde_json
                 let stage = stage.replace('_', " ");
                 let unit = match stage.as_str() {
                     "quantizing" => "tensors",
+                    "computing importance matrix" => "chunks",
                     "converting" | "converting to F16" => "bytes",
                     _ => "steps",
                 };
@@ -767,6 +802,7 @@ impl QuantizeKind {
             "output": output,
             "quant_type": spec.quant_type,
             "imatrix": spec.imatrix,
+            "make_imatrix": spec.make_imatrix,
             "allow_requantize": spec.allow_requantize,
             "overrides": spec.tensor_types,
             "output_tensor_type": spec.output_tensor_type,
@@ -1048,6 +1084,7 @@ mod tests {
             quant_type: "Q8_0".into(),
             model: "m-q8_0:latest".into(),
             imatrix: None,
+            make_imatrix: false,
             allow_requantize: false,
             tensor_types: vec![],
             output_tensor_type: None,
@@ -1065,5 +1102,13 @@ mod tests {
         let mut renamed = spec.clone();
         renamed.model = "other:latest".into();
         assert_ne!(key(&spec), key(&renamed));
+        let mut computed = spec.clone();
+        computed.make_imatrix = true;
+        assert_ne!(key(&spec), key(&computed), "a computed importance matrix is another job");
+        // A job stored before `make_imatrix` existed reads back (without it).
+        let mut stored = serde_json::to_value(&spec).unwrap();
+        stored.as_object_mut().unwrap().remove("make_imatrix");
+        let old: QuantizeSpec = serde_json::from_value(stored).expect("a spec stored without make_imatrix");
+        assert_eq!(old, spec);
     }
 }

@@ -5,7 +5,8 @@
 //! running the task again (the stand-in that the resume runs fails, so a task run would fail the
 //! job), and it ends successfully when the output was already registered; a finished output that
 //! no longer matches its checkpoint is not registered: the task runs again, and its failure leaves
-//! nothing staged.
+//! nothing staged. A `make_imatrix` job is checked up front, asks its task to compute the matrix
+//! in the staging directory, shows that as a step, and a cancel during it leaves nothing staged.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use ondevice_gguf::writer::GgufWriter;
 use ondevice_gguf::{GgmlType, Value};
 use ondevice_jobs::{JobSnapshot, Jobs, JobsConfig};
 use ondevice_quantize::job::{
-    FinishedOutput, JobCheckpoint, OUTPUT_NAME, QuantizeKind, QuantizeParams, Quantizer, STAGING_PREFIX, TaskConfig,
+    FinishedOutput, JobCheckpoint, OUTPUT_NAME, QuantizeJobError, QuantizeKind, QuantizeParams, Quantizer,
+    STAGING_PREFIX, TaskConfig,
 };
 use ondevice_quantize::pipeline::StagedFile;
 use ondevice_registry::quota::QuotaPolicy;
@@ -235,5 +237,84 @@ async fn a_finished_output_that_changed_is_not_registered_and_the_task_runs_agai
     assert!(j.error.as_deref().is_some_and(|e| e.contains("the task ran again")), "{j:?}");
     assert!(d.registry.show(&"tiny-q8:latest".parse::<ModelRef>().unwrap()).is_err(), "nothing registered");
     assert!(!dir.exists(), "a failed job leaves nothing staged");
+    d.stop().await;
+}
+
+/// `make_imatrix` is checked up front: with an importance matrix file it is refused, it satisfies
+/// the types that need a matrix (refused without one), and it is refused for the types that use
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_imatrix_requests_are_checked_before_a_job_exists() {
+    let home = tempfile::tempdir().unwrap();
+    let source = home.path().join("tiny.gguf");
+    small_gguf(&source, 1);
+    let matrix = home.path().join("m.dat");
+    std::fs::write(&matrix, b"not read here").unwrap();
+    let d = daemon(home.path(), program(home.path(), "never.sh", "exit 1")).await;
+    let params = |quant_type: &str, make_imatrix: bool, imatrix: Option<&Path>| QuantizeParams {
+        source: source.display().to_string(),
+        quant_type: quant_type.into(),
+        make_imatrix,
+        imatrix: imatrix.map(Path::to_owned),
+        ..QuantizeParams::default()
+    };
+    let refused = |p: QuantizeParams| match Quantizer::spec(&d.registry, &p) {
+        Err(QuantizeJobError::Invalid(m)) => m,
+        other => panic!("{p:?} was not refused as invalid: {other:?}"),
+    };
+    let both = refused(params("Q4_K_M", true, Some(&matrix)));
+    assert!(both.contains("make_imatrix") && both.contains("choose one"), "{both}");
+    let missing = refused(params("IQ2_XS", false, None));
+    assert!(missing.contains("needs an importance matrix") && missing.contains("--make-imatrix"), "{missing}");
+    let unused = refused(params("F16", true, None));
+    assert!(unused.contains("does not use an importance matrix"), "{unused}");
+    let spec = Quantizer::spec(&d.registry, &params("IQ2_XS", true, None)).expect("IQ2_XS with make_imatrix");
+    assert!(spec.make_imatrix && spec.imatrix.is_none(), "{spec:?}");
+    assert!(Quantizer::spec(&d.registry, &params("IQ2_XS", false, Some(&matrix))).is_ok());
+    let jobs = d.jobs.list(&ondevice_jobs::JobFilter::default()).await.unwrap();
+    assert!(jobs.is_empty(), "{jobs:?}");
+    d.stop().await;
+}
+
+/// A `make_imatrix` job asks its task to compute the matrix (in the staging directory, the task's
+/// scratch), shows the task's `computing importance matrix` stage as its step, counted in chunks,
+/// and a cancel during it leaves nothing staged (the stand-in has half written a matrix).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_imatrix_job_computes_the_matrix_in_its_task_as_a_step() {
+    let home = tempfile::tempdir().unwrap();
+    let source = home.path().join("tiny.gguf");
+    small_gguf(&source, 1);
+    let request = home.path().join("request.json");
+    let body = format!(
+        "printf '%s' \"$3\" > {}\nprintf 'half' > .ondevice-imatrix.dat\necho 'progress computing_importance_matrix 0 0'\n\
+         echo 'progress computing_importance_matrix 1 2'\nexec /bin/sleep 600",
+        request.display()
+    );
+    let d = daemon(home.path(), program(home.path(), "imatrix.sh", &body)).await;
+    let q = Quantizer::new(d.registry.clone(), d.jobs.clone());
+    let params = QuantizeParams {
+        source: source.display().to_string(),
+        quant_type: "IQ2_XS".into(),
+        name: Some("tiny-iq2:latest".into()),
+        make_imatrix: true,
+        ..QuantizeParams::default()
+    };
+    let job = q.quantize(params).await.unwrap();
+    let j = d.until(&job.id, |j| j.progress.done == 1 || j.state.is_terminal()).await;
+    assert_eq!(j.progress.message.as_deref(), Some("computing importance matrix"), "{j:?}");
+    assert_eq!((j.progress.unit.as_str(), j.progress.total), ("chunks", Some(2)), "{j:?}");
+    assert_eq!(j.detail["stage"], "computing importance matrix", "{:?}", j.detail);
+    let sent: serde_json::Value = serde_json::from_slice(&std::fs::read(&request).unwrap()).unwrap();
+    assert_eq!(sent["make_imatrix"], true, "{sent}");
+    assert!(sent["imatrix"].is_null(), "{sent}");
+    let dir = staging(home.path(), &job.id);
+    assert_eq!(sent["scratch"], dir.display().to_string(), "the matrix is made in the staging directory: {sent}");
+    assert!(dir.join(".ondevice-imatrix.dat").is_file());
+
+    d.jobs.cancel(&job.id).await.unwrap();
+    let j = d.until(&job.id, |j| j.state.is_terminal()).await;
+    assert_eq!(j.state.as_str(), "cancelled", "{j:?}");
+    assert!(!dir.exists(), "a cancel leaves nothing staged");
+    assert!(d.registry.show(&"tiny-iq2:latest".parse::<ModelRef>().unwrap()).is_err(), "nothing registered");
     d.stop().await;
 }
