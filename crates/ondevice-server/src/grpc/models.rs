@@ -78,6 +78,7 @@ impl ModelsService for ModelsImpl {
             quant_type: r.r#type,
             name: some(r.name),
             imatrix: some(r.imatrix).map(Into::into),
+            make_imatrix: r.make_imatrix,
             allow_requantize: r.allow_requantize,
             tensor_types: r.tensor_types,
             output_tensor_type: some(r.output_tensor_type),

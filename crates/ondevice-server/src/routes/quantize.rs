@@ -32,8 +32,14 @@ pub struct QuantizeRequest {
     #[schema(value_type = Option<crate::routes::models::ModelRefSchema>)]
     pub name: Option<String>,
     /// Absolute path of an importance matrix (llama-imatrix output) on the daemon's machine;
-    /// recorded by its SHA-256.
+    /// recorded by its SHA-256. Not with `make_imatrix`.
     pub imatrix: Option<String>,
+    /// Compute the importance matrix from the source with the engine, inside the job (over the
+    /// text the quality gate reads), and quantize with it; its SHA-256 and the text's go in the
+    /// receipt. Satisfies the types that need a matrix (`IQ2_XS`, ...); not with `imatrix`, nor
+    /// for `F32`, `F16`, `BF16` and `Q8_0`.
+    #[serde(default)]
+    pub make_imatrix: bool,
     /// Quantize tensors that are already quantized (a quantized source; quality suffers).
     #[serde(default)]
     pub allow_requantize: bool,
@@ -56,6 +62,7 @@ impl From<QuantizeRequest> for QuantizeParams {
             quant_type: r.quant_type,
             name: r.name,
             imatrix: r.imatrix.map(Into::into),
+            make_imatrix: r.make_imatrix,
             allow_requantize: r.allow_requantize,
             tensor_types: r.tensor_types,
             output_tensor_type: r.output_tensor_type,
@@ -72,7 +79,7 @@ impl From<QuantizeRequest> for QuantizeParams {
     request_body = QuantizeRequest,
     responses(
         (status = 202, description = "The quantize job; follow it at /api/v1/jobs/{id}/events", body = JobView),
-        (status = 400, description = "Unknown type, invalid name, relative path or missing importance matrix", body = crate::error::ErrorBody),
+        (status = 400, description = "Unknown type, invalid name, relative path, missing importance matrix, or make_imatrix together with imatrix", body = crate::error::ErrorBody),
         (status = 404, description = "The source is neither a registered model nor a file on the daemon's machine", body = crate::error::ErrorBody),
         (status = 401, description = "Missing or invalid key", body = crate::error::ErrorBody),
         (status = 403, description = "Key lacks the scope", body = crate::error::ErrorBody)))]
