@@ -470,7 +470,8 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
     /// Compute an importance matrix from the source with the engine, over the text the quality
-    /// gate reads, and quantize with it (with --output; recorded by its SHA-256).
+    /// gate reads, and quantize with it (in the daemon's job, or here with --output; recorded by
+    /// its SHA-256). Satisfies the types that need a matrix (IQ2_XS, ...).
     #[arg(long, conflicts_with = "imatrix")]
     pub make_imatrix: bool,
     /// Quantize tensors that are already quantized (a quantized source; quality suffers).

@@ -63,12 +63,6 @@ pub(crate) fn task_config(settings: &ondevice_config::Settings) -> anyhow::Resul
 /// Submits the job to the daemon and follows it.
 async fn submit(resolved: &Resolved, args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
     use ondevice_server::routes::jobs::JobView;
-    if args.make_imatrix {
-        anyhow::bail!(
-            "--make-imatrix runs here with --output FILE only (the daemon's quantize jobs take --imatrix FILE): \
-             add --output, then `ondevice models import FILE`"
-        );
-    }
     let client = super::client::Client::new(resolved)?;
     // A local file or directory goes to the daemon as an absolute path; anything else is a
     // registry model.
@@ -79,6 +73,7 @@ async fn submit(resolved: &Resolved, args: &QuantizeArgs) -> anyhow::Result<Exit
         "type": args.quant_type,
         "name": args.name,
         "imatrix": args.imatrix.as_deref().map(absolute).transpose()?,
+        "make_imatrix": args.make_imatrix,
         "allow_requantize": args.allow_requantize,
         "tensor_types": args.tensor_type,
         "output_tensor_type": args.output_tensor_type,

@@ -327,6 +327,13 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
         (json!({"source": gguf, "type": "Q8_0", "tensor_types": ["attn_v"]}), StatusCode::BAD_REQUEST, "PATTERN=TYPE"),
         (json!({"source": gguf, "type": "Q8_0", "name": "../evil"}), StatusCode::BAD_REQUEST, ""),
         (json!({"source": gguf, "type": "Q8_0", "imatrix": "relative.dat"}), StatusCode::BAD_REQUEST, "absolute"),
+        (
+            json!({"source": gguf, "type": "Q4_K_M", "imatrix": gguf, "make_imatrix": true}),
+            StatusCode::BAD_REQUEST,
+            "make_imatrix (--make-imatrix) computes an importance matrix and imatrix (--imatrix) gives one: choose one",
+        ),
+        (json!({"source": gguf, "type": "F16", "make_imatrix": true}), StatusCode::BAD_REQUEST, "does not use"),
+        (json!({"source": gguf, "type": "Q4_K_M", "make_imatrix": "yes"}), StatusCode::BAD_REQUEST, ""),
         (json!({"source": "", "type": "Q8_0"}), StatusCode::BAD_REQUEST, ""),
     ];
     for (body, want, needle) in cases {
@@ -511,7 +518,11 @@ async fn llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory() {
 /// --make-imatrix` (an importance matrix computed with the engine over the shipped text) → imported
 /// into the daemon → greedy chat through `/v1/chat/completions` answers with "Paris". (This source
 /// was 4-bit (Q4_1) before: quantized to Q4_K_M a second time without an importance matrix the
-/// 135M model's greedy answer drifts into French.)
+/// 135M model's greedy answer drifts into French.) The daemon's job computes the same matrix:
+/// `ondevice quantize F16 --type IQ2_XS --make-imatrix` (no `--output`: a `quantize` job with
+/// `make_imatrix`) registers a model whose receipt has the CLI's `imatrix_sha256` (the matrix
+/// depends on the source and the text, not on the type, and is deterministic), and IQ2_XS without
+/// a matrix is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_paris() {
     let Some(gguf) = test_model("quantize::llama_safetensors_directory_to_f16_then_q4_k_m") else { return };
@@ -538,11 +549,35 @@ async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_
     assert_eq!(receipt["params"]["quant_type"], "Q4_K_M", "{receipt}");
     assert!(receipt["imatrix_sha256"].as_str().is_some_and(|s| s.len() == 64), "{receipt}");
     assert!(receipt["params"]["imatrix_text_sha256"].as_str().is_some_and(|s| s.len() == 64), "{receipt}");
-    // The daemon's jobs take --imatrix FILE; computing one is a local (--output) step for now.
-    let refused = home.run(&["quantize", f16_arg, "--type", "Q4_K_M", "--make-imatrix"]);
-    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("--output"));
 
     let daemon = Daemon::start(home);
+    // A type that needs an importance matrix is refused without one, and accepted with the
+    // daemon's job computing it.
+    let refused = daemon.home().run(&["quantize", f16_arg, "--type", "IQ2_XS", "--no-quality"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("needs an importance matrix"), "{}", describe(&refused));
+    let started = Instant::now();
+    let args = ["quantize", f16_arg, "--type", "IQ2_XS", "--make-imatrix", "--no-quality", "--json"];
+    let out = daemon.home().command(&args).output().expect("ondevice quantize");
+    assert!(out.status.success(), "IQ2_XS job: {}", describe(&out));
+    let done: Value = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    println!("F16 → IQ2_XS with an importance matrix computed by the job: {:.1} s", started.elapsed().as_secs_f64());
+    for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("importance matrix")) {
+        println!("  {line}");
+    }
+    let model = done["detail"]["model"].as_str().expect("model").to_owned();
+    assert_eq!(model, "smollm2-iq2_xs:latest", "{done}");
+    let out = daemon.home().run(&["models", "show", &model, "--json"]);
+    assert!(out.status.success(), "show: {}", describe(&out));
+    let m: Value = serde_json::from_slice(&out.stdout).expect("show json");
+    assert_eq!(m["quantization"], "IQ2_XS", "{m}");
+    let job_receipt = &m["provenance"]["receipt"];
+    assert_eq!(job_receipt["imatrix_sha256"], receipt["imatrix_sha256"], "the job's matrix is the CLI's: {m}");
+    assert_eq!(job_receipt["params"]["imatrix_text_sha256"], receipt["params"]["imatrix_text_sha256"], "{m}");
+    assert_eq!(job_receipt["source_sha256"], receipt["source_sha256"], "the same source: {m}");
+    assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
+
     let out = daemon.home().run(&["models", "import", q4_arg, "--name", "smollm2-q4km", "--json"]);
     assert!(out.status.success(), "import: {}", describe(&out));
     let (status, m) = daemon.get("/api/v1/models/smollm2-q4km%3Alatest", Some(daemon.admin_key())).await;
