@@ -25,17 +25,13 @@
 //!
 //! Checkpoints ([`JobCheckpoint`], the job's stored checkpoint): the task reports each finished
 //! step (`checkpoint {json}` lines: the F16 intermediate of a safetensors directory converted; the
-//! output quantized and synced, before the quality gate), with each staged file's SHA-256 and
-//! size; when the task prints its receipt the job records the finished output it describes. A
-//! daemon that stops (even by `kill -9`) leaves the staging directory and the roots, and no
-//! registry row; at the next start the job keeps only the files its checkpoint names, the task
-//! checks each against its digest and size and skips the steps whose files match (anything else
-//! is removed and made again), or the daemon checks the finished output and only registers it. A
-//! path source whose size or time changed starts over.
-//!
-//! A computed importance matrix is not a checkpoint of its own: a job stopped before its output
-//! was quantized computes it again (deterministic: the same matrix); once the quantized output is
-//! checkpointed the matrix is no longer needed (its SHA-256 is in the checkpoint).
+//! importance matrix computed for `make_imatrix`; the output quantized and synced, before the
+//! quality gate), with each staged file's SHA-256 and size; when the task prints its receipt the
+//! job records the finished output it describes. A daemon that stops (even by `kill -9`) leaves
+//! the staging directory and the roots, and no registry row; at the next start the job keeps only
+//! the files its checkpoint names, the task checks each against its digest and size and skips the
+//! steps whose files match (anything else is removed and made again), or the daemon checks the
+//! finished output and only registers it. A path source whose size or time changed starts over.
 //!
 //! Whatever other way the job ends (success, failure, cancel) the staging directory goes, with
 //! the roots and the reservation; [`QuantizeKind::new`] removes the directories of jobs that will
@@ -101,6 +97,7 @@ impl JobCheckpoint {
         let inside = |f: &StagedFile| f.path.parent() == Some(staging) && f.path.file_name().is_some();
         if let Some(t) = &mut self.task {
             t.converted = t.converted.take().filter(&inside);
+            t.imatrix = t.imatrix.take().filter(&inside);
             t.quantized = t.quantized.take().filter(|q| inside(&q.file));
         }
         self.output = self.output.filter(|o| inside(&o.file) && o.file.path.file_name() == Some(OUTPUT_NAME.as_ref()));
@@ -112,6 +109,7 @@ impl JobCheckpoint {
         let mut files = Vec::new();
         if let Some(t) = &self.task {
             files.extend(t.converted.as_ref());
+            files.extend(t.imatrix.as_ref());
             files.extend(t.quantized.as_ref().map(|q| &q.file));
         }
         files.extend(self.output.as_ref().map(|o| &o.file));
@@ -1035,9 +1033,18 @@ mod tests {
             source_sha256: String::new(),
             imatrix_sha256: None,
         };
-        let task = Checkpoint { sources: vec![], converted: Some(converted.clone()), quantized: Some(quantized) };
+        let imatrix = staged(&staging.join(crate::pipeline::IMATRIX_NAME), b"matrix");
+        let task = Checkpoint {
+            sources: vec![],
+            converted: Some(converted.clone()),
+            imatrix: Some(imatrix.clone()),
+            quantized: Some(quantized),
+        };
         let cp = JobCheckpoint { task: Some(task), output: None }.confined(&staging);
-        assert_eq!(cp.files(), vec![&converted], "a file outside the staging directory is never kept");
+        assert_eq!(cp.files(), vec![&converted, &imatrix], "a file outside the staging directory is never kept");
+        let elsewhere = Checkpoint { imatrix: Some(outside.clone()), ..Checkpoint::default() };
+        let cp_out = JobCheckpoint { task: Some(elsewhere), output: None }.confined(&staging);
+        assert!(cp_out.files().is_empty(), "an importance matrix outside is never kept either");
         let mut output = staged(&staging.join("other.gguf"), b"out");
         let named =
             JobCheckpoint { task: None, output: Some(FinishedOutput { file: output.clone(), receipt: 1.into() }) };

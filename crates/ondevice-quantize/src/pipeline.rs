@@ -7,8 +7,9 @@
 //! - GGUF → any type: llama.cpp quantizes it.
 //!
 //! Resuming: with [`QuantizeRequest::checkpoints`] a run reports each finished step
-//! ([`Checkpoint`]: the F16 intermediate written; the output quantized, its source digest written
-//! in and synced, before the quality gate), each file with its SHA-256 and size. A run given that
+//! ([`Checkpoint`]: the F16 intermediate written; the importance matrix computed for
+//! [`QuantizeRequest::make_imatrix`], synced; the output quantized, its source digest written in
+//! and synced, before the quality gate), each file with its SHA-256 and size. A run given that
 //! checkpoint as [`QuantizeRequest::resume`] checks every file against it, skips the steps whose
 //! files match (reporting [`StageProgress::resumed`]) and removes and redoes the others; the bytes
 //! and the receipt are those of an uninterrupted run.
@@ -105,6 +106,11 @@ pub struct Checkpoint {
     /// quality gate's reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converted: Option<StagedFile>,
+    /// The importance matrix computed for [`QuantizeRequest::make_imatrix`] (in the scratch
+    /// directory), until the output is quantized with it: the quantized step's checkpoint no
+    /// longer names it (its digest is in [`QuantizedStep::imatrix_sha256`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imatrix: Option<StagedFile>,
     /// The output, quantized (or converted) with its source digest written in and synced, before
     /// the quality gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +154,8 @@ pub struct QuantizedStep {
 pub mod step {
     /// The F16 intermediate was reused.
     pub const CONVERTED: &str = "converted";
+    /// The computed importance matrix was reused.
+    pub const IMATRIX: &str = "imatrix";
     /// The quantized output was reused: only the quality gate and the commit ran.
     pub const QUANTIZED: &str = "quantized";
 }
@@ -176,15 +184,17 @@ pub(crate) fn reusable(file: &StagedFile) -> bool {
 
 /// What of `request.resume` can be reused, given the inputs now: the files that match are kept,
 /// the others removed. `quantized_at` says whether a path is where this request's quantized
-/// output is staged, `converted_at` the intermediate's.
+/// output is staged, `converted_at` the intermediate's, `imatrix_at` the computed importance
+/// matrix's (only wanted while the output is still to be quantized).
 fn resumable(
     request: &QuantizeRequest,
     sources: &[SourceFile],
     quantized_at: impl Fn(&Path) -> bool,
     converted_at: Option<&Path>,
+    imatrix_at: Option<&Path>,
     progress: &dyn StageProgress,
-) -> (Option<QuantizedStep>, Option<StagedFile>) {
-    let Some(resume) = &request.resume else { return (None, None) };
+) -> Resumable {
+    let Some(resume) = &request.resume else { return Resumable::default() };
     let discard = |f: &StagedFile, ours: bool| {
         if ours {
             let _ = std::fs::remove_file(&f.path);
@@ -192,6 +202,7 @@ fn resumable(
     };
     let quantized_ours = resume.quantized.as_ref().is_some_and(|q| quantized_at(&q.file.path));
     let converted_ours = resume.converted.as_ref().is_some_and(|c| Some(c.path.as_path()) == converted_at);
+    let imatrix_ours = resume.imatrix.as_ref().is_some_and(|m| Some(m.path.as_path()) == imatrix_at);
     if resume.sources != sources {
         tracing::info!("the inputs changed since the checkpoint; starting over");
         if let Some(q) = &resume.quantized {
@@ -200,14 +211,33 @@ fn resumable(
         if let Some(c) = &resume.converted {
             discard(c, converted_ours);
         }
-        return (None, None);
+        if let Some(m) = &resume.imatrix {
+            discard(m, imatrix_ours);
+        }
+        return Resumable::default();
     }
-    if resume.quantized.is_some() || resume.converted.is_some() {
+    if resume.quantized.is_some() || resume.converted.is_some() || resume.imatrix.is_some() {
         progress.stage("verifying staged files");
     }
     let quantized = resume.quantized.clone().filter(|q| quantized_ours && reusable(&q.file));
     let converted = resume.converted.clone().filter(|c| converted_ours && reusable(c));
-    (quantized, converted)
+    // A quantized output needs no matrix any more.
+    let imatrix = match &resume.imatrix {
+        Some(m) if quantized.is_some() => {
+            discard(m, imatrix_ours);
+            None
+        }
+        m => m.clone().filter(|m| imatrix_ours && reusable(m)),
+    };
+    Resumable { quantized, converted, imatrix }
+}
+
+/// The files of an earlier run that [`resumable`] found intact.
+#[derive(Default)]
+struct Resumable {
+    quantized: Option<QuantizedStep>,
+    converted: Option<StagedFile>,
+    imatrix: Option<StagedFile>,
 }
 
 /// One input file of a receipt.
@@ -420,7 +450,7 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
     let measured = matches!(gate, Gate::Measure { .. });
     let (inputs, source_sha256, output_sha256, output_size, quality, imatrix_sha256) = match conversion {
         Some(mut conversion) if direct => {
-            let (resumed, _) = resumable(request, &sources, |p| p == request.output, None, progress);
+            let resumed = resumable(request, &sources, |p| p == request.output, None, None, progress).quantized;
             let (inputs, source_sha256, written_sha256, written_len) = match resumed {
                 Some(q) => {
                     progress.resumed(step::QUANTIZED);
@@ -453,7 +483,12 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                             source_sha256: source_sha256.clone(),
                             imatrix_sha256: None,
                         };
-                        progress.checkpoint(&Checkpoint { sources, converted: None, quantized: Some(q) });
+                        progress.checkpoint(&Checkpoint {
+                            sources,
+                            converted: None,
+                            imatrix: None,
+                            quantized: Some(q),
+                        });
                     }
                     (inputs, source_sha256, written.sha256, written.len)
                 }
@@ -477,11 +512,13 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                 .or_else(|| request.output.parent().map(Path::to_owned))
                 .unwrap_or_else(|| PathBuf::from("."));
             let converted_path = scratch.join(".ondevice-convert-f16.gguf");
-            let (resumed, converted) = resumable(
+            let imatrix_path = scratch.join(IMATRIX_NAME);
+            let Resumable { quantized: resumed, converted, imatrix: computed } = resumable(
                 request,
                 &sources,
                 |p| is_staged_name(p, &request.output),
                 conversion.is_some().then_some(converted_path.as_path()),
+                request.make_imatrix.then_some(imatrix_path.as_path()),
                 progress,
             );
             // The intermediate is llama.cpp's input, and the quality gate's reference.
@@ -492,7 +529,7 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     let _ = std::fs::remove_file(&c.path);
                 }
             }
-            let mut checkpoint = Checkpoint { sources, converted: None, quantized: None };
+            let mut checkpoint = Checkpoint { sources, converted: None, imatrix: None, quantized: None };
             let hashing = match resumed {
                 None => Some(crate::digest::Background::start(&base, &files, &request.known_digests)?),
                 Some(_) => None,
@@ -533,13 +570,31 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     let mut imatrix = imatrix;
                     let mut _made_imatrix = None;
                     if request.make_imatrix {
-                        progress.stage("computing importance matrix");
-                        let path = scratch.join(".ondevice-imatrix.dat");
+                        let path = imatrix_path.clone();
                         let guard = RemoveOnDrop(path.clone());
-                        let entries = compute_imatrix(&input, request.threads, progress)?;
-                        crate::write_legacy(&path, &entries)
-                            .map_err(|source| QuantizeError::Read { path: path.clone(), source })?;
-                        imatrix = Some(Imatrix::open(&path)?);
+                        match computed {
+                            Some(m) => {
+                                progress.resumed(step::IMATRIX);
+                                imatrix = Some(Imatrix::open(&path)?);
+                                checkpoint.imatrix = Some(m);
+                            }
+                            None => {
+                                progress.stage("computing importance matrix");
+                                let entries = compute_imatrix(&input, request.threads, progress)?;
+                                let err = |source| QuantizeError::Read { path: path.clone(), source };
+                                crate::write_legacy(&path, &entries).map_err(err)?;
+                                let made = Imatrix::open(&path)?;
+                                if request.checkpoints {
+                                    let file = std::fs::File::open(&path).map_err(err)?;
+                                    file.sync_all().map_err(err)?;
+                                    let size = file.metadata().map_err(err)?.len();
+                                    let sha256 = made.sha256().to_owned();
+                                    checkpoint.imatrix = Some(StagedFile { path: path.clone(), sha256, size });
+                                    progress.checkpoint(&checkpoint);
+                                }
+                                imatrix = Some(made);
+                            }
+                        }
                         _made_imatrix = Some(guard);
                     }
                     let imatrix_sha256 = imatrix.as_ref().map(|m| m.sha256().to_owned());
@@ -573,8 +628,10 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     let path = staged_path(&staged).to_owned();
                     patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
                     clock.mark("source digest written");
-                    // The quality gate may take long: what is quantized is kept for a resume.
+                    // The quality gate may take long: what is quantized is kept for a resume
+                    // (the matrix it was quantized with is no longer needed).
                     if request.checkpoints && measured {
+                        checkpoint.imatrix = None;
                         let (sha256, size) = sync_hashed(&staged)?;
                         checkpoint.quantized = Some(QuantizedStep {
                             file: StagedFile { path, sha256, size },
@@ -601,6 +658,9 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
     };
     Ok(Receipt { inputs, source_sha256, tool, llama_cpp, params, imatrix_sha256, output_sha256, output_size, quality })
 }
+
+/// The computed importance matrix's name in the scratch directory.
+pub const IMATRIX_NAME: &str = ".ondevice-imatrix.dat";
 
 /// The metadata key of the source digest in the output.
 const SOURCE_KEY: &str = "ondevice.quantize.source_sha256";

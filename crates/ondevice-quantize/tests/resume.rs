@@ -5,7 +5,9 @@
 //! keeps a copy of each checkpoint's files as they were at that moment: what a process killed
 //! right after the checkpoint leaves. A run resumed from each skips the finished steps (seen in
 //! its progress events, not in its timing) and writes the same bytes and receipt; a staged file
-//! changed or cut short is detected by its digest, removed and made again. Skipped with a note
+//! changed or cut short is detected by its digest, removed and made again. With `make_imatrix`
+//! the computed importance matrix is a checkpoint too: a resumed run reuses it (the same bytes and
+//! receipt) and computes a changed one again. Skipped with a note
 //! when `$ONDEVICE_TEST_MODELS_DIR` is unset (nextest `llama` group).
 
 mod support;
@@ -58,11 +60,16 @@ impl StageProgress for Recorder {
 
     fn checkpoint(&self, checkpoint: &Checkpoint) {
         let mut files = Vec::new();
-        let staged = checkpoint.converted.iter().chain(checkpoint.quantized.iter().map(|q| &q.file));
-        let name = match (&checkpoint.converted, &checkpoint.quantized) {
-            (_, Some(_)) => "checkpoint quantized",
-            (Some(_), None) => "checkpoint converted",
-            (None, None) => "checkpoint empty",
+        let staged = checkpoint
+            .converted
+            .iter()
+            .chain(checkpoint.imatrix.iter())
+            .chain(checkpoint.quantized.iter().map(|q| &q.file));
+        let name = match (&checkpoint.converted, &checkpoint.imatrix, &checkpoint.quantized) {
+            (_, _, Some(_)) => "checkpoint quantized",
+            (_, Some(_), None) => "checkpoint imatrix",
+            (Some(_), None, None) => "checkpoint converted",
+            (None, None, None) => "checkpoint empty",
         };
         self.events.borrow_mut().push(name.to_owned());
         if let Some(dir) = &self.snapshots {
@@ -227,4 +234,64 @@ fn a_resumed_quantization_skips_its_finished_steps_and_writes_the_same_bytes() {
 fn sha256_file_bytes(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `make_imatrix` on the SmolLM2 GGUF → Q4_K_M with checkpoints: the computed matrix is
+/// checkpointed (synced, with its SHA-256, the receipt's `imatrix_sha256`); a run resumed from
+/// that checkpoint does not compute it again and writes the same bytes and receipt; a matrix
+/// changed after its checkpoint is detected, removed and computed again.
+#[test]
+fn a_computed_importance_matrix_is_reused_by_a_resumed_run() {
+    let Some(gguf) = ondevice_testkit::smollm2("quantize_resume_imatrix") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("staging");
+    let snapshots = tmp.path().join("snapshots");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::create_dir(&snapshots).unwrap();
+    let output = staging.join("output.gguf");
+    let req = |resume: Option<Checkpoint>| QuantizeRequest {
+        allow_requantize: true,
+        make_imatrix: true,
+        no_quality: true,
+        ..request(&gguf, &output, resume)
+    };
+
+    let full = Recorder::new(Some(snapshots));
+    let reference = run(&req(None), &full).unwrap();
+    println!("uninterrupted: {:?}", full.events());
+    assert!(full.position("stage computing importance matrix") < full.position("checkpoint imatrix"));
+    assert!(full.position("checkpoint imatrix") < full.position("stage quantizing"));
+    let expected = take_output(&staging, &output);
+    let checkpoints = full.checkpoints.borrow().clone();
+    assert_eq!(checkpoints.len(), 1, "{:?}", full.events());
+    let (after_imatrix, files) = &checkpoints[0];
+    let m = after_imatrix.imatrix.as_ref().expect("the matrix is checkpointed");
+    assert_eq!(Some(&m.sha256), reference.imatrix_sha256.as_ref(), "the receipt's matrix");
+    assert_eq!(sha256_file(&files[0].1).unwrap(), m.sha256, "the checkpoint describes the file as it was");
+
+    // Interrupted after the matrix: quantized with it, not computed again.
+    restore(files);
+    let resumed = Recorder::new(None);
+    let receipt = run(&req(Some(after_imatrix.clone())), &resumed).unwrap();
+    println!("resumed after the matrix: {:?}", resumed.events());
+    assert!(resumed.has(&format!("resumed {}", step::IMATRIX)), "{:?}", resumed.events());
+    assert!(!resumed.has("stage computing importance matrix") && resumed.has("stage quantizing"));
+    assert_eq!(receipt, reference);
+    assert!(take_output(&staging, &output) == expected, "the same bytes");
+
+    // The matrix changed after its checkpoint (one byte, same size): computed again.
+    restore(files);
+    let mut bytes = std::fs::read(&m.path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&m.path, &bytes).unwrap();
+    let resumed = Recorder::new(None);
+    let receipt = run(&req(Some(after_imatrix.clone())), &resumed).unwrap();
+    println!("resumed with a changed matrix: {:?}", resumed.events());
+    assert!(!resumed.has(&format!("resumed {}", step::IMATRIX)), "{:?}", resumed.events());
+    assert!(resumed.has("stage computing importance matrix"));
+    assert_eq!(receipt, reference);
+    assert!(take_output(&staging, &output) == expected, "the same bytes");
 }
