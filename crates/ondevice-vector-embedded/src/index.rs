@@ -1,23 +1,24 @@
-//! One collection's HNSW index (usearch) and its files: `<id>.usearch` and `<id>.meta.json`, which
+//! One collection's HNSW graph (`hnsw.rs`) and its files: `<id>.hnsw` and `<id>.meta.json`, which
 //! records the change-log position the file is current with, its vector count and the SHA-256 of
 //! the index file. Opening verifies the checksum, replays the log when the file is behind and
 //! rebuilds from SQLite when the file is missing, damaged, ahead of the database or older than the
-//! pruned log. Saving writes both files to temporaries, fsyncs and renames (index first, then
-//! meta), so a crash at any point leaves a pair that verifies or one that is rebuilt.
+//! pruned log, and when more of its nodes are removed ones than live ones (a rebuild compacts).
+//! Saving writes both files to temporaries, fsyncs and renames (index first, then meta), so a crash
+//! at any point leaves a pair that verifies or one that is rebuilt.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
+use crate::hnsw::{Hnsw, Params};
+use crate::metric::Space;
+use crate::{backend_err, decode_embedding};
 use ondevice_store::{Store, VectorCollectionRow};
-use ondevice_vector::{CollectionSpec, Distance, VectorError};
+use ondevice_vector::{CollectionSpec, VectorError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use usearch::{Index, IndexOptions, MetricKind};
-
-use crate::{backend_err, decode_embedding};
 
 /// How an index came to be in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,14 +48,18 @@ struct Meta {
     sha256: String,
 }
 
-/// 2: cosine collections hold unit vectors in the index (`metric.rs`); 3: as half floats. A file
-/// of an older format is rebuilt at open.
-const META_FORMAT: u32 = 3;
+/// 2: cosine collections hold unit vectors in the index (`metric.rs`); 3: as half floats; 4: the
+/// graph is ondevice's own (`hnsw.rs`) instead of usearch's. A file of an older format is rebuilt
+/// at open.
+const META_FORMAT: u32 = 4;
+
+/// A loaded file with more removed nodes than this and than live ones is rebuilt, compacted.
+const COMPACT_AFTER: usize = 1024;
 
 pub(crate) struct Loaded {
     pub id: i64,
     pub spec: CollectionSpec,
-    pub index: RwLock<Index>,
+    pub index: RwLock<Hnsw>,
     /// The change-log position the in-memory index reflects.
     pub applied: AtomicI64,
     /// Changes since the last save.
@@ -69,45 +74,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A new empty index for `spec`, with this CPU's distance kernel (`metric.rs`).
-fn new_index(spec: &CollectionSpec) -> Result<Index, VectorError> {
-    let mut index = bare_index(spec)?;
-    crate::metric::install(&mut index, spec.distance, spec.dimension as usize);
-    Ok(index)
-}
-
-/// A new empty index for `spec` with usearch's built-in metric (to `load` a file into, which
-/// resets the metric; the kernel is installed after).
-fn bare_index(spec: &CollectionSpec) -> Result<Index, VectorError> {
-    let metric = match spec.distance {
-        Distance::Cosine => MetricKind::Cos,
-        Distance::Dot => MetricKind::IP,
-        Distance::L2 => MetricKind::L2sq,
-    };
-    let options = IndexOptions {
-        dimensions: spec.dimension as usize,
-        metric,
-        quantization: crate::metric::scalar_kind(spec.distance),
-        connectivity: spec.index.m as usize,
-        expansion_add: spec.index.ef_construction as usize,
-        expansion_search: spec.index.ef_search as usize,
-        multi: false,
-    };
-    Index::new(&options).map_err(|e| backend_err(format!("cannot create index: {e}")))
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+/// The graph parameters of a collection.
+fn params(spec: &CollectionSpec) -> Params {
+    Params {
+        space: Space::of(spec.distance),
+        dim: spec.dimension as usize,
+        m: spec.index.m as usize,
+        ef_construction: spec.index.ef_construction as usize,
+        ef_search: spec.index.ef_search as usize,
     }
-    Ok(format!("sha256:{:x}", h.finalize()))
+}
+
+/// A new empty index for `spec`.
+fn new_index(spec: &CollectionSpec) -> Hnsw {
+    Hnsw::new(params(spec))
+}
+
+/// A writer that hashes what it writes.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> VectorError {
@@ -115,6 +113,11 @@ fn io_err(path: &Path, e: std::io::Error) -> VectorError {
 }
 
 pub(crate) fn index_path(dir: &Path, id: i64) -> PathBuf {
+    dir.join(format!("{id}.hnsw"))
+}
+
+/// Where format 3 and older kept the graph (usearch's file); removed once a new file is saved.
+fn legacy_path(dir: &Path, id: i64) -> PathBuf {
     dir.join(format!("{id}.usearch"))
 }
 
@@ -124,7 +127,7 @@ fn meta_path(dir: &Path, id: i64) -> PathBuf {
 
 /// Removes a collection's files.
 pub(crate) fn remove_files(dir: &Path, id: i64) {
-    for p in [index_path(dir, id), meta_path(dir, id)] {
+    for p in [index_path(dir, id), meta_path(dir, id), legacy_path(dir, id)] {
         if let Err(e) = std::fs::remove_file(&p)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -133,38 +136,12 @@ pub(crate) fn remove_files(dir: &Path, id: i64) {
     }
 }
 
-/// Grows the index so `extra` more vectors fit.
-pub(crate) fn ensure_capacity(index: &Index, extra: usize) -> Result<(), VectorError> {
-    let need = index.size() + extra;
-    if need > index.capacity() {
-        let cap = need.max(index.capacity() * 2).max(1024);
-        index.reserve(cap).map_err(|e| backend_err(format!("cannot grow index to {cap}: {e}")))?;
+/// Adds vectors (replacing keys already there).
+pub(crate) fn add_all(index: &mut Hnsw, items: &[(u64, Vec<f32>)]) {
+    index.reserve(items.len());
+    for (k, v) in items {
+        index.add(*k, v);
     }
-    Ok(())
-}
-
-/// Adds vectors, on every core for big batches.
-pub(crate) fn add_all(index: &Index, items: &[(u64, Vec<f32>)]) -> Result<(), VectorError> {
-    ensure_capacity(index, items.len())?;
-    let threads =
-        if items.len() < 512 { 1 } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8) };
-    let add = |part: &[(u64, Vec<f32>)]| -> Result<(), VectorError> {
-        for (k, v) in part {
-            if index.contains(*k) {
-                index.remove(*k).map_err(|e| backend_err(format!("index remove: {e}")))?;
-            }
-            index.add(*k, v).map_err(|e| backend_err(format!("index add: {e}")))?;
-        }
-        Ok(())
-    };
-    if threads == 1 {
-        return add(items);
-    }
-    let per = items.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items.chunks(per).map(|part| s.spawn(move || add(part))).collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
 }
 
 impl Loaded {
@@ -175,7 +152,7 @@ impl Loaded {
         let (index, applied, opened) = match Self::from_file(store, dir, row, &spec) {
             Ok((index, applied, opened)) => (index, applied, opened),
             Err(reason) if reason.is_empty() && row.chunks == 0 => {
-                let index = new_index(&spec)?;
+                let index = new_index(&spec);
                 (index, row.head_seq, IndexOpen::Fresh)
             }
             Err(reason) => {
@@ -207,7 +184,7 @@ impl Loaded {
         dir: &Path,
         row: &VectorCollectionRow,
         spec: &CollectionSpec,
-    ) -> Result<(Index, i64, IndexOpen), String> {
+    ) -> Result<(Hnsw, i64, IndexOpen), String> {
         let (ip, mp) = (index_path(dir, row.id), meta_path(dir, row.id));
         let meta_bytes = match std::fs::read(&mp) {
             Ok(b) => b,
@@ -218,8 +195,8 @@ impl Loaded {
         if meta.format != META_FORMAT || meta.dimension != spec.dimension {
             return Err("index metadata is for another format or dimension".into());
         }
-        let sum = sha256_file(&ip).map_err(|e| format!("index file unreadable: {e}"))?;
-        if sum != meta.sha256 {
+        let bytes = std::fs::read(&ip).map_err(|e| format!("index file unreadable: {e}"))?;
+        if format!("sha256:{:x}", Sha256::digest(&bytes)) != meta.sha256 {
             return Err("index file checksum mismatch (damaged or partly written)".into());
         }
         if meta.seq > row.head_seq {
@@ -228,14 +205,15 @@ impl Loaded {
         if meta.seq < row.pruned_seq {
             return Err("index file is older than the change log".into());
         }
-        let mut index = bare_index(spec).map_err(|e| e.to_string())?;
-        let path = ip.to_str().ok_or("index path is not UTF-8")?;
-        index.load(path).map_err(|e| format!("index file unreadable: {e}"))?;
-        crate::metric::install(&mut index, spec.distance, spec.dimension as usize);
-        if index.size() as u64 != meta.count || index.dimensions() != spec.dimension as usize {
+        let mut index = Hnsw::from_bytes(&bytes, params(spec))?;
+        drop(bytes);
+        if index.len() as u64 != meta.count || index.dimensions() != spec.dimension as usize {
             return Err("index file does not match its metadata".into());
         }
-        index.change_expansion_search(spec.index.ef_search as usize);
+        if index.removed() > COMPACT_AFTER.max(index.len()) {
+            return Err(format!("index file holds {} removed nodes and {} live ones", index.removed(), index.len()));
+        }
+        index.set_ef_search(spec.index.ef_search as usize);
         let changes = store.vector_changes_after(row.id, meta.seq).map_err(|e| e.to_string())?;
         if changes.is_empty() {
             return Ok((index, meta.seq, IndexOpen::Loaded));
@@ -247,24 +225,20 @@ impl Loaded {
         }
         let mut adds = Vec::new();
         for (&id, &added) in &last {
-            if index.contains(id as u64) {
-                index.remove(id as u64).map_err(|e| e.to_string())?;
-            }
+            index.remove(id as u64);
             if added && let Some(bytes) = store.vector_embedding(row.id, id).map_err(|e| e.to_string())? {
                 let v = decode_embedding(&bytes).map_err(|e| e.to_string())?;
                 adds.push((id as u64, crate::metric::unit(spec.distance, v)));
             }
         }
-        add_all(&index, &adds).map_err(|e| e.to_string())?;
+        add_all(&mut index, &adds);
         let head = changes.last().map(|c| c.seq).unwrap_or(meta.seq).max(row.head_seq);
         Ok((index, head, IndexOpen::CaughtUp { replayed: changes.len() }))
     }
 
-    fn rebuild(store: &Store, row: &VectorCollectionRow, spec: &CollectionSpec) -> Result<Index, VectorError> {
-        let index = new_index(spec)?;
-        index
-            .reserve((row.chunks as usize).max(1024))
-            .map_err(|e| backend_err(format!("cannot reserve index: {e}")))?;
+    fn rebuild(store: &Store, row: &VectorCollectionRow, spec: &CollectionSpec) -> Result<Hnsw, VectorError> {
+        let mut index = new_index(spec);
+        index.reserve(row.chunks.max(0) as usize);
         let mut after = 0;
         loop {
             let page = store.vector_embeddings_page(row.id, after, 8192).map_err(backend_err)?;
@@ -274,7 +248,7 @@ impl Loaded {
                 .iter()
                 .map(|(id, b)| Ok((*id as u64, crate::metric::unit(spec.distance, decode_embedding(b)?))))
                 .collect::<Result<Vec<_>, VectorError>>()?;
-            add_all(&index, &items)?;
+            add_all(&mut index, &items);
         }
         Ok(index)
     }
@@ -282,18 +256,20 @@ impl Loaded {
     /// Writes the index and its metadata durably, then prunes the log up to the saved position.
     pub fn save(&self, store: &Store) -> Result<(), VectorError> {
         let (ip, mp) = (index_path(&self.dir, self.id), meta_path(&self.dir, self.id));
-        let tmp_i = ip.with_extension("usearch.tmp");
+        let tmp_i = ip.with_extension("hnsw.tmp");
         let tmp_m = mp.with_extension("json.tmp");
-        let (seq, count, unsaved) = {
+        let (seq, count, unsaved, hash) = {
             let _w = lock(&self.write);
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             let seq = self.applied.load(Ordering::SeqCst);
-            let path = tmp_i.to_str().ok_or_else(|| backend_err("index path is not UTF-8"))?;
-            index.save(path).map_err(|e| backend_err(format!("cannot save index {}: {e}", tmp_i.display())))?;
-            (seq, index.size() as u64, self.unsaved.load(Ordering::SeqCst))
+            let file = std::fs::File::create(&tmp_i).map_err(|e| io_err(&tmp_i, e))?;
+            let mut out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
+            index.write_to(&mut out).and_then(|()| out.flush()).map_err(|e| io_err(&tmp_i, e))?;
+            let file = out.inner.into_inner().map_err(|e| io_err(&tmp_i, e.into_error()))?;
+            file.sync_all().map_err(|e| io_err(&tmp_i, e))?;
+            (seq, index.len() as u64, self.unsaved.load(Ordering::SeqCst), out.hash)
         };
-        std::fs::File::open(&tmp_i).and_then(|f| f.sync_all()).map_err(|e| io_err(&tmp_i, e))?;
-        let sha256 = sha256_file(&tmp_i).map_err(|e| io_err(&tmp_i, e))?;
+        let sha256 = format!("sha256:{:x}", hash.finalize());
         let meta = Meta { format: META_FORMAT, seq, count, dimension: self.spec.dimension, sha256 };
         let bytes = serde_json::to_vec(&meta).map_err(backend_err)?;
         {
@@ -305,6 +281,12 @@ impl Loaded {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
+        let legacy = legacy_path(&self.dir, self.id);
+        if let Err(e) = std::fs::remove_file(&legacy)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %legacy.display(), error = %e, "cannot remove the old index file");
+        }
         store.vector_prune_changes(self.id, seq).map_err(backend_err)?;
         self.unsaved.fetch_sub(unsaved.min(self.unsaved.load(Ordering::SeqCst)), Ordering::SeqCst);
         Ok(())
@@ -314,7 +296,7 @@ impl Loaded {
     pub fn bytes(&self) -> u64 {
         match std::fs::metadata(index_path(&self.dir, self.id)) {
             Ok(m) => m.len(),
-            Err(_) => self.index.read().unwrap_or_else(|e| e.into_inner()).serialized_length() as u64,
+            Err(_) => self.index.read().unwrap_or_else(|e| e.into_inner()).serialized_len() as u64,
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! SQLite (through `ondevice-store`, the only SQLite owner) is the source of truth for collections,
 //! documents, metadata, chunk texts and embeddings; a write is acknowledged once its transaction
-//! commits, so it survives `kill -9`. Each collection's usearch HNSW index lives in memory and in a
-//! checksummed file under `vectors/` (`index.rs`), updated after every commit and saved every
+//! commits, so it survives `kill -9`. Each collection's HNSW graph (`hnsw.rs`, ondevice's own)
+//! lives in memory and in a checksummed file under `vectors/` (`index.rs`), updated after every commit and saved every
 //! [`SAVE_EVERY`] changes and on [`VectorBackend::flush`]; at open a file that is behind replays the
 //! change log and one that is damaged is rebuilt.
 //!
@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod hnsw;
 mod index;
 mod metric;
 
@@ -43,8 +44,7 @@ pub const EXACT_LIMIT: usize = 20_000;
 
 /// An unfiltered query over a collection of at most this many vector components (chunks ×
 /// dimension) scans every vector instead of walking the graph: about a million multiply-adds,
-/// a fraction of a millisecond, which is what a graph walk costs too, and the answer is exact
-/// (a small graph built on several threads can leave a near neighbour unreachable).
+/// a fraction of a millisecond, which is what a graph walk costs too, and the answer is exact.
 pub const EXACT_SCAN_COMPONENTS: usize = 1 << 20;
 
 /// Extra candidates asked of the index, for chunks deleted between the index read and the row read.
@@ -155,8 +155,7 @@ impl EmbeddedBackend {
         check_vector(&l.spec, vector)?;
         let vector = metric::unit(l.spec.distance, vector.to_vec());
         let index = l.index.read().unwrap_or_else(|e| e.into_inner());
-        let m = index.search(&vector, k).map_err(|e| backend_err(format!("index search: {e}")))?;
-        Ok(m.keys.into_iter().map(|k| k as i64).zip(m.distances).collect())
+        Ok(index.search(&vector, k).into_iter().map(|(k, d)| (k as i64, d)).collect())
     }
 
     /// The index file of a collection (for tests and diagnostics).
@@ -226,12 +225,12 @@ impl EmbeddedBackend {
             let _w = lock(&l.write);
             let out = self.inner.store.vector_upsert(l.id, &inputs, now()).map_err(backend_err)?;
             changes = (out.removed.len() + out.added.len()) as u64;
-            let index = l.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut index = l.index.write().unwrap_or_else(|e| e.into_inner());
             for id in &out.removed {
-                index.remove(*id as u64).map_err(|e| backend_err(format!("index remove: {e}")))?;
+                index.remove(*id as u64);
             }
             let items: Vec<(u64, Vec<f32>)> = out.added.iter().map(|id| *id as u64).zip(vectors).collect();
-            index::add_all(&index, &items)?;
+            index::add_all(&mut index, &items);
             l.applied.store(out.head_seq, Ordering::SeqCst);
         }
         if l.unsaved.fetch_add(changes, Ordering::SeqCst) + changes >= SAVE_EVERY {
@@ -244,9 +243,9 @@ impl EmbeddedBackend {
         let l = self.loaded(name)?;
         let _w = lock(&l.write);
         let out = self.inner.store.vector_delete_documents(l.id, ids).map_err(backend_err)?;
-        let index = l.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = l.index.write().unwrap_or_else(|e| e.into_inner());
         for id in &out.removed {
-            index.remove(*id as u64).map_err(|e| backend_err(format!("index remove: {e}")))?;
+            index.remove(*id as u64);
         }
         l.applied.store(out.head_seq, Ordering::SeqCst);
         l.unsaved.fetch_add(out.removed.len() as u64, Ordering::SeqCst);
@@ -262,11 +261,10 @@ impl EmbeddedBackend {
         let unit = metric::unit(distance, q.vector.clone());
         let exact = |ids: &[i64]| -> Result<Vec<(u64, f32)>, VectorError> {
             let index = l.index.read().unwrap_or_else(|e| e.into_inner());
-            let mut buf = vec![0f32; l.spec.dimension as usize];
             let mut scored = Vec::with_capacity(ids.len());
             for &id in ids {
-                if index.get(id as u64, &mut buf).map_err(|e| backend_err(format!("index get: {e}")))? > 0 {
-                    scored.push((id as u64, distance.distance(&q.vector, &buf)));
+                if let Some(v) = index.get(id as u64) {
+                    scored.push((id as u64, distance.distance(&q.vector, &v)));
                 }
             }
             scored.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -275,13 +273,11 @@ impl EmbeddedBackend {
         };
         let found: Vec<(u64, f32)> = if q.filter.is_empty() {
             let index = l.index.read().unwrap_or_else(|e| e.into_inner());
-            let m = if index.size().saturating_mul(index.dimensions()) <= EXACT_SCAN_COMPONENTS {
+            if index.len().saturating_mul(index.dimensions()) <= EXACT_SCAN_COMPONENTS {
                 index.exact_search(&unit, want)
             } else {
                 index.search(&unit, want)
             }
-            .map_err(|e| backend_err(format!("index search: {e}")))?;
-            m.keys.into_iter().zip(m.distances).collect()
         } else {
             let ids =
                 self.inner.store.vector_filtered_chunk_ids(l.id, &filter_conditions(&q.filter)).map_err(backend_err)?;
@@ -291,23 +287,30 @@ impl EmbeddedBackend {
                 let set: HashSet<u64> = ids.iter().map(|i| *i as u64).collect();
                 let walked = {
                     let index = l.index.read().unwrap_or_else(|e| e.into_inner());
-                    let m = index
-                        .filtered_search(&unit, want, |key| set.contains(&key))
-                        .map_err(|e| backend_err(format!("index search: {e}")))?;
-                    m.keys.into_iter().zip(m.distances).collect::<Vec<_>>()
+                    index.search_filtered(&unit, want, |key| set.contains(&key))
                 };
                 if walked.len() < q.k.min(ids.len()) { exact(&ids)? } else { walked }
             }
         };
-        // Rows for the nearest `k` first; the extra candidates only when some of those were
-        // deleted or rewritten since the index read. One statement per batch, rows borrowed from
-        // SQLite: only what a hit keeps is copied.
+        // Rows for the nearest `k` first, and for every candidate the index's rounding could have
+        // put behind the `k`-th (its distance within `metric::rounding` of it), so the exact
+        // re-score decides near ties; the other candidates only when some of those were deleted
+        // or rewritten since the index read. One statement per batch, rows borrowed from SQLite:
+        // only what a hit keeps is copied.
         let mut hits = Vec::with_capacity(q.k);
         let mut next = 0;
         let mut keys = Vec::with_capacity(q.k);
         let mut stored = Vec::with_capacity(q.vector.len());
+        let first = match found.get(q.k.saturating_sub(1)) {
+            Some(&(_, kth)) => {
+                let tie = kth + metric::rounding(distance, kth);
+                q.k + found[q.k..].iter().take_while(|(_, d)| *d <= tie).count()
+            }
+            None => found.len(),
+        };
         while hits.len() < q.k && next < found.len() {
-            let batch = &found[next..(next + q.k - hits.len()).min(found.len())];
+            let take = if next == 0 { first } else { q.k - hits.len() };
+            let batch = &found[next..(next + take).min(found.len())];
             next += batch.len();
             keys.clear();
             keys.extend(batch.iter().map(|(k, _)| *k as i64));
@@ -342,7 +345,11 @@ impl EmbeddedBackend {
                 })
                 .map_err(backend_err)?;
         }
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        // Exact ties in a stable order: by document, then chunk.
+        hits.sort_by(|a, b| {
+            a.distance.total_cmp(&b.distance).then_with(|| (&a.document_id, a.chunk).cmp(&(&b.document_id, b.chunk)))
+        });
+        hits.truncate(q.k);
         Ok(hits)
     }
 

@@ -1,67 +1,119 @@
-//! Distance kernels for the HNSW index, chosen at run time from the CPU's features, and how the
-//! index stores its vectors.
+//! Distances for the HNSW graph (`hnsw.rs`), with kernels chosen at run time from the CPU's
+//! features, and how the graph stores its vectors.
 //!
-//! The `usearch` crate is built without its SIMD kernel library (`numkong`, slow to compile on
-//! small machines), so its own distances are portable loops: on x86-64 the baseline is SSE2,
-//! four floats at a time. A graph walk is mostly distance computations (about `ef × M` of them a
-//! query), each reading a stored vector the walk has not touched before, so it waits on memory
-//! more than it computes. On a CPU with AVX2 and FMA the index is given these kernels instead:
-//! eight floats at a time with fused multiply-adds and independent accumulators. The metric is not
-//! saved in the index file: every index is given the kernel again after it is loaded. Other CPUs
-//! keep usearch's built-in distances.
-//!
-//! Cosine collections keep unit vectors in the index ([`unit`]; SQLite keeps the embeddings as
+//! Cosine collections keep unit vectors in the graph ([`unit`]; SQLite keeps the embeddings as
 //! given) and queries are made unit too, so the cosine distance `1 − a·b / (|a||b|)` is `1 − a·b`:
 //! one product a dimension instead of three, as faiss does with inner product on normalized
-//! vectors. Unit vectors have every component in [-1, 1], so the index stores them as IEEE half
-//! floats ([`scalar_kind`]): half the bytes a distance reads, 11 significant bits a component
-//! (a relative error under 2⁻¹¹, a few 10⁻⁴ on a distance at most and about 10⁻⁵ typically). A
-//! query re-scores its hits with the exact `f32` embeddings from SQLite, so the scores and the
-//! order it answers with are exact; the half floats only steer the graph walk. On a CPU with F16C
-//! the kernel widens eight halves at a time in registers. Inner product and squared L2 take any
-//! magnitude, so those collections keep `f32` and are computed as usearch computes them. Results
-//! match usearch's own up to that rounding.
+//! vectors. Unit vectors have every component in [-1, 1], so the graph stores them as IEEE half
+//! floats: half the bytes a distance reads, 11 significant bits a component (a relative error
+//! under 2⁻¹¹, a few 10⁻⁴ on a distance at most and about 10⁻⁵ typically). A query re-scores its
+//! hits with the exact `f32` embeddings from SQLite, so the scores and the order it answers with
+//! are exact; the half floats only steer the walk. Inner product and squared L2 take any
+//! magnitude, so those collections keep `f32`.
+//!
+//! On a CPU with AVX2, FMA and F16C the kernels take eight components at a time with fused
+//! multiply-adds and two accumulators, widening stored halves in registers; the query stays
+//! `f32`. Other CPUs use plain loops (which the compiler vectorizes for the baseline).
 
 use ondevice_vector::Distance;
-use usearch::{Index, ScalarKind};
 
-/// How the index stores a collection's vectors: half floats for cosine (unit vectors), `f32`
-/// otherwise (see the module docs).
-pub(crate) fn scalar_kind(distance: Distance) -> ScalarKind {
-    match distance {
-        Distance::Cosine => ScalarKind::F16,
-        Distance::Dot | Distance::L2 => ScalarKind::F32,
+/// How a graph compares vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space {
+    /// `1 − a·b` over unit vectors stored as half floats.
+    Cosine,
+    /// `1 − a·b` over `f32`.
+    Dot,
+    /// `Σ (a − b)²` over `f32`.
+    L2,
+}
+
+impl Space {
+    pub fn of(distance: Distance) -> Space {
+        match distance {
+            Distance::Cosine => Space::Cosine,
+            Distance::Dot => Space::Dot,
+            Distance::L2 => Space::L2,
+        }
+    }
+
+    /// Whether vectors are stored as half floats.
+    pub fn half(self) -> bool {
+        self == Space::Cosine
+    }
+
+    /// The code the index file records.
+    pub fn code(self) -> u32 {
+        match self {
+            Space::Cosine => 1,
+            Space::Dot => 2,
+            Space::L2 => 3,
+        }
+    }
+
+    /// A query to a stored half-float vector.
+    #[inline]
+    pub fn query_half(self, q: &[f32], v: &[u16]) -> f32 {
+        debug_assert_eq!(q.len(), v.len());
+        1.0 - dot_f32_f16(q, v)
+    }
+
+    /// Two stored half-float vectors.
+    #[inline]
+    pub fn half_half(self, a: &[u16], b: &[u16]) -> f32 {
+        debug_assert_eq!(a.len(), b.len());
+        1.0 - dot_f16(a, b)
+    }
+
+    /// Two `f32` vectors.
+    #[inline]
+    pub fn query_full(self, q: &[f32], v: &[f32]) -> f32 {
+        debug_assert_eq!(q.len(), v.len());
+        match self {
+            Space::L2 => l2sq(q, v),
+            Space::Cosine | Space::Dot => 1.0 - dot(q, v),
+        }
+    }
+
+    /// A vector as the graph compares it: unit for cosine ([`unit`]).
+    #[cfg(test)]
+    pub fn prepare(self, v: Vec<f32>) -> Vec<f32> {
+        match self {
+            Space::Cosine => unit(Distance::Cosine, v),
+            _ => v,
+        }
+    }
+
+    /// The exact distance between two raw vectors, in plain loops (for tests).
+    #[cfg(test)]
+    pub fn reference(self, a: &[f32], b: &[f32]) -> f32 {
+        let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        match self {
+            Space::Cosine => {
+                let (na, nb) = (a.iter().map(|x| x * x).sum::<f32>(), b.iter().map(|x| x * x).sum::<f32>());
+                if na == 0.0 || nb == 0.0 { 1.0 } else { 1.0 - d / (na.sqrt() * nb.sqrt()) }
+            }
+            Space::Dot => 1.0 - d,
+            Space::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
+        }
     }
 }
 
-/// Which kernels an index is given on this CPU.
+/// Which kernels the graphs use on this CPU.
 pub(crate) fn kernel_name() -> &'static str {
-    match (simd_available(), f16c_available()) {
-        (true, true) => "avx2+fma+f16c (cosine: f16 storage)",
-        (true, false) => "avx2+fma (cosine: f16 storage, usearch's portable f16 kernel)",
-        _ => "usearch built-in (portable; cosine: f16 storage)",
-    }
+    if simd() { "avx2+fma+f16c (cosine: f16 storage)" } else { "portable (cosine: f16 storage)" }
 }
 
 #[cfg(target_arch = "x86_64")]
-fn f16c_available() -> bool {
+fn simd() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| simd_available() && is_x86_feature_detected!("f16c"))
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn f16c_available() -> bool {
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-fn simd_available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn simd_available() -> bool {
+fn simd() -> bool {
     false
 }
 
@@ -77,34 +129,89 @@ pub(crate) fn unit(distance: Distance, mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// Gives `index` (made with [`scalar_kind`]`(distance)`) this CPU's kernel for `distance` over
-/// `dim`-component vectors (no change when the CPU has none). Call again after every `load`,
-/// which resets the metric to usearch's built-in one.
-pub(crate) fn install(index: &mut Index, distance: Distance, dim: usize) {
+/// How far apart two distances the index computed may be while their exact order is the other
+/// way round: half-float storage changes `a·b` of unit vectors by at most `2⁻¹¹` (each component
+/// by a relative `2⁻¹¹`, and `Σ|aᵢ||bᵢ| ≤ 1`), so two distances by twice that; `f32` sums differ
+/// by their accumulation order only.
+pub(crate) fn rounding(distance: Distance, d: f32) -> f32 {
+    match Space::of(distance) {
+        s if s.half() => 2.0 / 2048.0 + 1e-5,
+        _ => 1e-5 * d.abs().max(1.0),
+    }
+}
+
+/// IEEE binary16 bits of `x`, rounded to nearest even.
+pub(crate) fn f32_to_f16(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+/// The value of IEEE binary16 bits.
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
+
+/// Asks the CPU to start loading `v` into its caches (a hint: it never faults, and on CPUs
+/// without the instruction it does nothing).
+#[inline]
+pub(crate) fn prefetch<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    match distance {
-        // Unit vectors (see `unit`) as half floats: cosine distance is 1 − a·b.
-        Distance::Cosine if f16c_available() => {
-            // SAFETY: usearch calls the metric with two vectors of the index's dimension, `dim`
-            // half floats each (the index stores F16), and the CPU has AVX2, FMA and F16C.
-            let f: Box<dyn Fn(*const usearch::f16, *const usearch::f16) -> f32 + Send + Sync> =
-                Box::new(move |a, b| unsafe { 1.0 - x86::dot_f16(a.cast(), b.cast(), dim) });
-            index.change_metric::<usearch::f16>(f);
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(v);
+        let p = v.as_ptr().cast::<i8>();
+        let mut at = 0;
+        while at < bytes {
+            // SAFETY: a prefetch is a hint that never faults; the address is inside `v`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(at)) };
+            at += 64;
         }
-        Distance::Cosine => {}
-        Distance::Dot | Distance::L2 if simd_available() => {
-            // SAFETY (of the closures): usearch calls the metric with two vectors of the index's
-            // dimension, `dim` floats each, and the CPU has AVX2 and FMA (checked above).
-            let f: Box<dyn Fn(*const f32, *const f32) -> f32 + Send + Sync> = match distance {
-                Distance::L2 => Box::new(move |a, b| unsafe { x86::l2sq(a, b, dim) }),
-                _ => Box::new(move |a, b| unsafe { 1.0 - x86::dot(a, b, dim) }),
-            };
-            index.change_metric::<f32>(f);
-        }
-        Distance::Dot | Distance::L2 => {}
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (index, distance, dim);
+    let _ = v;
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: both hold `n` floats; the CPU has AVX2 and FMA.
+        return unsafe { x86::dot(a.as_ptr(), b.as_ptr(), n) };
+    }
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * y).sum()
+}
+
+#[inline]
+fn l2sq(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: both hold `n` floats; the CPU has AVX2 and FMA.
+        return unsafe { x86::l2sq(a.as_ptr(), b.as_ptr(), n) };
+    }
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+#[inline]
+fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: both hold `n` halves; the CPU has AVX2, FMA and F16C.
+        return unsafe { x86::dot_f16(a.as_ptr(), b.as_ptr(), n) };
+    }
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| f16_to_f32(*x) * f16_to_f32(*y)).sum()
+}
+
+#[inline]
+fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: `a` holds `n` floats and `b` `n` halves; the CPU has AVX2, FMA and F16C.
+        return unsafe { x86::dot_f32_f16(a.as_ptr(), b.as_ptr(), n) };
+    }
+    a[..n].iter().zip(&b[..n]).map(|(x, y)| x * f16_to_f32(*y)).sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -178,6 +285,37 @@ mod x86 {
         }
     }
 
+    /// `a·b` with `a` in `f32` and `b` in half floats.
+    ///
+    /// # Safety
+    /// `a` points to `dim` floats and `b` to `dim` half floats; the CPU has AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f32_f16(a: *const f32, b: *const u16, dim: usize) -> f32 {
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        // SAFETY: every load reads components below `dim` (the tail goes through zero-padded
+        // copies).
+        unsafe {
+            let half = |p: *const u16| _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+            while i + 16 <= dim {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), half(b.add(i)), s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), half(b.add(i + 8)), s1);
+                i += 16;
+            }
+            if i + 8 <= dim {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), half(b.add(i)), s0);
+                i += 8;
+            }
+            if i < dim {
+                let (mut ta, mut tb) = ([0f32; 8], [0u16; 8]);
+                std::ptr::copy_nonoverlapping(a.add(i), ta.as_mut_ptr(), dim - i);
+                std::ptr::copy_nonoverlapping(b.add(i), tb.as_mut_ptr(), dim - i);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(ta.as_ptr()), half(tb.as_ptr()), s1);
+            }
+            hsum(_mm256_add_ps(s0, s1))
+        }
+    }
+
     /// `Σ (a − b)²`.
     ///
     /// # Safety
@@ -215,131 +353,52 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn reference(distance: Distance, a: &[f32], b: &[f32]) -> f32 {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        match distance {
-            Distance::Cosine => {
-                let (na, nb) = (a.iter().map(|x| x * x).sum::<f32>(), b.iter().map(|x| x * x).sum::<f32>());
-                if na == 0.0 || nb == 0.0 { 1.0 } else { 1.0 - dot / (na.sqrt() * nb.sqrt()) }
-            }
-            Distance::Dot => 1.0 - dot,
-            Distance::L2 => a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum(),
-        }
-    }
-
     /// Within `tol` relative (absolute below 1).
     fn close(x: f32, y: f32, tol: f32) -> bool {
         (x - y).abs() <= tol * x.abs().max(1.0)
     }
 
-    /// How far the index's distances may be from exact ones: half floats for cosine.
-    fn tolerance(distance: Distance) -> f32 {
-        if scalar_kind(distance) == ScalarKind::F16 { 2e-3 } else { 1e-4 }
-    }
-
-    /// IEEE binary16 bits of `x`, rounded to nearest even (normal range; enough for unit vectors).
-    fn f16_bits(x: f32) -> u16 {
-        let b = x.to_bits();
-        let sign = ((b >> 16) & 0x8000) as u16;
-        let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
-        if exp <= 0 {
-            // Subnormal or zero in half precision.
-            let m = (b & 0x7f_ffff) | 0x80_0000;
-            let shift = (14 - exp) as u32;
-            if shift > 24 {
-                return sign;
-            }
-            let half = m >> shift;
-            let rem = m & ((1 << shift) - 1);
-            let mid = 1 << (shift - 1);
-            let r = if rem > mid || (rem == mid && half & 1 == 1) { half + 1 } else { half };
-            return sign | r as u16;
-        }
-        let m = b & 0x7f_ffff;
-        let mut h = ((exp as u32) << 10) | (m >> 13);
-        let rem = m & 0x1fff;
-        if rem > 0x1000 || (rem == 0x1000 && h & 1 == 1) {
-            h += 1;
-        }
-        sign | h as u16
-    }
-
-    /// The kernels (on the vectors as the index holds them) agree with plain loops for every
-    /// length around the vector widths, and an index given them finds the same nearest
-    /// neighbours, with the same distances up to the storage's rounding, as usearch's own metric
-    /// on the raw `f32` vectors.
+    /// Every kernel (the CPU's and the portable loop) agrees with the plain definition for every
+    /// length around the vector widths, zero vectors included.
     #[test]
-    fn kernels_match_plain_loops_and_usearch() {
+    fn kernels_match_plain_loops() {
         let mut seed = 7u64;
         let mut next = || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
-        #[cfg(target_arch = "x86_64")]
-        if simd_available() {
-            for dim in [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 384, 385] {
-                let a: Vec<f32> = (0..dim).map(|_| next() * 3.0).collect();
-                let b: Vec<f32> = (0..dim).map(|_| next()).collect();
-                let zero = vec![0f32; dim];
-                for (x, y) in [(&a, &b), (&a, &zero)] {
-                    for distance in [Distance::Cosine, Distance::Dot, Distance::L2] {
-                        let (ux, uy) = (unit(distance, x.clone()), unit(distance, y.clone()));
-                        // SAFETY: both hold `dim` floats; the CPU has AVX2 and FMA.
-                        let got = unsafe {
-                            match distance {
-                                Distance::Cosine | Distance::Dot => 1.0 - x86::dot(ux.as_ptr(), uy.as_ptr(), dim),
-                                Distance::L2 => x86::l2sq(ux.as_ptr(), uy.as_ptr(), dim),
-                            }
-                        };
-                        let want = reference(distance, x, y);
-                        assert!(close(got, want, 1e-4), "{distance:?} dim {dim}: {got} vs {want}");
-                        if distance == Distance::Cosine && f16c_available() {
-                            let hx: Vec<u16> = ux.iter().map(|v| f16_bits(*v)).collect();
-                            let hy: Vec<u16> = uy.iter().map(|v| f16_bits(*v)).collect();
-                            // SAFETY: both hold `dim` halves; the CPU has AVX2, FMA and F16C.
-                            let got = unsafe { 1.0 - x86::dot_f16(hx.as_ptr(), hy.as_ptr(), dim) };
-                            assert!(close(got, want, 2e-3), "f16 dim {dim}: {got} vs {want}");
-                        }
+        for dim in [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 384, 385] {
+            let a: Vec<f32> = (0..dim).map(|_| next() * 3.0).collect();
+            let b: Vec<f32> = (0..dim).map(|_| next()).collect();
+            let zero = vec![0f32; dim];
+            for (x, y) in [(&a, &b), (&a, &zero)] {
+                for space in [Space::Cosine, Space::Dot, Space::L2] {
+                    let d = if space == Space::Cosine { Distance::Cosine } else { Distance::L2 };
+                    let (ux, uy) = (unit(d, x.clone()), unit(d, y.clone()));
+                    let want = space.reference(x, y);
+                    let got = space.query_full(&ux, &uy);
+                    assert!(close(got, want, 1e-4), "{space:?} dim {dim}: {got} vs {want}");
+                    if space == Space::Cosine {
+                        let hx: Vec<u16> = ux.iter().map(|v| f32_to_f16(*v)).collect();
+                        let hy: Vec<u16> = uy.iter().map(|v| f32_to_f16(*v)).collect();
+                        let got = space.half_half(&hx, &hy);
+                        assert!(close(got, want, 2e-3), "f16 dim {dim}: {got} vs {want}");
+                        let got = space.query_half(&ux, &hy);
+                        assert!(close(got, want, 2e-3), "f32×f16 dim {dim}: {got} vs {want}");
+                        // The portable loops agree with the CPU's kernels.
+                        let plain: f32 = ux.iter().zip(&hy).map(|(p, h)| p * f16_to_f32(*h)).sum();
+                        assert!(close(1.0 - plain, got, 1e-5), "portable dim {dim}");
                     }
                 }
             }
         }
-        let dim = 64;
-        let data: Vec<Vec<f32>> = (0..500).map(|_| (0..dim).map(|_| next() * 2.0).collect()).collect();
-        for (distance, kind) in [
-            (Distance::Cosine, usearch::MetricKind::Cos),
-            (Distance::Dot, usearch::MetricKind::IP),
-            (Distance::L2, usearch::MetricKind::L2sq),
-        ] {
-            let options = |quantization| usearch::IndexOptions {
-                dimensions: dim,
-                metric: kind,
-                quantization,
-                ..Default::default()
-            };
-            let plain = Index::new(&options(ScalarKind::F32)).unwrap();
-            let mut fast = Index::new(&options(scalar_kind(distance))).unwrap();
-            install(&mut fast, distance, dim);
-            plain.reserve(data.len()).unwrap();
-            fast.reserve(data.len()).unwrap();
-            for (i, v) in data.iter().enumerate() {
-                plain.add(i as u64, v).unwrap();
-                fast.add(i as u64, &unit(distance, v.clone())).unwrap();
-            }
-            let q = &data[17];
-            let mut want: Vec<(u64, f32)> =
-                data.iter().enumerate().map(|(i, v)| (i as u64, reference(distance, q, v))).collect();
-            want.sort_by(|a, b| a.1.total_cmp(&b.1));
-            want.truncate(10);
-            let p = plain.exact_search(q, 10).unwrap();
-            let f = fast.exact_search(&unit(distance, q.clone()), 10).unwrap();
-            let keys: Vec<u64> = want.iter().map(|w| w.0).collect();
-            assert_eq!(f.keys, keys, "{distance:?}: {:?}", want);
-            assert_eq!(p.keys, keys, "{distance:?} (usearch's own): {:?} {:?}", p.distances, want);
-            for ((x, y), w) in p.distances.iter().zip(&f.distances).zip(&want) {
-                assert!(close(*x, w.1, 1e-4), "{distance:?}: usearch {x} vs exact {}", w.1);
-                assert!(close(*y, w.1, tolerance(distance)), "{distance:?}: ours {y} vs exact {}", w.1);
-            }
+    }
+
+    #[test]
+    fn half_conversion_rounds_to_nearest() {
+        for x in [0.0f32, 1.0, -1.0, 0.5, 1e-5, 0.333_333, -0.999_9, 65504.0] {
+            let back = f16_to_f32(f32_to_f16(x));
+            assert!((back - x).abs() <= x.abs() / 2048.0 + 6e-8, "{x} -> {back}");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The collection service end to end on the embedded backend (real SQLite, real usearch files,
+//! The collection service end to end on the embedded backend (real SQLite, real HNSW files,
 //! the real job queue): text upserts chunked and embedded, queries by text, the embedding cache,
 //! token policies, pinned model digests, `index` jobs over a directory (skipping unchanged files,
 //! resuming after SIGKILL without re-embedding or duplicating), and re-embedding.
@@ -435,7 +435,8 @@ async fn a_model_change_reembeds_while_queries_use_the_old_index() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rec = d.service.show("kb").await.unwrap();
     assert_eq!((rec.spec.model.as_str(), rec.spec.dimension), ("bow", 64));
-    let hits = d.service.query("kb", text_query("topic17", 1)).await.unwrap();
+    // ("topic17" alone would tie d17 with d4: the toy model hashes "4" into the same component.)
+    let hits = d.service.query("kb", text_query("document 17 about topic17", 1)).await.unwrap();
     assert_eq!(hits[0].document_id, "d17");
     assert!(d.service.list().await.unwrap().iter().all(|c| c.spec.name == "kb"), "the shadow collection is hidden");
     let done = wait_done(&d.jobs, &job.id).await;
@@ -443,7 +444,8 @@ async fn a_model_change_reembeds_while_queries_use_the_old_index() {
     let rec = d.service.show("kb").await.unwrap();
     assert_eq!((rec.spec.model.as_str(), rec.spec.dimension, rec.documents), ("bow-wide", 96, 30));
     assert_eq!(rec.spec.model_digest, format!("sha256:{}", "b".repeat(64)));
-    let hits = d.service.query("kb", text_query("topic17", 1)).await.unwrap();
+    // ("topic17" alone would tie d17 with d4: the toy model hashes "4" into the same component.)
+    let hits = d.service.query("kb", text_query("document 17 about topic17", 1)).await.unwrap();
     assert_eq!(hits[0].document_id, "d17");
     let _ = &d.store;
     d.shutdown.cancel();
