@@ -349,6 +349,30 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(needle), "{body}: {message}");
     }
+    // gRPC says the same for make_imatrix with an importance matrix file.
+    let channel = tonic::transport::Endpoint::from_shared(daemon.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("gRPC connect");
+    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", daemon.admin_key()).parse().expect("metadata");
+    let mut models = ondevice_proto::v1::models_service_client::ModelsServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        },
+    );
+    let request = ondevice_proto::v1::QuantizeModelRequest {
+        source: gguf.display().to_string(),
+        r#type: "Q4_K_M".into(),
+        imatrix: gguf.display().to_string(),
+        make_imatrix: true,
+        ..Default::default()
+    };
+    let refused = models.quantize_model(request).await.expect_err("make_imatrix with imatrix over gRPC");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("choose one"), "{refused:?}");
     // A read-only key may not start one.
     let read = daemon.key(&["read"]).await;
     let resp = daemon
