@@ -388,6 +388,11 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
     let out = daemon.home().run(&["quantize", "nosuch", "--type", "Q8_0"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a registered model"), "{}", describe(&out));
+    // The CLI sends --make-imatrix to the daemon (which refuses it for F16) instead of refusing
+    // it without --output.
+    let out = daemon.home().run(&["quantize", gguf.to_str().expect("utf-8 path"), "--type", "F16", "--make-imatrix"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not use an importance matrix"), "{}", describe(&out));
 }
 
 /// The reference sentence vectors of all-MiniLM-L6-v2 (`crates/ondevice-quantize/tests/golden/minilm.json`,
@@ -543,10 +548,11 @@ async fn llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory() {
 /// into the daemon → greedy chat through `/v1/chat/completions` answers with "Paris". (This source
 /// was 4-bit (Q4_1) before: quantized to Q4_K_M a second time without an importance matrix the
 /// 135M model's greedy answer drifts into French.) The daemon's job computes the same matrix:
-/// `ondevice quantize F16 --type IQ2_XS --make-imatrix` (no `--output`: a `quantize` job with
-/// `make_imatrix`) registers a model whose receipt has the CLI's `imatrix_sha256` (the matrix
-/// depends on the source and the text, not on the type, and is deterministic), and IQ2_XS without
-/// a matrix is refused.
+/// a `quantize` job of the F16 file to IQ2_XS with `make_imatrix` (IQ2_XS without a matrix is
+/// refused), its daemon killed with SIGKILL once the matrix is computed, resumes at the next start
+/// with the checkpointed matrix (`resumed_from = "imatrix"`) and registers a model whose receipt
+/// has the `--output` run's `imatrix_sha256` (the matrix depends on the source and the text, not
+/// on the type, and is deterministic).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_paris() {
     let Some(gguf) = test_model("quantize::llama_safetensors_directory_to_f16_then_q4_k_m") else { return };
@@ -581,15 +587,51 @@ async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("needs an importance matrix"), "{}", describe(&refused));
     let started = Instant::now();
-    let args = ["quantize", f16_arg, "--type", "IQ2_XS", "--make-imatrix", "--no-quality", "--json"];
-    let out = daemon.home().command(&args).output().expect("ondevice quantize");
-    assert!(out.status.success(), "IQ2_XS job: {}", describe(&out));
-    let done: Value = serde_json::from_slice(&out.stdout).expect("job json");
-    assert_eq!(done["state"], "succeeded", "{done}");
-    println!("F16 → IQ2_XS with an importance matrix computed by the job: {:.1} s", started.elapsed().as_secs_f64());
-    for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains("importance matrix")) {
-        println!("  {line}");
+    let body = json!({"source": f16_arg, "type": "IQ2_XS", "make_imatrix": true, "no_quality": true});
+    let id = start(&daemon, body).await["id"].as_str().expect("job id").to_owned();
+    // Killed once the matrix is computed (the job stores the task's checkpoint before it reads
+    // the next stage's line): the restarted daemon resumes with the matrix, not computing it again.
+    let home_dir = daemon.home().dir();
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let j = job(&daemon, &id).await;
+        assert!(j["state"] == "running" || j["state"] == "queued", "the job ended before it could be killed: {j}");
+        if let Some(stage) = j["detail"]["stage"].as_str() {
+            if seen.last().is_none_or(|l| l != stage) {
+                seen.push(stage.to_owned());
+            }
+        }
+        if j["detail"]["stage"] == "quantizing" {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the job never reached quantizing: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    println!("stages before the kill: {seen:?}");
+    assert!(seen.iter().any(|s| s == "computing importance matrix"), "the matrix is a step of the job: {seen:?}");
+    let home = daemon.kill9();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !task_processes(&home_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the quantize task outlived its daemon");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let staged = staging_entries(&home_dir);
+    assert!(staged.iter().all(|n| n.starts_with(".tmp-quantize-")), "only the staging directory: {staged:?}");
+    let daemon = Daemon::start(home);
+    let done = loop {
+        let j = job(&daemon, &id).await;
+        if matches!(j["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            break j;
+        }
+        assert!(started.elapsed() < WAIT, "the resumed job never ended: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "F16 → IQ2_XS with a matrix computed by the job, killed and resumed: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["detail"]["resumed_from"], "imatrix", "resumed with the computed matrix: {done}");
     let model = done["detail"]["model"].as_str().expect("model").to_owned();
     assert_eq!(model, "smollm2-iq2_xs:latest", "{done}");
     let out = daemon.home().run(&["models", "show", &model, "--json"]);
