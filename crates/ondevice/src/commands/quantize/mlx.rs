@@ -22,6 +22,7 @@ pub async fn run(args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
     let gguf_only = [
         (!args.quant_type.is_empty(), "--type"),
         (args.imatrix.is_some(), "--imatrix"),
+        (args.make_imatrix, "--make-imatrix"),
         (args.allow_requantize, "--allow-requantize"),
         (!args.tensor_type.is_empty(), "--tensor-type"),
         (args.output_tensor_type.is_some(), "--output-tensor-type"),
