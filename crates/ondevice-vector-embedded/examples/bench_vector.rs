@@ -1,4 +1,4 @@
-//! `scripts/bench-vector`'s ondevice side: builds the embedded backend (SQLite + usearch HNSW,
+//! `scripts/bench-vector`'s ondevice side: builds the embedded backend (SQLite + its HNSW graph,
 //! through `VectorBackend`, as the daemon does) on clustered random vectors, writes the data so the
 //! script can run faiss and usearch (PyPI) on the very same vectors and queries, then times query
 //! passes when asked on stdin, so the script can interleave them with the peers' passes in rounds
@@ -86,7 +86,8 @@ async fn main() {
     }
     answer(serde_json::json!({
         "n": n, "dim": dim, "queries": nq, "m": m, "ef_construction": efc, "ef": ef,
-        "build_s": build_s, "build_threads": std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1),
+        // The graph is built on one thread (inserts go one by one under the collection's write lock).
+        "build_s": build_s, "build_threads": 1,
         "kernel": EmbeddedBackend::distance_kernel(),
     }));
 

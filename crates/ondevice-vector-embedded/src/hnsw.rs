@@ -258,6 +258,15 @@ impl Hnsw {
         }
     }
 
+    /// Asks the CPU to start loading node `n`'s links on `layer`.
+    #[inline]
+    fn prefetch_links(&self, n: u32, layer: usize) {
+        if layer == 0 {
+            let at = n as usize * (self.m0 + 1);
+            metric::prefetch(&self.links0[at..at + self.m0 + 1]);
+        }
+    }
+
     /// The links of node `n` on `layer`.
     #[inline]
     fn links(&self, n: u32, layer: usize) -> &[u32] {
@@ -457,6 +466,10 @@ impl Hnsw {
                         }
                     }
                 }
+            }
+            // The next node to expand: start loading its links.
+            if let Some(Reverse(next)) = frontier.peek() {
+                self.prefetch_links(next.1, layer);
             }
         }
         best.into_sorted_vec()
@@ -840,6 +853,24 @@ mod tests {
             assert!(Hnsw::from_bytes(&bytes, params(Space::Dot, 24)).is_err());
             assert!(Hnsw::from_bytes(&bytes, params(space, 25)).is_err());
         }
+    }
+
+    /// The fuzz target's seed (`fuzz/seeds/vector_index/`) is a file this code writes and reads:
+    /// `ONDEVICE_WRITE_FUZZ_SEED=1` rewrites it.
+    #[test]
+    fn fuzz_seed_is_a_current_file() {
+        let space = Space::Cosine;
+        let g = build(space, &data(40, 8, 2));
+        let mut bytes = Vec::new();
+        g.write_to(&mut bytes).unwrap();
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/vector_index/cosine-40x8");
+        if std::env::var_os("ONDEVICE_WRITE_FUZZ_SEED").is_some() {
+            std::fs::create_dir_all(seed.parent().unwrap()).unwrap();
+            std::fs::write(&seed, &bytes).unwrap();
+        }
+        assert_eq!(std::fs::read(&seed).unwrap(), bytes, "rewrite the seed with ONDEVICE_WRITE_FUZZ_SEED=1");
+        assert_eq!(crate::check_index_file(&bytes, ondevice_vector::Distance::Cosine), Ok(40));
+        assert!(crate::check_index_file(&bytes, ondevice_vector::Distance::L2).is_err());
     }
 
     /// Every kind of damage is an error, never a panic or a graph that walks out of bounds.

@@ -33,6 +33,21 @@ use ondevice_vector::{
 pub use index::IndexOpen;
 use index::Loaded;
 
+/// Reads an index file's bytes as a collection with `distance` and the dimension the file
+/// declares would, and when they are accepted, walks the graph once: the number of live vectors,
+/// or why the bytes were refused. For the fuzz target (`fuzz/fuzz_targets/vector_index.rs`): any
+/// input must give one of the two, never a panic or an out-of-bounds walk.
+#[doc(hidden)]
+pub fn check_index_file(bytes: &[u8], distance: ondevice_vector::Distance) -> Result<usize, String> {
+    let dim = bytes.get(12..16).map_or(1, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let params = hnsw::Params { space: metric::Space::of(distance), dim, m: 16, ef_construction: 128, ef_search: 16 };
+    let g = hnsw::Hnsw::from_bytes(bytes, params)?;
+    let q = vec![0.5f32; g.dimensions()];
+    let _ = g.search(&q, 4);
+    let _ = g.exact_search(&q, 2);
+    Ok(g.len())
+}
+
 /// The backend's name.
 pub const BACKEND: &str = "embedded";
 
