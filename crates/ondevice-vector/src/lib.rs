@@ -2,7 +2,7 @@
 //!
 //! - [`VectorBackend`]: where collections live. Two implementations, siblings that never depend on
 //!   each other: `ondevice-vector-embedded` (SQLite through `ondevice-store` as the source of
-//!   truth + a usearch HNSW file per collection) and `ondevice-vector-pgvector` (PostgreSQL).
+//!   truth + an HNSW graph file per collection) and `ondevice-vector-pgvector` (PostgreSQL).
 //! - Domain types ([`CollectionSpec`], [`DocumentWrite`], [`Filter`], [`Hit`]) and the typed
 //!   [`VectorError`] the server maps to statuses.
 //! - [`Collections`] ([`VectorService`]): the service the daemon's surfaces call: chunking
