@@ -40,7 +40,7 @@ const MAGIC: &[u8; 8] = b"ODHNSW\0\x01";
 const MAX_LEVEL: usize = 16;
 /// Bounds on the parameters a graph accepts (and a file may declare).
 const MAX_M: usize = 128;
-const MAX_DIM: usize = 65_536;
+pub(crate) const MAX_DIM: usize = 65_536;
 
 /// A distance with the total order searches sort by.
 #[derive(Clone, Copy, PartialEq)]

@@ -86,8 +86,18 @@ fn params(spec: &CollectionSpec) -> Params {
 }
 
 /// A new empty index for `spec`.
-fn new_index(spec: &CollectionSpec) -> Hnsw {
-    Hnsw::new(params(spec))
+fn new_index(spec: &CollectionSpec) -> Result<Hnsw, VectorError> {
+    let index = Hnsw::new(params(spec));
+    if index.dimensions() != spec.dimension as usize {
+        return Err(backend_err(format!(
+            "collection {:?} has {} dimensions; the embedded index holds at most {} (use the pgvector backend or \
+             a smaller embedding model)",
+            spec.name,
+            spec.dimension,
+            crate::hnsw::MAX_DIM
+        )));
+    }
+    Ok(index)
 }
 
 /// A writer that hashes what it writes.
@@ -137,11 +147,19 @@ pub(crate) fn remove_files(dir: &Path, id: i64) {
 }
 
 /// Adds vectors (replacing keys already there).
-pub(crate) fn add_all(index: &mut Hnsw, items: &[(u64, Vec<f32>)]) {
+pub(crate) fn add_all(index: &mut Hnsw, items: &[(u64, Vec<f32>)]) -> Result<(), VectorError> {
+    if let Some((k, v)) = items.iter().find(|(_, v)| v.len() != index.dimensions()) {
+        return Err(backend_err(format!(
+            "chunk {k} has an embedding of {} components, its collection {}: the database is damaged",
+            v.len(),
+            index.dimensions()
+        )));
+    }
     index.reserve(items.len());
     for (k, v) in items {
         index.add(*k, v);
     }
+    Ok(())
 }
 
 impl Loaded {
@@ -152,7 +170,7 @@ impl Loaded {
         let (index, applied, opened) = match Self::from_file(store, dir, row, &spec) {
             Ok((index, applied, opened)) => (index, applied, opened),
             Err(reason) if reason.is_empty() && row.chunks == 0 => {
-                let index = new_index(&spec);
+                let index = new_index(&spec)?;
                 (index, row.head_seq, IndexOpen::Fresh)
             }
             Err(reason) => {
@@ -231,13 +249,13 @@ impl Loaded {
                 adds.push((id as u64, crate::metric::unit(spec.distance, v)));
             }
         }
-        add_all(&mut index, &adds);
+        add_all(&mut index, &adds).map_err(|e| e.to_string())?;
         let head = changes.last().map(|c| c.seq).unwrap_or(meta.seq).max(row.head_seq);
         Ok((index, head, IndexOpen::CaughtUp { replayed: changes.len() }))
     }
 
     fn rebuild(store: &Store, row: &VectorCollectionRow, spec: &CollectionSpec) -> Result<Hnsw, VectorError> {
-        let mut index = new_index(spec);
+        let mut index = new_index(spec)?;
         index.reserve(row.chunks.max(0) as usize);
         let mut after = 0;
         loop {
@@ -248,7 +266,7 @@ impl Loaded {
                 .iter()
                 .map(|(id, b)| Ok((*id as u64, crate::metric::unit(spec.distance, decode_embedding(b)?))))
                 .collect::<Result<Vec<_>, VectorError>>()?;
-            add_all(&mut index, &items);
+            add_all(&mut index, &items)?;
         }
         Ok(index)
     }

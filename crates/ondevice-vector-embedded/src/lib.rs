@@ -245,7 +245,7 @@ impl EmbeddedBackend {
                 index.remove(*id as u64);
             }
             let items: Vec<(u64, Vec<f32>)> = out.added.iter().map(|id| *id as u64).zip(vectors).collect();
-            index::add_all(&mut index, &items);
+            index::add_all(&mut index, &items)?;
             l.applied.store(out.head_seq, Ordering::SeqCst);
         }
         if l.unsaved.fetch_add(changes, Ordering::SeqCst) + changes >= SAVE_EVERY {
