@@ -41,6 +41,9 @@ const MAX_LEVEL: usize = 16;
 /// Bounds on the parameters a graph accepts (and a file may declare).
 const MAX_M: usize = 128;
 pub(crate) const MAX_DIM: usize = 65_536;
+/// The largest candidate list a graph builds or searches with (a collection's `ef_construction`
+/// and `ef_search` are brought down to it).
+const MAX_EF: usize = 4096;
 
 /// A distance with the total order searches sort by.
 #[derive(Clone, Copy, PartialEq)]
@@ -141,8 +144,8 @@ impl Hnsw {
         let m = p.m.clamp(2, MAX_M);
         let p = Params {
             m,
-            ef_construction: p.ef_construction.max(m),
-            ef_search: p.ef_search.max(1),
+            ef_construction: p.ef_construction.clamp(m, MAX_EF),
+            ef_search: p.ef_search.clamp(1, MAX_EF),
             dim: p.dim.clamp(1, MAX_DIM),
             ..p
         };
@@ -185,7 +188,7 @@ impl Hnsw {
 
     /// Sets the search's candidate list size (at least 1).
     pub fn set_ef_search(&mut self, ef: usize) {
-        self.p.ef_search = ef.max(1);
+        self.p.ef_search = ef.clamp(1, MAX_EF);
     }
 
     /// Whether `key` is live.
@@ -385,15 +388,17 @@ impl Hnsw {
         self.set_links(from, layer, &chosen);
     }
 
-    /// The paper's neighbour heuristic over `cands` (sorted nearest first): a candidate is kept when
-    /// it is nearer to the base than to every one kept before it, up to `m`.
+    /// The paper's neighbour heuristic over `cands` (sorted nearest first): a candidate is kept
+    /// unless it is strictly nearer to one kept before it than to the base, up to `m`. (Ties are
+    /// kept: with `>` instead, a node whose first neighbour is its exact duplicate would drop every
+    /// other candidate, since each is exactly as far from both.)
     fn select(&self, cands: &[Scored], m: usize) -> Vec<u32> {
         let mut kept: Vec<u32> = Vec::with_capacity(m);
         for &Scored(d, c) in cands {
             if kept.len() >= m {
                 break;
             }
-            if kept.iter().all(|&k| self.dist_n(c, k) > d) {
+            if kept.iter().all(|&k| self.dist_n(c, k) >= d) {
                 kept.push(c);
             }
         }
@@ -429,8 +434,8 @@ impl Hnsw {
         accept: impl Fn(u32) -> bool,
     ) -> Vec<Scored> {
         visited.reset(self.nodes());
-        let mut frontier: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity(ef * 2);
-        let mut best: BinaryHeap<Scored> = BinaryHeap::with_capacity(ef + 1);
+        let mut frontier: BinaryHeap<Reverse<Scored>> = BinaryHeap::with_capacity((ef * 2).min(self.nodes() + 1));
+        let mut best: BinaryHeap<Scored> = BinaryHeap::with_capacity((ef + 1).min(self.nodes() + 1));
         for &e in eps {
             if visited.insert(e.1) {
                 frontier.push(Reverse(e));
@@ -601,7 +606,7 @@ impl Hnsw {
         if space != expect.space.code() || dim != expect.dim {
             return Err("index file is for another distance or dimension".into());
         }
-        if !(2..=MAX_M).contains(&m) || efc < m || top > MAX_LEVEL {
+        if !(2..=MAX_M).contains(&m) || !(m..=MAX_EF).contains(&efc) || top > MAX_LEVEL {
             return Err("index file declares out-of-range parameters".into());
         }
         let elem = if expect.space.half() { 2 } else { 4 };
@@ -825,6 +830,46 @@ mod tests {
         let u = space.prepare(vs[10].clone());
         assert!(v.iter().zip(&u).all(|(a, b)| (a - b).abs() < 1e-3));
         assert!(g.get(10).is_none());
+    }
+
+    /// Exact duplicates (a re-ingested document's chunks, boilerplate) keep the graph connected:
+    /// every node stays reachable, and a removed twin does not take its copy's links with it.
+    #[test]
+    fn duplicates_keep_the_graph_connected() {
+        let space = Space::Cosine;
+        let base = data(600, 16, 9);
+        let mut g = Hnsw::new(params(space, 16));
+        // Every vector three times, the older copies removed as a re-ingest does.
+        for round in 0..3u64 {
+            for (i, v) in base.iter().enumerate() {
+                let key = round * 10_000 + i as u64;
+                g.add(key, &space.prepare(v.clone()));
+                if round > 0 {
+                    g.remove(key - 10_000);
+                }
+            }
+        }
+        assert_eq!(g.len(), 600);
+        let mut found = 0;
+        for (i, v) in base.iter().enumerate() {
+            let hits = g.search(&space.prepare(v.clone()), 1);
+            found += usize::from(hits.first().map(|h| h.0) == Some(20_000 + i as u64));
+        }
+        assert!(found >= 594, "{found} of 600 live vectors found as their own nearest");
+        // No node kept only a single link because its first neighbour was a copy of it.
+        let single = (0..g.nodes() as u32).filter(|&n| g.links(n, 0).len() <= 1).count();
+        assert!(single < g.nodes() / 50, "{single} nodes with at most one link");
+    }
+
+    /// Candidate list sizes are bounded, from a collection's settings and from a file.
+    #[test]
+    fn candidate_list_sizes_are_bounded() {
+        let g = Hnsw::new(Params { ef_construction: usize::MAX, ef_search: usize::MAX, ..params(Space::L2, 4) });
+        assert_eq!((g.p.ef_construction, g.p.ef_search), (MAX_EF, MAX_EF));
+        let mut bytes = Vec::new();
+        g.write_to(&mut bytes).unwrap();
+        bytes[8 + 12..8 + 16].copy_from_slice(&u32::MAX.to_le_bytes()); // ef_construction
+        assert!(Hnsw::from_bytes(&bytes, params(Space::L2, 4)).is_err());
     }
 
     /// A graph written and read back answers every query the same; the same inputs in the same

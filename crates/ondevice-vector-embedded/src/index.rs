@@ -276,7 +276,7 @@ impl Loaded {
         let (ip, mp) = (index_path(&self.dir, self.id), meta_path(&self.dir, self.id));
         let tmp_i = ip.with_extension("hnsw.tmp");
         let tmp_m = mp.with_extension("json.tmp");
-        let (seq, count, unsaved, hash) = {
+        let (seq, count, unsaved, hash, file) = {
             let _w = lock(&self.write);
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             let seq = self.applied.load(Ordering::SeqCst);
@@ -284,9 +284,10 @@ impl Loaded {
             let mut out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
             index.write_to(&mut out).and_then(|()| out.flush()).map_err(|e| io_err(&tmp_i, e))?;
             let file = out.inner.into_inner().map_err(|e| io_err(&tmp_i, e.into_error()))?;
-            file.sync_all().map_err(|e| io_err(&tmp_i, e))?;
-            (seq, index.len() as u64, self.unsaved.load(Ordering::SeqCst), out.hash)
+            (seq, index.len() as u64, self.unsaved.load(Ordering::SeqCst), out.hash, file)
         };
+        // Synced with the locks released: writers do not wait on the disk.
+        file.sync_all().map_err(|e| io_err(&tmp_i, e))?;
         let sha256 = format!("sha256:{:x}", hash.finalize());
         let meta = Meta { format: META_FORMAT, seq, count, dimension: self.spec.dimension, sha256 };
         let bytes = serde_json::to_vec(&meta).map_err(backend_err)?;
