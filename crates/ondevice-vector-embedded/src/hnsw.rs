@@ -536,7 +536,8 @@ impl Hnsw {
             + n * self.p.dim * elem
     }
 
-    /// Writes the graph (the format [`Hnsw::from_bytes`] reads).
+    /// Writes the graph (the format [`Hnsw::from_bytes`] reads), a few bytes a call: give it a
+    /// buffered writer.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
@@ -551,40 +552,20 @@ impl Hnsw {
         }
         debug_assert_eq!(h.len(), HEADER_LEN);
         w.write_all(&h)?;
-        let mut buf = Vec::with_capacity(1 << 16);
-        let flush = |buf: &mut Vec<u8>, w: &mut dyn Write, force: bool| -> std::io::Result<()> {
-            if force || buf.len() >= 1 << 16 {
-                w.write_all(buf)?;
-                buf.clear();
-            }
-            Ok(())
-        };
         for k in &self.keys {
-            buf.extend_from_slice(&k.to_le_bytes());
-            flush(&mut buf, w, false)?;
+            w.write_all(&k.to_le_bytes())?;
         }
-        buf.extend_from_slice(&self.levels);
-        buf.extend(self.deleted.iter().map(|d| *d as u8));
-        flush(&mut buf, w, true)?;
+        w.write_all(&self.levels)?;
+        for d in &self.deleted {
+            w.write_all(&[u8::from(*d)])?;
+        }
         for x in self.links0.iter().chain(self.upper.iter().flatten()) {
-            buf.extend_from_slice(&x.to_le_bytes());
-            flush(&mut buf, w, false)?;
+            w.write_all(&x.to_le_bytes())?;
         }
         match &self.vectors {
-            Vectors::Half(v) => {
-                for x in v {
-                    buf.extend_from_slice(&x.to_le_bytes());
-                    flush(&mut buf, w, false)?;
-                }
-            }
-            Vectors::Full(v) => {
-                for x in v {
-                    buf.extend_from_slice(&x.to_le_bytes());
-                    flush(&mut buf, w, false)?;
-                }
-            }
+            Vectors::Half(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
+            Vectors::Full(v) => v.iter().try_for_each(|x| w.write_all(&x.to_le_bytes())),
         }
-        flush(&mut buf, w, true)
     }
 
     /// Reads a graph [`Hnsw::write_to`] wrote, for `expect` (space and dimension must match; the

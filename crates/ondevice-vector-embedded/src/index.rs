@@ -225,7 +225,7 @@ impl Loaded {
         }
         let mut index = Hnsw::from_bytes(&bytes, params(spec))?;
         drop(bytes);
-        if index.len() as u64 != meta.count || index.dimensions() != spec.dimension as usize {
+        if index.len() as u64 != meta.count {
             return Err("index file does not match its metadata".into());
         }
         if index.removed() > COMPACT_AFTER.max(index.len()) {
@@ -281,10 +281,11 @@ impl Loaded {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             let seq = self.applied.load(Ordering::SeqCst);
             let file = std::fs::File::create(&tmp_i).map_err(|e| io_err(&tmp_i, e))?;
-            let mut out = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
+            // Buffered before the hash, so the hash sees large slices.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, Hashing { inner: file, hash: Sha256::new() });
             index.write_to(&mut out).and_then(|()| out.flush()).map_err(|e| io_err(&tmp_i, e))?;
-            let file = out.inner.into_inner().map_err(|e| io_err(&tmp_i, e.into_error()))?;
-            (seq, index.len() as u64, self.unsaved.load(Ordering::SeqCst), out.hash, file)
+            let Hashing { inner: file, hash } = out.into_inner().map_err(|e| io_err(&tmp_i, e.into_error()))?;
+            (seq, index.len() as u64, self.unsaved.load(Ordering::SeqCst), hash, file)
         };
         // Synced with the locks released: writers do not wait on the disk.
         file.sync_all().map_err(|e| io_err(&tmp_i, e))?;

@@ -3,9 +3,9 @@
 //! SQLite (through `ondevice-store`, the only SQLite owner) is the source of truth for collections,
 //! documents, metadata, chunk texts and embeddings; a write is acknowledged once its transaction
 //! commits, so it survives `kill -9`. Each collection's HNSW graph (`hnsw.rs`, ondevice's own)
-//! lives in memory and in a checksummed file under `vectors/` (`index.rs`), updated after every commit and saved every
-//! [`SAVE_EVERY`] changes and on [`VectorBackend::flush`]; at open a file that is behind replays the
-//! change log and one that is damaged is rebuilt.
+//! lives in memory and in a checksummed file under `vectors/` (`index.rs`), updated after every
+//! commit and saved every [`SAVE_EVERY`] changes and on [`VectorBackend::flush`]; at open a file
+//! that is behind replays the change log and one that is damaged is rebuilt.
 //!
 //! Filtered queries pick their plan from the number of chunks the filter passes: few → exact
 //! distances over those chunks; many → HNSW search with the filter applied inside the graph walk,
