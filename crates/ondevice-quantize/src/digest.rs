@@ -101,6 +101,17 @@ impl Background {
         Ok(Background { items, stop, states })
     }
 
+    /// The digests, when the caller knew every one of them (nothing is being read).
+    pub(crate) fn known(&self) -> Option<Vec<InputDigest>> {
+        let mut out = self
+            .items
+            .iter()
+            .map(|i| Some(InputDigest { name: i.name.clone(), sha256: i.known.clone()?, size: i.size }))
+            .collect::<Option<Vec<_>>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(out)
+    }
+
     /// Stops the background thread and completes the digests from its last state, here.
     pub(crate) fn finish(self) -> Result<Vec<InputDigest>, QuantizeError> {
         self.stop.store(true, Ordering::Relaxed);
@@ -173,7 +184,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// The calling thread yields to every other (Linux: nice 19 for this thread only).
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: plain system calls on the calling thread's own id.
     unsafe {

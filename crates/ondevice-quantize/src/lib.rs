@@ -33,6 +33,8 @@ mod mlx_tokenizer;
 mod numeric;
 pub mod pipeline;
 pub mod quality;
+#[cfg_attr(not(feature = "llama"), allow(dead_code))]
+mod tail_hash;
 mod tokenizer;
 mod types;
 

@@ -8,6 +8,8 @@
 //! runs this in a scratch directory it removes.) llama.cpp's log lines `[  i/  n] name ...` are
 //! turned into progress.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,9 @@ pub struct LlamaQuantize {
     /// Metadata added to the output: strings (keys and values under 128 bytes), `F32`, `U32` or
     /// `Bool` values.
     pub metadata: Vec<(String, ondevice_gguf::Value)>,
+    /// Hash the output while llama.cpp writes it ([`TempOutput::commit_hashed`] then finishes
+    /// from there): for a caller that will not patch the file before committing it.
+    pub hash_while_writing: bool,
 }
 
 /// The llama.cpp version string (`llama_version()`, e.g. `0.6.0-dev`).
@@ -60,12 +65,22 @@ unsafe impl Send for LogState {}
 
 static LOG: Mutex<Option<LogState>> = Mutex::new(None);
 
+thread_local! {
+    /// Set on the thread of a dry run (see [`predict_header`]): its log text is collected here
+    /// instead of counting as the quantization's progress.
+    static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
 unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _: *mut c_void) {
     if text.is_null() {
         return;
     }
     // SAFETY: llama.cpp passes a NUL-terminated string.
     let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let captured = CAPTURE.with(|c| c.borrow_mut().as_mut().map(|s| s.push_str(&text)).is_some());
+    if captured {
+        return;
+    }
     let Ok(mut guard) = LOG.lock() else { return };
     let Some(state) = guard.as_mut() else { return };
     state.line.push_str(&text);
@@ -114,6 +129,10 @@ pub struct TempOutput {
     temp: PathBuf,
     output: PathBuf,
     committed: bool,
+    /// What was hashed while llama.cpp wrote the file (see [`LlamaQuantize::hash_while_writing`]).
+    tail: Option<crate::tail_hash::TailState>,
+    /// The digest and size [`sync_hashed`](Self::sync_hashed) computed.
+    hashed: Option<(String, u64)>,
 }
 
 impl TempOutput {
@@ -125,22 +144,35 @@ impl TempOutput {
     /// A file an earlier run staged for `output` (by [`quantize_to_temp`]), taken over as if just
     /// written: the caller has checked its contents. Dropped without a commit, it is removed.
     pub fn adopt(temp: &Path, output: &Path) -> TempOutput {
-        TempOutput { temp: temp.to_owned(), output: output.to_owned(), committed: false }
+        TempOutput { temp: temp.to_owned(), output: output.to_owned(), committed: false, tail: None, hashed: None }
     }
 
     /// fsyncs the file where it is and returns its SHA-256 (64 hex digits) and size, for a
-    /// checkpoint: the file is then durable as it is, under its temporary name.
-    pub fn sync_hashed(&self) -> Result<(String, u64), QuantizeError> {
+    /// checkpoint: the file is then durable as it is, under its temporary name. The file must not
+    /// change afterwards: [`commit_hashed`](Self::commit_hashed) returns the same digest.
+    pub fn sync_hashed(&mut self) -> Result<(String, u64), QuantizeError> {
         let err = |source| QuantizeError::Read { path: self.temp.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
+        let tail = self.tail.take();
         let (synced, sha256) = std::thread::scope(|s| {
             let sync = s.spawn(|| file.sync_all());
-            (sync.join(), crate::sha256_file(&self.temp))
+            (sync.join(), hash(&self.temp, tail))
         });
         let sha256 = sha256?;
         synced.unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
+        self.hashed = Some((sha256.clone(), size));
         Ok((sha256, size))
+    }
+
+    /// The digest from what was hashed while llama.cpp wrote, when its predicted header is the
+    /// one written (`None` otherwise, or without [`LlamaQuantize::hash_while_writing`]); for
+    /// tests of the prediction. The commit then hashes the whole file.
+    #[doc(hidden)]
+    pub fn digest_from_tail(&mut self) -> Result<Option<String>, QuantizeError> {
+        let Some(tail) = self.tail.take() else { return Ok(None) };
+        crate::tail_hash::finish(&self.temp, tail)
+            .map_err(|source| QuantizeError::Read { path: self.temp.clone(), source })
     }
 
     /// fsyncs the file and renames it to the destination (then fsyncs the directory).
@@ -152,18 +184,22 @@ impl TempOutput {
 
     /// As [`commit`](Self::commit), and returns the file's SHA-256 (64 hex digits), read while
     /// the fsync runs on another thread (both read the same page cache; neither waits for the
-    /// other).
+    /// other). What was hashed while llama.cpp wrote is not read again.
     pub fn commit_hashed(mut self) -> Result<String, QuantizeError> {
         let err = |source| QuantizeError::Read { path: self.output.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
         let start = std::time::Instant::now();
+        let (tail, hashed) = (self.tail.take(), self.hashed.take());
         let (synced, sha256) = std::thread::scope(|s| {
             let sync = s.spawn(|| {
                 let r = file.sync_all();
                 tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output synced");
                 r
             });
-            let sha256 = crate::sha256_file(&self.temp);
+            let sha256 = match hashed {
+                Some((sha256, _)) => Ok(sha256),
+                None => hash(&self.temp, tail),
+            };
             tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output hashed");
             (sync.join(), sha256)
         });
@@ -173,6 +209,21 @@ impl TempOutput {
         self.committed = true;
         Ok(sha256)
     }
+}
+
+/// The SHA-256 of `path`: from `tail` on when the file starts with the header it predicted,
+/// else the whole file.
+fn hash(path: &Path, tail: Option<crate::tail_hash::TailState>) -> Result<String, QuantizeError> {
+    if let Some(tail) = tail {
+        let err = |source| QuantizeError::Read { path: path.to_owned(), source };
+        match crate::tail_hash::finish(path, tail).map_err(err)? {
+            Some(sha256) => return Ok(sha256),
+            None => {
+                tracing::debug!("quantize: llama.cpp's header differs from the predicted one: hashing the whole output")
+            }
+        }
+    }
+    crate::sha256_file(path)
 }
 
 impl Drop for TempOutput {
@@ -310,22 +361,47 @@ pub fn quantize_to_temp(
         sys::llama_backend_init();
         sys::llama_log_set(Some(log_callback), std::ptr::null_mut());
     }
+    // A stale file of an earlier process with this id would be read by the tail below before
+    // llama.cpp truncates it.
+    let _ = std::fs::remove_file(&temp);
+    let (header_tx, header_rx) = std::sync::mpsc::channel();
+    let tail = if params.hash_while_writing {
+        crate::tail_hash::Tail::start(temp.clone(), header_rx).ok()
+    } else {
+        drop(header_rx);
+        None
+    };
+    let mut dry = p;
+    dry.dry_run = true;
+    let dry = DryRunParams(dry);
     // While llama.cpp writes, the pages it has written are sent to the disk in the background, so
     // the fsync before the rename finds little left to write.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rc = std::thread::scope(|s| {
         let writeback = s.spawn(|| write_back_while(&temp, &stop));
+        if tail.is_some() {
+            // The header llama.cpp will write, worked out beside it while it loads the source.
+            let c_in = &c_in;
+            s.spawn(move || {
+                let dry = dry;
+                // SAFETY: `dry` is `p` with `dry_run` set: every pointer points into a buffer that
+                // outlives this scope.
+                let header = unsafe { predict_header(c_in, &dry.0) };
+                let _ = header_tx.send(header);
+            });
+        }
         // SAFETY: every pointer in `p` points into a live buffer above, each list is terminated.
         let rc = unsafe { sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &p) };
         stop.store(true, std::sync::atomic::Ordering::Release);
         writeback.thread().unpark();
         rc
     });
+    let tail = tail.and_then(crate::tail_hash::Tail::stop);
     let last_error = LOG.lock().ok().and_then(|mut g| g.take()).and_then(|s| s.last_error);
     // SAFETY: restores llama.cpp's default logger.
     unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
 
-    let temp = TempOutput { temp, output: output.to_owned(), committed: false };
+    let temp = TempOutput { temp, output: output.to_owned(), committed: false, tail, hashed: None };
     if rc != 0 {
         return Err(QuantizeError::Llama {
             input: input.to_owned(),
@@ -333,6 +409,173 @@ pub fn quantize_to_temp(
         });
     }
     Ok(temp)
+}
+
+/// Quantize parameters for a dry run on another thread.
+struct DryRunParams(sys::llama_model_quantize_params);
+
+// SAFETY: the pointers inside point into buffers that outlive the scoped thread using them, and
+// llama.cpp only reads through them.
+unsafe impl Send for DryRunParams {}
+
+/// `GGML_QNT_VERSION` of ggml.h (a macro the bindings do not carry), which llama.cpp writes as
+/// `general.quantization_version`. Were it bumped, predictions would miss (the test
+/// `the_output_header_is_predicted` says so) and outputs be hashed after writing, as before.
+const GGML_QNT_VERSION: u32 = 2;
+
+/// The header llama.cpp's `llama_model_quantize` will write for `p`, or `None` when it cannot
+/// be worked out. A dry run of the same parameters (on this thread, its log collected) names
+/// every tensor in output order with the type it will be written in; the header is then built
+/// with ggml's own GGUF functions, in the order llama.cpp calls them. Nothing here is trusted:
+/// the caller compares the result with the header llama.cpp writes.
+///
+/// # Safety
+/// `p` must be valid for `llama_model_quantize` (every pointer into a live, terminated buffer)
+/// with `dry_run` set.
+unsafe fn predict_header(input: &CStr, p: &sys::llama_model_quantize_params) -> Option<Vec<u8>> {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    // SAFETY: the caller's contract; a dry run writes no file.
+    let rc = unsafe { sys::llama_model_quantize(input.as_ptr(), c"".as_ptr(), p) };
+    let log = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    if rc != 0 {
+        return None;
+    }
+    let tensors = parse_dry_run(&log, &type_names())?;
+    // SAFETY: the caller's contract.
+    unsafe { build_header(input, p, &tensors) }
+}
+
+/// ggml's type names (`q4_K`, `f16`, ...) → types, for the types ggml has (names that occur
+/// twice are left out).
+fn type_names() -> HashMap<String, sys::ggml_type> {
+    let mut names: HashMap<String, Option<sys::ggml_type>> = HashMap::new();
+    for t in 0..sys::GGML_TYPE_COUNT {
+        // SAFETY: any id below GGML_TYPE_COUNT; ggml returns a static string or NULL.
+        let (name, block) = unsafe { (sys::ggml_type_name(t), sys::ggml_blck_size(t)) };
+        if name.is_null() || block <= 0 {
+            continue;
+        }
+        // SAFETY: a NUL-terminated static string.
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+        names.entry(name).and_modify(|e| *e = None).or_insert(Some(t));
+    }
+    names.into_iter().filter_map(|(n, t)| Some((n, t?))).collect()
+}
+
+/// A dry run's lines `[   i/   n] NAME - [shape], type = SRC, size = a MiB -> b MiB (NEW)` (or
+/// `size = a MiB` when the tensor keeps its type) → (NAME, type written) in order, when every
+/// tensor from 1 to n is there once and every type is known.
+fn parse_dry_run(log: &str, types: &HashMap<String, sys::ggml_type>) -> Option<Vec<(CString, sys::ggml_type)>> {
+    let mut out: Vec<(CString, sys::ggml_type)> = Vec::new();
+    let mut total = None;
+    for line in log.lines().map(str::trim) {
+        let Some((i, n)) = parse_progress(line) else { continue };
+        if i != out.len() as u64 + 1 || total.is_some_and(|t| t != n) {
+            return None;
+        }
+        total = Some(n);
+        let (_, rest) = line.split_once("] ")?;
+        let (name, rest) = rest.split_once(" - [")?;
+        let (_, rest) = rest.split_once("type = ")?;
+        let (source, rest) = rest.split_once(',')?;
+        let written = match rest.trim_end().strip_suffix(')') {
+            Some(r) => r.rsplit_once('(')?.1,
+            None => source,
+        };
+        out.push((CString::new(name.trim()).ok()?, *types.get(written.trim())?));
+    }
+    (total? == out.len() as u64 && !out.is_empty()).then_some(out)
+}
+
+/// Frees ggml and GGUF contexts on every path out of [`build_header`].
+struct Contexts {
+    input: *mut sys::gguf_context,
+    tensors: *mut sys::ggml_context,
+    output: *mut sys::gguf_context,
+}
+
+impl Drop for Contexts {
+    fn drop(&mut self) {
+        // SAFETY: each pointer is NULL or owned here and freed once.
+        unsafe {
+            if !self.output.is_null() {
+                sys::gguf_free(self.output);
+            }
+            if !self.input.is_null() {
+                sys::gguf_free(self.input);
+            }
+            if !self.tensors.is_null() {
+                sys::ggml_free(self.tensors);
+            }
+        }
+    }
+}
+
+/// The output header for `tensors` (in order, with their new types): the input's metadata,
+/// then what `llama_model_quantize` sets and removes, then the overrides of `p`, then the
+/// tensors. Checks what ggml would abort on (an unknown or repeated tensor, a row that does not
+/// divide into the type's blocks) and gives `None` instead.
+///
+/// # Safety
+/// `p.kv_overrides` is NULL or points to a list ended by an empty key.
+unsafe fn build_header(
+    input: &CStr,
+    p: &sys::llama_model_quantize_params,
+    tensors: &[(CString, sys::ggml_type)],
+) -> Option<Vec<u8>> {
+    let mut ctx = Contexts { input: std::ptr::null_mut(), tensors: std::ptr::null_mut(), output: std::ptr::null_mut() };
+    // SAFETY: plain ggml calls on contexts owned by `ctx`; strings are NUL-terminated and live.
+    unsafe {
+        ctx.input =
+            sys::gguf_init_from_file(input.as_ptr(), sys::gguf_init_params { no_alloc: true, ctx: &mut ctx.tensors });
+        if ctx.input.is_null() || ctx.tensors.is_null() {
+            return None;
+        }
+        let n = usize::try_from(sys::gguf_get_n_tensors(ctx.input)).ok()?;
+        let unique: HashSet<&CStr> = tensors.iter().map(|(n, _)| n.as_c_str()).collect();
+        if n != tensors.len() || unique.len() != n {
+            return None;
+        }
+        ctx.output = sys::gguf_init_empty();
+        if ctx.output.is_null() {
+            return None;
+        }
+        sys::gguf_set_kv(ctx.output, ctx.input);
+        sys::gguf_set_val_u32(ctx.output, c"general.quantization_version".as_ptr(), GGML_QNT_VERSION);
+        sys::gguf_set_val_u32(ctx.output, c"general.file_type".as_ptr(), p.ftype);
+        for key in [c"split.no", c"split.count", c"split.tensors.count"] {
+            sys::gguf_remove_key(ctx.output, key.as_ptr());
+        }
+        let mut o = p.kv_overrides;
+        while !o.is_null() && (*o).key[0] != 0 {
+            let key = (*o).key.as_ptr();
+            let v = &(*o).__bindgen_anon_1;
+            match (*o).tag {
+                sys::LLAMA_KV_OVERRIDE_TYPE_FLOAT => sys::gguf_set_val_f32(ctx.output, key, v.val_f64 as f32),
+                sys::LLAMA_KV_OVERRIDE_TYPE_INT => {
+                    sys::gguf_set_val_u32(ctx.output, key, v.val_i64.unsigned_abs() as u32)
+                }
+                sys::LLAMA_KV_OVERRIDE_TYPE_BOOL => sys::gguf_set_val_bool(ctx.output, key, v.val_bool),
+                sys::LLAMA_KV_OVERRIDE_TYPE_STR => sys::gguf_set_val_str(ctx.output, key, v.val_str.as_ptr()),
+                _ => {}
+            }
+            o = o.add(1);
+        }
+        for (name, ty) in tensors {
+            let t = sys::ggml_get_tensor(ctx.tensors, name.as_ptr());
+            let block = sys::ggml_blck_size(*ty);
+            if t.is_null() || block <= 0 || (*t).ne[0] % block != 0 {
+                return None;
+            }
+            sys::gguf_add_tensor(ctx.output, t);
+        }
+        for (name, ty) in tensors {
+            sys::gguf_set_tensor_type(ctx.output, name.as_ptr(), *ty);
+        }
+        let mut header = vec![0u8; sys::gguf_get_meta_size(ctx.output)];
+        sys::gguf_get_meta_data(ctx.output, header.as_mut_ptr().cast());
+        Some(header)
+    }
 }
 
 /// How often written pages are handed to the disk while llama.cpp writes.

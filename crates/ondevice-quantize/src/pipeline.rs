@@ -599,8 +599,14 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     }
                     let imatrix_sha256 = imatrix.as_ref().map(|m| m.sha256().to_owned());
                     progress.stage("quantizing");
+                    // With every input's digest known (a registry model's blobs, or files the
+                    // caller hashed before), the source digest goes in with the header and
+                    // nothing is patched afterwards, so llama.cpp's output can be hashed while it
+                    // is written (unless the quality gate writes its figures into it later).
+                    let known = hashing.as_ref().and_then(crate::digest::Background::known);
+                    let known_source = known.as_deref().map(source_digest);
                     let placeholder = "0".repeat(64);
-                    let staged = quantize_llama(
+                    let mut staged = quantize_llama(
                         &input,
                         request,
                         quant_type,
@@ -609,30 +615,38 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                         overrides,
                         imatrix,
                         crate::quality::without_stale(
-                            metadata(&placeholder, imatrix_sha256.as_deref())
+                            metadata(known_source.as_deref().unwrap_or(&placeholder), imatrix_sha256.as_deref())
                                 .into_iter()
                                 .map(|(k, v)| (k, ondevice_gguf::Value::String(v)))
                                 .chain(gate.metadata())
                                 .collect(),
                             inherited,
                         ),
+                        known_source.is_some() && !measured,
                         progress,
                     )?;
                     clock.mark("llama.cpp done");
-                    let inputs = match hashing {
-                        Some(h) => h.finish()?,
-                        None => digest_inputs(&base, &files, &request.known_digests)?,
+                    let (inputs, source_sha256) = match (known, known_source) {
+                        (Some(inputs), Some(source_sha256)) => (inputs, source_sha256),
+                        _ => {
+                            let inputs = match hashing {
+                                Some(h) => h.finish()?,
+                                None => digest_inputs(&base, &files, &request.known_digests)?,
+                            };
+                            clock.mark("inputs hashed");
+                            let source_sha256 = source_digest(&inputs);
+                            let path = staged_path(&staged).to_owned();
+                            patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
+                            clock.mark("source digest written");
+                            (inputs, source_sha256)
+                        }
                     };
-                    clock.mark("inputs hashed");
-                    let source_sha256 = source_digest(&inputs);
                     let path = staged_path(&staged).to_owned();
-                    patch_string(&path, SOURCE_KEY, &placeholder, &source_sha256)?;
-                    clock.mark("source digest written");
                     // The quality gate may take long: what is quantized is kept for a resume
                     // (the matrix it was quantized with is no longer needed).
                     if request.checkpoints && measured {
                         checkpoint.imatrix = None;
-                        let (sha256, size) = sync_hashed(&staged)?;
+                        let (sha256, size) = sync_hashed(&mut staged)?;
                         checkpoint.quantized = Some(QuantizedStep {
                             file: StagedFile { path, sha256, size },
                             inputs: inputs.clone(),
@@ -834,9 +848,11 @@ fn quantize_llama(
     overrides: Vec<(String, ondevice_gguf::GgmlType)>,
     imatrix: Option<Imatrix>,
     metadata: Vec<(String, ondevice_gguf::Value)>,
+    hash_while_writing: bool,
     progress: &dyn StageProgress,
 ) -> Result<Staged, QuantizeError> {
     let params = crate::llama::LlamaQuantize {
+        hash_while_writing,
         ftype,
         threads: request.threads,
         allow_requantize: request.allow_requantize,
@@ -883,7 +899,7 @@ fn adopt_staged(path: &Path, output: &Path) -> Result<Staged, QuantizeError> {
 }
 
 #[cfg(feature = "llama")]
-fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
+fn sync_hashed(staged: &mut Staged) -> Result<(String, u64), QuantizeError> {
     staged.sync_hashed()
 }
 
@@ -896,7 +912,7 @@ fn adopt_staged(_: &Path, _: &Path) -> Result<Staged, QuantizeError> {
 }
 
 #[cfg(not(feature = "llama"))]
-fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
+fn sync_hashed(staged: &mut Staged) -> Result<(String, u64), QuantizeError> {
     match *staged {}
 }
 
@@ -921,6 +937,7 @@ fn quantize_llama(
     _: Vec<(String, ondevice_gguf::GgmlType)>,
     _: Option<Imatrix>,
     _: Vec<(String, ondevice_gguf::Value)>,
+    _: bool,
     _: &dyn StageProgress,
 ) -> Result<Staged, QuantizeError> {
     Err(QuantizeError::Unsupported {

@@ -9,7 +9,7 @@ mod support;
 
 use ondevice_engine_llama::{Engine, EngineConfig};
 use ondevice_gguf::GgufFile;
-use ondevice_quantize::llama::{LlamaQuantize, quantize};
+use ondevice_quantize::llama::{LlamaQuantize, quantize, quantize_to_temp};
 use ondevice_quantize::{
     Conversion, ConvertOptions, Imatrix, NoProgress, OutType, QuantType, imatrix_compute, quality, sha256_file,
 };
@@ -81,6 +81,7 @@ async fn smollm2_safetensors_to_f16_and_k_quants_is_faithful_reproducible_and_an
         overrides: Vec::new(),
         imatrix: None,
         metadata: vec![("ondevice.quantize.source_sha256".into(), ondevice_gguf::Value::String(first.sha256.clone()))],
+        hash_while_writing: false,
     };
     let q4 = tmp.path().join("q4_k_m.gguf");
     quantize(&f16, &q4, &params(QuantType::Q4_K_M), &NoProgress).unwrap();
@@ -165,8 +166,66 @@ fn i_quants_without_an_importance_matrix_are_refused_up_front() {
         overrides: Vec::new(),
         imatrix: None,
         metadata: Vec::new(),
+        hash_while_writing: false,
     };
     let err = quantize(&tmp.path().join("in.gguf"), &tmp.path().join("out.gguf"), &params, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("--imatrix"), "{err}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+/// llama.cpp writes its header last; the header it will write is predicted (a dry run names each
+/// tensor's type, ggml's GGUF functions build the header), so the output is hashed while it is
+/// written. The prediction must hit for the plain types and with every kind of option that
+/// changes the header (added metadata of each kind, output, token-embedding and per-tensor
+/// types), and the digest finished from it must be the file's.
+#[test]
+fn the_output_header_is_predicted_so_the_output_is_hashed_while_written() {
+    let Some(gguf) = ondevice_testkit::smollm2("the_output_header_is_predicted") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let base = |ftype| LlamaQuantize {
+        ftype,
+        threads: Some(2),
+        // The demo model is Q4_1 already.
+        allow_requantize: true,
+        output_type: None,
+        token_embedding_type: None,
+        overrides: Vec::new(),
+        imatrix: None,
+        metadata: vec![("ondevice.quantize.source_sha256".into(), ondevice_gguf::Value::String("ab".repeat(32)))],
+        hash_while_writing: true,
+    };
+    let options = LlamaQuantize {
+        output_type: Some(ondevice_gguf::GgmlType::Q6_K),
+        token_embedding_type: Some(ondevice_gguf::GgmlType::Q8_0),
+        overrides: vec![
+            ("attn_v".into(), ondevice_gguf::GgmlType::Q8_0),
+            ("ffn_down".into(), ondevice_gguf::GgmlType::Q5_0),
+        ],
+        metadata: vec![
+            ("ondevice.test.text".into(), ondevice_gguf::Value::String("café".into())),
+            ("ondevice.test.float".into(), ondevice_gguf::Value::F32(0.25)),
+            ("ondevice.test.count".into(), ondevice_gguf::Value::U32(7)),
+            ("ondevice.test.flag".into(), ondevice_gguf::Value::Bool(true)),
+            // A key the source has: replaced, and moved to the end as llama.cpp does.
+            ("general.name".into(), ondevice_gguf::Value::String("renamed".into())),
+        ],
+        ..base(QuantType::Q4_K_M)
+    };
+    for (what, params) in
+        [("Q8_0", base(QuantType::Q8_0)), ("Q4_K_M", base(QuantType::Q4_K_M)), ("Q4_K_M with options", options)]
+    {
+        let out = tmp.path().join(format!("{}.gguf", what.replace(' ', "-")));
+        let mut staged = quantize_to_temp(&gguf, &out, &params, &NoProgress).unwrap();
+        let whole = sha256_file(staged.path()).unwrap();
+        let tail = staged.digest_from_tail().unwrap();
+        assert_eq!(tail.as_deref(), Some(whole.as_str()), "{what}: the predicted header missed or the digest differs");
+        // Without the option nothing is hashed while writing.
+        let plain = LlamaQuantize { hash_while_writing: false, ..params };
+        let mut staged = quantize_to_temp(&gguf, &out, &plain, &NoProgress).unwrap();
+        assert_eq!(staged.digest_from_tail().unwrap(), None);
+        assert_eq!(staged.commit_hashed().unwrap(), whole, "{what}: the output is reproducible");
+        assert_eq!(sha256_file(&out).unwrap(), whole);
+    }
 }

@@ -1,0 +1,227 @@
+//! SHA-256 of a file while another writer is still writing it, for llama.cpp's output.
+//!
+//! llama.cpp writes a placeholder of the header's length, then the tensors in order, and the
+//! header last. Given the header it will write (predicted before it starts: see
+//! `crate::llama`), a [`Tail`] hashes that header and then every byte below the file's current
+//! length as the file grows, on a thread of the lowest priority, so little is left to hash once
+//! llama.cpp returns. [`finish`] compares the header the file really starts with against the
+//! prediction: only when they are equal does it carry on from the tail's state; otherwise it
+//! reports a miss and the caller hashes the whole file. A wrong prediction costs time, never a
+//! wrong digest.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::imatrix::hex;
+
+/// Bytes read at a time: small enough to stay in the cache between the read and the hash.
+const CHUNK: usize = 256 << 10;
+/// How long the tail waits when it has caught up with the writer.
+const WAIT: Duration = Duration::from_millis(4);
+
+/// How far a [`Tail`] got: the predicted header and the bytes after it up to `offset`.
+pub(crate) struct TailState {
+    header: Vec<u8>,
+    state: Sha256,
+    offset: u64,
+}
+
+impl std::fmt::Debug for TailState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailState").field("header_len", &self.header.len()).field("offset", &self.offset).finish()
+    }
+}
+
+/// A thread hashing a file as it is written (see the module documentation).
+pub(crate) struct Tail {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<TailState>>,
+}
+
+impl Tail {
+    /// Starts hashing `path` once `header` says what its first bytes will be (`None`: no
+    /// prediction, nothing is hashed). The file need not exist yet.
+    pub(crate) fn start(path: PathBuf, header: mpsc::Receiver<Option<Vec<u8>>>) -> std::io::Result<Tail> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread =
+            std::thread::Builder::new().name("quantize-tail".into()).spawn(move || follow(&path, &header, &stopped))?;
+        Ok(Tail { stop, thread })
+    }
+
+    /// Stops the thread (the writer is done) and returns how far it got.
+    pub(crate) fn stop(self) -> Option<TailState> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        self.thread.join().ok().flatten()
+    }
+}
+
+fn follow(path: &Path, header: &mpsc::Receiver<Option<Vec<u8>>>, stop: &AtomicBool) -> Option<TailState> {
+    let stopped = || stop.load(Ordering::Acquire);
+    let header = loop {
+        match header.recv_timeout(WAIT) {
+            Ok(h) => break h?,
+            Err(mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
+            Err(_) => return None,
+        }
+    };
+    crate::digest::lower_priority();
+    let mut tail = TailState { state: Sha256::new(), offset: header.len() as u64, header };
+    tail.state.update(&tail.header);
+    let mut file = None;
+    let mut buf = vec![0u8; CHUNK];
+    while !stopped() {
+        if file.is_none() {
+            file = File::open(path).ok();
+        }
+        let len = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        if len <= tail.offset {
+            std::thread::park_timeout(WAIT);
+            continue;
+        }
+        let want = usize::try_from(len - tail.offset).unwrap_or(CHUNK).min(CHUNK);
+        // Bytes below the length the kernel reports are written; llama.cpp rewrites only the
+        // header, which the tail never reads.
+        match file.as_ref().map(|f| read_at(f, &mut buf[..want], tail.offset)) {
+            Some(Ok(n)) if n > 0 => {
+                tail.state.update(&buf[..n]);
+                tail.offset += n as u64;
+            }
+            _ => std::thread::park_timeout(WAIT),
+        }
+    }
+    Some(tail)
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(f, buf, offset)
+}
+
+/// The SHA-256 (64 hex digits) of the finished file at `path` from a tail's state, or `None`
+/// when the file does not start with the predicted header (the caller hashes the whole file).
+pub(crate) fn finish(path: &Path, tail: TailState) -> std::io::Result<Option<String>> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < tail.offset {
+        return Ok(None);
+    }
+    let mut actual = vec![0u8; tail.header.len()];
+    if read_exact_at(&file, &mut actual, 0)? < actual.len() || actual != tail.header {
+        return Ok(None);
+    }
+    let TailState { mut state, mut offset, .. } = tail;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = read_at(&file, &mut buf, offset)?;
+        if n == 0 {
+            break;
+        }
+        state.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(Some(hex(&state.finalize())))
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_at(f, &mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+
+    /// Writes as llama.cpp does: a placeholder, the body in pieces, the header last.
+    fn write_like_llama(path: &Path, header: &[u8], body: &[u8], pause: Duration) {
+        let mut f = File::create(path).unwrap();
+        f.write_all(&vec![0u8; header.len()]).unwrap();
+        for piece in body.chunks(100_000) {
+            f.write_all(piece).unwrap();
+            std::thread::sleep(pause);
+        }
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(header).unwrap();
+    }
+
+    fn sha(parts: &[&[u8]]) -> String {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(p);
+        }
+        hex(&h.finalize())
+    }
+
+    #[test]
+    fn a_file_hashed_while_written_has_the_digest_of_its_final_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let header: Vec<u8> = (0..4099u32).map(|i| (i * 31 % 253) as u8).collect();
+        let body: Vec<u8> = (0..1_234_567u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(path.clone(), rx).unwrap();
+        tx.send(Some(header.clone())).unwrap();
+        write_like_llama(&path, &header, &body, Duration::from_millis(2));
+        let state = tail.stop().expect("a state");
+        assert!(state.offset > header.len() as u64, "the tail hashed nothing while the file was written");
+        assert_eq!(finish(&path, state).unwrap(), Some(sha(&[&header, &body])));
+    }
+
+    #[test]
+    fn a_wrong_prediction_is_a_miss_not_a_wrong_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let header = vec![7u8; 512];
+        let mut predicted = header.clone();
+        predicted[100] = 8;
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(path.clone(), rx).unwrap();
+        tx.send(Some(predicted)).unwrap();
+        write_like_llama(&path, &header, &[1u8; 300_000], Duration::ZERO);
+        let state = tail.stop().expect("a state");
+        assert_eq!(finish(&path, state).unwrap(), None);
+        // A shorter file than the tail saw is a miss too.
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(path.clone(), rx).unwrap();
+        tx.send(Some(header.clone())).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let state = tail.stop().expect("a state");
+        std::fs::write(&path, &header[..100]).unwrap();
+        assert_eq!(finish(&path, state).unwrap(), None);
+    }
+
+    #[test]
+    fn without_a_prediction_the_tail_gives_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(dir.path().join("never"), rx).unwrap();
+        tx.send(None).unwrap();
+        assert!(tail.stop().is_none());
+        // Stopped before any prediction arrives.
+        let (_tx, rx) = mpsc::channel();
+        assert!(Tail::start(dir.path().join("never"), rx).unwrap().stop().is_none());
+    }
+}
