@@ -3,16 +3,22 @@
 //! `smollm2-q8_0:latest` with its provenance and the result answers "Paris"; a daemon killed
 //! with SIGKILL mid-quantize leaves no registered model, its task dies with it, and the restarted
 //! daemon's cleanup leaves no staging file; a cancel does the same; a daemon killed during the
-//! quality gate resumes the job without quantizing again; bad requests are refused
-//! before a job exists; all-MiniLM-L6-v2's safetensors directory → F16 serves `/v1/embeddings`
-//! within cosine 0.999 of an independent NumPy reference. Tests named `llama_*` run the engine
-//! (nextest `llama` group).
+//! quality gate resumes the job without quantizing again; a `make_imatrix` job computes the
+//! importance matrix itself (over HTTP and gRPC, resumed after SIGKILL, cancelled mid-matrix
+//! leaving nothing); bad requests are refused before a job exists; all-MiniLM-L6-v2's
+//! safetensors directory → F16 serves `/v1/embeddings` within cosine 0.999 of an independent
+//! NumPy reference. Tests named `llama_*` run the engine (nextest `llama` group).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ondevice_proto::v1 as pb;
+use ondevice_proto::v1::models_service_client::ModelsServiceClient;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::common::{Daemon, Home, describe, test_model};
 
@@ -57,6 +63,28 @@ fn task_processes(home: &Path) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Sends `authorization: Bearer KEY` with every gRPC call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A gRPC `ModelsService` client with the daemon's admin key.
+async fn models_client(daemon: &Daemon) -> ModelsServiceClient<InterceptedService<Channel, Bearer>> {
+    let channel = tonic::transport::Endpoint::from_shared(daemon.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("gRPC connect");
+    let auth = format!("Bearer {}", daemon.admin_key()).parse().expect("metadata");
+    ModelsServiceClient::with_interceptor(channel, Bearer(auth))
 }
 
 async fn job(daemon: &Daemon, id: &str) -> Value {
@@ -350,20 +378,8 @@ async fn bad_quantize_requests_are_refused_before_a_job_exists() {
         assert!(message.contains(needle), "{body}: {message}");
     }
     // gRPC says the same for make_imatrix with an importance matrix file.
-    let channel = tonic::transport::Endpoint::from_shared(daemon.url(""))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("gRPC connect");
-    let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {}", daemon.admin_key()).parse().expect("metadata");
-    let mut models = ondevice_proto::v1::models_service_client::ModelsServiceClient::with_interceptor(
-        channel,
-        move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", auth.clone());
-            Ok(req)
-        },
-    );
-    let request = ondevice_proto::v1::QuantizeModelRequest {
+    let mut models = models_client(&daemon).await;
+    let request = pb::QuantizeModelRequest {
         source: gguf.display().to_string(),
         r#type: "Q4_K_M".into(),
         imatrix: gguf.display().to_string(),
@@ -552,7 +568,9 @@ async fn llama_mlx_export_from_the_cli_writes_an_mlx_lm_directory() {
 /// refused), its daemon killed with SIGKILL once the matrix is computed, resumes at the next start
 /// with the checkpointed matrix (`resumed_from = "imatrix"`) and registers a model whose receipt
 /// has the `--output` run's `imatrix_sha256` (the matrix depends on the source and the text, not
-/// on the type, and is deterministic).
+/// on the type, and is deterministic). Then gRPC's `QuantizeModel` with `make_imatrix` to Q4_K_M,
+/// followed on its job stream through the matrix step to success, registers the `--output` run's
+/// bytes with the same `imatrix_sha256`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_paris() {
     let Some(gguf) = test_model("quantize::llama_safetensors_directory_to_f16_then_q4_k_m") else { return };
@@ -644,10 +662,160 @@ async fn llama_safetensors_directory_to_f16_then_q4_k_m_with_an_imatrix_answers_
     assert_eq!(job_receipt["source_sha256"], receipt["source_sha256"], "the same source: {m}");
     assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
 
+    // The same over gRPC: QuantizeModel with make_imatrix streams the job to its end; the job
+    // computes the matrix itself (uninterrupted this time) and registers a Q4_K_M whose matrix is
+    // the CLI's and whose bytes are the `--output` run's (same source, type, matrix and text).
+    let started = Instant::now();
+    let request = pb::QuantizeModelRequest {
+        source: f16_arg.to_owned(),
+        r#type: "Q4_K_M".into(),
+        name: "smollm2-grpc:q4_k_m".into(),
+        make_imatrix: true,
+        no_quality: true,
+        ..Default::default()
+    };
+    let mut models = models_client(&daemon).await;
+    let mut stream = models.quantize_model(request).await.expect("QuantizeModel").into_inner();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut stages, mut last) = (Vec::<String>::new(), None::<pb::Job>);
+    while let Some(j) = tokio::time::timeout_at(deadline, stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("the gRPC job did not end within {WAIT:?}: {last:?}"))
+        .expect("QuantizeModel stream")
+    {
+        let detail: Value = serde_json::from_str(&j.detail_json).expect("detail json");
+        if let Some(stage) = detail["stage"].as_str() {
+            if stages.last().is_none_or(|l| l != stage) {
+                stages.push(stage.to_owned());
+            }
+        }
+        last = Some(j);
+    }
+    let done = last.expect("at least one job message");
+    println!(
+        "F16 → Q4_K_M with a matrix computed by a job submitted over gRPC: {:.1} s, stages {stages:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((done.kind.as_str(), done.state.as_str()), ("quantize", "succeeded"), "{done:?}");
+    assert!(stages.iter().any(|s| s == "computing importance matrix"), "the stream shows the matrix step: {stages:?}");
+    let detail: Value = serde_json::from_str(&done.detail_json).expect("detail json");
+    assert_eq!(detail["model"], "smollm2-grpc:q4_k_m", "{detail}");
+    assert_eq!(detail["resumed_from"], Value::Null, "a fresh job computes its matrix: {detail}");
+    let m = models
+        .get_model(pb::GetModelRequest { name: "smollm2-grpc:q4_k_m".into() })
+        .await
+        .expect("GetModel")
+        .into_inner();
+    assert_eq!((m.format.as_str(), m.quantization.as_str()), ("gguf", "Q4_K_M"), "{m:?}");
+    assert_eq!(Some(m.digest.as_str()), detail["digest"].as_str(), "{m:?}");
+    let provenance: Value = serde_json::from_str(&m.provenance_json).expect("provenance json");
+    let grpc_receipt = &provenance["receipt"];
+    assert_eq!(
+        grpc_receipt["imatrix_sha256"], receipt["imatrix_sha256"],
+        "the gRPC job's matrix is the CLI's: {provenance}"
+    );
+    assert_eq!(grpc_receipt["params"]["quant_type"], "Q4_K_M", "{provenance}");
+    assert_eq!(grpc_receipt["params"]["imatrix_text_sha256"], receipt["params"]["imatrix_text_sha256"], "{provenance}");
+    assert_eq!(
+        grpc_receipt["output_sha256"], receipt["output_sha256"],
+        "the bytes of the `--output` run: {provenance}"
+    );
+    assert_eq!(provenance["parent"], Value::Null, "a path source has no parent: {provenance}");
+    assert!(staging_entries(&daemon.home().dir()).is_empty(), "{:?}", staging_entries(&daemon.home().dir()));
+
     let out = daemon.home().run(&["models", "import", q4_arg, "--name", "smollm2-q4km", "--json"]);
     assert!(out.status.success(), "import: {}", describe(&out));
     let (status, m) = daemon.get("/api/v1/models/smollm2-q4km%3Alatest", Some(daemon.admin_key())).await;
     assert_eq!(status, StatusCode::OK, "{m}");
     assert_eq!(m["quantization"], "Q4_K_M", "the file type is Q4_K_M: {m}");
     assert_answers_paris(&daemon, "smollm2-q4km").await;
+}
+
+/// A `make_imatrix` job cancelled while the engine computes the importance matrix (`ondevice jobs
+/// cancel`, after the first chunk is decoded): the job ends `cancelled`, its task process is gone,
+/// its staging directory (with the half-computed matrix) is removed, no blob was added and no model
+/// registered. The source is the Q4_1 test model as imported (requantized to Q4_K_M), so no
+/// conversion runs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_cancel_while_computing_the_importance_matrix_leaves_nothing_behind() {
+    let Some((daemon, _)) = setup("quantize::llama_cancel_while_computing_the_importance_matrix").await else {
+        return;
+    };
+    let home_dir = daemon.home().dir();
+    let sha_blobs = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(home_dir.join("blobs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("sha256-"))
+            .collect();
+        names.sort();
+        names
+    };
+    let blobs_before = sha_blobs();
+    let body = json!({"source": "smollm2", "type": "Q4_K_M", "allow_requantize": true, "make_imatrix": true,
+        "no_quality": true, "name": "cancelled:q4"});
+    let started = Instant::now();
+    let id = start(&daemon, body).await["id"].as_str().expect("job id").to_owned();
+    // Inside the matrix step, with the engine decoding: at least one chunk done, not all.
+    let mut in_stage = None;
+    let j = loop {
+        let j = job(&daemon, &id).await;
+        assert!(j["state"] == "running" || j["state"] == "queued", "the job ended before it could be cancelled: {j}");
+        let stage = j["detail"]["stage"].as_str().unwrap_or_default();
+        assert!(
+            stage != "quantizing" && stage != "measuring quality",
+            "past the matrix step before a chunk was seen with another to go (the text needs two chunks): {j}"
+        );
+        if stage == "computing importance matrix" {
+            in_stage.get_or_insert_with(Instant::now);
+            let (done, total) = (j["progress"]["done"].as_u64(), j["progress"]["total"].as_u64());
+            if done.is_some_and(|d| d >= 1 && total.is_some_and(|t| d < t)) {
+                break j;
+            }
+        }
+        assert!(started.elapsed() < WAIT, "the matrix step never decoded a chunk: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "cancelling {:.1} s after the job started, {:.1} s into the matrix step (chunk {} of {})",
+        started.elapsed().as_secs_f64(),
+        in_stage.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        j["progress"]["done"],
+        j["progress"]["total"]
+    );
+    assert!(!task_processes(&home_dir).is_empty(), "the quantize task runs the engine");
+    let staging = home_dir.join("blobs").join(format!(".tmp-quantize-{id}"));
+    assert!(staging.is_dir(), "the job stages its files: {:?}", staging_entries(&home_dir));
+
+    // `jobs cancel` returns once the job stopped; the job cleans up before it ends.
+    let cancel_started = Instant::now();
+    let out = daemon.home().run(&["jobs", "cancel", &id, "--json"]);
+    assert!(out.status.success(), "cancel: {}", describe(&out));
+    let cancelled: Value = serde_json::from_slice(&out.stdout).expect("cancel json");
+    println!(
+        "`ondevice jobs cancel` returned after {:.2} s: {}",
+        cancel_started.elapsed().as_secs_f64(),
+        cancelled["state"]
+    );
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert!(
+        !staging.exists() && staging_entries(&home_dir).is_empty(),
+        "left behind: {:?}",
+        staging_entries(&home_dir)
+    );
+    println!("quantize task processes when the cancel returned: {:?}", task_processes(&home_dir));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !task_processes(&home_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the task outlived its cancel: {:?}", task_processes(&home_dir));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let j = job(&daemon, &id).await;
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert_eq!(j["detail"]["digest"], Value::Null, "nothing was made: {j}");
+    let (status, m) = daemon.get("/api/v1/models/cancelled%3Aq4", Some(daemon.admin_key())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no model registered: {m}");
+    let (_, models) = daemon.get("/api/v1/models", Some(daemon.admin_key())).await;
+    assert_eq!(models.as_array().map(Vec::len), Some(1), "only the source model: {models}");
+    assert_eq!(sha_blobs(), blobs_before, "no new blob after the cancel");
 }
