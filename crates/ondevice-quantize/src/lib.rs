@@ -21,6 +21,7 @@
 mod arch;
 mod convert;
 mod digest;
+pub mod digest_cache;
 mod error;
 mod imatrix;
 #[cfg(feature = "llama")]

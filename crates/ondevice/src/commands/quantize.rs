@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ondevice_config::Resolved;
+use ondevice_quantize::digest_cache::DigestCache;
 use ondevice_quantize::pipeline::{self, QuantizeRequest, Receipt, StageProgress};
 
 use crate::cli::QuantizeArgs;
@@ -27,12 +28,19 @@ pub async fn run(resolved: Resolved, args: QuantizeArgs) -> anyhow::Result<ExitC
         );
     }
     if let Some(output) = &args.output {
-        let request = local_request(&args, output)?;
+        let mut request = local_request(&args, output)?;
         let json = args.json;
+        // Source files hashed by an earlier run and unchanged since are not hashed again.
+        let cache = DigestCache::under(&resolved.paths.home);
         let receipt = tokio::task::spawn_blocking(move || {
+            let lookup = cache.lookup(&request.source);
+            request.known_digests = lookup.known.clone();
             let bar = TermBar::new();
             let r = pipeline::run(&request, &bar);
             bar.finish();
+            if let Ok(receipt) = &r {
+                cache.record(&lookup, &receipt.inputs);
+            }
             r
         })
         .await
