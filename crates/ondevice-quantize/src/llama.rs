@@ -131,8 +131,6 @@ pub struct TempOutput {
     committed: bool,
     /// What was hashed while llama.cpp wrote the file (see [`LlamaQuantize::hash_while_writing`]).
     tail: Option<crate::tail_hash::TailState>,
-    /// The digest and size [`sync_hashed`](Self::sync_hashed) computed.
-    hashed: Option<(String, u64)>,
 }
 
 impl TempOutput {
@@ -144,12 +142,12 @@ impl TempOutput {
     /// A file an earlier run staged for `output` (by [`quantize_to_temp`]), taken over as if just
     /// written: the caller has checked its contents. Dropped without a commit, it is removed.
     pub fn adopt(temp: &Path, output: &Path) -> TempOutput {
-        TempOutput { temp: temp.to_owned(), output: output.to_owned(), committed: false, tail: None, hashed: None }
+        TempOutput { temp: temp.to_owned(), output: output.to_owned(), committed: false, tail: None }
     }
 
     /// fsyncs the file where it is and returns its SHA-256 (64 hex digits) and size, for a
-    /// checkpoint: the file is then durable as it is, under its temporary name. The file must not
-    /// change afterwards: [`commit_hashed`](Self::commit_hashed) returns the same digest.
+    /// checkpoint: the file is then durable as it is, under its temporary name. It may still be
+    /// patched (the quality gate's figures): [`commit_hashed`](Self::commit_hashed) hashes it again.
     pub fn sync_hashed(&mut self) -> Result<(String, u64), QuantizeError> {
         let err = |source| QuantizeError::Read { path: self.temp.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
@@ -161,7 +159,6 @@ impl TempOutput {
         let sha256 = sha256?;
         synced.unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
-        self.hashed = Some((sha256.clone(), size));
         Ok((sha256, size))
     }
 
@@ -189,17 +186,16 @@ impl TempOutput {
         let err = |source| QuantizeError::Read { path: self.output.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
         let start = std::time::Instant::now();
-        let (tail, hashed) = (self.tail.take(), self.hashed.take());
+        let tail = self.tail.take();
         let (synced, sha256) = std::thread::scope(|s| {
             let sync = s.spawn(|| {
                 let r = file.sync_all();
                 tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output synced");
                 r
             });
-            let sha256 = match hashed {
-                Some((sha256, _)) => Ok(sha256),
-                None => hash(&self.temp, tail),
-            };
+            // Hashed again even after a `sync_hashed`: the quality gate writes its figures into
+            // the file between the two.
+            let sha256 = hash(&self.temp, tail);
             tracing::debug!(ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "quantize: output hashed");
             (sync.join(), sha256)
         });
@@ -401,7 +397,7 @@ pub fn quantize_to_temp(
     // SAFETY: restores llama.cpp's default logger.
     unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
 
-    let temp = TempOutput { temp, output: output.to_owned(), committed: false, tail, hashed: None };
+    let temp = TempOutput { temp, output: output.to_owned(), committed: false, tail };
     if rc != 0 {
         return Err(QuantizeError::Llama {
             input: input.to_owned(),
