@@ -1,8 +1,8 @@
 //! SHA-256 of a source's files beside llama.cpp, without taking its CPU, and of a finished output
 //! without copying it.
 //!
-//! [`Background`] hashes the inputs on a thread of the lowest priority (Linux: nice 19, so it runs
-//! in the gaps llama.cpp's threads leave, between tensors and while it writes) and publishes its
+//! [`Background`] hashes the inputs on a thread of the lowest priority (Linux: `SCHED_IDLE`, so it
+//! runs in the gaps llama.cpp's threads leave, between tensors and while it writes) and publishes its
 //! state after every chunk. [`Background::finish`] stops it and carries on from the last state at
 //! normal priority, so a busy machine delays the digest by the remaining part only, never by a
 //! starved thread. Files whose digests the caller already verified (a registry blob) are not read.
@@ -183,13 +183,18 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// The calling thread yields to every other (Linux: nice 19 for this thread only).
+/// The calling thread yields to every other: on Linux it runs only when a CPU would otherwise
+/// be idle (`SCHED_IDLE`, for this thread only; nice 19 where that is refused). Its work is never
+/// lost to starvation: the caller finishes it at normal priority.
 pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread's own id.
+    // SAFETY: plain system calls on the calling thread (pid 0 and its own thread id).
     unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+        }
     }
 }
 

@@ -636,6 +636,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dry_run_log_gives_each_tensor_and_its_output_type_in_order() {
+        let types = type_names();
+        let (f32, q8_0, q5_0) = (types["f32"], types["q8_0"], types["q5_0"]);
+        let log = "llama_model_quantize_impl: prelude\n\
+            warning: blk.0.attn_q.weight - ncols 576 not divisible by 256 (required for type q4_K) -> falling back to q5_0\n\
+            [   1/   3]                   output_norm.weight - [  576,     1,     1,     1], type =    f32, size =    0.002 MiB\n\
+            [   2/   3]                    token_embd.weight - [  576, 49152,     1,     1], type =    f16, size =   54.00 MiB ->    28.69 MiB (q8_0)\n\
+            [   3/   3]                 blk.0.attn_q.weight - [  576,   576,     1,     1], type =    f16, size =    0.63 MiB ->     0.22 MiB (q5_0)\n\
+            llama_model_quantize_impl: model size = 1 MiB\n";
+        let parsed = parse_dry_run(log, &types).expect("parsed");
+        let names: Vec<&str> = parsed.iter().map(|(n, _)| n.to_str().unwrap()).collect();
+        assert_eq!(names, ["output_norm.weight", "token_embd.weight", "blk.0.attn_q.weight"]);
+        assert_eq!(parsed.iter().map(|(_, t)| *t).collect::<Vec<_>>(), [f32, q8_0, q5_0]);
+        // A missing tensor, a count that changes, an unknown type or no tensors at all: no prediction.
+        let lines: Vec<&str> = log.lines().collect();
+        let without = |i: usize| {
+            lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect::<Vec<_>>().join("\n")
+        };
+        assert!(parse_dry_run(&without(3), &types).is_none(), "tensor 2 of 3 missing");
+        assert!(parse_dry_run(&without(4), &types).is_none(), "tensor 3 of 3 missing");
+        assert!(parse_dry_run(&log.replace("(q5_0)", "(q9_9)"), &types).is_none());
+        assert!(parse_dry_run(&log.replace("[   3/   3]", "[   3/   4]"), &types).is_none());
+        assert!(parse_dry_run("llama_model_quantize_impl: nothing\n", &types).is_none());
+    }
+
+    #[test]
     fn progress_lines_parse() {
         assert_eq!(parse_progress("[  12/ 272] blk.0.attn_q.weight - [576, 576]"), Some((12, 272)));
         assert_eq!(parse_progress("llama_model_quantize: done"), None);
