@@ -28,6 +28,44 @@ pub const MAX_ENTRIES: usize = 512;
 const MAX_FILES: usize = 4096;
 /// The file format's version.
 const VERSION: u32 = 1;
+/// A cache file longer than this is ignored (512 entries take about 150 KB).
+const MAX_FILE_LEN: u64 = 4 << 20;
+
+/// Whether a `stat` taken at `checked_ns` is too close to the file's last change to be trusted
+/// later (see the module documentation).
+fn racy(stat: &Stat, checked_ns: i64) -> bool {
+    checked_ns < stat.mtime_ns.max(stat.ctime_ns).saturating_add(RACY.as_nanos() as i64)
+}
+
+/// Whether `path`'s timestamps are fine enough for an unchanged `stat` to mean unchanged bytes:
+/// sub-second parts present (file systems with whole-second times, such as ext4 with small inodes
+/// or HFS+, have none), and on Linux a local file system that updates the change time on every
+/// write (not FAT, whose "change time" is the creation time, nor network file systems, whose
+/// clocks are the server's).
+fn fine_grained(path: &Path, stat: &Stat) -> bool {
+    let subsecond = stat.mtime_ns % 1_000_000_000 != 0 || stat.ctime_ns % 1_000_000_000 != 0;
+    subsecond && local_file_system(path)
+}
+
+#[cfg(target_os = "linux")]
+fn local_file_system(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    // ext2/3/4, XFS, Btrfs, tmpfs, ZFS, F2FS, overlayfs, bcachefs (statfs(2) magic numbers).
+    const LOCAL: [u64; 8] =
+        [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x2FC1_2FC1, 0xF2F5_2010, 0x794C_7630, 0xCA45_1A4E];
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: a NUL-terminated path and a zeroed buffer statfs fills in.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return false;
+    }
+    LOCAL.contains(&(buf.f_type as u64))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn local_file_system(_: &Path) -> bool {
+    true
+}
 
 /// What `stat` says of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +104,20 @@ pub struct DigestCache {
 pub struct Lookup {
     /// Known digests, named as receipts name inputs.
     pub known: Vec<InputDigest>,
-    /// Files it did not know: (receipt name, path, stat before the run, when it was taken).
+    /// Files it did not know and may remember: (receipt name, path, stat before the run, when it
+    /// was taken).
     missed: Vec<(String, PathBuf, Stat, i64)>,
+    /// The known files with the `stat` that matched ([`Lookup::unchanged`]).
+    hits: Vec<(PathBuf, Stat)>,
+}
+
+impl Lookup {
+    /// Whether every file the cache knew still has the `stat` it had at the lookup: a run that
+    /// used remembered digests checks this afterwards, since it did not read those files to
+    /// hash them (a file rewritten meanwhile would leave its old digest in the receipt).
+    pub fn unchanged(&self) -> bool {
+        self.hits.iter().all(|(path, was)| stat(path).as_ref() == Some(was))
+    }
 }
 
 impl DigestCache {
@@ -93,14 +143,18 @@ impl DigestCache {
             // Named as the run names it (from the path it is given); kept by its real path.
             let Ok((name, _)) = crate::digest::input_name_and_size(&base, &path) else { continue };
             let key = std::fs::canonicalize(&path).unwrap_or(path);
-            let hit = entries.iter().find(|e| {
-                e.path == key
-                    && e.stat == stat
-                    && e.checked_ns >= stat.mtime_ns.max(stat.ctime_ns).saturating_add(RACY.as_nanos() as i64)
-            });
+            if !fine_grained(&key, &stat) {
+                continue;
+            }
+            let hit = entries.iter().find(|e| e.path == key && e.stat == stat && !racy(&e.stat, e.checked_ns));
             match hit {
-                Some(e) => out.known.push(InputDigest { name, sha256: e.sha256.clone(), size: stat.size }),
-                None => out.missed.push((name, key, stat, checked_ns)),
+                Some(e) => {
+                    out.known.push(InputDigest { name, sha256: e.sha256.clone(), size: stat.size });
+                    out.hits.push((key, stat));
+                }
+                None if !racy(&stat, checked_ns) => out.missed.push((name, key, stat, checked_ns)),
+                // Changed too recently to be trusted later: hashed, not remembered.
+                None => {}
             }
         }
         out
@@ -112,6 +166,7 @@ impl DigestCache {
         let fresh: Vec<Entry> = lookup
             .missed
             .iter()
+            .filter(|(_, path, _, _)| path.to_str().is_some())
             .filter_map(|(name, path, stat, checked_ns)| {
                 let input = inputs.iter().find(|i| &i.name == name && i.size == stat.size)?;
                 Some(Entry { path: path.clone(), stat: *stat, sha256: input.sha256.clone(), checked_ns: *checked_ns })
@@ -121,7 +176,8 @@ impl DigestCache {
             return;
         }
         let mut file = self.load();
-        file.entries.retain(|e| !fresh.iter().any(|f| f.path == e.path));
+        // JSON holds UTF-8 paths only.
+        file.entries.retain(|e| e.path.to_str().is_some() && !fresh.iter().any(|f| f.path == e.path));
         file.entries.extend(fresh);
         file.entries.sort_by_key(|e| std::cmp::Reverse(e.checked_ns));
         file.entries.truncate(MAX_ENTRIES);
@@ -131,7 +187,12 @@ impl DigestCache {
     }
 
     fn load(&self) -> File {
-        let Ok(bytes) = std::fs::read(&self.path) else { return File::default() };
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(&self.path).and_then(|f| f.take(MAX_FILE_LEN + 1).read_to_end(&mut bytes));
+        if read.is_err() || bytes.len() as u64 > MAX_FILE_LEN {
+            return File::default();
+        }
         match serde_json::from_slice::<File>(&bytes) {
             Ok(mut f) if f.version == VERSION => {
                 f.entries.retain(|e| e.sha256.len() == 64 && e.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -246,17 +307,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model.gguf");
         std::fs::write(&model, b"weights").unwrap();
+        // Its last change is (as far as the stat can tell) after the lookup: a write in the same
+        // clock tick could go unseen, so the digest is not remembered.
+        let file = std::fs::File::options().write(true).open(&model).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(10)).unwrap();
         let cache = DigestCache::under(dir.path());
-        // Looked up at once: the stat is within RACY of the change, so a write in the same
-        // clock tick could go unseen; the digest is stored but not trusted.
         let racy = cache.lookup(&model);
         cache.record(&racy, &[InputDigest { name: "model.gguf".into(), sha256: sha(b"weights"), size: 7 }]);
         assert!(cache.lookup(&model).known.is_empty());
-        // Hashed again later, it is.
+        assert!(!cache.path.exists(), "nothing was written");
+        // Settled and hashed again, it is.
+        file.set_modified(SystemTime::now() - Duration::from_secs(10)).unwrap();
         settle();
         let later = cache.lookup(&model);
         cache.record(&later, &[InputDigest { name: "model.gguf".into(), sha256: sha(b"weights"), size: 7 }]);
-        assert_eq!(cache.lookup(&model).known.len(), 1);
+        let hit = cache.lookup(&model);
+        assert_eq!(hit.known.len(), 1);
+        assert!(hit.unchanged());
+        // Rewritten after that lookup (as if during the run): the run can tell.
+        std::fs::write(&model, b"WEIGHTS").unwrap();
+        assert!(!hit.unchanged());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! llama.cpp writes its output with `std::ofstream` to the path it is given; we give it a temporary
 //! name beside the destination and rename it into place after an fsync, so the destination holds
 //! the whole file or nothing. Before the rename the caller may patch the file in place
-//! ([`quantize_to_temp`]: the pipeline writes the source's digest, hashed while llama.cpp works). (A process killed with SIGKILL leaves the temporary file; the caller
+//! ([`quantize_to_temp`]: the pipeline writes the source's digest when it was hashed while
+//! llama.cpp worked; with [`LlamaQuantize::hash_while_writing`] nothing is patched and the output
+//! is hashed as it is written, from a predicted header). (A process killed with SIGKILL leaves the temporary file; the caller
 //! runs this in a scratch directory it removes.) llama.cpp's log lines `[  i/  n] name ...` are
 //! turned into progress.
 
@@ -64,6 +66,21 @@ struct LogState {
 unsafe impl Send for LogState {}
 
 static LOG: Mutex<Option<LogState>> = Mutex::new(None);
+
+/// Clears the log state and restores llama.cpp's default logger when dropped, so no path out of
+/// [`quantize_to_temp`] (a panic included) leaves the callback pointing at a finished call's
+/// progress.
+struct LogReset;
+
+impl Drop for LogReset {
+    fn drop(&mut self) {
+        if let Ok(mut g) = LOG.lock() {
+            *g = None;
+        }
+        // SAFETY: restores llama.cpp's default logger.
+        unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
+    }
+}
 
 thread_local! {
     /// Set on the thread of a dry run (see [`predict_header`]): its log text is collected here
@@ -345,23 +362,27 @@ pub fn quantize_to_temp(
     }
 
     // SAFETY: the lifetime of `progress` is erased only for the duration of this call; the log
-    // state is cleared before returning.
+    // state is cleared before returning, on every path (`LogReset`).
     let progress_static: *const (dyn Progress + 'static) =
         unsafe { std::mem::transmute(progress as *const dyn Progress) };
     {
         let mut guard = LOG.lock().map_err(|_| QuantizeError::Unsupported { what: "log state poisoned".into() })?;
         *guard = Some(LogState { progress: progress_static, last_error: None, line: String::new() });
     }
+    let log_reset = LogReset;
     // SAFETY: the callback only reads the state above.
     unsafe {
         sys::llama_backend_init();
         sys::llama_log_set(Some(log_callback), std::ptr::null_mut());
     }
     // A stale file of an earlier process with this id would be read by the tail below before
-    // llama.cpp truncates it.
-    let _ = std::fs::remove_file(&temp);
+    // llama.cpp truncates it: no tail unless it is gone.
+    let fresh = match std::fs::remove_file(&temp) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
     let (header_tx, header_rx) = std::sync::mpsc::channel();
-    let tail = if params.hash_while_writing {
+    let tail = if params.hash_while_writing && fresh {
         crate::tail_hash::Tail::start(temp.clone(), header_rx).ok()
     } else {
         drop(header_rx);
@@ -374,11 +395,14 @@ pub fn quantize_to_temp(
     // the fsync before the rename finds little left to write.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rc = std::thread::scope(|s| {
-        let writeback = s.spawn(|| write_back_while(&temp, &stop));
+        // Helpers only: without a thread, the run goes on without them.
+        let writeback = std::thread::Builder::new()
+            .name("quantize-writeback".into())
+            .spawn_scoped(s, || write_back_while(&temp, &stop));
         if tail.is_some() {
             // The header llama.cpp will write, worked out beside it while it loads the source.
             let c_in = &c_in;
-            s.spawn(move || {
+            let _ = std::thread::Builder::new().name("quantize-predict".into()).spawn_scoped(s, move || {
                 let dry = dry;
                 // SAFETY: `dry` is `p` with `dry_run` set: every pointer points into a buffer that
                 // outlives this scope.
@@ -389,13 +413,14 @@ pub fn quantize_to_temp(
         // SAFETY: every pointer in `p` points into a live buffer above, each list is terminated.
         let rc = unsafe { sys::llama_model_quantize(c_in.as_ptr(), c_out.as_ptr(), &p) };
         stop.store(true, std::sync::atomic::Ordering::Release);
-        writeback.thread().unpark();
+        if let Ok(w) = &writeback {
+            w.thread().unpark();
+        }
         rc
     });
     let tail = tail.and_then(crate::tail_hash::Tail::stop);
     let last_error = LOG.lock().ok().and_then(|mut g| g.take()).and_then(|s| s.last_error);
-    // SAFETY: restores llama.cpp's default logger.
-    unsafe { sys::llama_log_set(None, std::ptr::null_mut()) };
+    drop(log_reset);
 
     let temp = TempOutput { temp, output: output.to_owned(), committed: false, tail };
     if rc != 0 {
@@ -430,9 +455,17 @@ const GGML_QNT_VERSION: u32 = 2;
 /// with `dry_run` set.
 unsafe fn predict_header(input: &CStr, p: &sys::llama_model_quantize_params) -> Option<Vec<u8>> {
     CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    // Stops capturing on every path out, after ggml's own messages of the header's rebuild.
+    struct StopCapture;
+    impl Drop for StopCapture {
+        fn drop(&mut self) {
+            CAPTURE.with(|c| *c.borrow_mut() = None);
+        }
+    }
+    let _stop = StopCapture;
     // SAFETY: the caller's contract; a dry run writes no file.
     let rc = unsafe { sys::llama_model_quantize(input.as_ptr(), c"".as_ptr(), p) };
-    let log = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    let log = CAPTURE.with(|c| c.borrow_mut().as_mut().map(std::mem::take)).unwrap_or_default();
     if rc != 0 {
         return None;
     }

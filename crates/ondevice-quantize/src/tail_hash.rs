@@ -26,8 +26,9 @@ const CHUNK: usize = 256 << 10;
 const WAIT: Duration = Duration::from_millis(4);
 
 /// How far a [`Tail`] got: the predicted header and the bytes after it up to `offset`.
+#[derive(Clone)]
 pub(crate) struct TailState {
-    header: Vec<u8>,
+    header: Arc<Vec<u8>>,
     state: Sha256,
     offset: u64,
 }
@@ -38,43 +39,59 @@ impl std::fmt::Debug for TailState {
     }
 }
 
-/// A thread hashing a file as it is written (see the module documentation).
+/// A thread hashing a file as it is written (see the module documentation). It publishes its
+/// state after every chunk; [`stop`](Self::stop) takes the last one without waiting for the
+/// thread (which runs only when a CPU is idle, so it may not run again for a while on a busy
+/// machine; it ends at its next turn).
 pub(crate) struct Tail {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Option<TailState>>,
+    thread: std::thread::Thread,
+    /// `None` once what was published no longer holds (the file shrank).
+    states: mpsc::Receiver<Option<TailState>>,
 }
 
 impl Tail {
     /// Starts hashing `path` once `header` says what its first bytes will be (`None`: no
-    /// prediction, nothing is hashed). The file need not exist yet.
+    /// prediction, nothing is hashed). The file need not exist yet; if it does, it must be the
+    /// writer's (the caller removes any stale file of that name first).
     pub(crate) fn start(path: PathBuf, header: mpsc::Receiver<Option<Vec<u8>>>) -> std::io::Result<Tail> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let thread =
-            std::thread::Builder::new().name("quantize-tail".into()).spawn(move || follow(&path, &header, &stopped))?;
-        Ok(Tail { stop, thread })
+        let (tx, states) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("quantize-tail".into())
+            .spawn(move || follow(&path, &header, &stopped, &tx))?
+            .thread()
+            .clone();
+        Ok(Tail { stop, thread, states })
     }
 
     /// Stops the thread (the writer is done) and returns how far it got.
     pub(crate) fn stop(self) -> Option<TailState> {
         self.stop.store(true, Ordering::Release);
-        self.thread.thread().unpark();
-        self.thread.join().ok().flatten()
+        self.thread.unpark();
+        self.states.try_iter().last().flatten()
     }
 }
 
-fn follow(path: &Path, header: &mpsc::Receiver<Option<Vec<u8>>>, stop: &AtomicBool) -> Option<TailState> {
+fn follow(
+    path: &Path,
+    header: &mpsc::Receiver<Option<Vec<u8>>>,
+    stop: &AtomicBool,
+    publish: &mpsc::Sender<Option<TailState>>,
+) {
     let stopped = || stop.load(Ordering::Acquire);
     let header = loop {
         match header.recv_timeout(WAIT) {
-            Ok(h) => break h?,
+            Ok(Some(h)) => break h,
             Err(mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
-            Err(_) => return None,
+            _ => return,
         }
     };
+    let mut tail = TailState { state: Sha256::new(), offset: header.len() as u64, header: Arc::new(header) };
+    tail.state.update(tail.header.as_slice());
+    let _ = publish.send(Some(tail.clone()));
     crate::digest::lower_priority();
-    let mut tail = TailState { state: Sha256::new(), offset: header.len() as u64, header };
-    tail.state.update(&tail.header);
     let mut file = None;
     let mut buf = vec![0u8; CHUNK];
     while !stopped() {
@@ -82,6 +99,12 @@ fn follow(path: &Path, header: &mpsc::Receiver<Option<Vec<u8>>>, stop: &AtomicBo
             file = File::open(path).ok();
         }
         let len = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        if len < tail.offset && tail.offset > tail.header.len() as u64 {
+            // Shorter than what was hashed past the header (llama.cpp's placeholder grows to the
+            // header's length first): not the file being written. Nothing holds.
+            let _ = publish.send(None);
+            return;
+        }
         if len <= tail.offset {
             std::thread::park_timeout(WAIT);
             continue;
@@ -93,11 +116,13 @@ fn follow(path: &Path, header: &mpsc::Receiver<Option<Vec<u8>>>, stop: &AtomicBo
             Some(Ok(n)) if n > 0 => {
                 tail.state.update(&buf[..n]);
                 tail.offset += n as u64;
+                if publish.send(Some(tail.clone())).is_err() {
+                    return;
+                }
             }
             _ => std::thread::park_timeout(WAIT),
         }
     }
-    Some(tail)
 }
 
 #[cfg(unix)]
@@ -119,7 +144,7 @@ pub(crate) fn finish(path: &Path, tail: TailState) -> std::io::Result<Option<Str
         return Ok(None);
     }
     let mut actual = vec![0u8; tail.header.len()];
-    if read_exact_at(&file, &mut actual, 0)? < actual.len() || actual != tail.header {
+    if read_exact_at(&file, &mut actual, 0)? < actual.len() || actual != *tail.header {
         return Ok(None);
     }
     let TailState { mut state, mut offset, .. } = tail;
@@ -158,7 +183,11 @@ mod tests {
     /// Writes as llama.cpp does: a placeholder, the body in pieces, the header last.
     fn write_like_llama(path: &Path, header: &[u8], body: &[u8], pause: Duration) {
         let mut f = File::create(path).unwrap();
-        f.write_all(&vec![0u8; header.len()]).unwrap();
+        // The placeholder grows in pieces, as through llama.cpp's buffered stream.
+        for piece in vec![0u8; header.len()].chunks(1024) {
+            f.write_all(piece).unwrap();
+            std::thread::sleep(pause);
+        }
         for piece in body.chunks(100_000) {
             f.write_all(piece).unwrap();
             std::thread::sleep(pause);
@@ -184,9 +213,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tail = Tail::start(path.clone(), rx).unwrap();
         tx.send(Some(header.clone())).unwrap();
+        // The tail takes the header at normal priority before it lowers its own.
+        std::thread::sleep(Duration::from_millis(50));
         write_like_llama(&path, &header, &body, Duration::from_millis(2));
+        // However far the tail got (a thread of the lowest priority may not have run at all on
+        // a busy machine), the digest finished from its state is the file's.
         let state = tail.stop().expect("a state");
-        assert!(state.offset > header.len() as u64, "the tail hashed nothing while the file was written");
         assert_eq!(finish(&path, state).unwrap(), Some(sha(&[&header, &body])));
     }
 
@@ -200,6 +232,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tail = Tail::start(path.clone(), rx).unwrap();
         tx.send(Some(predicted)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
         write_like_llama(&path, &header, &[1u8; 300_000], Duration::ZERO);
         let state = tail.stop().expect("a state");
         assert_eq!(finish(&path, state).unwrap(), None);

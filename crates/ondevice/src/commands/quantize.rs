@@ -38,10 +38,18 @@ pub async fn run(resolved: Resolved, args: QuantizeArgs) -> anyhow::Result<ExitC
             let bar = TermBar::new();
             let r = pipeline::run(&request, &bar);
             bar.finish();
-            if let Ok(receipt) = &r {
-                cache.record(&lookup, &receipt.inputs);
+            let receipt = r?;
+            // Remembered digests were not read again: a file rewritten during the run would
+            // leave its old digest in the receipt.
+            if !lookup.unchanged() {
+                let _ = std::fs::remove_file(&request.output);
+                anyhow::bail!(
+                    "{} changed while it was quantized: its digest would not describe what was read; run the command again",
+                    request.source.display()
+                );
             }
-            r
+            cache.record(&lookup, &receipt.inputs);
+            Ok(receipt)
         })
         .await
         .context("the quantization thread failed")??;
