@@ -165,13 +165,12 @@ impl TempOutput {
     /// fsyncs the file where it is and returns its SHA-256 (64 hex digits) and size, for a
     /// checkpoint: the file is then durable as it is, under its temporary name. It may still be
     /// patched (the quality gate's figures): [`commit_hashed`](Self::commit_hashed) hashes it again.
-    pub fn sync_hashed(&mut self) -> Result<(String, u64), QuantizeError> {
+    pub fn sync_hashed(&self) -> Result<(String, u64), QuantizeError> {
         let err = |source| QuantizeError::Read { path: self.temp.clone(), source };
         let file = File::open(&self.temp).map_err(err)?;
-        let tail = self.tail.take();
         let (synced, sha256) = std::thread::scope(|s| {
             let sync = s.spawn(|| file.sync_all());
-            (sync.join(), hash(&self.temp, tail))
+            (sync.join(), crate::sha256_file(&self.temp))
         });
         let sha256 = sha256?;
         synced.unwrap_or_else(|_| Err(std::io::Error::other("the fsync thread panicked"))).map_err(err)?;

@@ -603,10 +603,12 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     // caller hashed before), the source digest goes in with the header and
                     // nothing is patched afterwards, so llama.cpp's output can be hashed while it
                     // is written (unless the quality gate writes its figures into it later).
-                    let known = hashing.as_ref().and_then(crate::digest::Background::known);
-                    let known_source = known.as_deref().map(source_digest);
+                    let known = hashing.as_ref().and_then(crate::digest::Background::known).map(|inputs| {
+                        let source_sha256 = source_digest(&inputs);
+                        (inputs, source_sha256)
+                    });
                     let placeholder = "0".repeat(64);
-                    let mut staged = quantize_llama(
+                    let staged = quantize_llama(
                         &input,
                         request,
                         quant_type,
@@ -615,20 +617,20 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                         overrides,
                         imatrix,
                         crate::quality::without_stale(
-                            metadata(known_source.as_deref().unwrap_or(&placeholder), imatrix_sha256.as_deref())
+                            metadata(known.as_ref().map_or(&placeholder, |(_, s)| s), imatrix_sha256.as_deref())
                                 .into_iter()
                                 .map(|(k, v)| (k, ondevice_gguf::Value::String(v)))
                                 .chain(gate.metadata())
                                 .collect(),
                             inherited,
                         ),
-                        known_source.is_some() && !measured,
+                        known.is_some() && !measured,
                         progress,
                     )?;
                     clock.mark("llama.cpp done");
-                    let (inputs, source_sha256) = match (known, known_source) {
-                        (Some(inputs), Some(source_sha256)) => (inputs, source_sha256),
-                        _ => {
+                    let (inputs, source_sha256) = match known {
+                        Some(known) => known,
+                        None => {
                             let inputs = match hashing {
                                 Some(h) => h.finish()?,
                                 None => digest_inputs(&base, &files, &request.known_digests)?,
@@ -646,7 +648,7 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     // (the matrix it was quantized with is no longer needed).
                     if request.checkpoints && measured {
                         checkpoint.imatrix = None;
-                        let (sha256, size) = sync_hashed(&mut staged)?;
+                        let (sha256, size) = sync_hashed(&staged)?;
                         checkpoint.quantized = Some(QuantizedStep {
                             file: StagedFile { path, sha256, size },
                             inputs: inputs.clone(),
@@ -899,7 +901,7 @@ fn adopt_staged(path: &Path, output: &Path) -> Result<Staged, QuantizeError> {
 }
 
 #[cfg(feature = "llama")]
-fn sync_hashed(staged: &mut Staged) -> Result<(String, u64), QuantizeError> {
+fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
     staged.sync_hashed()
 }
 
@@ -912,7 +914,7 @@ fn adopt_staged(_: &Path, _: &Path) -> Result<Staged, QuantizeError> {
 }
 
 #[cfg(not(feature = "llama"))]
-fn sync_hashed(staged: &mut Staged) -> Result<(String, u64), QuantizeError> {
+fn sync_hashed(staged: &Staged) -> Result<(String, u64), QuantizeError> {
     match *staged {}
 }
 
