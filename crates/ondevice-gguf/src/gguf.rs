@@ -1,8 +1,7 @@
 //! The GGUF header reader: magic, version, metadata, tensor infos, and the
 //! checks that tie them to the file's size.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::ops::Range;
@@ -21,6 +20,7 @@ use crate::value::{Array, Value, ValueType};
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 
 const MAGIC: [u8; 4] = *b"GGUF";
+const ALIGNMENT_KEY: &str = "general.alignment";
 /// Fewest bytes one metadata entry can take: key length, value type, one byte.
 const MIN_KV_SIZE: u64 = 8 + 4 + 1;
 /// Fewest bytes one tensor info can take: name length, n_dims, type, offset.
@@ -101,15 +101,38 @@ impl GgufFile {
             .map_err(|e| GgufError::WithPath { path: path.to_owned(), source: Box::new(e) })
     }
 
+    /// As [`open`](Self::open), but array values are checked and then dropped, so
+    /// [`metadata`](Self::metadata) lists the other entries only.
+    ///
+    /// A language model's header is mostly arrays (its tokenizer's vocabulary and merges:
+    /// about 100,000 strings for a small llama); a caller that needs none of them reads the
+    /// header several times faster this way. The file is checked exactly as `open` checks
+    /// it: a header one refuses, the other refuses too.
+    pub fn open_without_arrays(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        let path = path.as_ref();
+        let open_error = |source| GgufError::Open { path: path.to_owned(), source };
+        let file = File::open(path).map_err(open_error)?;
+        let file_len = file.metadata().map_err(open_error)?.len();
+        Parser::new(BufReader::with_capacity(1 << 16, file), file_len, Arrays::Skip)
+            .parse()
+            .map_err(|e| GgufError::WithPath { path: path.to_owned(), source: Box::new(e) })
+    }
+
     /// Parses a GGUF file held in memory.
     pub fn parse(bytes: &[u8]) -> Result<Self, GgufError> {
         Self::read_from(bytes, bytes.len() as u64)
     }
 
+    /// As [`parse`](Self::parse), with arrays checked and dropped as by
+    /// [`open_without_arrays`](Self::open_without_arrays).
+    pub fn parse_without_arrays(bytes: &[u8]) -> Result<Self, GgufError> {
+        Parser::new(bytes, bytes.len() as u64, Arrays::Skip).parse()
+    }
+
     /// Reads a GGUF header from `reader`, positioned at the start of a file of
     /// `file_len` bytes. Reads only as far as the end of the tensor infos.
     pub fn read_from<R: Read>(reader: R, file_len: u64) -> Result<Self, GgufError> {
-        Parser { cur: Cursor::new(reader, file_len) }.parse()
+        Parser::new(reader, file_len, Arrays::Keep).parse()
     }
 
     /// The format version (2 or 3).
@@ -222,9 +245,23 @@ type Metadata = Vec<(String, Value)>;
 
 struct Parser<R> {
     cur: Cursor<R>,
+    arrays: Arrays,
+    /// Reused for the strings of a skipped array.
+    scratch: Vec<u8>,
+}
+
+/// Whether array values are kept or only checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrays {
+    Keep,
+    Skip,
 }
 
 impl<R: Read> Parser<R> {
+    fn new(reader: R, file_len: u64, arrays: Arrays) -> Self {
+        Parser { cur: Cursor::new(reader, file_len), arrays, scratch: Vec::new() }
+    }
+
     fn parse(mut self) -> Result<GgufFile, GgufError> {
         let magic = self.cur.array::<4>()?;
         if magic != MAGIC {
@@ -261,17 +298,29 @@ impl<R: Read> Parser<R> {
         self.cur.ensure(count * MIN_KV_SIZE)?;
         let mut entries = Vec::with_capacity(capacity(count));
         let mut index = HashMap::with_capacity(capacity(count));
+        // The keys of skipped arrays, so that a repeated key is refused in both modes.
+        let mut skipped = HashSet::new();
         for _ in 0..count {
             let offset = self.cur.pos();
             let key = self.cur.string(MAX_KEY_LEN, Limit::KeyLength)?;
-            let value = self.value()?;
-            match index.entry(key) {
-                Entry::Occupied(e) => {
-                    return Err(GgufError::DuplicateKey { offset, key: e.key().clone() });
+            let ty = self.value_type()?;
+            // `general.alignment` is always kept: `alignment` refuses it when it is not a u32.
+            let value = if ty == ValueType::Array && self.arrays == Arrays::Skip && key != ALIGNMENT_KEY {
+                self.skip_array(1)?;
+                None
+            } else {
+                Some(self.value_of(ty)?)
+            };
+            if index.contains_key(&key) || skipped.contains(&key) {
+                return Err(GgufError::DuplicateKey { offset, key });
+            }
+            match value {
+                Some(value) => {
+                    entries.push((key.clone(), value));
+                    index.insert(key, entries.len() - 1);
                 }
-                Entry::Vacant(e) => {
-                    entries.push((e.key().clone(), value));
-                    e.insert(entries.len() - 1);
+                None => {
+                    skipped.insert(key);
                 }
             }
         }
@@ -284,8 +333,7 @@ impl<R: Read> Parser<R> {
         ValueType::from_u32(tag).ok_or(GgufError::UnknownValueType { offset, value_type: tag })
     }
 
-    fn value(&mut self) -> Result<Value, GgufError> {
-        let ty = self.value_type()?;
+    fn value_of(&mut self, ty: ValueType) -> Result<Value, GgufError> {
         Ok(match ty {
             ValueType::U8 => Value::U8(self.cur.u8()?),
             ValueType::I8 => Value::I8(i8::from_le_bytes(self.cur.array()?)),
@@ -359,6 +407,47 @@ impl<R: Read> Parser<R> {
         })
     }
 
+    /// Checks an array as [`array`](Self::array) reads it, keeping nothing.
+    fn skip_array(&mut self, depth: u32) -> Result<(), GgufError> {
+        let offset = self.cur.pos();
+        if depth > MAX_ARRAY_DEPTH {
+            return Err(GgufError::LimitExceeded {
+                what: Limit::ArrayDepth,
+                count: depth.into(),
+                max: MAX_ARRAY_DEPTH.into(),
+                offset,
+            });
+        }
+        let ty = self.value_type()?;
+        let count_at = self.cur.pos();
+        let count = self.cur.u64()?;
+        check_limit(Limit::ArrayLength, count, MAX_ARRAY_LEN, count_at)?;
+        // count <= 2^24 and min_size <= 12: no overflow.
+        self.cur.ensure(count * ty.min_size())?;
+        match ty {
+            ValueType::String => {
+                for _ in 0..count {
+                    self.cur.check_string(MAX_STRING_LEN, Limit::StringLength, &mut self.scratch)?;
+                }
+            }
+            ValueType::Array => {
+                for _ in 0..count {
+                    self.skip_array(depth + 1)?;
+                }
+            }
+            ValueType::Bool => {
+                let at = self.cur.pos();
+                self.cur.read_into(count, &mut self.scratch)?;
+                if let Some(i) = self.scratch.iter().position(|&b| b > 1) {
+                    return Err(GgufError::InvalidBool { offset: at + i as u64, value: self.scratch[i] });
+                }
+            }
+            // Fixed-size numbers (`min_size` is their size): any bytes are a valid value.
+            _ => self.cur.skip(count * ty.min_size())?,
+        }
+        Ok(())
+    }
+
     fn tensor_infos(&mut self, count: u64) -> Result<Vec<RawTensor>, GgufError> {
         // count <= MAX_TENSORS: no overflow.
         self.cur.ensure(count * MIN_TENSOR_INFO_SIZE)?;
@@ -425,7 +514,7 @@ fn decode<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 /// `general.alignment` if present (an unsigned integer: a non-zero power of two
 /// no larger than `u32::MAX`), else [`DEFAULT_ALIGNMENT`].
 fn alignment(metadata: &[(String, Value)], index: &HashMap<String, usize>) -> Result<u64, GgufError> {
-    const KEY: &str = "general.alignment";
+    const KEY: &str = ALIGNMENT_KEY;
     let Some(&i) = index.get(KEY) else {
         return Ok(DEFAULT_ALIGNMENT);
     };

@@ -82,6 +82,46 @@ impl<R: Read> Cursor<R> {
         Ok(buf)
     }
 
+    /// Reads `n` bytes into `buf` (replacing its contents); `n` is checked first.
+    pub(crate) fn read_into(&mut self, n: u64, buf: &mut Vec<u8>) -> Result<(), GgufError> {
+        self.ensure(n)?;
+        buf.clear();
+        let read = (&mut self.inner).take(n).read_to_end(buf).map_err(|e| self.io_error(n, e))?;
+        if (read as u64) < n {
+            return Err(self.truncated(n));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Passes over `n` bytes.
+    pub(crate) fn skip(&mut self, n: u64) -> Result<(), GgufError> {
+        self.ensure(n)?;
+        let skipped = io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(|e| self.io_error(n, e))?;
+        if skipped < n {
+            return Err(self.truncated(n));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Checks a string as [`string`](Self::string) reads it, through `scratch`.
+    pub(crate) fn check_string(&mut self, max: u64, limit: Limit, scratch: &mut Vec<u8>) -> Result<(), GgufError> {
+        let offset = self.pos;
+        let len = self.u64()?;
+        if len > max {
+            return Err(GgufError::LimitExceeded { what: limit, count: len, max, offset });
+        }
+        self.ensure(len)?;
+        let start = self.pos;
+        // `len` is backed by the file (checked above), so this reserves no more than it holds.
+        scratch.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+        self.inner.read_exact(scratch).map_err(|e| self.io_error(len, e))?;
+        self.pos += len;
+        std::str::from_utf8(scratch).map_err(|_| GgufError::InvalidUtf8 { offset: start })?;
+        Ok(())
+    }
+
     /// Reads a `u64`-length-prefixed UTF-8 string of at most `max` bytes.
     pub(crate) fn string(&mut self, max: u64, limit: Limit) -> Result<String, GgufError> {
         let offset = self.pos;

@@ -75,6 +75,62 @@ fn valid_file_round_trips() {
 }
 
 #[test]
+fn arrays_can_be_checked_and_dropped() {
+    let bytes = valid_gguf().to_bytes();
+    let file = GgufFile::parse_without_arrays(&bytes).expect("valid file parses");
+    let keys: Vec<&str> = file.metadata().iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys.len(), 16, "{keys:?}");
+    assert!(!keys.contains(&"t.strings") && !keys.contains(&"t.nested"), "{keys:?}");
+    assert_eq!(file.get("t.strings"), None);
+    assert_eq!(file.get("t.u8"), Some(&Value::U8(200)));
+    assert_eq!(file.quantization(), Some("Q4_1"));
+    assert_eq!(file.tensors().len(), 3);
+    assert_same_without_arrays(&bytes);
+
+    // Every array type, nested to the limit: checked and dropped, the scalars around them kept.
+    let mut w = GgufWriter::new().metadata("before", Value::U32(1));
+    for (i, array) in [
+        Array::U8(vec![1, 2]),
+        Array::I8(vec![-1]),
+        Array::U16(vec![7]),
+        Array::I16(vec![-7]),
+        Array::U32(vec![1, 2, 3]),
+        Array::I32(vec![-3]),
+        Array::F32(vec![0.5]),
+        Array::Bool(vec![true, false]),
+        Array::String(vec!["ünï".into(), String::new()]),
+        Array::U64(vec![u64::MAX]),
+        Array::I64(vec![i64::MIN]),
+        Array::F64(vec![0.25]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        w = w.metadata(&format!("a.{i}"), Value::Array(array));
+    }
+    let bytes = w
+        .metadata("deep", nested(limits::MAX_ARRAY_DEPTH as usize))
+        .metadata("after", Value::String("x".into()))
+        .to_bytes();
+    let file = GgufFile::parse_without_arrays(&bytes).unwrap();
+    let keys: Vec<&str> = file.metadata().iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["before", "after"]);
+    assert_same_without_arrays(&bytes);
+
+    // A repeated key is refused even when both entries are skipped arrays.
+    let twice = GgufWriter::new()
+        .metadata("k", Value::Array(Array::U8(vec![1])))
+        .metadata("k", Value::Array(Array::U8(vec![2])))
+        .to_bytes();
+    assert!(matches!(GgufFile::parse_without_arrays(&twice), Err(GgufError::DuplicateKey { .. })));
+    assert_same_without_arrays(&twice);
+    // `general.alignment` is kept even as an array, so that it is refused as by `parse`.
+    let alignment = GgufWriter::new().metadata("general.alignment", Value::Array(Array::U32(vec![32]))).to_bytes();
+    assert!(matches!(GgufFile::parse_without_arrays(&alignment), Err(GgufError::WrongMetadataType { .. })));
+    assert_same_without_arrays(&alignment);
+}
+
+#[test]
 fn version_2_and_custom_alignment_are_read() {
     let bytes = valid_gguf().version(2).metadata("general.alignment", Value::U32(64)).to_bytes();
     let file = GgufFile::parse(&bytes).unwrap();
@@ -113,6 +169,7 @@ fn truncation_at_every_byte_is_an_error() {
     let bytes = valid_gguf().to_bytes();
     GgufFile::parse(&bytes).expect("the untruncated file is valid");
     for len in 0..bytes.len() {
+        assert_same_without_arrays(&bytes[..len]);
         let result = GgufFile::parse(&bytes[..len]);
         assert!(
             matches!(result, Err(GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. })),
@@ -136,6 +193,7 @@ fn random_corruption_never_panics() {
                 _ => b[i] ^ (1 << rng.below(8)),
             };
         }
+        assert_same_without_arrays(&b);
         match GgufFile::parse(&b) {
             Ok(file) => {
                 ok += 1;
@@ -147,6 +205,32 @@ fn random_corruption_never_panics() {
         }
     }
     assert!(err > 1000, "most corruptions are caught: ok={ok} err={err}");
+}
+
+/// `parse_without_arrays` accepts what `parse` accepts, keeping all but the arrays, and refuses
+/// what it refuses with the same error.
+fn assert_same_without_arrays(bytes: &[u8]) {
+    let full = GgufFile::parse(bytes);
+    let lean = GgufFile::parse_without_arrays(bytes);
+    match (&full, &lean) {
+        (Ok(full), Ok(lean)) => {
+            let scalars: Vec<_> = full.metadata().iter().filter(|(_, v)| !matches!(v, Value::Array(_))).collect();
+            // Debug, not `==`: a corrupted f32 may be NaN.
+            assert_eq!(format!("{:?}", lean.metadata().iter().collect::<Vec<_>>()), format!("{scalars:?}"));
+            for (key, value) in full.metadata() {
+                let kept = lean.get(key).map(|v| format!("{v:?}"));
+                let expected = (!matches!(value, Value::Array(_))).then(|| format!("{value:?}"));
+                assert_eq!(kept, expected, "{key}");
+            }
+            assert_eq!(lean.tensors(), full.tensors());
+            assert_eq!(
+                (lean.version(), lean.alignment(), lean.data_offset(), lean.file_len()),
+                (full.version(), full.alignment(), full.data_offset(), full.file_len())
+            );
+        }
+        (Err(full), Err(lean)) => assert_eq!(format!("{lean:?}"), format!("{full:?}")),
+        _ => panic!("parse gave {full:?}, parse_without_arrays {lean:?}"),
+    }
 }
 
 /// A file with a single metadata entry whose encoded value is `value`.
@@ -404,6 +488,7 @@ fn hostile_files_give_typed_errors() {
 
     let count = cases.len();
     for (name, bytes, check) in &cases {
+        assert_same_without_arrays(bytes);
         match GgufFile::parse(bytes) {
             Ok(_) => panic!("{name}: parsed a hostile file"),
             Err(e) => {
@@ -447,6 +532,9 @@ fn open_reads_a_file_and_names_it_in_errors() {
     let file = GgufFile::open(&good).unwrap();
     assert_eq!(file.tensors().len(), 3);
     assert_eq!(file.architecture(), Some("llama"));
+    let lean = GgufFile::open_without_arrays(&good).unwrap();
+    assert_eq!(lean.tensors(), file.tensors());
+    assert_eq!(lean.metadata().len(), file.metadata().len() - 4);
 
     let bad = dir.path().join("bad.gguf");
     std::fs::write(&bad, b"GGUF\x09\0\0\0").unwrap();
@@ -454,6 +542,8 @@ fn open_reads_a_file_and_names_it_in_errors() {
     assert!(
         matches!(&err, GgufError::WithPath { source, .. } if matches!(**source, GgufError::UnsupportedVersion { version: 9 }))
     );
+    assert!(err.to_string().contains("bad.gguf"), "{err}");
+    let err = GgufFile::open_without_arrays(&bad).unwrap_err();
     assert!(err.to_string().contains("bad.gguf"), "{err}");
 
     let missing = GgufFile::open(dir.path().join("missing.gguf")).unwrap_err();

@@ -41,6 +41,21 @@ fn smollm2_gguf_header() {
     let end = file.tensors().iter().map(|t| t.file_range().end).max();
     assert!(end.is_some_and(|e| file.file_len() - e < file.alignment()));
     assert!(file.tensor_data_len() < file.file_len());
+
+    // Without its arrays (the tokenizer's vocabulary, scores, types and merges) the header
+    // keeps every other entry and every tensor.
+    let lean = GgufFile::open_without_arrays(&path).unwrap_or_else(|e| panic!("{e}"));
+    let arrays: Vec<&str> = file
+        .metadata()
+        .iter()
+        .filter(|(_, v)| matches!(v, ondevice_gguf::Value::Array(_)))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert!(arrays.contains(&"tokenizer.ggml.tokens") && arrays.contains(&"tokenizer.ggml.merges"), "{arrays:?}");
+    assert_eq!(lean.metadata().len() + arrays.len(), file.metadata().len());
+    assert!(arrays.iter().all(|k| lean.get(k).is_none()));
+    assert_eq!(lean.tensors(), file.tensors());
+    assert_eq!((lean.data_offset(), lean.chat_template()), (file.data_offset(), file.chat_template()));
 }
 
 #[test]

@@ -982,7 +982,7 @@ impl QuantizeKind {
                 let parameters = if path.is_dir() {
                     ondevice_gguf::HfModelDir::open(path)?.parameter_count()
                 } else {
-                    ondevice_gguf::GgufFile::open(path)?.parameter_count()
+                    ondevice_gguf::GgufFile::open_without_arrays(path)?.parameter_count()
                 };
                 Ok((path.clone(), None, parameters, Vec::new()))
             }

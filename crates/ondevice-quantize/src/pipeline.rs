@@ -400,7 +400,7 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
         gate = Gate::for_directory(conversion.architecture(), direct, quant_type);
         (request.source.clone(), conversion.inputs().to_vec(), Some(conversion))
     } else {
-        let source = ondevice_gguf::GgufFile::open(&request.source)?;
+        let source = ondevice_gguf::GgufFile::open_without_arrays(&request.source)?;
         gate = Gate::for_gguf(&source, quant_type);
         inherited = crate::quality::inherited_provenance(&source);
         (request.source.parent().unwrap_or(Path::new("")).to_owned(), vec![request.source.clone()], None)

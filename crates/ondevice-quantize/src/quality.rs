@@ -244,7 +244,7 @@ pub fn read(gguf: &ondevice_gguf::GgufFile) -> Option<Quality> {
 /// was not written with are an error (the file would not carry what the receipt says).
 pub fn record(path: &Path, quality: &Quality) -> Result<(), QuantizeError> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let gguf = ondevice_gguf::GgufFile::open(path)?;
+    let gguf = ondevice_gguf::GgufFile::open_without_arrays(path)?;
     let header_len = gguf.data_offset();
     let err = |source| QuantizeError::Read { path: path.to_owned(), source };
     let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(err)?;
