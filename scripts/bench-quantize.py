@@ -2,7 +2,8 @@
 """Quantization speed: ondevice against llama.cpp's own quantizer and against mlx-lm.
 
     python3 scripts/bench-quantize.py [--ondevice target/release/ondevice]
-        [--llama-python /path/to/venv/bin/python] [--runs 3] [--workdir DIR] [--skip-mlx]
+        [--llama-python /path/to/venv/bin/python] [--llama-quantize /path/to/llama-quantize]
+        [--runs 3] [--workdir DIR] [--skip-mlx]
 
 Source: SmolLM2-135M-Instruct from $ONDEVICE_TEST_MODELS_DIR (Q4_1 GGUF, the demo model),
 dequantized once into a Hugging Face safetensors directory (BF16, q/k rows back in Hugging Face
@@ -17,7 +18,10 @@ each timed `--runs` times (median wall time printed, never asserted):
   user quantizes one F16 file to several types); each row also times the same command with a
   fresh home, which hashes the source again. Whether the tensor
   data are byte-identical is printed (ondevice adds `ondevice.quantize.*` metadata keys, so whole
-  files differ by design); and both llama.cpp versions.
+  files differ by design); and both llama.cpp versions. With `--llama-quantize`, llama.cpp's own
+  `llama-quantize` command (best built from the llama.cpp that llama-cpp-python vendors, so the
+  quantizer code is the same) is timed too, as a whole process in the same interleaved loop, with
+  its default thread count (all cores, as the call above); its tensor bytes are compared with ondevice's.
 - MLX 4-bit, group 64, from the safetensors directory: `ondevice quantize DIR --format mlx` against
   `python3 -m mlx_lm convert -q` (both whole commands, on the CPU); tensor bytes compared.
 
@@ -192,6 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ondevice", default="target/release/ondevice")
     ap.add_argument("--llama-python", default=sys.executable)
+    ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize binary, timed as a second peer")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir")
     ap.add_argument("--skip-mlx", action="store_true", help="only the GGUF types")
@@ -228,6 +233,16 @@ def main() -> None:
     ours_version = subprocess.run([ondevice, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"source: {source.name} → safetensors BF16 → {f16.name} ({f16.stat().st_size} bytes); {args.runs} runs, median")
     print(f"ondevice: {ours_version}; llama.cpp's own quantizer: {llama_version}")
+    lq_version = None
+    if args.llama_quantize:
+        args.llama_quantize = str(Path(args.llama_quantize).resolve())
+        # --dry-run prints the build info and the sizes without writing anything.
+        # "version: 0.5.0-dev (build 1, commit 0c1e570)"; older builds print "main: build = N (commit)".
+        probe = subprocess.run([args.llama_quantize, "--dry-run", str(f16), "Q8_0"], capture_output=True, text=True)
+        lines = (probe.stderr + probe.stdout).splitlines()
+        lq_version = next((line.split(":", 1)[1].strip() for line in lines
+                           if line.startswith("version:") or "build = " in line), "unknown")
+        lq_version = lq_version.replace("build = ", "build ").replace(" (", ", ").rstrip(")")
     print(f"load average at the start: {load()}")
     print(f"{'task':<22}{'ondevice s':>12}{'reference s':>13}{'speed ratio':>13}  same tensor bytes")
 
@@ -252,6 +267,14 @@ def main() -> None:
             cold_times.append(t)
 
         process_times, ours_cpu, ref_cpu = [], [], []
+        lq_out = lambda i: work / f"llama-quantize-{name}-{i}.gguf"
+        lq_times, lq_cpu = [], []
+
+        def llama_quantize(i):
+            # The default thread count: all cores (hardware concurrency), as the call's nthread = 0.
+            lq_out(i).unlink(missing_ok=True)
+            lq_times.append(run([args.llama_quantize, str(f16), str(lq_out(i)), name]))
+            lq_cpu.append(CPU[-1])
 
         def reference(i):
             ref_out(i).unlink(missing_ok=True)
@@ -268,6 +291,8 @@ def main() -> None:
             t = ours(i)
             ours_cpu.append(CPU[-1])
             times.append((t, reference(i)))
+            if args.llama_quantize:
+                llama_quantize(i)
             ours_cold(i)
         t_ours, t_ref = statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
         same = gguf_tensor_digest(ours_out(0)) == gguf_tensor_digest(ref_out(0))
@@ -278,6 +303,12 @@ def main() -> None:
         t_cold = statistics.median(cold_times)
         print(f"  {name} with the source hashed again (a fresh home, no remembered digest): {t_cold:.2f} s,"
               f" ratio {t_ref / t_cold:.2f}x vs the call, {t_proc / t_cold:.2f}x vs the process")
+        if args.llama_quantize:
+            t_lq = statistics.median(lq_times)
+            same_lq = gguf_tensor_digest(ours_out(0)) == gguf_tensor_digest(lq_out(0))
+            print(f"  vs llama.cpp's llama-quantize process (version {lq_version}): {t_lq:.2f} s,"
+                  f" ratio {t_lq / t_ours:.2f}x; same tensor bytes {'yes' if same_lq else 'no'};"
+                  f" CPU s {statistics.median(ours_cpu):.2f} vs {statistics.median(lq_cpu):.2f}")
 
     if args.skip_mlx:
         finish(args, work)
