@@ -106,7 +106,7 @@ fn arrays_can_be_checked_and_dropped() {
     .into_iter()
     .enumerate()
     {
-        w = w.metadata(&format!("a.{i}"), Value::Array(array));
+        w = w.metadata(format!("a.{i}"), Value::Array(array));
     }
     let bytes = w
         .metadata("deep", nested(limits::MAX_ARRAY_DEPTH as usize))

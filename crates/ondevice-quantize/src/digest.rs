@@ -49,6 +49,9 @@ impl Snapshot {
     }
 }
 
+/// Called with every input's digest when the background thread gets through them.
+pub(crate) type OnDone = Box<dyn FnOnce(&[InputDigest]) + Send>;
+
 /// Inputs being hashed in the background (see the module documentation).
 pub(crate) struct Background {
     items: Arc<Vec<Item>>,
@@ -72,8 +75,15 @@ pub(crate) fn input_name_and_size(base: &Path, f: &Path) -> Result<(String, u64)
 
 impl Background {
     /// Starts hashing `files` (named relative to `base`, as receipts name them); `known` digests
-    /// are taken as they are for a file of the same name and size.
-    pub(crate) fn start(base: &Path, files: &[PathBuf], known: &[InputDigest]) -> Result<Background, QuantizeError> {
+    /// are taken as they are for a file of the same name and size. `on_done` is called on the
+    /// background thread with every digest (sorted by name) if it gets through all of them
+    /// before [`finish`](Self::finish) stops it.
+    pub(crate) fn start(
+        base: &Path,
+        files: &[PathBuf],
+        known: &[InputDigest],
+        on_done: Option<OnDone>,
+    ) -> Result<Background, QuantizeError> {
         let mut items = Vec::with_capacity(files.len());
         for f in files {
             let (name, size) = crate::digest::input_name_and_size(base, f)?;
@@ -90,9 +100,14 @@ impl Background {
             let spawned = std::thread::Builder::new().name("quantize-hash".into()).spawn(move || {
                 lower_priority();
                 let mut snap = Snapshot::start();
-                let _ = advance(&items, &mut snap, &|| stop.load(Ordering::Relaxed), &|s| {
+                let done = advance(&items, &mut snap, &|| stop.load(Ordering::Relaxed), &|s| {
                     let _ = tx.send(s.clone());
                 });
+                if let (Ok(()), Some(on_done)) = (done, on_done) {
+                    if snap.file == items.len() {
+                        on_done(&digests(&items, snap.done));
+                    }
+                }
             });
             if spawned.is_err() {
                 tracing::debug!("no thread to hash the inputs in the background: they are hashed at the end");
@@ -117,15 +132,16 @@ impl Background {
         self.stop.store(true, Ordering::Relaxed);
         let mut snap = self.states.try_iter().last().unwrap_or_else(Snapshot::start);
         advance(&self.items, &mut snap, &|| false, &|_| {})?;
-        let mut out: Vec<InputDigest> = self
-            .items
-            .iter()
-            .zip(snap.done)
-            .map(|(i, sha256)| InputDigest { name: i.name.clone(), sha256, size: i.size })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(digests(&self.items, snap.done))
     }
+}
+
+/// Each item's digest from `done` (in item order), sorted by name.
+fn digests(items: &[Item], done: Vec<String>) -> Vec<InputDigest> {
+    let mut out: Vec<InputDigest> =
+        items.iter().zip(done).map(|(i, sha256)| InputDigest { name: i.name.clone(), sha256, size: i.size }).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Hashes from `snap` on, publishing the state after every chunk and finished file, until done
@@ -245,13 +261,36 @@ mod tests {
         std::fs::write(dir.path().join("y.json"), b"{}").unwrap();
         let files = vec![dir.path().join("y.json"), dir.path().join("x.gguf")];
         let known = vec![InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 2 }];
-        let digests = Background::start(dir.path(), &files, &known).unwrap().finish().unwrap();
+        let digests = Background::start(dir.path(), &files, &known, None).unwrap().finish().unwrap();
         assert_eq!(digests[0], InputDigest { name: "x.gguf".into(), sha256: sha(b"model bytes"), size: 11 });
         assert_eq!(digests[1], InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 2 });
         // A known digest of another size does not count: the file is hashed.
         let stale = vec![InputDigest { name: "y.json".into(), sha256: "f".repeat(64), size: 3 }];
-        let digests = Background::start(dir.path(), &files, &stale).unwrap().finish().unwrap();
+        let digests = Background::start(dir.path(), &files, &stale, None).unwrap().finish().unwrap();
         assert_eq!(digests[1].sha256, sha(b"{}"));
         assert_eq!(crate::sha256_file(&dir.path().join("y.json")).unwrap(), sha(b"{}"));
+    }
+
+    #[test]
+    fn a_background_hash_that_gets_through_reports_every_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..CHUNK + 5).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("b.bin"), &big).unwrap();
+        std::fs::write(dir.path().join("a.json"), b"{}").unwrap();
+        let files = [dir.path().join("b.bin"), dir.path().join("a.json")];
+        let (tx, rx) = mpsc::channel();
+        let background = Background::start(
+            dir.path(),
+            &files,
+            &[],
+            Some(Box::new(move |d: &[InputDigest]| {
+                let _ = tx.send(d.to_vec());
+            })),
+        )
+        .unwrap();
+        let reported = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the thread got through");
+        assert_eq!(reported, background.finish().unwrap());
+        assert_eq!(reported[0], InputDigest { name: "a.json".into(), sha256: sha(b"{}"), size: 2 });
+        assert_eq!(reported[1].sha256, sha(&big));
     }
 }

@@ -45,9 +45,16 @@ pub struct LlamaQuantize {
     /// `Bool` values.
     pub metadata: Vec<(String, ondevice_gguf::Value)>,
     /// Hash the output while llama.cpp writes it ([`TempOutput::commit_hashed`] then finishes
-    /// from there): for a caller that will not patch the file before committing it.
+    /// from there): for a caller that will not patch the file before committing it, except for
+    /// the `late` value.
     pub hash_while_writing: bool,
+    /// A string of `metadata` whose value the caller fills in after llama.cpp wrote the file
+    /// (`metadata` holds its placeholder): with `hash_while_writing`, the hash starts when the
+    /// value is known.
+    pub late: Option<LateValue>,
 }
+
+pub use crate::tail_hash::LateValue;
 
 /// The llama.cpp version string (`llama_version()`, e.g. `0.6.0-dev`).
 pub fn llama_cpp_version() -> String {
@@ -382,7 +389,7 @@ pub fn quantize_to_temp(
     };
     let (header_tx, header_rx) = std::sync::mpsc::channel();
     let tail = if params.hash_while_writing && fresh {
-        crate::tail_hash::Tail::start(temp.clone(), header_rx).ok()
+        crate::tail_hash::Tail::start(temp.clone(), header_rx, params.late.clone()).ok()
     } else {
         drop(header_rx);
         None

@@ -530,8 +530,17 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                 }
             }
             let mut checkpoint = Checkpoint { sources, converted: None, imatrix: None, quantized: None };
+            // The source digest, as soon as the inputs are hashed (for hashing the output while
+            // llama.cpp writes it, with the digest in place of its placeholder).
+            let late_digest = std::sync::Arc::new(std::sync::OnceLock::new());
             let hashing = match resumed {
-                None => Some(crate::digest::Background::start(&base, &files, &request.known_digests)?),
+                None => {
+                    let slot = late_digest.clone();
+                    let on_done = Box::new(move |inputs: &[InputDigest]| {
+                        let _ = slot.set(source_digest(inputs));
+                    });
+                    Some(crate::digest::Background::start(&base, &files, &request.known_digests, Some(on_done))?)
+                }
                 Some(_) => None,
             };
             let mut intermediate = None;
@@ -601,8 +610,11 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     progress.stage("quantizing");
                     // With every input's digest known (a registry model's blobs, or files the
                     // caller hashed before), the source digest goes in with the header and
-                    // nothing is patched afterwards, so llama.cpp's output can be hashed while it
-                    // is written (unless the quality gate writes its figures into it later).
+                    // nothing is patched afterwards. Otherwise a placeholder goes in, and the
+                    // output is hashed with the digest in its place once the inputs are hashed
+                    // (if that happens before llama.cpp is done). Either way llama.cpp's output is
+                    // hashed while it is written, unless the quality gate writes its figures into
+                    // it later.
                     let known = hashing.as_ref().and_then(crate::digest::Background::known).map(|inputs| {
                         let source_sha256 = source_digest(&inputs);
                         (inputs, source_sha256)
@@ -624,7 +636,12 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                                 .collect(),
                             inherited,
                         ),
-                        known.is_some() && !measured,
+                        !measured,
+                        known.is_none().then(|| crate::tail_hash::LateValue {
+                            key: SOURCE_KEY.into(),
+                            placeholder: placeholder.clone(),
+                            value: late_digest.clone(),
+                        }),
                         progress,
                     )?;
                     clock.mark("llama.cpp done");
@@ -708,21 +725,12 @@ fn patch_string(path: &Path, key: &str, old: &str, new: &str) -> Result<(), Quan
         }
     };
     let header = &header[..section as usize];
-    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
-    needle.extend_from_slice(key.as_bytes());
-    needle.extend_from_slice(&8u32.to_le_bytes());
-    needle.extend_from_slice(&(old.len() as u64).to_le_bytes());
-    needle.extend_from_slice(old.as_bytes());
-    let mut found =
-        header.windows(needle.len()).enumerate().filter(|(_, w)| w[0] == needle[0] && *w == needle.as_slice());
-    let at = match (found.next(), found.next()) {
-        (Some((at, _)), None) => (at + needle.len() - old.len()) as u64,
-        _ => {
-            return Err(QuantizeError::Unsupported {
-                what: format!("{} has no single {key} placeholder to fill in", path.display()),
-            });
-        }
+    let Some(at) = crate::tail_hash::find_string_kv(header, key, old) else {
+        return Err(QuantizeError::Unsupported {
+            what: format!("{} has no single {key} placeholder to fill in", path.display()),
+        });
     };
+    let at = at as u64;
     file.seek(SeekFrom::Start(at)).map_err(err)?;
     file.write_all(new.as_bytes()).map_err(err)
 }
@@ -851,10 +859,12 @@ fn quantize_llama(
     imatrix: Option<Imatrix>,
     metadata: Vec<(String, ondevice_gguf::Value)>,
     hash_while_writing: bool,
+    late: Option<crate::tail_hash::LateValue>,
     progress: &dyn StageProgress,
 ) -> Result<Staged, QuantizeError> {
     let params = crate::llama::LlamaQuantize {
         hash_while_writing,
+        late,
         ftype,
         threads: request.threads,
         allow_requantize: request.allow_requantize,
@@ -940,6 +950,7 @@ fn quantize_llama(
     _: Option<Imatrix>,
     _: Vec<(String, ondevice_gguf::Value)>,
     _: bool,
+    _: Option<crate::tail_hash::LateValue>,
     _: &dyn StageProgress,
 ) -> Result<Staged, QuantizeError> {
     Err(QuantizeError::Unsupported {

@@ -8,12 +8,17 @@
 //! prediction: only when they are equal does it carry on from the tail's state; otherwise it
 //! reports a miss and the caller hashes the whole file. A wrong prediction costs time, never a
 //! wrong digest.
+//!
+//! A header may hold a string the caller fills in only after llama.cpp wrote the file (a
+//! [`LateValue`]: the source's digest, while the source is still being hashed). The tail then
+//! waits until the value is known, hashes the header with it in place of the placeholder, and
+//! catches up with the writer from there.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -24,6 +29,49 @@ use crate::imatrix::hex;
 const CHUNK: usize = 256 << 10;
 /// How long the tail waits when it has caught up with the writer.
 const WAIT: Duration = Duration::from_millis(4);
+
+/// A string of the output's metadata that is not known when llama.cpp starts. llama.cpp writes
+/// `placeholder` (as long as the value will be); the caller overwrites it with the value before
+/// committing the file. The hash made while llama.cpp writes starts once `value` is set.
+#[derive(Debug, Clone)]
+pub struct LateValue {
+    /// The metadata key.
+    pub key: String,
+    /// What llama.cpp writes as the key's value.
+    pub placeholder: String,
+    /// The value, once known (the same length as `placeholder`).
+    pub value: Arc<OnceLock<String>>,
+}
+
+impl LateValue {
+    /// `header` with the key's placeholder replaced by `value`, or `None` when the placeholder is
+    /// not there exactly once or `value` has another length.
+    fn fill_in(&self, header: &[u8], value: &str) -> Option<Vec<u8>> {
+        if value.len() != self.placeholder.len() {
+            return None;
+        }
+        let at = find_string_kv(header, &self.key, &self.placeholder)?;
+        let mut filled = header.to_vec();
+        filled[at..at + value.len()].copy_from_slice(value.as_bytes());
+        Some(filled)
+    }
+}
+
+/// Where the value of the string metadata entry `key` = `value` starts in `header` (a GGUF
+/// key-value section, or the start of one), when it is there exactly once.
+pub(crate) fn find_string_kv(header: &[u8], key: &str, value: &str) -> Option<usize> {
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    // GGUF's string type, then the value's length and bytes.
+    needle.extend_from_slice(&8u32.to_le_bytes());
+    needle.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    needle.extend_from_slice(value.as_bytes());
+    let mut found = memchr::memmem::find_iter(header, &needle);
+    match (found.next(), found.next()) {
+        (Some(at), None) => Some(at + needle.len() - value.len()),
+        _ => None,
+    }
+}
 
 /// How far a [`Tail`] got: the predicted header and the bytes after it up to `offset`.
 #[derive(Clone)]
@@ -52,15 +100,20 @@ pub(crate) struct Tail {
 
 impl Tail {
     /// Starts hashing `path` once `header` says what its first bytes will be (`None`: no
-    /// prediction, nothing is hashed). The file need not exist yet; if it does, it must be the
-    /// writer's (the caller removes any stale file of that name first).
-    pub(crate) fn start(path: PathBuf, header: mpsc::Receiver<Option<Vec<u8>>>) -> std::io::Result<Tail> {
+    /// prediction, nothing is hashed) and, with a `late` value, once that value is known. The file
+    /// need not exist yet; if it does, it must be the writer's (the caller removes any stale file
+    /// of that name first).
+    pub(crate) fn start(
+        path: PathBuf,
+        header: mpsc::Receiver<Option<Vec<u8>>>,
+        late: Option<LateValue>,
+    ) -> std::io::Result<Tail> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let (tx, states) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("quantize-tail".into())
-            .spawn(move || follow(&path, &header, &stopped, &tx))?
+            .spawn(move || follow(&path, &header, late.as_ref(), &stopped, &tx))?
             .thread()
             .clone();
         Ok(Tail { stop, thread, states })
@@ -77,17 +130,33 @@ impl Tail {
 fn follow(
     path: &Path,
     header: &mpsc::Receiver<Option<Vec<u8>>>,
+    late: Option<&LateValue>,
     stop: &AtomicBool,
     publish: &mpsc::Sender<Option<TailState>>,
 ) {
     let stopped = || stop.load(Ordering::Acquire);
-    let header = loop {
+    let mut header = loop {
         match header.recv_timeout(WAIT) {
             Ok(Some(h)) => break h,
             Err(mpsc::RecvTimeoutError::Timeout) if !stopped() => {}
             _ => return,
         }
     };
+    if let Some(late) = late {
+        let value = loop {
+            if let Some(v) = late.value.get() {
+                break v;
+            }
+            if stopped() {
+                return;
+            }
+            std::thread::park_timeout(WAIT);
+        };
+        match late.fill_in(&header, value) {
+            Some(filled) => header = filled,
+            None => return,
+        }
+    }
     let mut tail = TailState { state: Sha256::new(), offset: header.len() as u64, header: Arc::new(header) };
     tail.state.update(tail.header.as_slice());
     let _ = publish.send(Some(tail.clone()));
@@ -211,7 +280,7 @@ mod tests {
         let header: Vec<u8> = (0..4099u32).map(|i| (i * 31 % 253) as u8).collect();
         let body: Vec<u8> = (0..1_234_567u32).map(|i| (i * 7 % 251) as u8).collect();
         let (tx, rx) = mpsc::channel();
-        let tail = Tail::start(path.clone(), rx).unwrap();
+        let tail = Tail::start(path.clone(), rx, None).unwrap();
         tx.send(Some(header.clone())).unwrap();
         // The tail takes the header at normal priority before it lowers its own.
         std::thread::sleep(Duration::from_millis(50));
@@ -230,7 +299,7 @@ mod tests {
         let mut predicted = header.clone();
         predicted[100] = 8;
         let (tx, rx) = mpsc::channel();
-        let tail = Tail::start(path.clone(), rx).unwrap();
+        let tail = Tail::start(path.clone(), rx, None).unwrap();
         tx.send(Some(predicted)).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         write_like_llama(&path, &header, &[1u8; 300_000], Duration::ZERO);
@@ -238,7 +307,7 @@ mod tests {
         assert_eq!(finish(&path, state).unwrap(), None);
         // A shorter file than the tail saw is a miss too.
         let (tx, rx) = mpsc::channel();
-        let tail = Tail::start(path.clone(), rx).unwrap();
+        let tail = Tail::start(path.clone(), rx, None).unwrap();
         tx.send(Some(header.clone())).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let state = tail.stop().expect("a state");
@@ -250,11 +319,92 @@ mod tests {
     fn without_a_prediction_the_tail_gives_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel();
-        let tail = Tail::start(dir.path().join("never"), rx).unwrap();
+        let tail = Tail::start(dir.path().join("never"), rx, None).unwrap();
         tx.send(None).unwrap();
         assert!(tail.stop().is_none());
         // Stopped before any prediction arrives.
         let (_tx, rx) = mpsc::channel();
-        assert!(Tail::start(dir.path().join("never"), rx).unwrap().stop().is_none());
+        assert!(Tail::start(dir.path().join("never"), rx, None).unwrap().stop().is_none());
+    }
+
+    /// A GGUF-like header holding `key` = `value` among other bytes.
+    fn header_with(key: &str, value: &str) -> Vec<u8> {
+        let mut h = b"GGUF\x03\0\0\0".to_vec();
+        h.extend(std::iter::repeat_n(9u8, 300));
+        h.extend((key.len() as u64).to_le_bytes());
+        h.extend(key.as_bytes());
+        h.extend(8u32.to_le_bytes());
+        h.extend((value.len() as u64).to_le_bytes());
+        h.extend(value.as_bytes());
+        h.extend(std::iter::repeat_n(5u8, 200));
+        h
+    }
+
+    #[test]
+    fn a_value_filled_in_late_is_hashed_in_place_of_its_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let (key, placeholder, digest) = ("ondevice.quantize.source_sha256", "0".repeat(64), "ab".repeat(32));
+        let written = header_with(key, &placeholder);
+        let body: Vec<u8> = (0..777_777u32).map(|i| (i * 13 % 241) as u8).collect();
+        let late = LateValue { key: key.into(), placeholder: placeholder.clone(), value: Arc::default() };
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(path.clone(), rx, Some(late.clone())).unwrap();
+        tx.send(Some(written.clone())).unwrap();
+        // The value becomes known after the prediction; the tail then takes it (at normal
+        // priority, before it lowers its own) and follows the writer.
+        std::thread::sleep(Duration::from_millis(20));
+        late.value.set(digest.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        write_like_llama(&path, &written, &body, Duration::from_millis(1));
+        // The caller fills the value in, as the pipeline does before the commit.
+        let filled = header_with(key, &digest);
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&filled).unwrap();
+        drop(f);
+        let state = tail.stop().expect("a state: the value was known before the writer finished");
+        assert_eq!(finish(&path, state).unwrap(), Some(sha(&[&filled, &body])));
+
+        // Not filled in the file: the header differs from the one hashed, a miss.
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(path.clone(), rx, Some(late.clone())).unwrap();
+        tx.send(Some(written.clone())).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        write_like_llama(&path, &written, &body, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(50));
+        let state = tail.stop().expect("a state");
+        assert_eq!(finish(&path, state).unwrap(), None);
+    }
+
+    #[test]
+    fn a_late_value_never_known_or_without_its_placeholder_gives_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "k.digest";
+        let late = LateValue { key: key.into(), placeholder: "0000".into(), value: Arc::default() };
+        // Never known: the tail never starts.
+        let (tx, rx) = mpsc::channel();
+        let tail = Tail::start(dir.path().join("a"), rx, Some(late.clone())).unwrap();
+        tx.send(Some(header_with(key, "0000"))).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(tail.stop().is_none());
+        // Known, but the predicted header lacks the placeholder, or has it twice, or the value's
+        // length differs.
+        late.value.set("abcd".into()).unwrap();
+        let mut twice = header_with(key, "0000");
+        twice.extend(header_with(key, "0000"));
+        for header in [header_with(key, "1111"), twice] {
+            let (tx, rx) = mpsc::channel();
+            let tail = Tail::start(dir.path().join("b"), rx, Some(late.clone())).unwrap();
+            tx.send(Some(header)).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(tail.stop().is_none());
+        }
+        let long = LateValue {
+            key: key.into(),
+            placeholder: "0000".into(),
+            value: Arc::new(OnceLock::from("abcde".to_owned())),
+        };
+        assert_eq!(long.fill_in(&header_with(key, "0000"), "abcde"), None);
+        assert_eq!(late.fill_in(&header_with(key, "0000"), "abcd"), Some(header_with(key, "abcd")));
     }
 }

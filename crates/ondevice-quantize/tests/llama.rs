@@ -9,7 +9,7 @@ mod support;
 
 use ondevice_engine_llama::{Engine, EngineConfig};
 use ondevice_gguf::GgufFile;
-use ondevice_quantize::llama::{LlamaQuantize, quantize, quantize_to_temp};
+use ondevice_quantize::llama::{LateValue, LlamaQuantize, quantize, quantize_to_temp};
 use ondevice_quantize::{
     Conversion, ConvertOptions, Imatrix, NoProgress, OutType, QuantType, imatrix_compute, quality, sha256_file,
 };
@@ -82,6 +82,7 @@ async fn smollm2_safetensors_to_f16_and_k_quants_is_faithful_reproducible_and_an
         imatrix: None,
         metadata: vec![("ondevice.quantize.source_sha256".into(), ondevice_gguf::Value::String(first.sha256.clone()))],
         hash_while_writing: false,
+        late: None,
     };
     let q4 = tmp.path().join("q4_k_m.gguf");
     quantize(&f16, &q4, &params(QuantType::Q4_K_M), &NoProgress).unwrap();
@@ -167,6 +168,7 @@ fn i_quants_without_an_importance_matrix_are_refused_up_front() {
         imatrix: None,
         metadata: Vec::new(),
         hash_while_writing: false,
+        late: None,
     };
     let err = quantize(&tmp.path().join("in.gguf"), &tmp.path().join("out.gguf"), &params, &NoProgress).unwrap_err();
     assert!(err.to_string().contains("--imatrix"), "{err}");
@@ -195,6 +197,7 @@ fn the_output_header_is_predicted_so_the_output_is_hashed_while_written() {
         imatrix: None,
         metadata: vec![("ondevice.quantize.source_sha256".into(), ondevice_gguf::Value::String("ab".repeat(32)))],
         hash_while_writing: true,
+        late: None,
     };
     let options = LlamaQuantize {
         output_type: Some(ondevice_gguf::GgmlType::Q6_K),
@@ -228,4 +231,42 @@ fn the_output_header_is_predicted_so_the_output_is_hashed_while_written() {
         assert_eq!(staged.commit_hashed().unwrap(), whole, "{what}: the output is reproducible");
         assert_eq!(sha256_file(&out).unwrap(), whole);
     }
+
+    // A source digest not yet known when llama.cpp starts (the inputs are still being hashed):
+    // llama.cpp writes a placeholder, the hash waits for the digest and uses it in the
+    // placeholder's place, and the caller fills it into the file before the commit.
+    let key = "ondevice.quantize.source_sha256";
+    let (placeholder, digest) = ("0".repeat(64), "cd".repeat(32));
+    let value = std::sync::Arc::new(std::sync::OnceLock::new());
+    let late = LlamaQuantize {
+        metadata: vec![(key.into(), ondevice_gguf::Value::String(placeholder.clone()))],
+        late: Some(LateValue { key: key.into(), placeholder: placeholder.clone(), value: value.clone() }),
+        ..base(QuantType::Q8_0)
+    };
+    let setter = {
+        let value = value.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            value.set(digest).unwrap();
+        })
+    };
+    let out = tmp.path().join("late.gguf");
+    let mut staged = quantize_to_temp(&gguf, &out, &late, &NoProgress).unwrap();
+    setter.join().unwrap();
+    let bytes = std::fs::read(staged.path()).unwrap();
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    needle.extend_from_slice(&8u32.to_le_bytes());
+    needle.extend_from_slice(&64u64.to_le_bytes());
+    needle.extend_from_slice(placeholder.as_bytes());
+    let at =
+        bytes.windows(needle.len()).position(|w| w == needle.as_slice()).expect("the placeholder") + needle.len() - 64;
+    let mut filled = bytes.clone();
+    filled[at..at + 64].copy_from_slice("cd".repeat(32).as_bytes());
+    std::fs::write(staged.path(), &filled).unwrap();
+    let whole = sha256_file(staged.path()).unwrap();
+    assert_eq!(staged.digest_from_tail().unwrap().as_deref(), Some(whole.as_str()), "the late value's hash missed");
+    // Not filled in: a miss, never a wrong digest.
+    let mut staged = quantize_to_temp(&gguf, &out, &late, &NoProgress).unwrap();
+    assert_eq!(staged.digest_from_tail().unwrap(), None);
 }
