@@ -6,6 +6,9 @@ use std::io::{self, Read};
 use crate::error::{GgufError, Limit};
 use crate::limits::PREALLOC_ELEMENTS;
 
+/// Strings up to this long are read into a buffer sized at once (see [`Cursor::check_string`]).
+const SMALL_STRING: u64 = 64 << 10;
+
 pub(crate) struct Cursor<R> {
     inner: R,
     pos: u64,
@@ -112,12 +115,17 @@ impl<R: Read> Cursor<R> {
         if len > max {
             return Err(GgufError::LimitExceeded { what: limit, count: len, max, offset });
         }
-        self.ensure(len)?;
         let start = self.pos;
-        // `len` is backed by the file (checked above), so this reserves no more than it holds.
-        scratch.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
-        self.inner.read_exact(scratch).map_err(|e| self.io_error(len, e))?;
-        self.pos += len;
+        if len <= SMALL_STRING {
+            // The common case (a token, a merge): no growth as bytes arrive is needed.
+            self.ensure(len)?;
+            scratch.resize(len as usize, 0);
+            self.inner.read_exact(scratch).map_err(|e| self.io_error(len, e))?;
+            self.pos += len;
+        } else {
+            // Grows only as bytes arrive, like `bytes`: a reader may hold less than it claims.
+            self.read_into(len, scratch)?;
+        }
         std::str::from_utf8(scratch).map_err(|_| GgufError::InvalidUtf8 { offset: start })?;
         Ok(())
     }
