@@ -3,6 +3,7 @@
 
     python3 scripts/bench-quantize.py [--ondevice target/release/ondevice]
         [--llama-python /path/to/venv/bin/python] [--llama-quantize /path/to/llama-quantize]
+        [--convert-python /path/to/venv/bin/python --convert-script /path/to/convert_hf_to_gguf.py]
         [--runs 3] [--workdir DIR] [--skip-mlx]
 
 Source: SmolLM2-135M-Instruct from $ONDEVICE_TEST_MODELS_DIR (Q4_1 GGUF, the demo model),
@@ -22,11 +23,19 @@ each timed `--runs` times (median wall time printed, never asserted):
   `llama-quantize` command (best built from the llama.cpp that llama-cpp-python vendors, so the
   quantizer code is the same) is timed too, as a whole process in the same interleaved loop, with
   its default thread count (all cores, as the call above); its tensor bytes are compared with ondevice's.
+- With `--convert-python` and `--convert-script`: conversion of the safetensors directory to GGUF
+  F16 and Q8_0, `ondevice quantize DIR --type T --output F` (the Rust converter, no llama.cpp)
+  against llama.cpp's own `convert_hf_to_gguf.py DIR --outtype f16|q8_0 --outfile F` run by that
+  interpreter (it needs torch, transformers, sentencepiece, numpy; it imports the gguf-py beside
+  it), both whole processes, a fresh output each run, interleaved run by run. As above, ondevice's
+  home remembers the directory's file digests after a first untimed run; a fresh home (every file
+  hashed again) is timed too. Tensor names, types, shapes and bytes are compared tensor by tensor.
 - MLX 4-bit, group 64, from the safetensors directory: `ondevice quantize DIR --format mlx` against
   `python3 -m mlx_lm convert -q` (both whole commands, on the CPU); tensor bytes compared.
 
 Needs: gguf and numpy (python3), mlx[cpu] and mlx-lm (python3), llama-cpp-python (in
---llama-python's environment).
+--llama-python's environment); torch, transformers, sentencepiece and numpy in --convert-python's
+environment (no model hub is contacted: HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1).
 """
 
 import argparse
@@ -156,6 +165,29 @@ def write_hf_dir(gguf_path: Path, out: Path) -> None:
         "model_max_length": 8192, "tokenizer_class": "PreTrainedTokenizerFast"}))
 
 
+def gguf_tensors(path: Path) -> dict:
+    """Each tensor's type, shape and data digest, by name."""
+    import gguf
+
+    return {t.name: (t.tensor_type.name, [int(d) for d in t.shape],
+                     hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest())
+            for t in gguf.GGUFReader(str(path)).tensors}
+
+
+def compare_tensors(ours: Path, ref: Path) -> str:
+    """"yes (N tensors)" when names, types, shapes and bytes all agree, else what differs."""
+    a, b = gguf_tensors(ours), gguf_tensors(ref)
+    same = [n for n in a if a[n] == b.get(n)]
+    if len(same) == len(a) == len(b):
+        return f"yes ({len(a)} tensors)"
+    differ = [f"{n} {a[n][0]}/{b[n][0]}{'' if a[n][0] != b[n][0] or a[n][1] != b[n][1] else ' bytes'}"
+              for n in a if n in b and a[n] != b[n]]
+    only = sorted(set(a) ^ set(b))
+    return (f"no ({len(same)} of {len(a)} tensors identical, {len(b)} in the reference"
+            + (f"; differ (ondevice/reference type): {', '.join(differ[:8])}{' …' if len(differ) > 8 else ''}" if differ else "")
+            + (f"; only on one side: {', '.join(only[:8])}{' …' if len(only) > 8 else ''}" if only else "") + ")")
+
+
 def gguf_tensor_digest(path: Path) -> str:
     import gguf
 
@@ -197,10 +229,15 @@ def main() -> None:
     ap.add_argument("--ondevice", default="target/release/ondevice")
     ap.add_argument("--llama-python", default=sys.executable)
     ap.add_argument("--llama-quantize", help="llama.cpp's llama-quantize binary, timed as a second peer")
+    ap.add_argument("--convert-python",
+                    help="a Python with torch and transformers, to time llama.cpp's convert_hf_to_gguf.py")
+    ap.add_argument("--convert-script", help="llama.cpp's convert_hf_to_gguf.py (with its gguf-py beside it)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir")
     ap.add_argument("--skip-mlx", action="store_true", help="only the GGUF types")
     args = ap.parse_args()
+    if bool(args.convert_python) != bool(args.convert_script):
+        ap.error("--convert-python and --convert-script go together")
     models = Path(os.environ.get("ONDEVICE_TEST_MODELS_DIR", ".cache/models"))
     source = models / "SmolLM2-135M-Instruct.Q4_1.gguf"
     ondevice = str(Path(args.ondevice).resolve())
@@ -243,6 +280,10 @@ def main() -> None:
         lq_version = next((line.split(":", 1)[1].strip() for line in lines
                            if line.startswith("version:") or "build = " in line), "unknown")
         lq_version = lq_version.replace("build = ", "build ").replace(" (", ", ").rstrip(")")
+    # llama.cpp's Python converter contacts no model hub.
+    convert_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if args.convert_python:
+        print(f"llama.cpp's converter: {convert_versions(args, convert_env)}")
     print(f"load average at the start: {load()}")
     print(f"{'task':<22}{'ondevice s':>12}{'reference s':>13}{'speed ratio':>13}  same tensor bytes")
 
@@ -294,6 +335,9 @@ def main() -> None:
             if args.llama_quantize:
                 llama_quantize(i)
             ours_cold(i)
+            if i > 0:  # only run 0's outputs are compared
+                for out in (ours_out(i), ref_out(i), lq_out(i)):
+                    out.unlink(missing_ok=True)
         t_ours, t_ref = statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
         same = gguf_tensor_digest(ours_out(0)) == gguf_tensor_digest(ref_out(0))
         t_proc = statistics.median(process_times)
@@ -309,6 +353,9 @@ def main() -> None:
             print(f"  vs llama.cpp's llama-quantize process (version {lq_version}): {t_lq:.2f} s,"
                   f" ratio {t_lq / t_ours:.2f}x; same tensor bytes {'yes' if same_lq else 'no'};"
                   f" CPU s {statistics.median(ours_cpu):.2f} vs {statistics.median(lq_cpu):.2f}")
+
+    if args.convert_python:
+        bench_convert(args, ondevice, hf, home, work, extra, convert_env)
 
     if args.skip_mlx:
         finish(args, work)
@@ -333,6 +380,73 @@ def main() -> None:
     print(f"{'MLX 4-bit g64':<22}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {'yes' if same else 'no'}"
           f"  (mlx {mx.__version__}, mlx-lm {mlx_lm.__version__})")
     finish(args, work)
+
+
+CONVERT_VERSIONS = r"""
+import platform
+from importlib.metadata import version
+import numpy, torch, transformers
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {numpy.__version__},"
+      f" sentencepiece {version('sentencepiece')}, Python {platform.python_version()}")
+"""
+
+
+def convert_versions(args, env: dict) -> str:
+    """What --convert-script and --convert-python are: llama.cpp's commit, gguf-py, torch, …"""
+    script = Path(args.convert_script)
+    versions = subprocess.run([args.convert_python, "-c", CONVERT_VERSIONS], capture_output=True, text=True, env=env)
+    if versions.returncode != 0:
+        sys.exit(f"--convert-python cannot import what convert_hf_to_gguf.py needs:\n{versions.stderr.strip()}")
+    # The script imports the gguf-py beside it, not an installed gguf.
+    pyproject = script.parent / "gguf-py" / "pyproject.toml"
+    gguf_version = next((line.split("=", 1)[1].strip().strip('"') for line in
+                         (pyproject.read_text().splitlines() if pyproject.exists() else [])
+                         if line.startswith("version")), "unknown")
+    commit = subprocess.run(["git", "-C", str(script.parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    return f"{script.name}, commit {commit}, gguf-py {gguf_version}; {versions.stdout.strip()}"
+
+
+def bench_convert(args, ondevice: str, hf: Path, home: Path, work: Path, extra: list, env: dict) -> None:
+    """Safetensors directory → GGUF F16 and Q8_0: ondevice against llama.cpp's convert_hf_to_gguf.py."""
+    script = str(Path(args.convert_script).resolve())
+    # The first run from the directory hashes its files and remembers their digests in `home`.
+    warm = work / "convert-warm.gguf"
+    warm.unlink(missing_ok=True)
+    run([ondevice, "quantize", str(hf), "--type", "F16", "--output", str(warm)] + extra,
+        env=dict(os.environ, ONDEVICE_HOME=str(home)))
+    warm.unlink()
+    for name, outtype in [("F16", "f16"), ("Q8_0", "q8_0")]:
+        ours_out, ref_out = work / f"convert-ours-{name}.gguf", work / f"convert-ref-{name}.gguf"
+        times, cold_times, ours_cpu, ref_cpu = [], [], [], []
+
+        def ours(home_dir: Path) -> float:
+            ours_out.unlink(missing_ok=True)
+            return run([ondevice, "quantize", str(hf), "--type", name, "--output", str(ours_out)] + extra,
+                       env=dict(os.environ, ONDEVICE_HOME=str(home_dir)))
+
+        # Interleaved, so a change in the machine's load hits both sides alike.
+        for i in range(args.runs):
+            t = ours(home)
+            ours_cpu.append(CPU[-1])
+            ref_out.unlink(missing_ok=True)
+            t_ref = run([args.convert_python, script, str(hf), "--outtype", outtype, "--outfile", str(ref_out)],
+                        env=env)
+            ref_cpu.append(CPU[-1])
+            times.append((t, t_ref))
+            # A fresh home: no remembered digests, so the directory's files are hashed again.
+            fresh = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+            cold_times.append(ours(fresh))
+            shutil.rmtree(fresh)
+        t_ours, t_ref = statistics.median(t for t, _ in times), statistics.median(t for _, t in times)
+        same = compare_tensors(ours_out, ref_out)
+        print(f"{'convert HF→GGUF ' + name:<22}{t_ours:>12.2f}{t_ref:>13.2f}{t_ref / t_ours:>12.2f}x  {same}"
+              f"  (CPU s {statistics.median(ours_cpu):.2f} vs {statistics.median(ref_cpu):.2f})")
+        t_cold = statistics.median(cold_times)
+        print(f"  {name} with the directory hashed again (a fresh home, no remembered digests): {t_cold:.2f} s,"
+              f" ratio {t_ref / t_cold:.2f}x")
+        ours_out.unlink()
+        ref_out.unlink()
 
 
 def load() -> str:
