@@ -107,7 +107,8 @@ impl GgufFile {
     /// A language model's header is mostly arrays (its tokenizer's vocabulary and merges:
     /// about 100,000 strings for a small llama); a caller that needs none of them reads the
     /// header several times faster this way. The file is checked exactly as `open` checks
-    /// it: a header one refuses, the other refuses too.
+    /// it: a header one refuses, the other refuses too. A dropped array's key is as absent:
+    /// [`get`](Self::get) answers `None` for it.
     pub fn open_without_arrays(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
         let open_error = |source| GgufError::Open { path: path.to_owned(), source };

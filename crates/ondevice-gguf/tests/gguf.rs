@@ -117,6 +117,22 @@ fn arrays_can_be_checked_and_dropped() {
     assert_eq!(keys, ["before", "after"]);
     assert_same_without_arrays(&bytes);
 
+    // A long string in an array (read in pieces as it arrives), cut and corrupted anywhere: the
+    // same verdicts as the full reader.
+    let long = GgufWriter::new()
+        .metadata("before", Value::U32(1))
+        .metadata("a", Value::Array(Array::String(vec!["x".repeat(100_000), "ü".into()])))
+        .to_bytes();
+    assert_same_without_arrays(&long);
+    for cut in (0..long.len()).step_by(997) {
+        assert_same_without_arrays(&long[..cut]);
+    }
+    let mut bad = long.clone();
+    let at = long.windows(3).position(|w| w == b"xxx").unwrap() + 50_000;
+    bad[at] = 0xff;
+    assert!(matches!(GgufFile::parse_without_arrays(&bad), Err(GgufError::InvalidUtf8 { .. })));
+    assert_same_without_arrays(&bad);
+
     // A repeated key is refused even when both entries are skipped arrays.
     let twice = GgufWriter::new()
         .metadata("k", Value::Array(Array::U8(vec![1])))

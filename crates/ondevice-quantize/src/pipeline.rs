@@ -533,11 +533,15 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
             // The source digest, as soon as the inputs are hashed (for hashing the output while
             // llama.cpp writes it, with the digest in place of its placeholder).
             let late_digest = std::sync::Arc::new(std::sync::OnceLock::new());
+            // The inputs' digests, when hashed before llama.cpp starts (after a conversion or an
+            // importance matrix, say): then nothing needs a placeholder.
+            let hashed_early = std::sync::Arc::new(std::sync::OnceLock::new());
             let hashing = match resumed {
                 None => {
-                    let slot = late_digest.clone();
-                    let on_done = Box::new(move |inputs: &[InputDigest]| {
-                        let _ = slot.set(source_digest(inputs));
+                    let (digest, inputs) = (late_digest.clone(), hashed_early.clone());
+                    let on_done = Box::new(move |done: &[InputDigest]| {
+                        let _ = inputs.set(done.to_vec());
+                        let _ = digest.set(source_digest(done));
                     });
                     Some(crate::digest::Background::start(&base, &files, &request.known_digests, Some(on_done))?)
                 }
@@ -615,10 +619,14 @@ pub fn run(request: &QuantizeRequest, progress: &dyn StageProgress) -> Result<Re
                     // (if that happens before llama.cpp is done). Either way llama.cpp's output is
                     // hashed while it is written, unless the quality gate writes its figures into
                     // it later.
-                    let known = hashing.as_ref().and_then(crate::digest::Background::known).map(|inputs| {
-                        let source_sha256 = source_digest(&inputs);
-                        (inputs, source_sha256)
-                    });
+                    let known = hashing
+                        .as_ref()
+                        .and_then(crate::digest::Background::known)
+                        .or_else(|| hashed_early.get().cloned())
+                        .map(|inputs| {
+                            let source_sha256 = source_digest(&inputs);
+                            (inputs, source_sha256)
+                        });
                     let placeholder = "0".repeat(64);
                     let staged = quantize_llama(
                         &input,
@@ -713,8 +721,8 @@ fn patch_string(path: &Path, key: &str, old: &str, new: &str) -> Result<(), Quan
     let section = loop {
         let have = header.len() as u64;
         (&mut file).take(want - have).read_to_end(&mut header).map_err(err)?;
-        match metadata_len(&header) {
-            Ok(Some(n)) => break n,
+        match crate::tail_hash::kv_section(&header, Some(key)) {
+            Ok(Some(section)) => break section,
             Ok(None) if want < file_len => want = file_len.min(want * 2),
             Ok(None) => {
                 return Err(QuantizeError::Unsupported {
@@ -724,97 +732,24 @@ fn patch_string(path: &Path, key: &str, old: &str, new: &str) -> Result<(), Quan
             Err(e) => return Err(QuantizeError::Unsupported { what: format!("{}: {e}", path.display()) }),
         }
     };
-    let header = &header[..section as usize];
-    let Some(at) = crate::tail_hash::find_string_kv(header, key, old) else {
-        return Err(QuantizeError::Unsupported {
-            what: format!("{} has no single {key} placeholder to fill in", path.display()),
-        });
+    let header = &header[..section.len as usize];
+    let at = match section.strings.as_slice() {
+        [value] if header.get(value.clone()) == Some(old.as_bytes()) => value.start as u64,
+        _ => {
+            return Err(QuantizeError::Unsupported {
+                what: format!("{} has no single {key} placeholder to fill in", path.display()),
+            });
+        }
     };
-    let at = at as u64;
     file.seek(SeekFrom::Start(at)).map_err(err)?;
     file.write_all(new.as_bytes()).map_err(err)
 }
 
 /// The length of a GGUF's key-value section (magic, counts, every key and value) at the start of
-/// `bytes`, or `None` when `bytes` ends before the section does. Nothing is kept or allocated.
+/// `bytes`, or `None` when `bytes` ends before the section does.
+#[cfg(test)]
 fn metadata_len(bytes: &[u8]) -> Result<Option<u64>, String> {
-    /// Why a walk stopped: more bytes are needed, or the data is wrong.
-    enum Stop {
-        Short,
-        Bad(String),
-    }
-    struct Walk<'a> {
-        bytes: &'a [u8],
-        pos: usize,
-    }
-    impl Walk<'_> {
-        fn skip(&mut self, n: u64) -> Result<(), Stop> {
-            let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).ok_or(Stop::Short)?;
-            if end > self.bytes.len() {
-                return Err(Stop::Short);
-            }
-            self.pos = end;
-            Ok(())
-        }
-        fn le<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
-            let start = self.pos;
-            self.skip(N as u64)?;
-            let mut b = [0u8; N];
-            b.copy_from_slice(&self.bytes[start..self.pos]);
-            Ok(b)
-        }
-        fn u32(&mut self) -> Result<u32, Stop> {
-            self.le::<4>().map(u32::from_le_bytes)
-        }
-        fn u64(&mut self) -> Result<u64, Stop> {
-            self.le::<8>().map(u64::from_le_bytes)
-        }
-        fn value(&mut self, ty: u32, depth: u32) -> Result<(), Stop> {
-            match ty {
-                0 | 1 | 7 => self.skip(1),
-                2 | 3 => self.skip(2),
-                4..=6 => self.skip(4),
-                10..=12 => self.skip(8),
-                8 => {
-                    let n = self.u64()?;
-                    self.skip(n)
-                }
-                9 if depth < 4 => {
-                    let inner = self.u32()?;
-                    let n = self.u64()?;
-                    let width = match inner {
-                        0 | 1 | 7 => 1,
-                        2 | 3 => 2,
-                        4..=6 => 4,
-                        10..=12 => 8,
-                        _ => return (0..n).try_for_each(|_| self.value(inner, depth + 1)),
-                    };
-                    self.skip(n.checked_mul(width).ok_or(Stop::Short)?)
-                }
-                _ => Err(Stop::Bad(format!("unknown or too deeply nested value type {ty} at byte {}", self.pos))),
-            }
-        }
-        fn section(&mut self) -> Result<u64, Stop> {
-            if self.le::<4>()? != *b"GGUF" {
-                return Err(Stop::Bad("not a GGUF file".into()));
-            }
-            let _version = self.u32()?;
-            let _tensors = self.u64()?;
-            let kvs = self.u64()?;
-            for _ in 0..kvs {
-                let key = self.u64()?;
-                self.skip(key)?;
-                let ty = self.u32()?;
-                self.value(ty, 0)?;
-            }
-            Ok(self.pos as u64)
-        }
-    }
-    match (Walk { bytes, pos: 0 }).section() {
-        Ok(n) => Ok(Some(n)),
-        Err(Stop::Short) => Ok(None),
-        Err(Stop::Bad(e)) => Err(e),
-    }
+    Ok(crate::tail_hash::kv_section(bytes, None)?.map(|s| s.len))
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -1060,5 +995,23 @@ mod tests {
         assert_eq!(&patched[section + entry.len() - 64..section + entry.len()], "a".repeat(64).as_bytes());
         // It is gone now: a second patch finds nothing to fill in.
         assert!(patch_string(&path, SOURCE_KEY, &"0".repeat(64), &"b".repeat(64)).is_err());
+
+        // The entry's very bytes inside another entry's string (a crafted vocabulary, say) are not
+        // the entry: the key-value section is walked, not searched.
+        let (mut bytes, section) = gguf();
+        bytes[16..24].copy_from_slice(&5u64.to_le_bytes());
+        let mut decoy = Vec::new();
+        string(&mut decoy, "tokenizer.decoy");
+        decoy.extend_from_slice(&8u32.to_le_bytes());
+        decoy.extend_from_slice(&(entry.len() as u64).to_le_bytes());
+        decoy.extend_from_slice(&entry);
+        let both: Vec<u8> = decoy.iter().chain(&entry).copied().collect();
+        bytes.splice(section..section, both.iter().copied());
+        std::fs::write(&path, &bytes).unwrap();
+        patch_string(&path, SOURCE_KEY, &"0".repeat(64), &"c".repeat(64)).unwrap();
+        let patched = std::fs::read(&path).unwrap();
+        let end = section + both.len();
+        assert_eq!(&patched[end - 64..end], "c".repeat(64).as_bytes(), "the entry is patched");
+        assert_eq!(&patched[..end - 64], &bytes[..end - 64], "the decoy is not");
     }
 }

@@ -44,32 +44,121 @@ pub struct LateValue {
 }
 
 impl LateValue {
-    /// `header` with the key's placeholder replaced by `value`, or `None` when the placeholder is
-    /// not there exactly once or `value` has another length.
+    /// `header` with the key's placeholder replaced by `value`, or `None` when the key is not
+    /// there exactly once with the placeholder as its string value, or `value` has another length.
     fn fill_in(&self, header: &[u8], value: &str) -> Option<Vec<u8>> {
         if value.len() != self.placeholder.len() {
             return None;
         }
-        let at = find_string_kv(header, &self.key, &self.placeholder)?;
+        let section = kv_section(header, Some(&self.key)).ok()??;
+        let [at] = section.strings.as_slice() else { return None };
+        if header.get(at.clone()) != Some(self.placeholder.as_bytes()) {
+            return None;
+        }
         let mut filled = header.to_vec();
-        filled[at..at + value.len()].copy_from_slice(value.as_bytes());
+        filled[at.clone()].copy_from_slice(value.as_bytes());
         Some(filled)
     }
 }
 
-/// Where the value of the string metadata entry `key` = `value` starts in `header` (a GGUF
-/// key-value section, or the start of one), when it is there exactly once.
-pub(crate) fn find_string_kv(header: &[u8], key: &str, value: &str) -> Option<usize> {
-    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
-    needle.extend_from_slice(key.as_bytes());
-    // GGUF's string type, then the value's length and bytes.
-    needle.extend_from_slice(&8u32.to_le_bytes());
-    needle.extend_from_slice(&(value.len() as u64).to_le_bytes());
-    needle.extend_from_slice(value.as_bytes());
-    let mut found = memchr::memmem::find_iter(header, &needle);
-    match (found.next(), found.next()) {
-        (Some(at), None) => Some(at + needle.len() - value.len()),
-        _ => None,
+/// A GGUF's key-value section, walked from the start of a file (see [`kv_section`]).
+pub(crate) struct KvSection {
+    /// Its length (magic, counts, every key and value).
+    pub(crate) len: u64,
+    /// Where the bytes of each string value of the key asked for are.
+    pub(crate) strings: Vec<std::ops::Range<usize>>,
+}
+
+/// Walks the key-value section at the start of `bytes` (a GGUF file, or its first bytes) without
+/// keeping or allocating anything but the positions of the string values of `key`. `None` when
+/// `bytes` ends before the section does; an error when it is not a GGUF key-value section.
+pub(crate) fn kv_section(bytes: &[u8], key: Option<&str>) -> Result<Option<KvSection>, String> {
+    /// Why a walk stopped: more bytes are needed, or the data is wrong.
+    enum Stop {
+        Short,
+        Bad(String),
+    }
+    struct Walk<'a> {
+        bytes: &'a [u8],
+        pos: usize,
+    }
+    impl Walk<'_> {
+        fn skip(&mut self, n: u64) -> Result<(), Stop> {
+            let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).ok_or(Stop::Short)?;
+            if end > self.bytes.len() {
+                return Err(Stop::Short);
+            }
+            self.pos = end;
+            Ok(())
+        }
+        fn le<const N: usize>(&mut self) -> Result<[u8; N], Stop> {
+            let start = self.pos;
+            self.skip(N as u64)?;
+            let mut b = [0u8; N];
+            b.copy_from_slice(&self.bytes[start..self.pos]);
+            Ok(b)
+        }
+        fn u32(&mut self) -> Result<u32, Stop> {
+            self.le::<4>().map(u32::from_le_bytes)
+        }
+        fn u64(&mut self) -> Result<u64, Stop> {
+            self.le::<8>().map(u64::from_le_bytes)
+        }
+        fn value(&mut self, ty: u32, depth: u32) -> Result<(), Stop> {
+            match ty {
+                0 | 1 | 7 => self.skip(1),
+                2 | 3 => self.skip(2),
+                4..=6 => self.skip(4),
+                10..=12 => self.skip(8),
+                8 => {
+                    let n = self.u64()?;
+                    self.skip(n)
+                }
+                9 if depth < 4 => {
+                    let inner = self.u32()?;
+                    let n = self.u64()?;
+                    let width = match inner {
+                        0 | 1 | 7 => 1,
+                        2 | 3 => 2,
+                        4..=6 => 4,
+                        10..=12 => 8,
+                        _ => return (0..n).try_for_each(|_| self.value(inner, depth + 1)),
+                    };
+                    self.skip(n.checked_mul(width).ok_or(Stop::Short)?)
+                }
+                _ => Err(Stop::Bad(format!("unknown or too deeply nested value type {ty} at byte {}", self.pos))),
+            }
+        }
+        fn section(&mut self, key: Option<&str>) -> Result<KvSection, Stop> {
+            if self.le::<4>()? != *b"GGUF" {
+                return Err(Stop::Bad("not a GGUF file".into()));
+            }
+            let _version = self.u32()?;
+            let _tensors = self.u64()?;
+            let kvs = self.u64()?;
+            let mut strings = Vec::new();
+            for _ in 0..kvs {
+                let key_len = self.u64()?;
+                let key_at = self.pos;
+                self.skip(key_len)?;
+                let this_key = &self.bytes[key_at..self.pos];
+                let ty = self.u32()?;
+                if ty == 8 && key.is_some_and(|k| k.as_bytes() == this_key) {
+                    let n = self.u64()?;
+                    let at = self.pos;
+                    self.skip(n)?;
+                    strings.push(at..self.pos);
+                } else {
+                    self.value(ty, 0)?;
+                }
+            }
+            Ok(KvSection { len: self.pos as u64, strings })
+        }
+    }
+    match (Walk { bytes, pos: 0 }).section(key) {
+        Ok(s) => Ok(Some(s)),
+        Err(Stop::Short) => Ok(None),
+        Err(Stop::Bad(e)) => Err(e),
     }
 }
 
@@ -121,9 +210,20 @@ impl Tail {
 
     /// Stops the thread (the writer is done) and returns how far it got.
     pub(crate) fn stop(self) -> Option<TailState> {
+        self.signal_stop();
+        self.states.try_iter().last().flatten()
+    }
+
+    fn signal_stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.thread.unpark();
-        self.states.try_iter().last().flatten()
+    }
+}
+
+/// Dropped without [`Tail::stop`] (a panic on the way), the thread still ends at its next turn.
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 
@@ -327,17 +427,34 @@ mod tests {
         assert!(Tail::start(dir.path().join("never"), rx, None).unwrap().stop().is_none());
     }
 
-    /// A GGUF-like header holding `key` = `value` among other bytes.
-    fn header_with(key: &str, value: &str) -> Vec<u8> {
-        let mut h = b"GGUF\x03\0\0\0".to_vec();
+    /// The start of a GGUF whose key-value section holds a u8 array, then `key` = each of
+    /// `values` (strings), then a u32; tensor infos would follow.
+    fn header_with_values(key: &str, values: &[&str]) -> Vec<u8> {
+        let mut h = b"GGUF".to_vec();
+        h.extend(3u32.to_le_bytes());
+        h.extend(0u64.to_le_bytes());
+        h.extend((values.len() as u64 + 2).to_le_bytes());
+        let put_key = |h: &mut Vec<u8>, k: &str, ty: u32| {
+            h.extend((k.len() as u64).to_le_bytes());
+            h.extend(k.as_bytes());
+            h.extend(ty.to_le_bytes());
+        };
+        put_key(&mut h, "filler", 9);
+        h.extend(0u32.to_le_bytes());
+        h.extend(300u64.to_le_bytes());
         h.extend(std::iter::repeat_n(9u8, 300));
-        h.extend((key.len() as u64).to_le_bytes());
-        h.extend(key.as_bytes());
-        h.extend(8u32.to_le_bytes());
-        h.extend((value.len() as u64).to_le_bytes());
-        h.extend(value.as_bytes());
-        h.extend(std::iter::repeat_n(5u8, 200));
+        for v in values {
+            put_key(&mut h, key, 8);
+            h.extend((v.len() as u64).to_le_bytes());
+            h.extend(v.as_bytes());
+        }
+        put_key(&mut h, "after", 4);
+        h.extend(5u32.to_le_bytes());
         h
+    }
+
+    fn header_with(key: &str, value: &str) -> Vec<u8> {
+        header_with_values(key, &[value])
     }
 
     #[test]
@@ -390,9 +507,10 @@ mod tests {
         // Known, but the predicted header lacks the placeholder, or has it twice, or the value's
         // length differs.
         late.value.set("abcd".into()).unwrap();
-        let mut twice = header_with(key, "0000");
-        twice.extend(header_with(key, "0000"));
-        for header in [header_with(key, "1111"), twice] {
+        // The placeholder as another key's value, or inside an array, does not count.
+        for header in
+            [header_with(key, "1111"), header_with_values(key, &["0000", "0000"]), header_with("other", "0000")]
+        {
             let (tx, rx) = mpsc::channel();
             let tail = Tail::start(dir.path().join("b"), rx, Some(late.clone())).unwrap();
             tx.send(Some(header)).unwrap();

@@ -243,16 +243,16 @@ fn the_output_header_is_predicted_so_the_output_is_hashed_while_written() {
         late: Some(LateValue { key: key.into(), placeholder: placeholder.clone(), value: value.clone() }),
         ..base(QuantType::Q8_0)
     };
-    let setter = {
-        let value = value.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            value.set(digest).unwrap();
-        })
-    };
+    // Set at llama.cpp's first progress report: known while it is still writing.
+    struct SetOnProgress(std::sync::Arc<std::sync::OnceLock<String>>, String);
+    impl ondevice_quantize::Progress for SetOnProgress {
+        fn progress(&self, _: u64, _: u64) {
+            let _ = self.0.set(self.1.clone());
+        }
+    }
     let out = tmp.path().join("late.gguf");
-    let mut staged = quantize_to_temp(&gguf, &out, &late, &NoProgress).unwrap();
-    setter.join().unwrap();
+    let mut staged = quantize_to_temp(&gguf, &out, &late, &SetOnProgress(value.clone(), digest)).unwrap();
+    assert!(value.get().is_some(), "llama.cpp reported progress");
     let bytes = std::fs::read(staged.path()).unwrap();
     let mut needle = (key.len() as u64).to_le_bytes().to_vec();
     needle.extend_from_slice(key.as_bytes());
