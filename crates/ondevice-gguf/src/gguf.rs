@@ -355,8 +355,9 @@ impl<R: Read> Parser<R> {
         })
     }
 
-    /// Reads an array (element type, count, elements) at nesting `depth`.
-    fn array(&mut self, depth: u32) -> Result<Array, GgufError> {
+    /// Reads an array's element type and count at nesting `depth`, checked against the limits
+    /// and the bytes left.
+    fn array_head(&mut self, depth: u32) -> Result<(ValueType, u64), GgufError> {
         let offset = self.cur.pos();
         if depth > MAX_ARRAY_DEPTH {
             return Err(GgufError::LimitExceeded {
@@ -372,6 +373,12 @@ impl<R: Read> Parser<R> {
         check_limit(Limit::ArrayLength, count, MAX_ARRAY_LEN, count_at)?;
         // count <= 2^24 and min_size <= 12: no overflow.
         self.cur.ensure(count * ty.min_size())?;
+        Ok((ty, count))
+    }
+
+    /// Reads an array (element type, count, elements) at nesting `depth`.
+    fn array(&mut self, depth: u32) -> Result<Array, GgufError> {
+        let (ty, count) = self.array_head(depth)?;
 
         let n = capacity(count);
         let cur = &mut self.cur;
@@ -410,21 +417,7 @@ impl<R: Read> Parser<R> {
 
     /// Checks an array as [`array`](Self::array) reads it, keeping nothing.
     fn skip_array(&mut self, depth: u32) -> Result<(), GgufError> {
-        let offset = self.cur.pos();
-        if depth > MAX_ARRAY_DEPTH {
-            return Err(GgufError::LimitExceeded {
-                what: Limit::ArrayDepth,
-                count: depth.into(),
-                max: MAX_ARRAY_DEPTH.into(),
-                offset,
-            });
-        }
-        let ty = self.value_type()?;
-        let count_at = self.cur.pos();
-        let count = self.cur.u64()?;
-        check_limit(Limit::ArrayLength, count, MAX_ARRAY_LEN, count_at)?;
-        // count <= 2^24 and min_size <= 12: no overflow.
-        self.cur.ensure(count * ty.min_size())?;
+        let (ty, count) = self.array_head(depth)?;
         match ty {
             ValueType::String => {
                 for _ in 0..count {
