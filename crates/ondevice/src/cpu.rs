@@ -75,6 +75,25 @@ fn host_features() -> Vec<(Level, &'static str, bool)> {
     }
 }
 
+/// On x86-64 Linux the C code linked into this binary (SQLite, llama.cpp's ggml-base and
+/// llama, ...) is compiled for x86-64-v2 (`.cargo/config.toml`): on an older CPU it would stop
+/// with an illegal instruction somewhere. `main` checks first and says why instead. (No engine
+/// build exists below v2 either, so such a CPU could not run a model.)
+pub fn check_baseline() -> Result<(), String> {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        return Ok(());
+    }
+    let missing = Level::V2.missing_on_host();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "this CPU lacks {}: ondevice needs an x86-64-v2 CPU (SSE4.2, SSSE3 and POPCNT: Intel Nehalem, \
+         2008, AMD Bulldozer, 2011, or later)",
+        missing.join(", ")
+    ))
+}
+
 /// The highest level the host runs (`None` off x86-64 or below v2).
 pub fn host_level() -> Option<Level> {
     if !cfg!(target_arch = "x86_64") {
@@ -172,6 +191,8 @@ mod tests {
 
     #[test]
     fn this_host_and_this_build_are_consistent() {
+        // This test runs: the host passes the baseline check the binary makes first.
+        assert_eq!(check_baseline(), Ok(()));
         let host = host_level();
         if cfg!(target_arch = "x86_64") {
             // Every x86-64 machine this is tested on is at least v2.

@@ -16,6 +16,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any C code runs (it is built for x86-64-v2 on x86-64 Linux).
+    if let Err(e) = cpu::check_baseline() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(code) => code,
