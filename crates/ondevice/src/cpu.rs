@@ -75,12 +75,12 @@ fn host_features() -> Vec<(Level, &'static str, bool)> {
     }
 }
 
-/// On x86-64 Linux the C code linked into this binary (SQLite, llama.cpp's ggml-base and
-/// llama, ...) is compiled for x86-64-v2 (`.cargo/config.toml`): on an older CPU it would stop
-/// with an illegal instruction somewhere. `main` checks first and says why instead. (No engine
-/// build exists below v2 either, so such a CPU could not run a model.)
+/// On x86-64 Linux (glibc) the C code linked into this binary (SQLite, ring, llama.cpp's ggml C
+/// files) uses SSE4.2, SSSE3 and POPCNT (`.cargo/config.toml`): on an older CPU it would stop
+/// with an illegal instruction somewhere. `main` checks first, before any of it runs, and says
+/// why instead (no C code runs before `main`: the load-time initializers are C++ and Rust).
 pub fn check_baseline() -> Result<(), String> {
-    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")) {
         return Ok(());
     }
     let missing = Level::V2.missing_on_host();
@@ -88,11 +88,16 @@ pub fn check_baseline() -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "this CPU lacks {}: ondevice needs an x86-64-v2 CPU (SSE4.2, SSSE3 and POPCNT: Intel Nehalem, \
-         2008, AMD Bulldozer, 2011, or later)",
+        "this CPU lacks {}: ondevice needs an x86-64-v2 CPU (SSE4.2, SSSE3 and POPCNT; Intel since \
+         Nehalem, 2008, and Atom since Silvermont; AMD since Bulldozer and Jaguar): run ondevice on \
+         a newer machine (other machines can reach it over the network)",
         missing.join(", ")
     ))
 }
+
+/// The exit status when [`check_baseline`] refuses the CPU (`EX_CONFIG`): `ondevice.service` does
+/// not restart on it.
+pub const BASELINE_EXIT: u8 = 78;
 
 /// The highest level the host runs (`None` off x86-64 or below v2).
 pub fn host_level() -> Option<Level> {

@@ -16,10 +16,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Before any C code runs (it is built for x86-64-v2 on x86-64 Linux).
+    // Before any C code runs (it uses x86-64-v2's instructions on x86-64 Linux).
     if let Err(e) = cpu::check_baseline() {
         eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(cpu::BASELINE_EXIT);
     }
     let cli = cli::Cli::parse();
     match commands::run(cli) {
