@@ -93,11 +93,15 @@ pub struct GgufFile {
 impl GgufFile {
     /// Reads the header of the GGUF file at `path`, leaving tensor data on disk.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
-        let path = path.as_ref();
+        Self::open_with(path.as_ref(), Arrays::Keep)
+    }
+
+    fn open_with(path: &Path, arrays: Arrays) -> Result<Self, GgufError> {
         let open_error = |source| GgufError::Open { path: path.to_owned(), source };
         let file = File::open(path).map_err(open_error)?;
         let file_len = file.metadata().map_err(open_error)?.len();
-        Self::read_from(BufReader::with_capacity(1 << 16, file), file_len)
+        Parser::new(BufReader::with_capacity(1 << 16, file), file_len, arrays)
+            .parse()
             .map_err(|e| GgufError::WithPath { path: path.to_owned(), source: Box::new(e) })
     }
 
@@ -110,13 +114,7 @@ impl GgufFile {
     /// it: a header one refuses, the other refuses too. A dropped array's key is as absent:
     /// [`get`](Self::get) answers `None` for it.
     pub fn open_without_arrays(path: impl AsRef<Path>) -> Result<Self, GgufError> {
-        let path = path.as_ref();
-        let open_error = |source| GgufError::Open { path: path.to_owned(), source };
-        let file = File::open(path).map_err(open_error)?;
-        let file_len = file.metadata().map_err(open_error)?.len();
-        Parser::new(BufReader::with_capacity(1 << 16, file), file_len, Arrays::Skip)
-            .parse()
-            .map_err(|e| GgufError::WithPath { path: path.to_owned(), source: Box::new(e) })
+        Self::open_with(path.as_ref(), Arrays::Skip)
     }
 
     /// Parses a GGUF file held in memory.
@@ -508,8 +506,7 @@ fn decode<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
 /// `general.alignment` if present (an unsigned integer: a non-zero power of two
 /// no larger than `u32::MAX`), else [`DEFAULT_ALIGNMENT`].
 fn alignment(metadata: &[(String, Value)], index: &HashMap<String, usize>) -> Result<u64, GgufError> {
-    const KEY: &str = ALIGNMENT_KEY;
-    let Some(&i) = index.get(KEY) else {
+    let Some(&i) = index.get(ALIGNMENT_KEY) else {
         return Ok(DEFAULT_ALIGNMENT);
     };
     let value = &metadata[i].1;
@@ -519,7 +516,7 @@ fn alignment(metadata: &[(String, Value)], index: &HashMap<String, usize>) -> Re
     };
     let Some(alignment) = alignment else {
         return Err(GgufError::WrongMetadataType {
-            key: KEY.to_owned(),
+            key: ALIGNMENT_KEY.to_owned(),
             expected: "an unsigned integer",
             found: value.value_type(),
         });
